@@ -1,0 +1,38 @@
+package main
+
+import (
+	"log/slog"
+	"os"
+
+	"github.com/urfave/cli/v2"
+)
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:  "hub",
+		Usage: "a research data hub for NHS regional shared care records",
+		Description: "hub ingests LHCRE extracts with the patient opt-out applied, de-identifies them into\n" +
+			"versioned datasets and answers aggregate cohort questions with differential privacy.\n\n" +
+			"Try: hub synth --out /tmp/x && hub ingest --extract /tmp/x --optouts /tmp/x/optouts.txt --check",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "log-level", Value: "warn", EnvVars: []string{"HUB_LOG_LEVEL"}, Usage: "debug, info, warn or error"},
+		},
+		Commands: []*cli.Command{synthCommand(), ingestCommand(), benchCommand()},
+	}
+}
+
+// logger builds the logger from the global flags. Logs go to stderr and
+// carry only counts, table names and durations.
+func logger(c *cli.Context) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		level = slog.LevelWarn
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// isTerminal reports whether f is a terminal, where progress is shown.
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}

@@ -1,0 +1,218 @@
+package ingest
+
+import (
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+)
+
+// Chunking limits. A chunk holds whole records only, so workers can parse
+// chunks in parallel; a record longer than MaxRecord is skipped with
+// bounded memory and quarantined as record_too_long.
+const (
+	chunkSize = 4 << 20
+	MaxRecord = chunkSize
+)
+
+// A chunk is a run of whole records of one file.
+type chunk struct {
+	seq  int
+	data []byte
+	buf  *[]byte // pooled backing array of data
+	line int     // line number of data[0], counting from 1
+	// skipped is a record too long to hold, skipped just before data.
+	skipped *QuarantineEntry
+	// in is the count of (possibly compressed) input bytes read so far.
+	in int64
+}
+
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, 2*chunkSize); return &b }}
+
+// A chunker cuts a stream into chunks at record boundaries. With quotes
+// set (CSV), a newline inside double quotes does not end a record.
+type chunker struct {
+	r      io.Reader
+	count  *countingReader
+	quotes bool
+	carry  []byte
+	line   int
+	seq    int
+	eof    bool
+	first  bool
+}
+
+func newChunker(r io.Reader, count *countingReader, quotes bool) *chunker {
+	return &chunker{r: r, count: count, quotes: quotes, line: 1, first: true}
+}
+
+// next returns the next chunk, or io.EOF after the last.
+func (c *chunker) next() (*chunk, error) {
+	if c.eof && len(c.carry) == 0 {
+		return nil, io.EOF
+	}
+	bp := chunkPool.Get().(*[]byte)
+	buf := append((*bp)[:0], c.carry...)
+	c.carry = c.carry[:0]
+	var skipped *QuarantineEntry
+	for {
+		for !c.eof && len(buf) < chunkSize {
+			n, err := c.r.Read(buf[len(buf):cap(buf)])
+			buf = buf[:len(buf)+n]
+			if err == io.EOF {
+				c.eof = true
+			} else if err != nil {
+				chunkPool.Put(bp)
+				return nil, err
+			}
+		}
+		if c.first {
+			buf = bytes.TrimPrefix(buf, []byte("\xEF\xBB\xBF"))
+			c.first = false
+		}
+		cut := c.lastBoundary(buf)
+		if cut < 0 && c.eof {
+			cut = len(buf)
+		}
+		if cut >= 0 {
+			c.carry = append(c.carry, buf[cut:]...)
+			ch := &chunk{seq: c.seq, data: buf[:cut], buf: bp, line: c.line, skipped: skipped}
+			c.seq++
+			c.line += bytes.Count(ch.data, nl)
+			if c.count != nil {
+				ch.in = c.count.n
+			}
+			return ch, nil
+		}
+		// One record fills the buffer (at least MaxRecord bytes): skip it.
+		q := &QuarantineEntry{Line: c.line, Reason: ReasonRecordTooLong.String()}
+		lines, rest, err := c.skipRecord(buf)
+		if err != nil {
+			chunkPool.Put(bp)
+			return nil, err
+		}
+		q.Lines = lines
+		c.line += lines
+		skipped = q
+		buf = append(buf[:0], rest...)
+	}
+}
+
+var nl = []byte{'\n'}
+
+// lastBoundary returns the offset just past the last newline of buf that
+// ends a record, or -1.
+func (c *chunker) lastBoundary(buf []byte) int {
+	if !c.quotes {
+		i := bytes.LastIndexByte(buf, '\n')
+		if i < 0 {
+			return -1
+		}
+		return i + 1
+	}
+	last, odd, pos := -1, false, 0
+	for {
+		i := bytes.IndexByte(buf[pos:], '\n')
+		if i < 0 {
+			return last
+		}
+		if bytes.Count(buf[pos:pos+i], quote)%2 == 1 {
+			odd = !odd
+		}
+		pos += i + 1
+		if !odd {
+			last = pos
+		}
+	}
+}
+
+var quote = []byte{'"'}
+
+// skipRecord discards the record that starts buf, reading on as needed,
+// and returns how many lines it spanned and the bytes after it.
+func (c *chunker) skipRecord(buf []byte) (int, []byte, error) {
+	lines, odd := 0, false
+	for {
+		pos := 0
+		for {
+			i := bytes.IndexByte(buf[pos:], '\n')
+			if i < 0 {
+				if c.quotes && bytes.Count(buf[pos:], quote)%2 == 1 {
+					odd = !odd
+				}
+				break
+			}
+			if c.quotes && bytes.Count(buf[pos:pos+i], quote)%2 == 1 {
+				odd = !odd
+			}
+			pos += i + 1
+			lines++
+			if !odd {
+				return lines, buf[pos:], nil
+			}
+		}
+		if c.eof {
+			return lines + 1, nil, nil
+		}
+		n, err := io.ReadFull(c.r, buf[:cap(buf)])
+		buf = buf[:n]
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			c.eof = true
+		} else if err != nil {
+			return 0, nil, err
+		}
+	}
+}
+
+// ErrGzipBomb is returned for a gzip stream that expands beyond
+// maxGzipRatio times its compressed size (plus a small allowance).
+var ErrGzipBomb = errors.New("gzip stream expands implausibly (over 200:1); refusing a possible gzip bomb")
+
+const (
+	maxGzipRatio     = 200
+	gzipRatioSlack   = 64 << 20
+)
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// ratioReader fails once the decompressed bytes exceed the ratio limit.
+type ratioReader struct {
+	r   io.Reader
+	in  *countingReader
+	out int64
+}
+
+func (g *ratioReader) Read(p []byte) (int, error) {
+	n, err := g.r.Read(p)
+	g.out += int64(n)
+	if g.out > g.in.n*maxGzipRatio+gzipRatioSlack {
+		return n, ErrGzipBomb
+	}
+	return n, err
+}
+
+// openStream wraps r: gunzip when gz is set, with a ratio guard, and a
+// byte count of the raw input for progress.
+func openStream(r io.Reader, gz bool) (io.Reader, *countingReader, error) {
+	cr := &countingReader{r: r}
+	if !gz {
+		return cr, cr, nil
+	}
+	zr, err := gzip.NewReader(cr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open gzip stream: %w", err)
+	}
+	return &ratioReader{r: zr, in: cr}, cr, nil
+}

@@ -1,0 +1,156 @@
+package ingest_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/nhs-hub/hub/ingest"
+	"github.com/nhs-hub/hub/internal/synth"
+)
+
+// ingestDir runs ingest on dir with its optouts.txt, checking that every
+// emitted batch has the table's schema and that every Arrow buffer is
+// released, and returns the report and the rows emitted per table.
+func ingestDir(t *testing.T, dir string, workers int) (*ingest.Report, map[ingest.Table]int64) {
+	t.Helper()
+	f, err := os.Open(filepath.Join(dir, "optouts.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	optouts, err := ingest.LoadOptOuts(t.Context(), f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	defer mem.AssertSize(t, 0)
+	rows := map[ingest.Table]int64{}
+	rep, err := ingest.Run(t.Context(), ingest.Dir(dir), ingest.Options{OptOuts: optouts, Workers: workers, Allocator: mem},
+		func(_ context.Context, tb ingest.Table, rec arrow.RecordBatch) error {
+			defer rec.Release()
+			if !rec.Schema().Equal(ingest.Schemas[tb]) {
+				t.Errorf("%s: batch schema differs", tb)
+			}
+			rows[tb] += rec.NumRows()
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep, rows
+}
+
+func generate(t *testing.T, opts synth.Options) (string, *synth.Truth) {
+	t.Helper()
+	dir := t.TempDir()
+	truth, err := synth.Generate(t.Context(), dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, truth
+}
+
+// checkTruth compares a report with the generator's ground truth.
+func checkTruth(t *testing.T, rep *ingest.Report, rows map[ingest.Table]int64, truth *synth.Truth) {
+	t.Helper()
+	for _, tb := range ingest.Tables {
+		got, want := rep.Tables[tb.String()], truth.Tables[tb.String()]
+		if got.Read != want.Read || got.Kept != want.Kept || got.Quarantined != want.Quarantined ||
+			got.OptedOut != want.OptedOut || got.Excluded != want.Excluded {
+			t.Errorf("%s: read/kept/quarantined/opted out/excluded = %d/%d/%d/%d/%d, want %d/%d/%d/%d/%d", tb,
+				got.Read, got.Kept, got.Quarantined, got.OptedOut, got.Excluded,
+				want.Read, want.Kept, want.Quarantined, want.OptedOut, want.Excluded)
+		}
+		if !reflect.DeepEqual(got.Reasons, want.Reasons) {
+			t.Errorf("%s: reasons = %v, want %v", tb, got.Reasons, want.Reasons)
+		}
+		if got.Read != got.Kept+got.Quarantined+got.OptedOut+got.Excluded {
+			t.Errorf("%s: counts do not add up to rows read", tb)
+		}
+		if rows[tb] != got.Kept {
+			t.Errorf("%s: emitted %d rows, report says %d kept", tb, rows[tb], got.Kept)
+		}
+	}
+	if rep.Patients != truth.Patients {
+		t.Errorf("patients = %+v, want %+v", rep.Patients, truth.Patients)
+	}
+	if rep.Type1 != truth.Type1 {
+		t.Errorf("type 1 = %+v, want %+v", rep.Type1, truth.Type1)
+	}
+	if rep.OptOuts.Numbers != truth.OptOuts.Numbers || rep.OptOuts.Invalid != truth.OptOuts.Invalid {
+		t.Errorf("opt-out list numbers/invalid = %d/%d, want %d/%d", rep.OptOuts.Numbers, rep.OptOuts.Invalid, truth.OptOuts.Numbers, truth.OptOuts.Invalid)
+	}
+}
+
+func TestGroundTruth(t *testing.T) {
+	tests := []struct {
+		name    string
+		opts    synth.Options
+		workers int
+	}{
+		{"csv with faults", synth.Options{Patients: 3000, Seed: 7, FaultRate: 0.03}, 2},
+		{"csv clean", synth.Options{Patients: 1000, Seed: 8}, 2},
+		{"csv one worker", synth.Options{Patients: 2000, Seed: 9, FaultRate: 0.02}, 1},
+		{"fhir with faults", synth.Options{Patients: 3000, Seed: 7, FaultRate: 0.03, Format: ingest.FHIR}, 2},
+		{"csv gzip", synth.Options{Patients: 1500, Seed: 10, FaultRate: 0.02, Gzip: true}, 3},
+		{"fhir gzip", synth.Options{Patients: 1500, Seed: 10, FaultRate: 0.02, Gzip: true, Format: ingest.FHIR}, 2},
+		{"no patients", synth.Options{Patients: 0, Seed: 1}, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir, truth := generate(t, tt.opts)
+			rep, rows := ingestDir(t, dir, tt.workers)
+			checkTruth(t, rep, rows, truth)
+			if tt.opts.FaultRate > 0 && rep.Tables["patients"].Quarantined == 0 {
+				t.Error("a faulty extract produced no quarantined patient")
+			}
+		})
+	}
+}
+
+// Both formats of the same seed carry the same content, so their reports
+// agree on every count.
+func TestFormatsAgree(t *testing.T) {
+	opts := synth.Options{Patients: 2000, Seed: 42, FaultRate: 0.03}
+	csvDir, _ := generate(t, opts)
+	opts.Format = ingest.FHIR
+	fhirDir, _ := generate(t, opts)
+	a, _ := ingestDir(t, csvDir, 2)
+	b, _ := ingestDir(t, fhirDir, 2)
+	strip := func(r *ingest.Report) string {
+		c := *r
+		c.Format = ""
+		c.OptOuts.SHA256 = ""
+		c.Tables = map[string]*ingest.TableReport{}
+		for k, v := range r.Tables {
+			v2 := *v
+			v2.File, v2.Samples = "", nil
+			c.Tables[k] = &v2
+		}
+		out, _ := json.Marshal(c)
+		return string(out)
+	}
+	if strip(a) != strip(b) {
+		t.Errorf("CSV and FHIR reports differ:\n%s\n%s", strip(a), strip(b))
+	}
+}
+
+// The generator is deterministic for a seed.
+func TestSynthDeterministic(t *testing.T) {
+	opts := synth.Options{Patients: 500, Seed: 3, FaultRate: 0.05}
+	a, _ := generate(t, opts)
+	b, _ := generate(t, opts)
+	for _, name := range []string{"patients.csv", "encounters.csv", "observations.csv", "optouts.txt"} {
+		x, _ := os.ReadFile(filepath.Join(a, name))
+		y, _ := os.ReadFile(filepath.Join(b, name))
+		if string(x) != string(y) || len(x) == 0 {
+			t.Errorf("%s differs between two runs with one seed", name)
+		}
+	}
+}

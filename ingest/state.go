@@ -1,0 +1,107 @@
+package ingest
+
+import (
+	"math"
+	"sync"
+
+	"github.com/apache/arrow-go/v18/arrow"
+)
+
+// state is what ingest knows about patients across tables. The type 1
+// entries are gathered first; the patient sets are written while the
+// patients table is read by one worker, and only read afterwards.
+type state struct {
+	ndop  *OptOuts
+	type1 map[uint64]type1Entry
+	mu    sync.Mutex // guards type1 while it is gathered
+
+	kept *idSet // patients whose row was kept
+	seen *idSet // patients with a valid number not opted out (kept or quarantined)
+
+	optedOut *idSet // distinct opted-out patients of the patients table
+	counts   PatientCounts
+}
+
+// A type1Entry is a patient's latest type 1 dissent entry.
+type type1Entry struct {
+	date    arrow.Date32
+	dissent bool
+}
+
+// unknownDate orders a dissent entry whose date cannot be read after every
+// other entry, so that it stands: when in doubt, the patient objected.
+const unknownDate = arrow.Date32(math.MaxInt32)
+
+func newState(ndop *OptOuts) *state {
+	return &state{ndop: ndop, type1: map[uint64]type1Entry{},
+		kept: newIDSet(1 << 16), seen: newIDSet(1 << 16), optedOut: newIDSet(1 << 10)}
+}
+
+// noteType1 records one type 1 entry; the latest wins, and dissent wins a
+// tie. A withdrawal with an unreadable date is ignored, since it cannot be
+// shown to come after the dissent.
+func (s *state) noteType1(n uint64, dissent bool, d arrow.Date32, dateOK bool) {
+	if !dateOK {
+		if !dissent {
+			return
+		}
+		d = unknownDate
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old, ok := s.type1[n]
+	if !ok || d > old.date || (d == old.date && dissent) {
+		s.type1[n] = type1Entry{date: d, dissent: dissent}
+	}
+}
+
+func (s *state) type1Stats() Type1Stats {
+	var st Type1Stats
+	for _, e := range s.type1 {
+		if e.dissent {
+			st.Dissenting++
+		} else {
+			st.Withdrawn++
+		}
+	}
+	return st
+}
+
+// optedOut returns the opt-out reason that applies to patient n, if any.
+func (s *state) optedOutReason(n uint64) Reason {
+	if s.ndop.Has(n) {
+		return ReasonNDOP
+	}
+	if e, ok := s.type1[n]; ok && e.dissent {
+		return ReasonType1Dissent
+	}
+	return ReasonNone
+}
+
+func (s *state) countOptedOutPatient(n uint64) {
+	if !s.optedOut.Add(n) {
+		return
+	}
+	s.counts.OptedOut++
+	if s.ndop.Has(n) {
+		s.counts.OptedOutNDOP++
+	}
+	if e, ok := s.type1[n]; ok && e.dissent {
+		s.counts.OptedOutType1++
+	}
+}
+
+// eventPatient decides an event row by its patient: opted out, kept
+// (ReasonNone), excluded, or unknown.
+func (s *state) eventPatient(n uint64) Reason {
+	if r := s.optedOutReason(n); r != ReasonNone {
+		return r
+	}
+	if s.kept.Has(n) {
+		return ReasonNone
+	}
+	if s.seen.Has(n) {
+		return ReasonPatientExcluded
+	}
+	return ReasonUnknownPatient
+}

@@ -1,0 +1,398 @@
+package ingest
+
+import (
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+)
+
+// A Table is one of the five tables of an extract.
+type Table uint8
+
+const (
+	Patients Table = iota
+	Encounters
+	Conditions
+	Medications
+	Observations
+)
+
+// Tables lists the tables in the order ingest reads them.
+var Tables = []Table{Patients, Encounters, Conditions, Medications, Observations}
+
+func (t Table) String() string {
+	return [...]string{"patients", "encounters", "conditions", "medications", "observations"}[t]
+}
+
+// FHIRResource returns the FHIR R4 resource type that carries the table.
+func (t Table) FHIRResource() string {
+	return [...]string{"Patient", "Encounter", "Condition", "MedicationStatement", "Observation"}[t]
+}
+
+// Columns returns the table's columns in the extract contract's order.
+func (t Table) Columns() []string { return columns[t] }
+
+var columns = [...][]string{
+	Patients:     {"nhs_number", "given_name", "family_name", "date_of_birth", "sex", "postcode", "ethnicity", "gp_practice", "date_of_death"},
+	Encounters:   {"encounter_id", "nhs_number", "type", "start_date", "end_date", "organisation"},
+	Conditions:   {"nhs_number", "code_system", "code", "onset_date", "encounter_id"},
+	Medications:  {"nhs_number", "code_system", "code", "start_date", "end_date"},
+	Observations: {"nhs_number", "code_system", "code", "value", "unit", "effective_date"},
+}
+
+// nhsColumn is the index of nhs_number in each table's columns.
+var nhsColumn = [...]int{Patients: 0, Encounters: 1, Conditions: 0, Medications: 0, Observations: 0}
+
+func field(name, doc string, typ arrow.DataType, nullable bool) arrow.Field {
+	return arrow.Field{Name: name, Type: typ, Nullable: nullable,
+		Metadata: arrow.NewMetadata([]string{"description"}, []string{doc})}
+}
+
+var (
+	nhsField = field("nhs_number", "NHS number (identifiable; ten digits as an integer, validated by Modulus 11)", arrow.PrimitiveTypes.Uint64, false)
+	str      = arrow.BinaryTypes.String
+	date     = arrow.FixedWidthTypes.Date32
+)
+
+// Schemas are the Arrow schemas of the identifiable batches ingest emits.
+var Schemas = [...]*arrow.Schema{
+	Patients: arrow.NewSchema([]arrow.Field{
+		nhsField,
+		field("given_name", "given name (identifiable)", str, false),
+		field("family_name", "family name (identifiable)", str, false),
+		field("date_of_birth", "date of birth (identifiable)", date, false),
+		field("sex", "administrative gender: male, female, other or unknown", str, false),
+		field("postcode", "postcode of usual address, normalised (identifiable)", str, true),
+		field("ethnicity", "NHS ethnic category code (A-S, Z not stated)", str, true),
+		field("gp_practice", "ODS code of the registered GP practice", str, true),
+		field("date_of_death", "date of death", date, true),
+	}, nil),
+	Encounters: arrow.NewSchema([]arrow.Field{
+		field("encounter_id", "encounter identifier, unique within the extract", str, false),
+		nhsField,
+		field("type", "encounter type: gp, outpatient, inpatient or ae", str, false),
+		field("start_date", "start date", date, false),
+		field("end_date", "end date", date, true),
+		field("organisation", "organisation providing the encounter", str, true),
+	}, nil),
+	Conditions: arrow.NewSchema([]arrow.Field{
+		nhsField,
+		field("code_system", "snomed or icd10", str, false),
+		field("code", "SNOMED CT concept id or ICD-10 code", str, false),
+		field("onset_date", "onset or recorded date", date, false),
+		field("encounter_id", "encounter the condition was recorded in", str, true),
+	}, nil),
+	Medications: arrow.NewSchema([]arrow.Field{
+		nhsField,
+		field("code_system", "dmd", str, false),
+		field("code", "dm+d concept id (VMP/AMP)", str, false),
+		field("start_date", "start date", date, false),
+		field("end_date", "end date", date, true),
+	}, nil),
+	Observations: arrow.NewSchema([]arrow.Field{
+		nhsField,
+		field("code_system", "snomed", str, false),
+		field("code", "SNOMED CT concept id", str, false),
+		field("value", "numeric value", arrow.PrimitiveTypes.Float64, true),
+		field("unit", "unit of the value (UCUM or as recorded)", str, true),
+		field("effective_date", "effective date", date, false),
+	}, nil),
+}
+
+// MaxField is the longest field value accepted, in bytes; longer values
+// are quarantined as field_too_long.
+const MaxField = 4096
+
+// A rowBuilder validates rows of one table and appends the good ones to
+// Arrow builders. Each worker owns one; none is shared.
+type rowBuilder struct {
+	t   Table
+	st  *state
+	rb  *array.RecordBuilder
+	pc  []byte // postcode scratch
+
+}
+
+func newRowBuilder(t Table, st *state, mem memory.Allocator) *rowBuilder {
+	return &rowBuilder{t: t, st: st, rb: array.NewRecordBuilder(mem, Schemas[t])}
+}
+
+// add decides the fate of one row whose fields are in contract order. It
+// returns the reason the row is not kept (ReasonNone when it was appended)
+// and, for validation failures, the offending column.
+func (b *rowBuilder) add(f [][]byte) (Reason, int) {
+	n, err := ParseNHSNumber(f[nhsColumn[b.t]])
+	switch {
+	case err == ErrNHSMissing:
+		return ReasonMissingNHSNumber, nhsColumn[b.t]
+	case err != nil:
+		return ReasonInvalidNHSNumber, nhsColumn[b.t]
+	}
+	if b.t == Patients {
+		return b.addPatient(n, f)
+	}
+	if r := b.st.eventPatient(n); r != ReasonNone {
+		return r, -1
+	}
+	for i, v := range f {
+		if len(v) > MaxField {
+			return ReasonFieldTooLong, i
+		}
+	}
+	switch b.t {
+	case Encounters:
+		return b.addEncounter(n, f)
+	case Conditions:
+		return b.addCondition(n, f)
+	case Medications:
+		return b.addMedication(n, f)
+	}
+	return b.addObservation(n, f)
+}
+
+func (b *rowBuilder) addPatient(n uint64, f [][]byte) (Reason, int) {
+	st := b.st
+	if r := st.optedOutReason(n); r != ReasonNone {
+		st.countOptedOutPatient(n)
+		return r, -1
+	}
+	if !st.seen.Add(n) {
+		return ReasonDuplicatePatient, 0
+	}
+	for i, v := range f {
+		if len(v) > MaxField {
+			return ReasonFieldTooLong, i
+		}
+	}
+	given, family := trimSpace(f[1]), trimSpace(f[2])
+	if len(given) == 0 {
+		return ReasonMissingField, 1
+	}
+	if len(family) == 0 {
+		return ReasonMissingField, 2
+	}
+	dob, ok := parseDate(f[3])
+	if !ok {
+		return ReasonInvalidDate, 3
+	}
+	sex := canonicalSex(trimSpace(f[4]))
+	if sex == "" {
+		return ReasonInvalidSex, 4
+	}
+	var pc []byte
+	if v := trimSpace(f[5]); len(v) > 0 {
+		if b.pc, ok = normalisePostcode(b.pc, v); !ok {
+			return ReasonInvalidPostcode, 5
+		}
+		pc = b.pc
+	}
+	eth := trimSpace(f[6])
+	if len(eth) > 0 && !validEthnicity(eth) {
+		return ReasonInvalidEthnicity, 6
+	}
+	gp := trimSpace(f[7])
+	if len(gp) > 0 && !validODS(gp) {
+		return ReasonInvalidPractice, 7
+	}
+	var dod arrow.Date32
+	hasDod := len(trimSpace(f[8])) > 0
+	if hasDod {
+		if dod, ok = parseDate(f[8]); !ok || dod < dob {
+			return ReasonInvalidDate, 8
+		}
+	}
+	st.kept.Add(n)
+	b.appendNHS(n)
+	b.str(1, given)
+	b.str(2, family)
+	b.rb.Field(3).(*array.Date32Builder).Append(dob)
+	b.rb.Field(4).(*array.StringBuilder).Append(sex)
+	b.optStr(5, pc)
+	b.optStr(6, eth)
+	b.optStr(7, gp)
+	b.optDate(8, dod, hasDod)
+	return ReasonNone, -1
+}
+
+var encounterTypes = []string{"gp", "outpatient", "inpatient", "ae"}
+
+func (b *rowBuilder) addEncounter(n uint64, f [][]byte) (Reason, int) {
+	id := trimSpace(f[0])
+	if len(id) == 0 {
+		return ReasonMissingField, 0
+	}
+	typ := ""
+	for _, s := range encounterTypes {
+		if equalFold(trimSpace(f[2]), s) {
+			typ = s
+		}
+	}
+	if typ == "" {
+		return ReasonInvalidCode, 2
+	}
+	start, end, hasEnd, r, col := dateRange(f[3], f[4], 3)
+	if r != ReasonNone {
+		return r, col
+	}
+	b.str(0, id)
+	b.appendNHSAt(1, n)
+	b.rb.Field(2).(*array.StringBuilder).Append(typ)
+	b.rb.Field(3).(*array.Date32Builder).Append(start)
+	b.optDate(4, end, hasEnd)
+	b.optStr(5, trimSpace(f[5]))
+	return ReasonNone, -1
+}
+
+func (b *rowBuilder) addCondition(n uint64, f [][]byte) (Reason, int) {
+	sys, code := trimSpace(f[1]), trimSpace(f[2])
+	var system string
+	switch {
+	case equalFold(sys, "snomed"):
+		system = "snomed"
+		if !validSCTID(code) {
+			return ReasonInvalidCode, 2
+		}
+	case equalFold(sys, "icd10"):
+		system = "icd10"
+		if !validICD10(code) {
+			return ReasonInvalidCode, 2
+		}
+	default:
+		return ReasonInvalidCodeSystem, 1
+	}
+	onset, ok := parseDate(f[3])
+	if !ok {
+		return ReasonInvalidDate, 3
+	}
+	b.appendNHS(n)
+	b.rb.Field(1).(*array.StringBuilder).Append(system)
+	b.str(2, code)
+	b.rb.Field(3).(*array.Date32Builder).Append(onset)
+	b.optStr(4, trimSpace(f[4]))
+	return ReasonNone, -1
+}
+
+func (b *rowBuilder) addMedication(n uint64, f [][]byte) (Reason, int) {
+	if !equalFold(trimSpace(f[1]), "dmd") {
+		return ReasonInvalidCodeSystem, 1
+	}
+	code := trimSpace(f[2])
+	if !validSCTID(code) {
+		return ReasonInvalidCode, 2
+	}
+	start, end, hasEnd, r, col := dateRange(f[3], f[4], 3)
+	if r != ReasonNone {
+		return r, col
+	}
+	b.appendNHS(n)
+	b.rb.Field(1).(*array.StringBuilder).Append("dmd")
+	b.str(2, code)
+	b.rb.Field(3).(*array.Date32Builder).Append(start)
+	b.optDate(4, end, hasEnd)
+	return ReasonNone, -1
+}
+
+func (b *rowBuilder) addObservation(n uint64, f [][]byte) (Reason, int) {
+	if !equalFold(trimSpace(f[1]), "snomed") {
+		return ReasonInvalidCodeSystem, 1
+	}
+	code := trimSpace(f[2])
+	if !validSCTID(code) {
+		return ReasonInvalidCode, 2
+	}
+	var v float64
+	raw := trimSpace(f[3])
+	hasValue := len(raw) > 0
+	if hasValue {
+		var ok bool
+		if v, ok = parseValue(raw); !ok {
+			return ReasonInvalidValue, 3
+		}
+	}
+	eff, ok := parseDate(f[5])
+	if !ok {
+		return ReasonInvalidDate, 5
+	}
+	b.appendNHS(n)
+	b.rb.Field(1).(*array.StringBuilder).Append("snomed")
+	b.str(2, code)
+	if hasValue {
+		b.rb.Field(3).(*array.Float64Builder).Append(v)
+	} else {
+		b.rb.Field(3).AppendNull()
+	}
+	b.optStr(4, trimSpace(f[4]))
+	b.rb.Field(5).(*array.Date32Builder).Append(eff)
+	return ReasonNone, -1
+}
+
+// dateRange parses a required start and an optional end no earlier than it.
+func dateRange(s, e []byte, col int) (start, end arrow.Date32, hasEnd bool, r Reason, bad int) {
+	start, ok := parseDate(s)
+	if !ok {
+		return 0, 0, false, ReasonInvalidDate, col
+	}
+	if len(trimSpace(e)) > 0 {
+		if end, ok = parseDate(e); !ok || end < start {
+			return 0, 0, false, ReasonInvalidDate, col + 1
+		}
+		hasEnd = true
+	}
+	return start, end, hasEnd, ReasonNone, -1
+}
+
+func canonicalSex(b []byte) string {
+	for _, s := range [...]string{"male", "female", "other", "unknown"} {
+		if equalFold(b, s) {
+			return s
+		}
+	}
+	return ""
+}
+
+func (b *rowBuilder) appendNHS(n uint64) { b.appendNHSAt(0, n) }
+
+func (b *rowBuilder) appendNHSAt(i int, n uint64) {
+	b.rb.Field(i).(*array.Uint64Builder).Append(n)
+}
+
+func (b *rowBuilder) str(i int, v []byte) {
+	b.rb.Field(i).(*array.StringBuilder).BinaryBuilder.Append(v)
+}
+
+func (b *rowBuilder) optStr(i int, v []byte) {
+	if len(v) == 0 {
+		b.rb.Field(i).AppendNull()
+		return
+	}
+	b.str(i, v)
+}
+
+func (b *rowBuilder) optDate(i int, d arrow.Date32, ok bool) {
+	if !ok {
+		b.rb.Field(i).AppendNull()
+		return
+	}
+	b.rb.Field(i).(*array.Date32Builder).Append(d)
+}
+
+// flush returns the rows appended since the last flush as a record batch,
+// or nil when there are none.
+func (b *rowBuilder) flush() arrow.RecordBatch {
+	if b.rb.Field(0).Len() == 0 {
+		return nil
+	}
+	return b.rb.NewRecordBatch()
+}
+
+func (b *rowBuilder) release() { b.rb.Release() }
+
+func (t Table) column(i int) string {
+	if i < 0 || i >= len(columns[t]) {
+		return ""
+	}
+	return columns[t][i]
+}
+
+
