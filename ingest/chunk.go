@@ -171,8 +171,8 @@ func (c *chunker) skipRecord(buf []byte) (int, []byte, error) {
 var ErrGzipBomb = errors.New("gzip stream expands implausibly (over 200:1); refusing a possible gzip bomb")
 
 const (
-	maxGzipRatio     = 200
-	gzipRatioSlack   = 64 << 20
+	maxGzipRatio   = 200
+	gzipRatioSlack = 64 << 20
 )
 
 // countingReader counts the bytes read through it.

@@ -98,13 +98,13 @@ type QuarantineEntry struct {
 // TableReport counts the rows of one table. Read always equals
 // Kept+Quarantined+OptedOut+Excluded.
 type TableReport struct {
-	File        string           `json:"file,omitempty"`
-	Read        int64            `json:"read"`
-	Kept        int64            `json:"kept"`
-	Quarantined int64            `json:"quarantined"`
-	OptedOut    int64            `json:"opted_out"`
-	Excluded    int64            `json:"excluded"`
-	Reasons     map[string]int64 `json:"reasons"`
+	File        string            `json:"file,omitempty"`
+	Read        int64             `json:"read"`
+	Kept        int64             `json:"kept"`
+	Quarantined int64             `json:"quarantined"`
+	OptedOut    int64             `json:"opted_out"`
+	Excluded    int64             `json:"excluded"`
+	Reasons     map[string]int64  `json:"reasons"`
 	Samples     []QuarantineEntry `json:"quarantine_samples,omitempty"`
 }
 

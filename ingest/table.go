@@ -1,7 +1,6 @@
 package ingest
 
 import (
-
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/memory"
@@ -107,10 +106,10 @@ const MaxField = 4096
 // A rowBuilder validates rows of one table and appends the good ones to
 // Arrow builders. Each worker owns one; none is shared.
 type rowBuilder struct {
-	t   Table
-	st  *state
-	rb  *array.RecordBuilder
-	pc  []byte // postcode scratch
+	t  Table
+	st *state
+	rb *array.RecordBuilder
+	pc []byte // postcode scratch
 
 }
 
@@ -394,5 +393,3 @@ func (t Table) column(i int) string {
 	}
 	return columns[t][i]
 }
-
-

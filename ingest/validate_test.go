@@ -29,14 +29,14 @@ func TestParseDate(t *testing.T) {
 
 func TestValidCodes(t *testing.T) {
 	sct := map[string]bool{
-		"44054006":          true,  // type 2 diabetes mellitus
-		"38341003":          true,  // hypertensive disorder
-		"827241000000103":   true,  // type 1 dissent (UK extension)
-		"827261000000102":   true,  // withdrawal of type 1 dissent
-		"44054007":          false, // check digit off
-		"04405406":          false, // leading zero
-		"12345":             false, // too short
-		"4405400X":          false,
+		"44054006":            true,  // type 2 diabetes mellitus
+		"38341003":            true,  // hypertensive disorder
+		"827241000000103":     true,  // type 1 dissent (UK extension)
+		"827261000000102":     true,  // withdrawal of type 1 dissent
+		"44054007":            false, // check digit off
+		"04405406":            false, // leading zero
+		"12345":               false, // too short
+		"4405400X":            false,
 		"1234567890123456789": false,
 	}
 	for code, want := range sct {

@@ -182,9 +182,9 @@ func nextNumber(base *uint64) uint64 {
 type status uint8
 
 const (
-	statusKept    status = iota
-	statusSeen           // valid number, row quarantined
-	statusAbsent         // no row with a valid number
+	statusKept   status = iota
+	statusSeen          // valid number, row quarantined
+	statusAbsent        // no row with a valid number
 	statusOptedOut
 )
 
@@ -202,16 +202,16 @@ const (
 )
 
 type person struct {
-	nhs       uint64
-	nhsText   string
-	female    bool
-	dob       time.Time
-	dod       time.Time // zero when alive
-	ndop      bool
-	type1     bool // effective dissent
-	status    status
-	district  string
-	conds     []int
+	nhs      uint64
+	nhsText  string
+	female   bool
+	dob      time.Time
+	dod      time.Time // zero when alive
+	ndop     bool
+	type1    bool // effective dissent
+	status   status
+	district string
+	conds    []int
 }
 
 func (g *gen) maybeFault() bool { return g.opts.FaultRate > 0 && g.rng.Float64() < g.opts.FaultRate }
