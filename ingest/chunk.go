@@ -72,6 +72,10 @@ func (c *chunker) next() (*chunk, error) {
 			buf = bytes.TrimPrefix(buf, []byte("\xEF\xBB\xBF"))
 			c.first = false
 		}
+		if len(buf) == 0 && c.eof {
+			chunkPool.Put(bp)
+			return nil, io.EOF
+		}
 		cut := c.lastBoundary(buf)
 		if cut < 0 && c.eof {
 			cut = len(buf)

@@ -68,7 +68,7 @@ func csvRecord(data []byte, fields [][]byte, scratch []byte) ([][]byte, []byte, 
 				return fields, scratch, pos + 1, lines, nil
 			}
 			// Text after a closing quote: consume to the end of the record.
-			n, l := recordEnd(data, pos, true)
+			n, l := recordEnd(data, pos, false)
 			return fields, scratch, n, lines + l, errMalformed
 		}
 		// Unquoted field: up to the next comma or line end.

@@ -1,0 +1,111 @@
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/apache/arrow-go/v18/arrow/memory"
+)
+
+// FuzzCSVRecord checks that the record reader always makes progress,
+// never reads past its input and never panics.
+func FuzzCSVRecord(f *testing.F) {
+	for _, s := range []string{"a,b,c\n", `"a,b","c""d"` + "\r\n", "\"unterminated\n", `"a"x,b` + "\n", "", ",,\n", "\"\"\n", "a\rb\n"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var fields [][]byte
+		var scratch []byte
+		pos := 0
+		for pos < len(data) {
+			var n int
+			fields, scratch, n, _, _ = csvRecord(data[pos:], fields, scratch)
+			if n <= 0 || pos+n > len(data) {
+				t.Fatalf("consumed %d of %d bytes", n, len(data)-pos)
+			}
+			for _, f := range fields {
+				if len(f) > len(data) {
+					t.Fatal("field longer than input")
+				}
+			}
+			pos += n
+		}
+	})
+}
+
+// FuzzFHIRLine checks that any line decodes or is rejected, never panics,
+// and that the whole row path (validation included) copes with it.
+func FuzzFHIRLine(f *testing.F) {
+	f.Add([]byte(`{"resourceType":"Patient","identifier":[{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9434765919"}],"name":[{"family":"Smith","given":["A"]}],"gender":"female","birthDate":"1970-05-01"}`))
+	f.Add([]byte(`{"resourceType":"Observation","subject":{"identifier":{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9434765919"}},"code":{"coding":[{"system":"http://snomed.info/sct","code":"60621009"}]},"valueQuantity":{"value":1e400,"unit":"x"},"effectiveDateTime":"2023-01-01"}`))
+	f.Add([]byte(`[[[[`))
+	f.Fuzz(func(t *testing.T, line []byte) {
+		st := newState(nil)
+		st.ndop = &OptOuts{set: newIDSet(16)}
+		for _, tb := range Tables {
+			out := make([][]byte, len(columns[tb]))
+			if fhirFields(tb, line, out) {
+				b := newRowBuilder(tb, st, memory.DefaultAllocator)
+				b.add(out)
+				b.release()
+			}
+		}
+	})
+}
+
+// FuzzLoadOptOuts checks that any opt-out file loads without panicking and
+// that its counts add up.
+func FuzzLoadOptOuts(f *testing.F) {
+	f.Add([]byte("9434765919\n943 476 5919\r\njunk\n\n# c\n"))
+	f.Add([]byte("\xEF\xBB\xBF9876543210"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		o, err := LoadOptOuts(context.Background(), bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := o.Stats
+		if st.Numbers+st.Invalid+st.Blank != st.Lines {
+			t.Fatalf("lines %d != numbers %d + invalid %d + blank %d", st.Lines, st.Numbers, st.Invalid, st.Blank)
+		}
+		if o.Len() != st.Numbers-st.Repeated {
+			t.Fatalf("set holds %d, want %d", o.Len(), st.Numbers-st.Repeated)
+		}
+	})
+}
+
+func TestLoadOptOuts(t *testing.T) {
+	in := "\xEF\xBB\xBF9434765919\r\n943 476 5919\n\n  # a comment\njunk\n9876543210 # trailing\n1234567890\n" + strings.Repeat("9", 300) + "\n"
+	o, err := LoadOptOuts(t.Context(), strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := o.Stats
+	if st.Numbers != 3 || st.Repeated != 1 || st.Invalid != 3 || st.Blank != 2 || o.Len() != 2 {
+		t.Errorf("stats = %+v, len %d", st, o.Len())
+	}
+	if want := []int{5, 7, 8}; len(st.InvalidLines) != 3 || st.InvalidLines[0] != want[0] || st.InvalidLines[2] != want[2] {
+		t.Errorf("invalid lines = %v, want %v", st.InvalidLines, want)
+	}
+	if !o.Has(9434765919) || !o.Has(9876543210) || o.Has(1234567881) {
+		t.Error("membership wrong")
+	}
+}
+
+func TestIDSet(t *testing.T) {
+	s := newIDSet(4)
+	for i := uint64(1); i <= 100000; i++ {
+		if !s.Add(i * 7919) {
+			t.Fatalf("%d reported present before it was added", i)
+		}
+	}
+	for i := uint64(1); i <= 100000; i++ {
+		if s.Add(i*7919) || !s.Has(i*7919) || s.Has(i*7919+1) {
+			t.Fatalf("membership wrong at %d", i)
+		}
+	}
+	if s.Len() != 100000 {
+		t.Fatalf("len = %d", s.Len())
+	}
+}
