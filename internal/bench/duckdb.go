@@ -1,0 +1,56 @@
+// Package bench holds the baselines that hub's benchmarks are measured
+// against. It is the only package that links DuckDB so far.
+package bench
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	_ "github.com/duckdb/duckdb-go/v2" // registers the "duckdb" driver
+)
+
+// DuckDBIngest is what a data engineer would write with DuckDB in place of
+// hub's ingest: read_csv of every table, anti-joined against the opt-out
+// list on the NHS number, materialised (so every column is parsed) and
+// dropped. It validates nothing and knows no type 1 dissent. It returns
+// the rows read and the rows kept.
+func DuckDBIngest(ctx context.Context, dir string) (read, kept int64, err error) {
+	db, err := sql.Open("duckdb", "")
+	if err != nil {
+		return 0, 0, fmt.Errorf("open duckdb: %w", err)
+	}
+	defer db.Close()
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer conn.Close()
+	quote := func(p string) string { return "'" + strings.ReplaceAll(p, "'", "''") + "'" }
+	if _, err := conn.ExecContext(ctx, `CREATE TABLE optout AS SELECT DISTINCT nhs FROM read_csv(`+
+		quote(filepath.Join(dir, "optouts.txt"))+`, header = false, columns = {'nhs': 'VARCHAR'})`); err != nil {
+		return 0, 0, fmt.Errorf("load opt-outs: %w", err)
+	}
+	for _, t := range []string{"patients", "encounters", "conditions", "medications", "observations"} {
+		src := quote(filepath.Join(dir, t+".csv"))
+		var n int64
+		if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM read_csv(`+src+`, header = true, all_varchar = true)`).Scan(&n); err != nil {
+			return 0, 0, fmt.Errorf("count %s: %w", t, err)
+		}
+		read += n
+		if _, err := conn.ExecContext(ctx, `CREATE TABLE kept AS SELECT t.* FROM read_csv(`+src+`, header = true) t
+			ANTI JOIN optout o ON CAST(t.nhs_number AS VARCHAR) = o.nhs`); err != nil {
+			return 0, 0, fmt.Errorf("ingest %s: %w", t, err)
+		}
+		if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM kept`).Scan(&n); err != nil {
+			return 0, 0, err
+		}
+		kept += n
+		if _, err := conn.ExecContext(ctx, `DROP TABLE kept`); err != nil {
+			return 0, 0, err
+		}
+	}
+	return read, kept, nil
+}
