@@ -1,0 +1,94 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nhs-hub/hub/ingest"
+	"github.com/nhs-hub/hub/internal/synth"
+)
+
+func runHub(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	app := newApp()
+	var out, errOut bytes.Buffer
+	app.Writer, app.ErrWriter = &out, &errOut
+	err := app.RunContext(t.Context(), append([]string{"hub"}, args...))
+	return out.String(), err
+}
+
+// The "done when": synth then ingest --check reports the
+// generator's ground truth.
+func TestSynthThenIngestMatchesTruth(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "x")
+	if _, err := runHub(t, "synth", "--patients", "10000", "--seed", "1", "--out", dir); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runHub(t, "ingest", "--extract", dir, "--optouts", filepath.Join(dir, "optouts.txt"), "--check", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep ingest.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "truth.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var truth synth.Truth
+	if err := json.Unmarshal(raw, &truth); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range truth.Tables {
+		got := rep.Tables[name]
+		if got.Read != want.Read || got.Kept != want.Kept || got.OptedOut != want.OptedOut ||
+			got.Quarantined != want.Quarantined || got.Excluded != want.Excluded {
+			t.Errorf("%s: got %+v, want %+v", name, got, want)
+		}
+	}
+	if rep.Patients != truth.Patients {
+		t.Errorf("patients = %+v, want %+v", rep.Patients, truth.Patients)
+	}
+	if rep.Patients.OptedOutNDOP == 0 || rep.Patients.OptedOutType1 == 0 {
+		t.Error("no opt-outs in a 10,000-patient extract")
+	}
+	// The human summary names the same figures.
+	text, err := runHub(t, "ingest", "--extract", dir, "--optouts", filepath.Join(dir, "optouts.txt"), "--check")
+	if err != nil || !strings.Contains(text, "opted out") {
+		t.Fatalf("summary: %v\n%s", err, text)
+	}
+}
+
+func TestCommandErrors(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"ingest", "--extract", dir, "--optouts", filepath.Join(dir, "none.txt"), "--check"}, "open opt-out list"},
+		{[]string{"ingest", "--extract", filepath.Join(dir, "missing"), "--optouts", os.DevNull, "--check"}, "extract folder"},
+		{[]string{"ingest", "--extract", dir, "--optouts", os.DevNull, "--check"}, "no extract found"},
+		{[]string{"ingest", "--extract", dir, "--optouts", os.DevNull}, "run with --check"},
+		{[]string{"synth", "--out", dir, "--format", "xml"}, "unknown format"},
+	}
+	for _, tt := range tests {
+		_, err := runHub(t, tt.args...)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("hub %v: err = %v, want %q", tt.args, err, tt.want)
+		}
+	}
+}
+
+func TestHelp(t *testing.T) {
+	for _, cmd := range []string{"synth", "ingest", "bench"} {
+		out, err := runHub(t, cmd, "--help")
+		if err != nil || !strings.Contains(out, "USAGE") {
+			t.Errorf("hub %s --help: %v\n%s", cmd, err, out)
+		}
+	}
+}
