@@ -190,13 +190,8 @@ func TestHugeFieldBoundedMemory(t *testing.T) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	o, _ := ingest.LoadOptOuts(t.Context(), strings.NewReader(""))
 	var q bytes.Buffer
-	rep, err := ingest.Run(t.Context(), ingest.Dir(dir), ingest.Options{OptOuts: o, Quarantine: &q},
-		func(_ context.Context, _ ingest.Table, rec arrow.RecordBatch) error { rec.Release(); return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep := runQuarantine(t, dir, &q)
 	runtime.ReadMemStats(&after)
 	tr := rep.Tables["patients"]
 	if tr.Kept != 2 || tr.Reasons["record_too_long"] != 1 || tr.Read != 3 {
@@ -235,13 +230,8 @@ func TestGzipBomb(t *testing.T) {
 func TestNoIdentifiersInReport(t *testing.T) {
 	dir := writeExtract(t, map[string]string{"patients.csv": headers["patients.csv"] +
 		alice + "9434765918,Zebedee,Quixote,1970-05-01,female,LS6 2AB,,,\n" + "9876543210,Bob,Jones,1980-13-31,male,BD1 1HY,,,\n"})
-	o, _ := ingest.LoadOptOuts(t.Context(), strings.NewReader(""))
 	var q bytes.Buffer
-	rep, err := ingest.Run(t.Context(), ingest.Dir(dir), ingest.Options{OptOuts: o, Quarantine: &q},
-		func(_ context.Context, _ ingest.Table, rec arrow.RecordBatch) error { rec.Release(); return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep := runQuarantine(t, dir, &q)
 	var out bytes.Buffer
 	rep.WriteJSON(&out)
 	rep.WriteText(&out)
@@ -254,4 +244,17 @@ func TestNoIdentifiersInReport(t *testing.T) {
 	if rep.Tables["patients"].Quarantined != 2 {
 		t.Errorf("quarantined = %d, want 2", rep.Tables["patients"].Quarantined)
 	}
+}
+
+// runQuarantine ingests dir with an empty opt-out list, writing the
+// quarantine list to q.
+func runQuarantine(t *testing.T, dir string, q *bytes.Buffer) *ingest.Report {
+	t.Helper()
+	o, _ := ingest.LoadOptOuts(t.Context(), strings.NewReader(""))
+	rep, err := ingest.Run(t.Context(), ingest.Dir(dir), ingest.Options{OptOuts: o, Quarantine: q},
+		func(_ context.Context, _ ingest.Table, rec arrow.RecordBatch) error { rec.Release(); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
 }

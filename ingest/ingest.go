@@ -453,7 +453,7 @@ func (r *run) table(ctx context.Context, t Table, workers int, emit Emit) error 
 				<-tokens
 				for reason, n := range res.counts {
 					if n > 0 {
-						rep.count(Reason(reason), n)
+						rep.Add(Reason(reason), n)
 					}
 				}
 				for _, q := range res.quarantine {

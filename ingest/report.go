@@ -108,7 +108,8 @@ type TableReport struct {
 	Samples     []QuarantineEntry `json:"quarantine_samples,omitempty"`
 }
 
-func (t *TableReport) count(r Reason, n int64) {
+// Add counts n rows with reason r (ReasonNone for kept rows).
+func (t *TableReport) Add(r Reason, n int64) {
 	t.Read += n
 	switch r.Outcome() {
 	case Kept:

@@ -60,7 +60,7 @@ func (g *gen) emit(t ingest.Table, p *person, row []string, dateCol, codeCol, lo
 	case faultLong:
 		row[longCol] = longText(4097 + g.rng.IntN(8000))
 	}
-	g.truth.Tables[t.String()].add(eventFate(p, f))
+	g.truth.Tables[t.String()].Add(eventFate(p, f), 1)
 	g.w.write(t, row)
 }
 

@@ -46,39 +46,13 @@ var (
 
 // Truth is what ingest must report for a generated extract.
 type Truth struct {
-	Tables   map[string]*TableTruth `json:"tables"`
+	Tables   map[string]*ingest.TableReport `json:"tables"`
 	Patients ingest.PatientCounts   `json:"patients"`
 	Type1    ingest.Type1Stats      `json:"type1_dissent"`
 	OptOuts  struct {
 		Numbers int `json:"numbers"`
 		Invalid int `json:"invalid_lines"`
 	} `json:"optouts"`
-}
-
-// TableTruth counts a table's rows by fate, as ingest's report does.
-type TableTruth struct {
-	Read        int64            `json:"read"`
-	Kept        int64            `json:"kept"`
-	Quarantined int64            `json:"quarantined"`
-	OptedOut    int64            `json:"opted_out"`
-	Excluded    int64            `json:"excluded"`
-	Reasons     map[string]int64 `json:"reasons"`
-}
-
-func (t *TableTruth) add(r ingest.Reason) {
-	t.Read++
-	switch r.Outcome() {
-	case ingest.Kept:
-		t.Kept++
-		return
-	case ingest.Quarantined:
-		t.Quarantined++
-	case ingest.OptedOut:
-		t.OptedOut++
-	case ingest.Excluded:
-		t.Excluded++
-	}
-	t.Reasons[r.String()]++
 }
 
 // Generate writes an extract into dir: the five table files, optouts.txt
@@ -93,9 +67,9 @@ func Generate(ctx context.Context, dir string, opts Options) (*Truth, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create extract folder: %w", err)
 	}
-	g := &gen{opts: opts, truth: &Truth{Tables: map[string]*TableTruth{}}}
+	g := &gen{opts: opts, truth: &Truth{Tables: map[string]*ingest.TableReport{}}}
 	for _, t := range ingest.Tables {
-		g.truth.Tables[t.String()] = &TableTruth{Reasons: map[string]int64{}}
+		g.truth.Tables[t.String()] = &ingest.TableReport{Reasons: map[string]int64{}}
 	}
 	var err error
 	if g.w, err = newWriters(dir, opts.Format, opts.Gzip, opts.FaultRate > 0); err != nil {
@@ -408,7 +382,7 @@ func (g *gen) patientRow(p *person, f fault) {
 	default:
 		p.status = statusSeen
 	}
-	tt.add(reason)
+	tt.Add(reason, 1)
 	g.w.write(ingest.Patients, row)
 	g.countPatient(p, reason)
 
@@ -419,7 +393,7 @@ func (g *gen) patientRow(p *person, f fault) {
 		if o := p.optedOutReason(); o != ingest.ReasonNone {
 			dup = o
 		}
-		tt.add(dup)
+		tt.Add(dup, 1)
 		g.w.write(ingest.Patients, row)
 	}
 }
