@@ -113,6 +113,9 @@ func Run(ctx context.Context, src Source, opts Options, emit Emit) (*Report, err
 		if t == Patients {
 			workers = 1 // the patient sets are written in file order
 		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		if err := r.table(ctx, t, workers, emit); err != nil {
 			return nil, err
 		}
@@ -396,6 +399,9 @@ func (r *run) table(ctx context.Context, t Table, workers int, emit Emit) error 
 			case tokens <- struct{}{}:
 			case <-gctx.Done():
 				return gctx.Err()
+			}
+			if err := gctx.Err(); err != nil {
+				return err
 			}
 			c, err := tr.next()
 			if err == io.EOF {

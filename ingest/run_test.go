@@ -154,3 +154,5 @@ func TestSynthDeterministic(t *testing.T) {
 		}
 	}
 }
+
+func syntheticSmall() synth.Options { return synth.Options{Patients: 3000, Seed: 5, FaultRate: 0.01} }
