@@ -315,6 +315,9 @@ func (r *run) type1Pass(ctx context.Context) error {
 	g.Go(func() error {
 		defer close(chunks)
 		for {
+			if err := gctx.Err(); err != nil {
+				return err
+			}
 			c, err := tr.next()
 			if err == io.EOF {
 				return nil
