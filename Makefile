@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/hub
 DEMO    := demo
 PKGS    := ./...
-STATICCHECK := honnef.co/go/tools/cmd/staticcheck@2025.1.1
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 .PHONY: build test test-short demo bench bench-go lint tidy-check fuzz clean
 

@@ -47,8 +47,8 @@ var (
 // Truth is what ingest must report for a generated extract.
 type Truth struct {
 	Tables   map[string]*ingest.TableReport `json:"tables"`
-	Patients ingest.PatientCounts   `json:"patients"`
-	Type1    ingest.Type1Stats      `json:"type1_dissent"`
+	Patients ingest.PatientCounts           `json:"patients"`
+	Type1    ingest.Type1Stats              `json:"type1_dissent"`
 	OptOuts  struct {
 		Numbers int `json:"numbers"`
 		Invalid int `json:"invalid_lines"`

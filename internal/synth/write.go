@@ -28,7 +28,6 @@ type writers struct {
 	crlf   [5]bool
 	ids    [5]int
 	line   []byte
-	err    error
 }
 
 func newWriters(dir string, f ingest.Format, gz, faults bool) (*writers, error) {
