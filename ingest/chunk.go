@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"sync"
+
+	"github.com/zeebo/xxh3"
 )
 
 // Chunking limits. A chunk holds whole records only, so workers can parse
@@ -179,15 +181,21 @@ const (
 	gzipRatioSlack = 64 << 20
 )
 
-// countingReader counts the bytes read through it.
+// countingReader counts the bytes read through it and, when h is set,
+// hashes them with XXH3-128: a content fingerprint for provenance, fast
+// enough (~10 GB/s) not to slow the serial reader as SHA-256 did (15%).
 type countingReader struct {
 	r io.Reader
 	n int64
+	h *xxh3.Hasher128
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
+	if c.h != nil {
+		c.h.Write(p[:n])
+	}
 	return n, err
 }
 
@@ -209,8 +217,11 @@ func (g *ratioReader) Read(p []byte) (int, error) {
 
 // openStream wraps r: gunzip when gz is set, with a ratio guard, and a
 // byte count of the raw input for progress.
-func openStream(r io.Reader, gz bool) (io.Reader, *countingReader, error) {
+func openStream(r io.Reader, gz, hashed bool) (io.Reader, *countingReader, error) {
 	cr := &countingReader{r: r}
+	if hashed {
+		cr.h = xxh3.New128()
+	}
 	if !gz {
 		return cr, cr, nil
 	}

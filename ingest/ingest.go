@@ -9,6 +9,7 @@ package ingest
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -195,23 +196,24 @@ type tableReader struct {
 	t      Table
 	file   string
 	rc     io.ReadCloser
+	count  *countingReader
 	ch     *chunker
 	header *csvHeader
 	first  *chunk
 }
 
-func (r *run) open(ctx context.Context, t Table) (*tableReader, error) {
+func (r *run) open(ctx context.Context, t Table, hashed bool) (*tableReader, error) {
 	name := r.files[t]
 	rc, err := r.src.Open(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", name, err)
 	}
-	stream, count, err := openStream(rc, filepath.Ext(name) == ".gz")
+	stream, count, err := openStream(rc, filepath.Ext(name) == ".gz", hashed)
 	if err != nil {
 		rc.Close()
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	tr := &tableReader{t: t, file: name, rc: rc, ch: newChunker(stream, count, r.format == CSV)}
+	tr := &tableReader{t: t, file: name, rc: rc, count: count, ch: newChunker(stream, count, r.format == CSV)}
 	if r.format == FHIR {
 		return tr, nil
 	}
@@ -303,7 +305,7 @@ func (tr *tableReader) records(c *chunk, fn func(line, lines int, f [][]byte)) {
 // before any table is read, so that a patient's objection applies to every
 // table. Only records that contain one of the two codes are parsed.
 func (r *run) type1Pass(ctx context.Context) error {
-	tr, err := r.open(ctx, Observations)
+	tr, err := r.open(ctx, Observations, false)
 	if err != nil {
 		return err
 	}
@@ -379,7 +381,7 @@ type result struct {
 const maxSamples = 20
 
 func (r *run) table(ctx context.Context, t Table, workers int, emit Emit) error {
-	tr, err := r.open(ctx, t)
+	tr, err := r.open(ctx, t, true)
 	if err != nil {
 		return err
 	}
@@ -494,6 +496,9 @@ func (r *run) table(ctx context.Context, t Table, workers int, emit Emit) error 
 		}
 		return err
 	}
+	rep.Bytes = tr.count.n
+	sum := tr.count.h.Sum128().Bytes()
+	rep.XXH3 = hex.EncodeToString(sum[:])
 	r.log.Info("table ingested", "table", t.String(), "read", rep.Read, "kept", rep.Kept,
 		"quarantined", rep.Quarantined, "opted_out", rep.OptedOut, "excluded", rep.Excluded,
 		"seconds", time.Since(start).Seconds())

@@ -1,6 +1,8 @@
 package ingest
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -99,6 +101,8 @@ type QuarantineEntry struct {
 // Kept+Quarantined+OptedOut+Excluded.
 type TableReport struct {
 	File        string            `json:"file,omitempty"`
+	Bytes       int64             `json:"bytes,omitempty"`
+	XXH3        string            `json:"xxh3_128,omitempty"`
 	Read        int64             `json:"read"`
 	Kept        int64             `json:"kept"`
 	Quarantined int64             `json:"quarantined"`
@@ -152,6 +156,18 @@ type Report struct {
 type Type1Stats struct {
 	Dissenting int64 `json:"patients_dissenting"`
 	Withdrawn  int64 `json:"patients_withdrawn"`
+}
+
+// Identity names the extract's content: the SHA-256 of each table file's
+// name and XXH3-128 content hash, in table order.
+func (r *Report) Identity() string {
+	h := sha256.New()
+	for _, t := range Tables {
+		if tr := r.Tables[t.String()]; tr != nil {
+			fmt.Fprintf(h, "%s %s\n", tr.File, tr.XXH3)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // WriteJSON writes the report as indented JSON.

@@ -1,0 +1,373 @@
+package catalog
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// A Manifest commits one dataset version: every part with its size and
+// SHA-256, each table's schema and rows, and the provenance.
+type Manifest struct {
+	Dataset    string                    `json:"dataset"`
+	Version    int                       `json:"version"`
+	Created    time.Time                 `json:"created"`
+	Tables     map[string]*TableManifest `json:"tables"`
+	Provenance Provenance                `json:"provenance"`
+	// Reports holds the ingest and de-identification reports, as written
+	// by those stages (counts and hashes only).
+	Reports map[string]json.RawMessage `json:"reports,omitempty"`
+}
+
+// TableManifest describes one table of a version.
+type TableManifest struct {
+	Rows   int64    `json:"rows"`
+	Parts  []Part   `json:"parts"`
+	Schema []Column `json:"schema"`
+}
+
+// A Part is one immutable Parquet file.
+type Part struct {
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// A Column is a column of the data dictionary.
+type Column struct {
+	Name        string `json:"name"`
+	Type        string `json:"type"`
+	Nullable    bool   `json:"nullable"`
+	Description string `json:"description"`
+}
+
+// Provenance says where a version came from; no value of it identifies
+// anyone, and the pseudonym key appears only as its fingerprint.
+type Provenance struct {
+	ExtractFormat   string `json:"extract_format"`
+	ExtractSource   string `json:"extract_source"`
+	ExtractIdentity string `json:"extract_identity"`
+	OptOutSHA256    string `json:"optout_list_sha256"`
+	OptOutDate      string `json:"optout_list_date"`
+	PolicyHash      string `json:"deid_policy_sha256"`
+	PseudonymDomain string `json:"pseudonym_domain"`
+	KeyFingerprint  string `json:"pseudonym_key_fingerprint"`
+	HubVersion      string `json:"hub_version,omitempty"`
+}
+
+// Lake is the catalog over a Store.
+type Lake struct {
+	store Store
+}
+
+// NewLake returns the lake on store.
+func NewLake(store Store) *Lake { return &Lake{store: store} }
+
+// Store returns the lake's store.
+func (l *Lake) Store() Store { return l.store }
+
+// ErrNotFound is returned for a dataset or version without a manifest.
+var ErrNotFound = errors.New("no such dataset version")
+
+func versionPrefix(name string, v int) string {
+	return "datasets/" + name + "/versions/" + strconv.Itoa(v) + "/"
+}
+
+// ValidName reports whether a dataset name is safe: lower-case letters,
+// digits, '-' and '_', starting with a letter, at most 64 bytes.
+func ValidName(name string) bool {
+	if name == "" || len(name) > 64 || name[0] < 'a' || name[0] > 'z' {
+		return false
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// Datasets lists the datasets with at least one committed version.
+func (l *Lake) Datasets(ctx context.Context) ([]string, error) {
+	paths, err := l.store.List(ctx, "datasets/")
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, p := range paths {
+		parts := strings.Split(p, "/")
+		if len(parts) == 5 && parts[4] == "manifest.json" && !seen[parts[1]] {
+			seen[parts[1]] = true
+			out = append(out, parts[1])
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// Versions lists a dataset's committed versions in ascending order.
+func (l *Lake) Versions(ctx context.Context, name string) ([]int, error) {
+	vs, _, err := l.scan(ctx, name)
+	return vs, err
+}
+
+// scan returns committed versions and every version number in use.
+func (l *Lake) scan(ctx context.Context, name string) (committed []int, used map[int]bool, err error) {
+	paths, err := l.store.List(ctx, "datasets/"+name+"/versions/")
+	if err != nil {
+		return nil, nil, err
+	}
+	used = map[int]bool{}
+	for _, p := range paths {
+		parts := strings.Split(p, "/")
+		if len(parts) < 5 {
+			continue
+		}
+		v, err := strconv.Atoi(parts[3])
+		if err != nil {
+			continue
+		}
+		used[v] = true
+		if len(parts) == 5 && parts[4] == "manifest.json" {
+			committed = append(committed, v)
+		}
+	}
+	sort.Ints(committed)
+	return committed, used, nil
+}
+
+// Manifest reads a committed version's manifest; version 0 means latest.
+func (l *Lake) Manifest(ctx context.Context, name string, version int) (*Manifest, error) {
+	if version == 0 {
+		vs, err := l.Versions(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		if len(vs) == 0 {
+			return nil, fmt.Errorf("%s: %w", name, ErrNotFound)
+		}
+		version = vs[len(vs)-1]
+	}
+	r, err := l.store.Open(ctx, versionPrefix(name, version)+"manifest.json")
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s@%d: %w", name, version, ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	var m Manifest
+	if err := json.NewDecoder(io.LimitReader(r, 64<<20)).Decode(&m); err != nil {
+		return nil, fmt.Errorf("read manifest of %s@%d: %w", name, version, err)
+	}
+	return &m, nil
+}
+
+// A Publication writes one new version. Parts go under the version's
+// prefix; nothing is visible until Commit writes the manifest.
+type Publication struct {
+	lake    *Lake
+	name    string
+	version int
+	parts   map[string][]Part
+}
+
+// Begin claims the next version number of a dataset. The claim is a
+// conditional put, so two publishers never share a version; a version
+// whose run died keeps its claim and is skipped (gc removes its files).
+func (l *Lake) Begin(ctx context.Context, name string) (*Publication, error) {
+	if !ValidName(name) {
+		return nil, fmt.Errorf("invalid dataset name %q: use lower-case letters, digits, - and _", name)
+	}
+	_, used, err := l.scan(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	v := 1
+	for u := range used {
+		v = max(v, u+1)
+	}
+	for tries := 0; tries < 100; tries, v = tries+1, v+1 {
+		claim := []byte(time.Now().UTC().Format(time.RFC3339Nano))
+		err := l.store.PutIfAbsent(ctx, versionPrefix(name, v)+"_claim", claim)
+		if errors.Is(err, ErrExists) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("claim version %d of %s: %w", v, name, err)
+		}
+		return &Publication{lake: l, name: name, version: v, parts: map[string][]Part{}}, nil
+	}
+	return nil, fmt.Errorf("could not claim a version of %s", name)
+}
+
+// Version returns the version number being published.
+func (p *Publication) Version() int { return p.version }
+
+type partWriter struct {
+	w      io.WriteCloser
+	h      hash.Hash
+	n      int64
+	done   func(size int64, sum string)
+	closed bool
+	err    error
+}
+
+func (w *partWriter) Write(b []byte) (int, error) {
+	n, err := w.w.Write(b)
+	w.h.Write(b[:n])
+	w.n += int64(n)
+	return n, err
+}
+
+func (w *partWriter) Close() error {
+	if w.closed {
+		return w.err
+	}
+	w.closed = true
+	if w.err = w.w.Close(); w.err == nil {
+		w.done(w.n, hex.EncodeToString(w.h.Sum(nil)))
+	}
+	return w.err
+}
+
+// Create opens part k of a table; it implements deid.Sink.
+func (p *Publication) Create(ctx context.Context, table string, k int) (io.WriteCloser, error) {
+	path := fmt.Sprintf("%s%s/part-%05d.parquet", versionPrefix(p.name, p.version), table, k)
+	w, err := p.lake.store.Create(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	return &partWriter{w: w, h: sha256.New(), done: func(size int64, sum string) {
+		p.parts[table] = append(p.parts[table], Part{Path: path, Size: size, SHA256: sum})
+	}}, nil
+}
+
+// Parts returns the parts written so far, by table.
+func (p *Publication) Parts() map[string][]Part { return p.parts }
+
+// Commit writes the manifest, making the version visible. m's parts are
+// filled in from what was written.
+func (p *Publication) Commit(ctx context.Context, m *Manifest) error {
+	m.Dataset, m.Version = p.name, p.version
+	if m.Created.IsZero() {
+		m.Created = time.Now().UTC()
+	}
+	for table, tm := range m.Tables {
+		tm.Parts = p.parts[table]
+	}
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := p.lake.store.PutIfAbsent(ctx, versionPrefix(p.name, p.version)+"manifest.json", data); err != nil {
+		return fmt.Errorf("commit %s@%d: %w", p.name, p.version, err)
+	}
+	return nil
+}
+
+// Verify reads every part of a version and checks its size and SHA-256.
+func (l *Lake) Verify(ctx context.Context, m *Manifest) error {
+	for table, tm := range m.Tables {
+		for _, part := range tm.Parts {
+			r, err := l.store.Open(ctx, part.Path)
+			if err != nil {
+				return fmt.Errorf("%s: open %s: %w", table, part.Path, err)
+			}
+			h := sha256.New()
+			n, err := io.Copy(h, r)
+			r.Close()
+			if err != nil {
+				return fmt.Errorf("%s: read %s: %w", table, part.Path, err)
+			}
+			if n != part.Size || hex.EncodeToString(h.Sum(nil)) != part.SHA256 {
+				return fmt.Errorf("%s: %s does not match its manifest: %w", table, part.Path, ErrTampered)
+			}
+		}
+	}
+	return nil
+}
+
+// ErrTampered is returned when a part's bytes differ from its manifest.
+var ErrTampered = errors.New("part checksum mismatch")
+
+// GC removes the files of versions without a manifest whose claim is older
+// than minAge (so a publish still running is left alone), and leftover
+// temporary files of committed versions. It returns the paths removed.
+func (l *Lake) GC(ctx context.Context, name string, minAge time.Duration) ([]string, error) {
+	paths, err := l.store.List(ctx, "datasets/"+name+"/versions/")
+	if err != nil {
+		return nil, err
+	}
+	committed, _, err := l.scan(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	isCommitted := map[int]bool{}
+	for _, v := range committed {
+		isCommitted[v] = true
+	}
+	byVersion := map[int][]string{}
+	for _, p := range paths {
+		parts := strings.Split(p, "/")
+		if v, err := strconv.Atoi(parts[3]); err == nil && len(parts) >= 5 {
+			byVersion[v] = append(byVersion[v], p)
+		}
+	}
+	var removed []string
+	for v, files := range byVersion {
+		if isCommitted[v] {
+			for _, f := range files {
+				if strings.Contains(f, ".tmp-") {
+					if err := l.store.Delete(ctx, f); err != nil {
+						return removed, err
+					}
+					removed = append(removed, f)
+				}
+			}
+			continue
+		}
+		if !l.claimOlder(ctx, versionPrefix(name, v)+"_claim", minAge) {
+			continue
+		}
+		sort.Strings(files)
+		for _, f := range files {
+			if strings.HasSuffix(f, "/_claim") {
+				continue
+			}
+			if err := l.store.Delete(ctx, f); err != nil {
+				return removed, err
+			}
+			removed = append(removed, f)
+		}
+		// The claim goes last, so a half-run gc leaves the version owned.
+		if err := l.store.Delete(ctx, versionPrefix(name, v)+"_claim"); err != nil {
+			return removed, err
+		}
+		removed = append(removed, versionPrefix(name, v)+"_claim")
+	}
+	sort.Strings(removed)
+	return removed, nil
+}
+
+func (l *Lake) claimOlder(ctx context.Context, path string, minAge time.Duration) bool {
+	r, err := l.store.Open(ctx, path)
+	if err != nil {
+		return true // no claim at all: stray files
+	}
+	defer r.Close()
+	b, _ := io.ReadAll(io.LimitReader(r, 128))
+	t, err := time.Parse(time.RFC3339Nano, string(b))
+	return err != nil || time.Since(t) >= minAge
+}

@@ -1,0 +1,260 @@
+package deid
+
+import (
+	"strings"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/nhs-hub/hub/ingest"
+)
+
+// A patientRow is one de-identified patient held until the k-anonymity
+// check has seen them all. It holds no identifier: the pseudonym, year and
+// month of birth, an age band and coarse places.
+type patientRow struct {
+	pid      [32]byte
+	yob      int16
+	mob      int8
+	band     uint8
+	sex      uint8
+	eth      byte // NHS ethnic category code, 0 for none
+	district string
+	area     string
+	gp       string
+	death    arrow.Date32
+	hasDeath bool
+	level    uint8 // generalisation level, see levelNames
+}
+
+// Generalisation levels of the k-anonymity check: each level drops more.
+var levelNames = []string{"none", "district dropped", "area and month of birth dropped", "ethnicity dropped", "suppressed"}
+
+const maxLevel = 4
+
+var sexes = []string{"male", "female", "other", "unknown"}
+
+// ageBands are five-year bands, 90+ last.
+func ageBand(age int) uint8 {
+	if age < 0 {
+		age = 0
+	}
+	return uint8(min(age/5, 18))
+}
+
+func bandName(b uint8) string {
+	if b == 18 {
+		return "90+"
+	}
+	return itoa(int(b)*5) + "-" + itoa(int(b)*5+4)
+}
+
+func itoa(i int) string {
+	if i < 10 {
+		return string(rune('0' + i))
+	}
+	return itoa(i/10) + string(rune('0'+i%10))
+}
+
+// ethnicityGroup maps an NHS ethnic category to its group.
+func ethnicityGroup(c byte) string {
+	switch {
+	case c >= 'A' && c <= 'C':
+		return "White"
+	case c >= 'D' && c <= 'G':
+		return "Mixed"
+	case c >= 'H' && c <= 'L':
+		return "Asian"
+	case c >= 'M' && c <= 'P':
+		return "Black"
+	case c == 'R' || c == 'S':
+		return "Other"
+	}
+	return "Not stated"
+}
+
+// district and area of a normalised postcode ("LS6 2AB" → "LS6", "LS").
+func districtOf(pc string) (string, string) {
+	d, _, ok := strings.Cut(pc, " ")
+	if !ok {
+		return "", ""
+	}
+	i := 0
+	for i < len(d) && d[i] >= 'A' && d[i] <= 'Z' {
+		i++
+	}
+	return d, d[:i]
+}
+
+type classKey struct {
+	band, sex uint8
+	eth       byte
+	district  string
+	area      string
+}
+
+func (r *patientRow) key() classKey {
+	k := classKey{band: r.band, sex: r.sex, eth: ethGroupKey(r.eth), district: r.district, area: r.area}
+	if r.level >= 1 {
+		k.district = ""
+	}
+	if r.level >= 2 {
+		k.area = ""
+	}
+	if r.level >= 3 {
+		k.eth = 0
+	}
+	if r.level >= 4 {
+		k.band, k.sex = 255, 255
+	}
+	return k
+}
+
+// ethGroupKey is the group's first letter: the quasi-identifier is the
+// ethnicity group, not the category.
+func ethGroupKey(c byte) byte {
+	if c == 0 {
+		return 0
+	}
+	return ethnicityGroup(c)[0]
+}
+
+// KAnonymity reports what the k-anonymity check did.
+type KAnonymity struct {
+	K        int            `json:"k"`
+	Patients int            `json:"patients"`
+	Levels   map[string]int `json:"patients_by_level"`
+	// Generalised counts patients whose district was dropped; Suppressed,
+	// those that lost more (area, ethnicity, or every quasi-identifier).
+	Generalised int `json:"generalised"`
+	Suppressed  int `json:"suppressed"`
+}
+
+// kanonymise raises each patient's generalisation level until every
+// released class over (age band, sex, district, area, ethnicity group)
+// holds at least k patients, or the patient is fully suppressed.
+func kanonymise(rows []patientRow, k int) KAnonymity {
+	for pass := 0; pass < 4*maxLevel; pass++ {
+		counts := make(map[classKey]int, 1024)
+		for i := range rows {
+			counts[rows[i].key()]++
+		}
+		changed := false
+		for i := range rows {
+			if rows[i].level < maxLevel && counts[rows[i].key()] < k {
+				rows[i].level++
+				changed = true
+			}
+		}
+		if !changed {
+			break
+		}
+	}
+	rep := KAnonymity{K: k, Patients: len(rows), Levels: map[string]int{}}
+	for i := range rows {
+		rep.Levels[levelNames[rows[i].level]]++
+		switch {
+		case rows[i].level == 1:
+			rep.Generalised++
+		case rows[i].level > 1:
+			rep.Suppressed++
+		}
+	}
+	return rep
+}
+
+// bufferPatients converts an identifiable patients batch into rows, keeping
+// nothing identifiable.
+func (t *transformer) bufferPatients(rec arrow.RecordBatch, rows []patientRow, intern map[string]string) []patientRow {
+	ref := t.policy.referenceDate()
+	nhs := rec.Column(0).(*array.Uint64)
+	dob := rec.Column(3).(*array.Date32)
+	sex := rec.Column(4).(*array.String)
+	pc := rec.Column(5).(*array.String)
+	eth := rec.Column(6).(*array.String)
+	gp := rec.Column(7).(*array.String)
+	dod := rec.Column(8).(*array.Date32)
+	in := func(s string) string {
+		if v, ok := intern[s]; ok {
+			return v
+		}
+		s = strings.Clone(s)
+		intern[s] = s
+		return s
+	}
+	for i := 0; i < int(rec.NumRows()); i++ {
+		var r patientRow
+		copy(r.pid[:], t.ps.Patient(nhs.Value(i)))
+		b := dob.Value(i).ToTime()
+		r.yob, r.mob = int16(b.Year()), int8(b.Month())
+		age := ref.Year() - b.Year()
+		if ref.YearDay() < b.YearDay() {
+			age--
+		}
+		r.band = ageBand(age)
+		for j, s := range sexes {
+			if sex.Value(i) == s {
+				r.sex = uint8(j)
+			}
+		}
+		if pc.IsValid(i) {
+			d, a := districtOf(pc.Value(i))
+			r.district, r.area = in(d), in(a)
+		}
+		if eth.IsValid(i) && len(eth.Value(i)) == 1 {
+			r.eth = eth.Value(i)[0]
+		}
+		if t.policy.KeepGPPractice && gp.IsValid(i) {
+			r.gp = in(gp.Value(i))
+		}
+		if dod.IsValid(i) {
+			r.death, r.hasDeath = firstOfMonth(dod.Value(i)), true
+		}
+		rows = append(rows, r)
+	}
+	return rows
+}
+
+// patientBatch builds the published batch of rows[from:to].
+func (t *transformer) patientBatch(rows []patientRow) arrow.RecordBatch {
+	b := array.NewRecordBuilder(t.mem, t.schemas[ingest.Patients])
+	defer b.Release()
+	n := t.policy.PseudonymBytes
+	optStr := func(f int, s string, ok bool) {
+		if !ok || s == "" {
+			b.Field(f).AppendNull()
+			return
+		}
+		b.Field(f).(*array.StringBuilder).Append(s)
+	}
+	for i := range rows {
+		r := &rows[i]
+		b.Field(0).(*array.FixedSizeBinaryBuilder).Append(r.pid[:n])
+		if r.level < 4 {
+			b.Field(1).(*array.Int16Builder).Append(r.yob)
+		} else {
+			b.Field(1).AppendNull()
+		}
+		if r.level < 2 {
+			b.Field(2).(*array.Int8Builder).Append(r.mob)
+		} else {
+			b.Field(2).AppendNull()
+		}
+		optStr(3, bandName(r.band), r.level < 4)
+		optStr(4, sexes[r.sex], r.level < 4)
+		optStr(5, r.district, r.level < 1)
+		optStr(6, r.area, r.level < 2)
+		optStr(7, ethnicityGroup(r.eth), r.level < 3)
+		optStr(8, string(r.eth), r.level < 3 && r.eth != 0)
+		f := 9
+		if t.policy.KeepGPPractice {
+			optStr(f, r.gp, r.level < 2)
+			f++
+		}
+		if r.hasDeath {
+			b.Field(f).(*array.Date32Builder).Append(r.death)
+		} else {
+			b.Field(f).AppendNull()
+		}
+	}
+	return b.NewRecordBatch()
+}

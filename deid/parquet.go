@@ -1,0 +1,120 @@
+package deid
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/parquet"
+	"github.com/apache/arrow-go/v18/parquet/compress"
+	"github.com/apache/arrow-go/v18/parquet/pqarrow"
+)
+
+// A Sink receives the Parquet parts of a dataset. Implementations must be
+// safe for use from one goroutine at a time.
+type Sink interface {
+	// Create opens part k of table for writing; Close commits the part's
+	// bytes (not the dataset: that is the manifest's job).
+	Create(ctx context.Context, table string, part int) (io.WriteCloser, error)
+}
+
+// Parquet layout defaults.
+const (
+	DefaultRowGroupRows = 512 * 1024
+	DefaultPartRows     = 4 * 1024 * 1024
+	DefaultZstdLevel    = 1
+)
+
+// tableWriter writes one table's batches into Parquet parts.
+type tableWriter struct {
+	ctx    context.Context
+	sink   Sink
+	table  string
+	schema *arrow.Schema
+	props  *parquet.WriterProperties
+	aprops pqarrow.ArrowWriterProperties
+
+	part     int
+	partRows int64
+	rows     int64
+	w        io.WriteCloser
+	fw       *pqarrow.FileWriter
+}
+
+func newTableWriter(ctx context.Context, sink Sink, table string, schema *arrow.Schema) *tableWriter {
+	opts := []parquet.WriterProperty{
+		parquet.WithCompression(compress.Codecs.Zstd),
+		parquet.WithCompressionLevel(DefaultZstdLevel),
+		parquet.WithMaxRowGroupLength(DefaultRowGroupRows),
+		parquet.WithDictionaryDefault(false),
+		parquet.WithCreatedBy("hub"),
+	}
+	for _, c := range dictionaryColumns {
+		if _, ok := schema.FieldsByName(c); ok {
+			opts = append(opts, parquet.WithDictionaryFor(c, true))
+		}
+	}
+	return &tableWriter{ctx: ctx, sink: sink, table: table, schema: schema,
+		props:  parquet.NewWriterProperties(opts...),
+		aprops: pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema())}
+}
+
+// write appends a batch, rolling to a new part past DefaultPartRows.
+func (w *tableWriter) write(rec arrow.RecordBatch) error {
+	if w.fw == nil {
+		if err := w.open(); err != nil {
+			return err
+		}
+	}
+	if err := w.fw.WriteBuffered(rec); err != nil {
+		return fmt.Errorf("write %s part %d: %w", w.table, w.part, err)
+	}
+	w.partRows += rec.NumRows()
+	w.rows += rec.NumRows()
+	if w.partRows >= DefaultPartRows {
+		if err := w.closePart(); err != nil {
+			return err
+		}
+		w.part++
+	}
+	return nil
+}
+
+func (w *tableWriter) open() error {
+	out, err := w.sink.Create(w.ctx, w.table, w.part)
+	if err != nil {
+		return err
+	}
+	fw, err := pqarrow.NewFileWriter(w.schema, out, w.props, w.aprops)
+	if err != nil {
+		out.Close()
+		return fmt.Errorf("start %s part %d: %w", w.table, w.part, err)
+	}
+	w.w, w.fw, w.partRows = out, fw, 0
+	return nil
+}
+
+func (w *tableWriter) closePart() error {
+	if w.fw == nil {
+		return nil
+	}
+	// pqarrow's FileWriter.Close closes the sink writer too.
+	err := w.fw.Close()
+	w.fw, w.w = nil, nil
+	if err != nil {
+		return fmt.Errorf("finish %s part %d: %w", w.table, w.part, err)
+	}
+	return nil
+}
+
+// close finishes the table; a table with no rows still gets one part, so
+// its schema is published.
+func (w *tableWriter) close() error {
+	if w.rows == 0 && w.fw == nil {
+		if err := w.open(); err != nil {
+			return err
+		}
+	}
+	return w.closePart()
+}

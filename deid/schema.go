@@ -1,0 +1,74 @@
+package deid
+
+import (
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/nhs-hub/hub/ingest"
+)
+
+func field(name, doc string, typ arrow.DataType, nullable bool) arrow.Field {
+	return arrow.Field{Name: name, Type: typ, Nullable: nullable,
+		Metadata: arrow.NewMetadata([]string{"description"}, []string{doc})}
+}
+
+var (
+	str  = arrow.BinaryTypes.String
+	date = arrow.FixedWidthTypes.Date32
+)
+
+// Schemas returns the published schemas for pseudonyms of n bytes.
+func Schemas(p Policy) map[ingest.Table]*arrow.Schema {
+	pid := field("patient_id", "patient pseudonym: HMAC-SHA256 of the NHS number under the domain's key, truncated", &arrow.FixedSizeBinaryType{ByteWidth: p.PseudonymBytes}, false)
+	eid := func(nullable bool) arrow.Field {
+		return field("encounter_id", "encounter pseudonym (keyed HMAC of the extract's encounter id)", &arrow.FixedSizeBinaryType{ByteWidth: p.PseudonymBytes}, nullable)
+	}
+	dateDoc := map[EventDates]string{DatesKeep: "", DatesMonth: " (first of the month)", DatesShift: " (shifted per patient)"}[p.EventDates]
+	patients := []arrow.Field{
+		pid,
+		field("year_of_birth", "year of birth; null when suppressed by the k-anonymity check", arrow.PrimitiveTypes.Int16, true),
+		field("month_of_birth", "month of birth (1-12); null when generalised", arrow.PrimitiveTypes.Int8, true),
+		field("age_band", "five-year age band at the policy's reference date (90+ last)", str, true),
+		field("sex", "administrative gender: male, female, other or unknown", str, true),
+		field("district", "postcode district (e.g. LS6); null when generalised by the k-anonymity check", str, true),
+		field("postcode_area", "postcode area (e.g. LS); null when suppressed", str, true),
+		field("ethnicity_group", "NHS ethnic category group: White, Mixed, Asian, Black, Other, Not stated", str, true),
+		field("ethnicity", "NHS ethnic category code", str, true),
+	}
+	if p.KeepGPPractice {
+		patients = append(patients, field("gp_practice", "ODS code of the registered GP practice", str, true))
+	}
+	patients = append(patients, field("death_month", "month of death (first of the month)", date, true))
+	encounters := []arrow.Field{
+		eid(false), pid,
+		field("type", "encounter type: gp, outpatient, inpatient or ae", str, false),
+		field("start_date", "start date"+dateDoc, date, false),
+		field("end_date", "end date"+dateDoc, date, true),
+	}
+	if p.KeepOrganisation {
+		encounters = append(encounters, field("organisation", "organisation providing the encounter", str, true))
+	}
+	return map[ingest.Table]*arrow.Schema{
+		ingest.Patients:   arrow.NewSchema(patients, nil),
+		ingest.Encounters: arrow.NewSchema(encounters, nil),
+		ingest.Conditions: arrow.NewSchema([]arrow.Field{pid,
+			field("code_system", "snomed or icd10", str, false),
+			field("code", "SNOMED CT concept id or ICD-10 code", str, false),
+			field("onset_date", "onset or recorded date"+dateDoc, date, false),
+			eid(true)}, nil),
+		ingest.Medications: arrow.NewSchema([]arrow.Field{pid,
+			field("code_system", "dmd", str, false),
+			field("code", "dm+d concept id", str, false),
+			field("start_date", "start date"+dateDoc, date, false),
+			field("end_date", "end date"+dateDoc, date, true)}, nil),
+		ingest.Observations: arrow.NewSchema([]arrow.Field{pid,
+			field("code_system", "snomed", str, false),
+			field("code", "SNOMED CT concept id", str, false),
+			field("value", "numeric value", arrow.PrimitiveTypes.Float64, true),
+			field("unit", "unit of the value", str, true),
+			field("effective_date", "effective date"+dateDoc, date, false)}, nil),
+	}
+}
+
+// dictionaryColumns are the low-cardinality columns worth dictionary
+// encoding in Parquet; every other column is plain.
+var dictionaryColumns = []string{"age_band", "sex", "district", "postcode_area", "ethnicity_group", "ethnicity",
+	"gp_practice", "type", "code_system", "code", "unit"}
