@@ -22,10 +22,14 @@ test-short:
 demo: build
 	rm -rf $(DEMO)
 	$(BIN) synth --patients 10000 --seed 1 --out $(DEMO)/extract
-	$(BIN) ingest --extract $(DEMO)/extract --optouts $(DEMO)/extract/optouts.txt --check \
-		--report $(DEMO)/ingest-report.json --quarantine $(DEMO)/quarantine.jsonl
+	@echo "demo: making a THROWAWAY pseudonymisation key, $(DEMO)/pseudonym.key; real runs keep theirs secret and stable"
+	head -c 32 /dev/urandom > $(DEMO)/pseudonym.key
+	$(BIN) ingest --extract $(DEMO)/extract --optouts $(DEMO)/extract/optouts.txt \
+		--dataset demo --lake $(DEMO)/lake --key-file $(DEMO)/pseudonym.key --quarantine $(DEMO)/quarantine.jsonl
 	@echo
-	@echo "Ground truth from the generator: $(DEMO)/extract/truth.json; the report: $(DEMO)/ingest-report.json"
+	$(BIN) catalog list --lake $(DEMO)/lake
+	@echo
+	$(BIN) catalog show --lake $(DEMO)/lake --verify demo
 
 # Micro-benchmarks, then ingest of 1 M patients (~20 M events) against a
 # DuckDB read_csv + anti-join baseline measured in the same run.

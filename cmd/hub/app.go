@@ -17,7 +17,7 @@ func newApp() *cli.App {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-level", Value: "warn", EnvVars: []string{"HUB_LOG_LEVEL"}, Usage: "debug, info, warn or error"},
 		},
-		Commands: []*cli.Command{synthCommand(), ingestCommand(), benchCommand()},
+		Commands: []*cli.Command{synthCommand(), ingestCommand(), catalogCommand(), benchCommand()},
 	}
 }
 

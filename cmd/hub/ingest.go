@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -15,12 +14,12 @@ import (
 func ingestCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "ingest",
-		Usage: "validate an extract and apply the patient opt-out",
+		Usage: "ingest an extract, apply the opt-out, de-identify and publish a dataset version",
 		Description: "Reads a CSV or FHIR R4 bulk NDJSON extract folder (gzip files too), quarantines bad rows\n" +
 			"by file, line and reason, drops every row of patients who opted out (National Data\n" +
-			"Opt-out list, type 1 dissent) and prints the ingest report. With --check nothing is\n" +
-			"written but the report (and the quarantine list, if asked for). The report and the\n" +
-			"quarantine list hold counts, line numbers and reasons, never a row's values.",
+			"Opt-out list, type 1 dissent), de-identifies the rest in memory and publishes a new\n" +
+			"version of --dataset to --lake. With --check it stops after ingest and prints the report.\n" +
+			"The report and the quarantine list hold counts, line numbers and reasons, never a value.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "extract", Required: true, EnvVars: []string{"HUB_EXTRACT"}, Usage: "extract folder"},
 			&cli.StringFlag{Name: "optouts", Required: true, EnvVars: []string{"HUB_OPTOUTS"}, Usage: "National Data Opt-out list, one NHS number a line (an empty file if none)"},
@@ -29,10 +28,15 @@ func ingestCommand() *cli.Command {
 			&cli.StringFlag{Name: "report", Usage: "also write the JSON report to this file"},
 			&cli.StringFlag{Name: "quarantine", Usage: "write the quarantine list (JSON lines: table, file, line, reason) to this file"},
 			&cli.IntFlag{Name: "workers", Usage: "parsing workers (default: one per core)"},
+			&cli.StringFlag{Name: "dataset", EnvVars: []string{"HUB_DATASET"}, Usage: "name of the dataset to publish a version of"},
+			&cli.StringFlag{Name: "lake", Value: "./lake", EnvVars: []string{"HUB_LAKE"}, Usage: "the lake: a local folder"},
+			&cli.StringFlag{Name: "key-file", EnvVars: []string{"HUB_PSEUDONYM_KEY_FILE"}, Usage: "file holding the pseudonymisation key (at least 32 random bytes, raw or hex)"},
+			&cli.StringFlag{Name: "policy", EnvVars: []string{"HUB_DEID_POLICY"}, Usage: "de-identification policy (JSON; default: the safe defaults in docs/deid-policy.md)"},
+			&cli.StringFlag{Name: "optouts-date", Usage: "date of the opt-out list (default: the file's modification date)"},
 		},
 		Action: func(c *cli.Context) error {
 			if !c.Bool("check") {
-				return errors.New("publishing a dataset arrives with the de-identification stage; run with --check to validate the extract and print the report")
+				return publish(c)
 			}
 			rep, err := runIngest(c, func(ctx context.Context, t ingest.Table, rec arrow.RecordBatch) error {
 				rec.Release()
@@ -54,32 +58,45 @@ func ingestCommand() *cli.Command {
 	}
 }
 
-// runIngest loads the opt-out list and runs ingest with the command's flags.
-func runIngest(c *cli.Context, emit ingest.Emit) (*ingest.Report, error) {
+// ingestOptions loads the opt-out list and builds ingest's options from
+// the command's flags. The caller closes the quarantine file via done.
+func ingestOptions(c *cli.Context) (opts ingest.Options, done func(), err error) {
 	f, err := os.Open(c.String("optouts"))
 	if err != nil {
-		return nil, fmt.Errorf("open opt-out list: %w", err)
+		return opts, nil, fmt.Errorf("open opt-out list: %w", err)
 	}
 	defer f.Close()
 	optouts, err := ingest.LoadOptOuts(c.Context, f)
 	if err != nil {
-		return nil, err
+		return opts, nil, err
 	}
-	opts := ingest.Options{OptOuts: optouts, Workers: c.Int("workers"), Logger: logger(c)}
+	opts = ingest.Options{OptOuts: optouts, Workers: c.Int("workers"), Logger: logger(c)}
+	done = func() {}
 	if isTerminal(os.Stderr) {
 		opts.Progress = os.Stderr
 	}
 	if path := c.String("quarantine"); path != "" {
 		q, err := os.Create(path)
 		if err != nil {
-			return nil, fmt.Errorf("create quarantine list: %w", err)
+			return opts, nil, fmt.Errorf("create quarantine list: %w", err)
 		}
-		defer q.Close()
+		done = func() { q.Close() }
 		opts.Quarantine = q
 	}
 	if _, err := os.Stat(c.String("extract")); err != nil {
-		return nil, fmt.Errorf("extract folder: %w", err)
+		done()
+		return opts, nil, fmt.Errorf("extract folder: %w", err)
 	}
+	return opts, done, nil
+}
+
+// runIngest runs ingest alone with the command's flags.
+func runIngest(c *cli.Context, emit ingest.Emit) (*ingest.Report, error) {
+	opts, done, err := ingestOptions(c)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	rep, err := ingest.Run(c.Context, ingest.Dir(c.String("extract")), opts, emit)
 	if err != nil {
 		return nil, fmt.Errorf("ingest %s: %w", c.String("extract"), err)

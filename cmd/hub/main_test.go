@@ -73,7 +73,7 @@ func TestCommandErrors(t *testing.T) {
 		{[]string{"ingest", "--extract", dir, "--optouts", filepath.Join(dir, "none.txt"), "--check"}, "open opt-out list"},
 		{[]string{"ingest", "--extract", filepath.Join(dir, "missing"), "--optouts", os.DevNull, "--check"}, "extract folder"},
 		{[]string{"ingest", "--extract", dir, "--optouts", os.DevNull, "--check"}, "no extract found"},
-		{[]string{"ingest", "--extract", dir, "--optouts", os.DevNull}, "run with --check"},
+		
 		{[]string{"synth", "--out", dir, "--format", "xml"}, "unknown format"},
 	}
 	for _, tt := range tests {
@@ -90,5 +90,35 @@ func TestHelp(t *testing.T) {
 		if err != nil || !strings.Contains(out, "USAGE") {
 			t.Errorf("hub %s --help: %v\n%s", cmd, err, out)
 		}
+	}
+}
+
+func TestPublishErrors(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "x")
+	if _, err := runHub(t, "synth", "--patients", "50", "--out", dir); err != nil {
+		t.Fatal(err)
+	}
+	short := filepath.Join(t.TempDir(), "short.key")
+	os.WriteFile(short, []byte("too short"), 0o600)
+	lake := filepath.Join(t.TempDir(), "lake")
+	base := []string{"ingest", "--extract", dir, "--optouts", filepath.Join(dir, "optouts.txt"), "--lake", lake}
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{append(base, "--dataset", "d"), "no pseudonymisation key"},
+		{append(base, "--dataset", "d", "--key-file", short), "shorter than 32 bytes"},
+		{append(base, "--dataset", "d", "--key-file", filepath.Join(dir, "missing")), "read key file"},
+		{append(base, "--key-file", short), "--dataset"},
+		{append(base, "--dataset", "Bad Name", "--key-file", filepath.Join(dir, "optouts.txt")), "invalid dataset name"},
+	}
+	for _, tt := range tests {
+		_, err := runHub(t, tt.args...)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v: err = %v, want %q", tt.args[len(base):], err, tt.want)
+		}
+	}
+	if out, _ := runHub(t, "catalog", "list", "--lake", lake); !strings.Contains(out, "no datasets") {
+		t.Errorf("a failed publish left something listed: %s", out)
 	}
 }

@@ -1,0 +1,222 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nhs-hub/hub/catalog"
+	"github.com/urfave/cli/v2"
+)
+
+func catalogCommand() *cli.Command {
+	lakeFlag := &cli.StringFlag{Name: "lake", Value: "./lake", EnvVars: []string{"HUB_LAKE"}, Usage: "the lake: a local folder"}
+	jsonFlag := &cli.BoolFlag{Name: "json", Usage: "print JSON"}
+	return &cli.Command{
+		Name:  "catalog",
+		Usage: "list, describe, verify and clean the lake's datasets",
+		Subcommands: []*cli.Command{
+			{
+				Name: "list", Usage: "list datasets and their versions", Flags: []cli.Flag{lakeFlag, jsonFlag},
+				Action: func(c *cli.Context) error {
+					lake, err := openLake(c)
+					if err != nil {
+						return err
+					}
+					names, err := lake.Datasets(c.Context)
+					if err != nil {
+						return err
+					}
+					type entry struct {
+						Name     string `json:"name"`
+						Versions []int  `json:"versions"`
+						Latest   int    `json:"latest"`
+						Created  string `json:"created"`
+						Patients int64  `json:"patients"`
+					}
+					var out []entry
+					for _, n := range names {
+						vs, err := lake.Versions(c.Context, n)
+						if err != nil {
+							return err
+						}
+						m, err := lake.Manifest(c.Context, n, 0)
+						if err != nil {
+							return err
+						}
+						out = append(out, entry{Name: n, Versions: vs, Latest: m.Version, Created: m.Created.Format(time.RFC3339), Patients: m.Tables["patients"].Rows})
+					}
+					if c.Bool("json") {
+						return writeJSON(c.App.Writer, out)
+					}
+					if len(out) == 0 {
+						fmt.Fprintf(c.App.Writer, "no datasets in %s; publish one with `hub ingest --dataset NAME ...`\n", c.String("lake"))
+						return nil
+					}
+					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "DATASET\tLATEST\tVERSIONS\tPATIENTS\tCREATED")
+					for _, e := range out {
+						fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", e.Name, e.Latest, len(e.Versions), e.Patients, e.Created)
+					}
+					return tw.Flush()
+				},
+			},
+			{
+				Name: "show", Usage: "show a dataset version: tables, data dictionary, row counts, provenance", ArgsUsage: "NAME[@VERSION]",
+				Flags: []cli.Flag{lakeFlag, jsonFlag, &cli.BoolFlag{Name: "verify", Usage: "also check every part's SHA-256"}},
+				Action: func(c *cli.Context) error {
+					lake, m, err := manifestArg(c)
+					if err != nil {
+						return err
+					}
+					if c.Bool("verify") {
+						if err := lake.Verify(c.Context, m); err != nil {
+							return err
+						}
+					}
+					if c.Bool("json") {
+						return writeJSON(c.App.Writer, m)
+					}
+					return showManifest(c.App.Writer, m, c.Bool("verify"))
+				},
+			},
+			{
+				Name: "verify", Usage: "check every part of a version against its manifest", ArgsUsage: "NAME[@VERSION]",
+				Flags: []cli.Flag{lakeFlag},
+				Action: func(c *cli.Context) error {
+					lake, m, err := manifestArg(c)
+					if err != nil {
+						return err
+					}
+					if err := lake.Verify(c.Context, m); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "%s@%d: every part matches its manifest\n", m.Dataset, m.Version)
+					return nil
+				},
+			},
+			{
+				Name: "gc", Usage: "remove the parts of versions that were never committed", ArgsUsage: "NAME",
+				Flags: []cli.Flag{lakeFlag, &cli.DurationFlag{Name: "min-age", Value: time.Hour, Usage: "leave alone versions claimed more recently (a publish may be running)"}},
+				Action: func(c *cli.Context) error {
+					lake, err := openLake(c)
+					if err != nil {
+						return err
+					}
+					if err := oneArg(c); err != nil {
+						return err
+					}
+					if !catalog.ValidName(c.Args().First()) {
+						return fmt.Errorf("usage: hub catalog gc NAME")
+					}
+					removed, err := lake.GC(c.Context, c.Args().First(), c.Duration("min-age"))
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "removed %d orphaned objects\n", len(removed))
+					return nil
+				},
+			},
+		},
+	}
+}
+
+// manifestArg opens the lake and reads the manifest named by NAME[@VERSION].
+func manifestArg(c *cli.Context) (*catalog.Lake, *catalog.Manifest, error) {
+	if err := oneArg(c); err != nil {
+		return nil, nil, err
+	}
+	arg := c.Args().First()
+	name, ver, hasVer := strings.Cut(arg, "@")
+	if !catalog.ValidName(name) {
+		return nil, nil, fmt.Errorf("usage: hub catalog %s NAME[@VERSION]", c.Command.Name)
+	}
+	v := 0
+	if hasVer {
+		var err error
+		if v, err = strconv.Atoi(ver); err != nil || v < 1 {
+			return nil, nil, fmt.Errorf("version must be a positive number")
+		}
+	}
+	lake, err := openLake(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := lake.Manifest(c.Context, name, v)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (see `hub catalog list`)", err)
+	}
+	return lake, m, nil
+}
+
+func showManifest(w io.Writer, m *catalog.Manifest, verified bool) error {
+	p := m.Provenance
+	fmt.Fprintf(w, "%s@%d, published %s\n\n", m.Dataset, m.Version, m.Created.Format(time.RFC3339))
+	fmt.Fprintf(w, "Provenance\n  extract: %s from %s (identity %s)\n  opt-out list: sha256 %s, dated %s\n  de-identification policy: sha256 %s\n  pseudonyms: domain %s, key fingerprint %s\n",
+		p.ExtractFormat, p.ExtractSource, short(p.ExtractIdentity), short(p.OptOutSHA256), p.OptOutDate, short(p.PolicyHash), p.PseudonymDomain, p.KeyFingerprint)
+	if verified {
+		fmt.Fprintln(w, "  checksums: every part verified")
+	}
+	for _, t := range []string{"patients", "encounters", "conditions", "medications", "observations"} {
+		tm := m.Tables[t]
+		if tm == nil {
+			continue
+		}
+		var size int64
+		for _, part := range tm.Parts {
+			size += part.Size
+		}
+		fmt.Fprintf(w, "\n%s: %d rows in %d part(s), %.1f MB\n", t, tm.Rows, len(tm.Parts), float64(size)/1e6)
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		for _, col := range tm.Schema {
+			null := ""
+			if col.Nullable {
+				null = "null"
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", col.Name, col.Type, null, col.Description)
+		}
+		tw.Flush()
+	}
+	if raw, ok := m.Reports["deid"]; ok {
+		var d struct {
+			KAnonymity struct {
+				K, Patients, Generalised, Suppressed int
+			} `json:"k_anonymity"`
+		}
+		if json.Unmarshal(raw, &d) == nil {
+			k := d.KAnonymity
+			fmt.Fprintf(w, "\nk-anonymity (k=%d): %d of %d patients generalised, %d suppressed further\n", k.K, k.Generalised, k.Patients, k.Suppressed)
+		}
+	}
+	return nil
+}
+
+func short(s string) string {
+	if len(s) > 16 {
+		return s[:16] + "…"
+	}
+	return s
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// oneArg insists on exactly one argument. urfave/cli v2 stops reading
+// flags at the first argument, so a flag after it would be silently
+// ignored: say so instead.
+func oneArg(c *cli.Context) error {
+	switch {
+	case c.Args().Len() > 1 && strings.HasPrefix(c.Args().Get(1), "-"):
+		return fmt.Errorf("put flags before the dataset name: hub catalog %s %s %s", c.Command.Name, strings.Join(c.Args().Slice()[1:], " "), c.Args().First())
+	case c.Args().Len() != 1:
+		return fmt.Errorf("usage: hub catalog %s [flags] %s", c.Command.Name, c.Command.ArgsUsage)
+	}
+	return nil
+}
