@@ -73,7 +73,7 @@ func TestCommandErrors(t *testing.T) {
 		{[]string{"ingest", "--extract", dir, "--optouts", filepath.Join(dir, "none.txt"), "--check"}, "open opt-out list"},
 		{[]string{"ingest", "--extract", filepath.Join(dir, "missing"), "--optouts", os.DevNull, "--check"}, "extract folder"},
 		{[]string{"ingest", "--extract", dir, "--optouts", os.DevNull, "--check"}, "no extract found"},
-		
+
 		{[]string{"synth", "--out", dir, "--format", "xml"}, "unknown format"},
 	}
 	for _, tt := range tests {
