@@ -14,14 +14,15 @@ import (
 )
 
 func catalogCommand() *cli.Command {
-	lakeFlag := &cli.StringFlag{Name: "lake", Value: "./lake", EnvVars: []string{"HUB_LAKE"}, Usage: "the lake: a local folder"}
+	lake := append([]cli.Flag{&cli.StringFlag{Name: "lake", Value: "./lake", EnvVars: []string{"HUB_LAKE"}, Usage: "the lake: a local folder or s3://bucket/prefix"}}, s3Flags()...)
+	with := func(more ...cli.Flag) []cli.Flag { return append(append([]cli.Flag{}, lake...), more...) }
 	jsonFlag := &cli.BoolFlag{Name: "json", Usage: "print JSON"}
 	return &cli.Command{
 		Name:  "catalog",
 		Usage: "list, describe, verify and clean the lake's datasets",
 		Subcommands: []*cli.Command{
 			{
-				Name: "list", Usage: "list datasets and their versions", Flags: []cli.Flag{lakeFlag, jsonFlag},
+				Name: "list", Usage: "list datasets and their versions", Flags: with(jsonFlag),
 				Action: func(c *cli.Context) error {
 					lake, err := openLake(c)
 					if err != nil {
@@ -67,7 +68,7 @@ func catalogCommand() *cli.Command {
 			},
 			{
 				Name: "show", Usage: "show a dataset version: tables, data dictionary, row counts, provenance", ArgsUsage: "NAME[@VERSION]",
-				Flags: []cli.Flag{lakeFlag, jsonFlag, &cli.BoolFlag{Name: "verify", Usage: "also check every part's SHA-256"}},
+				Flags: with(jsonFlag, &cli.BoolFlag{Name: "verify", Usage: "also check every part's SHA-256"}),
 				Action: func(c *cli.Context) error {
 					lake, m, err := manifestArg(c)
 					if err != nil {
@@ -86,7 +87,7 @@ func catalogCommand() *cli.Command {
 			},
 			{
 				Name: "verify", Usage: "check every part of a version against its manifest", ArgsUsage: "NAME[@VERSION]",
-				Flags: []cli.Flag{lakeFlag},
+				Flags: with(),
 				Action: func(c *cli.Context) error {
 					lake, m, err := manifestArg(c)
 					if err != nil {
@@ -101,7 +102,7 @@ func catalogCommand() *cli.Command {
 			},
 			{
 				Name: "gc", Usage: "remove the parts of versions that were never committed", ArgsUsage: "NAME",
-				Flags: []cli.Flag{lakeFlag, &cli.DurationFlag{Name: "min-age", Value: time.Hour, Usage: "leave alone versions claimed more recently (a publish may be running)"}},
+				Flags: with(&cli.DurationFlag{Name: "min-age", Value: time.Hour, Usage: "leave alone versions claimed more recently (a publish may be running)"}),
 				Action: func(c *cli.Context) error {
 					lake, err := openLake(c)
 					if err != nil {

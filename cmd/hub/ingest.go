@@ -20,8 +20,8 @@ func ingestCommand() *cli.Command {
 			"Opt-out list, type 1 dissent), de-identifies the rest in memory and publishes a new\n" +
 			"version of --dataset to --lake. With --check it stops after ingest and prints the report.\n" +
 			"The report and the quarantine list hold counts, line numbers and reasons, never a value.",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "extract", Required: true, EnvVars: []string{"HUB_EXTRACT"}, Usage: "extract folder"},
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "extract", Required: true, EnvVars: []string{"HUB_EXTRACT"}, Usage: "extract folder, or s3://bucket/prefix landing area"},
 			&cli.StringFlag{Name: "optouts", Required: true, EnvVars: []string{"HUB_OPTOUTS"}, Usage: "National Data Opt-out list, one NHS number a line (an empty file if none)"},
 			&cli.BoolFlag{Name: "check", Usage: "run ingest alone and print the report"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
@@ -29,11 +29,11 @@ func ingestCommand() *cli.Command {
 			&cli.StringFlag{Name: "quarantine", Usage: "write the quarantine list (JSON lines: table, file, line, reason) to this file"},
 			&cli.IntFlag{Name: "workers", Usage: "parsing workers (default: one per core)"},
 			&cli.StringFlag{Name: "dataset", EnvVars: []string{"HUB_DATASET"}, Usage: "name of the dataset to publish a version of"},
-			&cli.StringFlag{Name: "lake", Value: "./lake", EnvVars: []string{"HUB_LAKE"}, Usage: "the lake: a local folder"},
+			&cli.StringFlag{Name: "lake", Value: "./lake", EnvVars: []string{"HUB_LAKE"}, Usage: "the lake: a local folder or s3://bucket/prefix"},
 			&cli.StringFlag{Name: "key-file", EnvVars: []string{"HUB_PSEUDONYM_KEY_FILE"}, Usage: "file holding the pseudonymisation key (at least 32 random bytes, raw or hex)"},
 			&cli.StringFlag{Name: "policy", EnvVars: []string{"HUB_DEID_POLICY"}, Usage: "de-identification policy (JSON; default: the safe defaults in docs/deid-policy.md)"},
 			&cli.StringFlag{Name: "optouts-date", Usage: "date of the opt-out list (default: the file's modification date)"},
-		},
+		}, s3Flags()...),
 		Action: func(c *cli.Context) error {
 			if !c.Bool("check") {
 				return publish(c)
@@ -83,10 +83,6 @@ func ingestOptions(c *cli.Context) (opts ingest.Options, done func(), err error)
 		done = func() { q.Close() }
 		opts.Quarantine = q
 	}
-	if _, err := os.Stat(c.String("extract")); err != nil {
-		done()
-		return opts, nil, fmt.Errorf("extract folder: %w", err)
-	}
 	return opts, done, nil
 }
 
@@ -97,7 +93,11 @@ func runIngest(c *cli.Context, emit ingest.Emit) (*ingest.Report, error) {
 		return nil, err
 	}
 	defer done()
-	rep, err := ingest.Run(c.Context, ingest.Dir(c.String("extract")), opts, emit)
+	src, err := extractSource(c)
+	if err != nil {
+		return nil, err
+	}
+	rep, err := ingest.Run(c.Context, src, opts, emit)
 	if err != nil {
 		return nil, fmt.Errorf("ingest %s: %w", c.String("extract"), err)
 	}

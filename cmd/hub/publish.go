@@ -1,14 +1,17 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/nhs-hub/hub/catalog"
 	"github.com/nhs-hub/hub/catalog/file"
+	"github.com/nhs-hub/hub/catalog/s3"
 	"github.com/nhs-hub/hub/deid"
 	"github.com/nhs-hub/hub/ingest"
 	"github.com/nhs-hub/hub/internal/pipeline"
@@ -56,8 +59,12 @@ func publish(c *cli.Context) error {
 			date = st.ModTime().UTC().Format(time.DateOnly)
 		}
 	}
+	src, err := extractSource(c)
+	if err != nil {
+		return err
+	}
 	res, err := pipeline.Run(c.Context, pipeline.Config{
-		Dataset: name, Source: ingest.Dir(c.String("extract")), SourceName: c.String("extract"),
+		Dataset: name, Source: src, SourceName: c.String("extract"),
 		Ingest: opts, OptOutDate: date, Policy: policy, Key: key, Lake: lake, Logger: logger(c),
 	})
 	if err != nil {
@@ -76,15 +83,67 @@ func publish(c *cli.Context) error {
 	return nil
 }
 
-// openLake opens the lake named by --lake.
+// s3Flags say how to reach S3-compatible storage. The access key and
+// secret come only from the environment (AWS_ACCESS_KEY_ID,
+// AWS_SECRET_ACCESS_KEY), so they never show in a process list or --help.
+func s3Flags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "s3-endpoint", EnvVars: []string{"HUB_S3_ENDPOINT"}, Usage: "S3 endpoint host:port (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"},
+		&cli.StringFlag{Name: "s3-region", EnvVars: []string{"HUB_S3_REGION", "AWS_REGION"}, Usage: "S3 region"},
+		&cli.BoolFlag{Name: "s3-tls", Value: true, EnvVars: []string{"HUB_S3_TLS"}, Usage: "use TLS to reach S3 (--s3-tls=false for a local MinIO)"},
+	}
+}
+
+// openLake opens the lake named by --lake: a folder or s3://bucket/prefix.
 func openLake(c *cli.Context) (*catalog.Lake, error) {
 	loc := c.String("lake")
 	if strings.HasPrefix(loc, "s3://") {
-		return nil, errors.New("S3 lakes are not supported yet: use a local folder")
+		st, err := openS3(c, loc)
+		if err != nil {
+			return nil, err
+		}
+		return catalog.NewLake(st), nil
 	}
 	store, err := file.Open(loc)
 	if err != nil {
 		return nil, err
 	}
 	return catalog.NewLake(store), nil
+}
+
+// extractSource opens --extract: a folder, or an s3://bucket/prefix
+// landing area that the LHCRE drops extracts into.
+func extractSource(c *cli.Context) (ingest.Source, error) {
+	loc := c.String("extract")
+	if !strings.HasPrefix(loc, "s3://") {
+		if _, err := os.Stat(loc); err != nil {
+			return nil, fmt.Errorf("extract folder: %w", err)
+		}
+		return ingest.Dir(loc), nil
+	}
+	st, err := openS3(c, loc)
+	if err != nil {
+		return nil, err
+	}
+	return storeSource{st}, nil
+}
+
+// storeSource reads an extract's files from a store.
+type storeSource struct{ st catalog.Store }
+
+func (s storeSource) Open(ctx context.Context, name string) (io.ReadCloser, error) {
+	return s.st.Open(ctx, name)
+}
+
+// openS3 opens the bucket and prefix of an s3:// URL with the S3 flags.
+func openS3(c *cli.Context, loc string) (*s3.Store, error) {
+	bucket, prefix, err := s3.ParseURL(loc)
+	if err != nil {
+		return nil, err
+	}
+	if c.String("s3-endpoint") == "" {
+		return nil, fmt.Errorf("%s needs --s3-endpoint or HUB_S3_ENDPOINT", loc)
+	}
+	return s3.Open(c.Context, s3.Config{Endpoint: c.String("s3-endpoint"), Region: c.String("s3-region"), TLS: c.Bool("s3-tls"),
+		AccessKey: os.Getenv("AWS_ACCESS_KEY_ID"), SecretKey: os.Getenv("AWS_SECRET_ACCESS_KEY"), Bucket: bucket, Prefix: prefix})
 }
