@@ -181,4 +181,3 @@ func (s *Store) Delete(ctx context.Context, path string) error {
 	}
 	return nil
 }
-
