@@ -18,6 +18,9 @@ type Report struct {
 	Policy         Policy           `json:"policy"`
 	Rows           map[string]int64 `json:"rows"`
 	KAnonymity     KAnonymity       `json:"k_anonymity"`
+	// EventsFrom and EventsTo span the published event dates.
+	EventsFrom string `json:"events_from,omitempty"`
+	EventsTo   string `json:"events_to,omitempty"`
 }
 
 // A Deidentifier consumes ingest's batches (its Emit method is an
@@ -106,6 +109,10 @@ func (d *Deidentifier) Close() (*Report, error) {
 	}
 	rep := &Report{Domain: d.policy.Domain, KeyFingerprint: d.key.Fingerprint(), PolicyHash: d.policy.Hash(),
 		Policy: d.policy, Rows: map[string]int64{}, KAnonymity: d.kanon}
+	if d.tr.dated {
+		rep.EventsFrom = d.tr.minDate.FormattedString()
+		rep.EventsTo = d.tr.maxDate.FormattedString()
+	}
 	for _, t := range ingest.Tables {
 		if err := d.writers[t].close(); err != nil {
 			return nil, err

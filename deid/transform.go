@@ -18,6 +18,20 @@ type transformer struct {
 	lastNHS uint64 // cache: events come grouped by patient
 	lastPID [32]byte
 	lastSh  int32
+
+	// minDate and maxDate span the published event dates.
+	minDate, maxDate arrow.Date32
+	dated            bool
+}
+
+func (t *transformer) seen(d arrow.Date32) {
+	if !t.dated || d < t.minDate {
+		t.minDate = d
+	}
+	if !t.dated || d > t.maxDate {
+		t.maxDate = d
+	}
+	t.dated = true
 }
 
 func (t *transformer) patient(nhs uint64) []byte {
@@ -65,7 +79,9 @@ func (t *transformer) event(tb ingest.Table, rec arrow.RecordBatch) arrow.Record
 			b.Field(out).AppendNull()
 			return
 		}
-		b.Field(out).(*array.Date32Builder).Append(t.date(col.Value(i)))
+		d := t.date(col.Value(i))
+		t.seen(d)
+		b.Field(out).(*array.Date32Builder).Append(d)
 	}
 	strs := func(out, in, i int) {
 		col := rec.Column(in).(*array.String)

@@ -101,6 +101,23 @@ func catalogCommand() *cli.Command {
 				},
 			},
 			{
+				Name: "export", Usage: "export a version's metadata for the HDR UK Gateway (hdruk) or as DCAT 3 (dcat)", ArgsUsage: "NAME[@VERSION]",
+				Flags: with(&cli.StringFlag{Name: "format", Value: "hdruk", Usage: "hdruk or dcat"},
+					&cli.StringFlag{Name: "publisher", Value: "Digital Innovation Hub", EnvVars: []string{"HUB_PUBLISHER"}, Usage: "publisher named in the metadata"}),
+				Action: func(c *cli.Context) error {
+					_, m, err := manifestArg(c)
+					if err != nil {
+						return err
+					}
+					out, err := catalog.Export(m, c.String("format"), c.String("publisher"))
+					if err != nil {
+						return err
+					}
+					_, err = fmt.Fprintf(c.App.Writer, "%s\n", out)
+					return err
+				},
+			},
+			{
 				Name: "gc", Usage: "remove the parts of versions that were never committed", ArgsUsage: "NAME",
 				Flags: with(&cli.DurationFlag{Name: "min-age", Value: time.Hour, Usage: "leave alone versions claimed more recently (a publish may be running)"}),
 				Action: func(c *cli.Context) error {
