@@ -36,7 +36,9 @@ func TestExport(t *testing.T) {
 		}
 	}
 	var h struct {
-		Provenance struct{ Temporal struct{ StartDate, EndDate string } }
+		Provenance struct {
+			Temporal struct{ StartDate, EndDate string }
+		}
 	}
 	out, _ := Export(m, "hdruk", "x")
 	json.Unmarshal(out, &h)
