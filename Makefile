@@ -6,7 +6,7 @@ PKGS    := ./...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 
-.PHONY: build test test-short demo bench bench-go lint tidy-check fuzz clean minio
+.PHONY: build test test-short demo bench bench-go bench-pipeline lint tidy-check fuzz clean minio
 
 build:
 	$(GO) build -o $(BIN) ./cmd/hub
@@ -43,6 +43,10 @@ demo: build
 # DuckDB read_csv + anti-join baseline measured in the same run.
 bench: build bench-go
 	$(BIN) bench --patients $${BENCH_PATIENTS:-1000000}
+
+# ingest → deid → publish (local lake and MinIO) against a DuckDB pipeline.
+bench-pipeline: build minio
+	$(BIN) bench --pipeline --patients $${BENCH_PATIENTS:-1000000}
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./ingest

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"runtime"
+	"sync"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/memory"
@@ -26,20 +28,48 @@ type Report struct {
 // A Deidentifier consumes ingest's batches (its Emit method is an
 // [ingest.Emit]) and writes de-identified Parquet parts to a Sink.
 // Patients are held, without identifiers, until the k-anonymity check has
-// seen them all; event batches stream straight through.
+// seen them all. Event batches go round-robin to workers, each with its
+// own HMAC and its own Parquet parts, so the output is the same for the
+// same input whatever the timing.
 type Deidentifier struct {
 	policy  Policy
 	key     *Key
 	sink    Sink
 	log     *slog.Logger
-	tr      *transformer
-	writers map[ingest.Table]*tableWriter
 	ctx     context.Context
+	mem     memory.Allocator
+	schemas map[ingest.Table]*arrow.Schema
 
+	tr       *transformer // for patients, on the caller's goroutine
 	patients []patientRow
 	intern   map[string]string
 	kanon    KAnonymity
 	flushed  bool
+	rows     map[ingest.Table]int64
+	written  map[ingest.Table]bool
+
+	workers []*worker
+	cur     ingest.Table
+	active  bool
+	seq     int
+
+	mu  sync.Mutex
+	err error
+}
+
+type job struct {
+	rec   arrow.RecordBatch
+	close chan<- struct{} // a barrier: close the table's writer, then signal
+}
+
+type worker struct {
+	d   *Deidentifier
+	id  int
+	tr  *transformer
+	w   *tableWriter
+	in  chan job
+	wg  sync.WaitGroup
+	cur ingest.Table
 }
 
 // New returns a Deidentifier writing to sink. ctx bounds its writes.
@@ -56,28 +86,118 @@ func New(ctx context.Context, policy Policy, key *Key, sink Sink, mem memory.All
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	d := &Deidentifier{policy: policy, key: key, sink: sink, ctx: ctx, log: logger.With("component", "deid"),
-		writers: map[ingest.Table]*tableWriter{}, intern: map[string]string{}}
-	d.tr = &transformer{policy: policy, ps: NewPseudonymiser(key, policy.Domain, policy.PseudonymBytes), schemas: Schemas(policy), mem: mem}
-	for _, t := range ingest.Tables {
-		d.writers[t] = newTableWriter(ctx, sink, t.String(), d.tr.schemas[t])
+	d := &Deidentifier{policy: policy, key: key, sink: sink, ctx: ctx, mem: mem, log: logger.With("component", "deid"),
+		intern: map[string]string{}, rows: map[ingest.Table]int64{}, written: map[ingest.Table]bool{}, schemas: Schemas(policy)}
+	d.tr = d.newTransformer()
+	n := runtime.GOMAXPROCS(0)
+	for i := 0; i < n; i++ {
+		w := &worker{d: d, id: i, tr: d.newTransformer(), in: make(chan job, 2)}
+		w.wg.Add(1)
+		go w.run()
+		d.workers = append(d.workers, w)
 	}
 	return d, nil
 }
 
+func (d *Deidentifier) newTransformer() *transformer {
+	return &transformer{policy: d.policy, ps: NewPseudonymiser(d.key, d.policy.Domain, d.policy.PseudonymBytes), schemas: d.schemas, mem: d.mem}
+}
+
+func (d *Deidentifier) fail(err error) {
+	d.mu.Lock()
+	if d.err == nil {
+		d.err = err
+	}
+	d.mu.Unlock()
+}
+
+func (d *Deidentifier) failed() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.err
+}
+
+func (w *worker) run() {
+	defer w.wg.Done()
+	for j := range w.in {
+		if j.close != nil {
+			if w.w != nil {
+				if err := w.w.close(false); err != nil {
+					w.d.fail(err)
+				}
+				w.d.mu.Lock()
+				w.d.rows[w.cur] += w.w.rows
+				w.d.written[w.cur] = w.d.written[w.cur] || w.w.rows > 0
+				w.d.mu.Unlock()
+				w.w = nil
+			}
+			j.close <- struct{}{}
+			continue
+		}
+		if w.d.failed() != nil {
+			j.rec.Release()
+			continue
+		}
+		out := w.tr.event(w.cur, j.rec)
+		j.rec.Release()
+		if w.w == nil {
+			n := len(w.d.workers)
+			w.w = newTableWriter(w.d.ctx, w.d.sink, w.cur.String(), w.d.schemas[w.cur], w.id, n)
+		}
+		if err := w.w.write(out); err != nil {
+			w.d.fail(err)
+		}
+		out.Release()
+	}
+}
+
 // Emit takes one identifiable batch from ingest and releases it.
 func (d *Deidentifier) Emit(_ context.Context, t ingest.Table, rec arrow.RecordBatch) error {
-	defer rec.Release()
+	if err := d.failed(); err != nil {
+		rec.Release()
+		return err
+	}
 	if t == ingest.Patients {
+		defer rec.Release()
 		d.patients = d.tr.bufferPatients(rec, d.patients, d.intern)
 		return nil
 	}
 	if err := d.flushPatients(); err != nil {
+		rec.Release()
 		return err
 	}
-	out := d.tr.event(t, rec)
-	defer out.Release()
-	return d.writers[t].write(out)
+	if !d.active || t != d.cur {
+		d.finishTable()
+		d.cur, d.active, d.seq = t, true, 0
+		for _, w := range d.workers {
+			w.cur = t
+		}
+	}
+	w := d.workers[d.seq%len(d.workers)]
+	d.seq++
+	select {
+	case w.in <- job{rec: rec}:
+	case <-d.ctx.Done():
+		rec.Release()
+		return d.ctx.Err()
+	}
+	return d.failed()
+}
+
+// finishTable waits until every worker has closed the current table's
+// parts, freeing their buffered row groups before the next table.
+func (d *Deidentifier) finishTable() {
+	if !d.active {
+		return
+	}
+	done := make(chan struct{}, len(d.workers))
+	for _, w := range d.workers {
+		w.in <- job{close: done}
+	}
+	for range d.workers {
+		<-done
+	}
+	d.active = false
 }
 
 // flushPatients runs the k-anonymity check and writes the patients table.
@@ -88,15 +208,20 @@ func (d *Deidentifier) flushPatients() error {
 	d.flushed = true
 	d.kanon = kanonymise(d.patients, d.policy.K)
 	d.log.Info("k-anonymity", "k", d.policy.K, "patients", d.kanon.Patients, "generalised", d.kanon.Generalised, "suppressed", d.kanon.Suppressed)
+	w := newTableWriter(d.ctx, d.sink, ingest.Patients.String(), d.schemas[ingest.Patients], 0, 1)
 	const batch = 64 * 1024
 	for from := 0; from < len(d.patients); from += batch {
 		rec := d.tr.patientBatch(d.patients[from:min(from+batch, len(d.patients))])
-		err := d.writers[ingest.Patients].write(rec)
+		err := w.write(rec)
 		rec.Release()
 		if err != nil {
 			return err
 		}
 	}
+	if err := w.close(true); err != nil {
+		return err
+	}
+	d.rows[ingest.Patients], d.written[ingest.Patients] = w.rows, true
 	d.patients, d.intern = nil, nil
 	return nil
 }
@@ -104,32 +229,63 @@ func (d *Deidentifier) flushPatients() error {
 // Close finishes every table and returns the report. Publishing (the
 // manifest) is the caller's next step.
 func (d *Deidentifier) Close() (*Report, error) {
-	if err := d.flushPatients(); err != nil {
+	err := d.flushPatients()
+	d.finishTable()
+	d.stop()
+	if err != nil {
+		return nil, err
+	}
+	if err := d.failed(); err != nil {
 		return nil, err
 	}
 	rep := &Report{Domain: d.policy.Domain, KeyFingerprint: d.key.Fingerprint(), PolicyHash: d.policy.Hash(),
 		Policy: d.policy, Rows: map[string]int64{}, KAnonymity: d.kanon}
-	if d.tr.dated {
-		rep.EventsFrom = d.tr.minDate.FormattedString()
-		rep.EventsTo = d.tr.maxDate.FormattedString()
-	}
 	for _, t := range ingest.Tables {
-		if err := d.writers[t].close(); err != nil {
-			return nil, err
+		if !d.written[t] {
+			// No rows: one empty part publishes the table's schema.
+			w := newTableWriter(d.ctx, d.sink, t.String(), d.schemas[t], 0, 1)
+			if err := w.close(true); err != nil {
+				return nil, err
+			}
 		}
-		rep.Rows[t.String()] = d.writers[t].rows
+		rep.Rows[t.String()] = d.rows[t]
+	}
+	var first, last arrow.Date32
+	dated := false
+	for _, w := range d.workers {
+		if w.tr.dated {
+			if !dated || w.tr.minDate < first {
+				first = w.tr.minDate
+			}
+			if !dated || w.tr.maxDate > last {
+				last = w.tr.maxDate
+			}
+			dated = true
+		}
+	}
+	if dated {
+		rep.EventsFrom, rep.EventsTo = first.FormattedString(), last.FormattedString()
 	}
 	return rep, nil
 }
 
-// Abort closes any open part without finishing the dataset.
+// Abort stops the workers and closes any open part without finishing the
+// dataset; nothing is committed.
 func (d *Deidentifier) Abort() {
-	for _, w := range d.writers {
-		if w.w != nil {
-			w.w.Close()
+	d.fail(fmt.Errorf("aborted"))
+	d.finishTable()
+	d.stop()
+}
+
+func (d *Deidentifier) stop() {
+	for _, w := range d.workers {
+		if w.in != nil {
+			close(w.in)
+			w.wg.Wait()
+			w.in = nil
 		}
 	}
 }
 
 // Schemas returns the published schemas of this Deidentifier's policy.
-func (d *Deidentifier) Schemas() map[ingest.Table]*arrow.Schema { return d.tr.schemas }
+func (d *Deidentifier) Schemas() map[ingest.Table]*arrow.Schema { return d.schemas }

@@ -35,14 +35,17 @@ type tableWriter struct {
 	props  *parquet.WriterProperties
 	aprops pqarrow.ArrowWriterProperties
 
-	part     int
+	part     int // the next part's index: first + k*stride
+	stride   int
 	partRows int64
 	rows     int64
 	w        io.WriteCloser
 	fw       *pqarrow.FileWriter
 }
 
-func newTableWriter(ctx context.Context, sink Sink, table string, schema *arrow.Schema) *tableWriter {
+// newTableWriter writes parts first, first+stride, first+2*stride, ... so
+// that several writers of one table never share a part number.
+func newTableWriter(ctx context.Context, sink Sink, table string, schema *arrow.Schema, first, stride int) *tableWriter {
 	opts := []parquet.WriterProperty{
 		parquet.WithCompression(compress.Codecs.Zstd),
 		parquet.WithCompressionLevel(DefaultZstdLevel),
@@ -55,7 +58,7 @@ func newTableWriter(ctx context.Context, sink Sink, table string, schema *arrow.
 			opts = append(opts, parquet.WithDictionaryFor(c, true))
 		}
 	}
-	return &tableWriter{ctx: ctx, sink: sink, table: table, schema: schema,
+	return &tableWriter{ctx: ctx, sink: sink, table: table, schema: schema, part: first, stride: stride,
 		props:  parquet.NewWriterProperties(opts...),
 		aprops: pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema())}
 }
@@ -76,7 +79,7 @@ func (w *tableWriter) write(rec arrow.RecordBatch) error {
 		if err := w.closePart(); err != nil {
 			return err
 		}
-		w.part++
+		w.part += w.stride
 	}
 	return nil
 }
@@ -108,10 +111,11 @@ func (w *tableWriter) closePart() error {
 	return nil
 }
 
-// close finishes the table; a table with no rows still gets one part, so
-// its schema is published.
-func (w *tableWriter) close() error {
-	if w.rows == 0 && w.fw == nil {
+// close finishes the writer's last part. With empty set, a writer that
+// wrote nothing still writes one empty part, so the table's schema is
+// published.
+func (w *tableWriter) close(empty bool) error {
+	if w.rows == 0 && w.fw == nil && empty {
 		if err := w.open(); err != nil {
 			return err
 		}

@@ -3,9 +3,12 @@ package main
 import (
 	"log/slog"
 	"os"
+	"runtime/pprof"
 
 	"github.com/urfave/cli/v2"
 )
+
+var profileStop func()
 
 func newApp() *cli.App {
 	return &cli.App{
@@ -16,6 +19,24 @@ func newApp() *cli.App {
 			"Try: hub synth --out /tmp/x && hub ingest --extract /tmp/x --optouts /tmp/x/optouts.txt --check",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-level", Value: "warn", EnvVars: []string{"HUB_LOG_LEVEL"}, Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a CPU profile to this file"},
+		},
+		Before: func(c *cli.Context) error {
+			if p := c.String("cpuprofile"); p != "" {
+				f, err := os.Create(p)
+				if err != nil {
+					return err
+				}
+				profileStop = func() { pprof.StopCPUProfile(); f.Close() }
+				return pprof.StartCPUProfile(f)
+			}
+			return nil
+		},
+		After: func(c *cli.Context) error {
+			if profileStop != nil {
+				profileStop()
+			}
+			return nil
 		},
 		Commands: []*cli.Command{synthCommand(), ingestCommand(), catalogCommand(), benchCommand()},
 	}

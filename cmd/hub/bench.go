@@ -12,6 +12,7 @@ import (
 
 	"github.com/nhs-hub/hub/ingest"
 	"github.com/nhs-hub/hub/internal/bench"
+	"github.com/nhs-hub/hub/internal/miniotest"
 	"github.com/nhs-hub/hub/internal/synth"
 	"github.com/urfave/cli/v2"
 )
@@ -29,8 +30,19 @@ func benchCommand() *cli.Command {
 			&cli.Uint64Flag{Name: "seed", Value: 1},
 			&cli.StringFlag{Name: "cache", Value: ".cache/bench", Usage: "where benchmark extracts are kept between runs"},
 			&cli.IntFlag{Name: "runs", Value: 1, Usage: "runs of each side; the fastest counts"},
+			&cli.BoolFlag{Name: "pipeline", Usage: "measure ingest → deid → publish (local lake, and MinIO when bin/minio exists) against a DuckDB pipeline"},
 		},
 		Subcommands: []*cli.Command{{
+			Name: "duckdb-pipeline", Hidden: true, Usage: "run the DuckDB pipeline baseline (used by hub bench --pipeline)",
+			Flags: []cli.Flag{&cli.StringFlag{Name: "extract", Required: true}, &cli.StringFlag{Name: "out", Required: true}},
+			Action: func(c *cli.Context) error {
+				read, err := bench.DuckDBPipeline(c.Context, c.String("extract"), c.String("out"), "bench-key-0123456789abcdef0123456789")
+				if err != nil {
+					return err
+				}
+				return json.NewEncoder(c.App.Writer).Encode(map[string]int64{"read": read})
+			},
+		}, {
 			Name: "duckdb-baseline", Hidden: true, Usage: "run the DuckDB baseline on --extract (used by hub bench)",
 			Flags: []cli.Flag{&cli.StringFlag{Name: "extract", Required: true}},
 			Action: func(c *cli.Context) error {
@@ -52,12 +64,13 @@ type measure struct {
 }
 
 // child runs hub itself with args and measures wall time and peak RSS.
-func child(c *cli.Context, args ...string) (measure, error) {
+func child(c *cli.Context, env []string, args ...string) (measure, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return measure{}, err
 	}
 	cmd := exec.CommandContext(c.Context, self, args...)
+	cmd.Env = append(os.Environ(), env...)
 	var out bytes.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = os.Stderr
@@ -88,10 +101,10 @@ func runBench(c *cli.Context) error {
 			size += st.Size()
 		}
 	}
-	best := func(args ...string) (measure, error) {
+	best := func(env []string, args ...string) (measure, error) {
 		var b measure
 		for i := 0; i < max(1, c.Int("runs")); i++ {
-			m, err := child(c, args...)
+			m, err := child(c, env, args...)
 			if err != nil {
 				return m, err
 			}
@@ -101,8 +114,11 @@ func runBench(c *cli.Context) error {
 		}
 		return b, nil
 	}
+	if c.Bool("pipeline") {
+		return benchPipeline(c, dir, size, best)
+	}
 	fmt.Fprintln(c.App.ErrWriter, "bench: hub ingest --check")
-	hub, err := best("ingest", "--extract", dir, "--optouts", filepath.Join(dir, "optouts.txt"), "--check", "--json")
+	hub, err := best(nil, "ingest", "--extract", dir, "--optouts", filepath.Join(dir, "optouts.txt"), "--check", "--json")
 	if err != nil {
 		return err
 	}
@@ -115,7 +131,7 @@ func runBench(c *cli.Context) error {
 		read += t.Read
 	}
 	fmt.Fprintln(c.App.ErrWriter, "bench: DuckDB baseline")
-	duck, err := best("bench", "duckdb-baseline", "--extract", dir)
+	duck, err := best(nil, "bench", "duckdb-baseline", "--extract", dir)
 	if err != nil {
 		return err
 	}
@@ -133,5 +149,81 @@ func runBench(c *cli.Context) error {
 	if d.Read != read {
 		fmt.Fprintf(w, "note: the baseline read %d rows, hub %d\n", d.Read, read)
 	}
+	return nil
+}
+
+// benchPipeline measures ingest → deid → publish to the local lake and to
+// MinIO against the DuckDB pipeline baseline, in one run.
+func benchPipeline(c *cli.Context, dir string, size int64, best func([]string, ...string) (measure, error)) error {
+	raw, err := os.ReadFile(filepath.Join(dir, "truth.json"))
+	if err != nil {
+		return err
+	}
+	var truth synth.Truth
+	if err := json.Unmarshal(raw, &truth); err != nil {
+		return err
+	}
+	var rows int64
+	for _, t := range truth.Tables {
+		rows += t.Read
+	}
+	tmp, err := os.MkdirTemp("", "hub-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	key := filepath.Join(tmp, "key")
+	if err := os.WriteFile(key, []byte("bench-key-0123456789abcdef0123456789"), 0o600); err != nil {
+		return err
+	}
+	args := func(lake string) []string {
+		return []string{"ingest", "--extract", dir, "--optouts", filepath.Join(dir, "optouts.txt"), "--dataset", "bench", "--lake", lake, "--key-file", key}
+	}
+	type result struct {
+		name string
+		m    measure
+	}
+	var results []result
+	fmt.Fprintln(c.App.ErrWriter, "bench: hub ingest → deid → publish, local lake")
+	m, err := best(nil, args(filepath.Join(tmp, "lake"))...)
+	if err != nil {
+		return err
+	}
+	results = append(results, result{"hub → local lake", m})
+	if bin := miniotest.Binary(); bin != "" {
+		srv, stop, err := miniotest.Launch(bin, filepath.Join(tmp, "minio"))
+		if err != nil {
+			return err
+		}
+		defer stop()
+		bucket, err := srv.MakeBucket(c.Context)
+		if err != nil {
+			return err
+		}
+		env := []string{"AWS_ACCESS_KEY_ID=" + srv.AccessKey, "AWS_SECRET_ACCESS_KEY=" + srv.SecretKey, "HUB_S3_ENDPOINT=" + srv.Endpoint, "HUB_S3_TLS=false"}
+		fmt.Fprintln(c.App.ErrWriter, "bench: hub ingest → deid → publish, MinIO")
+		m, err := best(env, args("s3://"+bucket+"/lake")...)
+		if err != nil {
+			return err
+		}
+		results = append(results, result{"hub → MinIO (same machine)", m})
+	} else {
+		fmt.Fprintln(c.App.ErrWriter, "bench: no bin/minio (make minio): skipping the MinIO run")
+	}
+	fmt.Fprintln(c.App.ErrWriter, "bench: DuckDB pipeline baseline")
+	out := filepath.Join(tmp, "duck")
+	os.MkdirAll(out, 0o755)
+	duck, err := best(nil, "bench", "duckdb-pipeline", "--extract", dir, "--out", out)
+	if err != nil {
+		return err
+	}
+	w := c.App.Writer
+	fmt.Fprintf(w, "extract: %d rows, %.0f MB of CSV\n\n", rows, float64(size)/1e6)
+	fmt.Fprintf(w, "%-42s %9s %12s %12s %10s\n", "", "seconds", "rows/s", "peak RSS MB", "vs DuckDB")
+	base := float64(rows) / duck.seconds
+	for _, r := range results {
+		fmt.Fprintf(w, "%-42s %9.2f %12.0f %12.0f %9.2fx\n", r.name, r.m.seconds, float64(rows)/r.m.seconds, r.m.rssMB, float64(rows)/r.m.seconds/base)
+	}
+	fmt.Fprintf(w, "%-42s %9.2f %12.0f %12.0f %9.2fx\n", "DuckDB read_csv, anti-join, sha256, COPY", duck.seconds, base, duck.rssMB, 1.0)
 	return nil
 }

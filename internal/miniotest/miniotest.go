@@ -52,23 +52,34 @@ func Start(t testing.TB) *Server {
 		}
 		t.Skip("no MinIO binary; run `make minio`")
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	s, stop, err := Launch(bin, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return s
+}
+
+// Launch starts MinIO from bin on a free 127.0.0.1 port with data in dir,
+// waits until it is ready, and returns it with a function that stops it.
+func Launch(bin, dir string) (*Server, func(), error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
 	}
 	addr := l.Addr().String()
 	l.Close()
 	var b [12]byte
 	rand.Read(b[:])
 	s := &Server{Endpoint: addr, AccessKey: "hubtest", SecretKey: hex.EncodeToString(b[:])}
-	cmd := exec.Command(bin, "server", "--quiet", "--address", addr, "--console-address", "127.0.0.1:0", t.TempDir())
+	cmd := exec.Command(bin, "server", "--quiet", "--address", addr, "--console-address", "127.0.0.1:0", dir)
 	cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+s.AccessKey, "MINIO_ROOT_PASSWORD="+s.SecretKey,
 		"MINIO_BROWSER=off", "MINIO_UPDATE=off", "MINIO_CI_CD=1")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start MinIO: %v", err)
+		return nil, nil, fmt.Errorf("start MinIO: %w", err)
 	}
-	t.Cleanup(func() {
+	stop := func() {
 		cmd.Process.Signal(os.Interrupt)
 		done := make(chan struct{})
 		go func() { cmd.Wait(); close(done) }()
@@ -78,18 +89,19 @@ func Start(t testing.TB) *Server {
 			cmd.Process.Kill()
 			<-done
 		}
-	})
+	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		resp, err := http.Get("http://" + addr + "/minio/health/ready")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return s
+				return s, stop, nil
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("MinIO at %s not ready after 60 s", addr)
+			stop()
+			return nil, nil, fmt.Errorf("MinIO at %s not ready after 60 s", addr)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -98,15 +110,24 @@ func Start(t testing.TB) *Server {
 // Bucket creates a bucket with a fresh name and returns it.
 func (s *Server) Bucket(t testing.TB) string {
 	t.Helper()
-	c, err := minio.New(s.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(s.AccessKey, s.SecretKey, "")})
+	name, err := s.MakeBucket(context.Background())
 	if err != nil {
 		t.Fatal(err)
+	}
+	return name
+}
+
+// MakeBucket creates a bucket with a fresh name.
+func (s *Server) MakeBucket(ctx context.Context) (string, error) {
+	c, err := minio.New(s.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(s.AccessKey, s.SecretKey, "")})
+	if err != nil {
+		return "", err
 	}
 	var b [4]byte
 	rand.Read(b[:])
 	name := fmt.Sprintf("hub-test-%s", hex.EncodeToString(b[:]))
-	if err := c.MakeBucket(context.Background(), name, minio.MakeBucketOptions{}); err != nil {
-		t.Fatalf("make bucket: %v", err)
+	if err := c.MakeBucket(ctx, name, minio.MakeBucketOptions{}); err != nil {
+		return "", fmt.Errorf("make bucket: %w", err)
 	}
-	return name
+	return name, nil
 }
