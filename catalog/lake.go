@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -176,10 +177,12 @@ func (l *Lake) Manifest(ctx context.Context, name string, version int) (*Manifes
 
 // A Publication writes one new version. Parts go under the version's
 // prefix; nothing is visible until Commit writes the manifest.
+// Its Create is safe for concurrent use.
 type Publication struct {
 	lake    *Lake
 	name    string
 	version int
+	mu      sync.Mutex // guards parts: parts finish on several goroutines
 	parts   map[string][]Part
 }
 
@@ -250,12 +253,11 @@ func (p *Publication) Create(ctx context.Context, table string, k int) (io.Write
 		return nil, err
 	}
 	return &partWriter{w: w, h: sha256.New(), done: func(size int64, sum string) {
+		p.mu.Lock()
 		p.parts[table] = append(p.parts[table], Part{Path: path, Size: size, SHA256: sum})
+		p.mu.Unlock()
 	}}, nil
 }
-
-// Parts returns the parts written so far, by table.
-func (p *Publication) Parts() map[string][]Part { return p.parts }
 
 // Commit writes the manifest, making the version visible. m's parts are
 // filled in from what was written.
@@ -264,9 +266,13 @@ func (p *Publication) Commit(ctx context.Context, m *Manifest) error {
 	if m.Created.IsZero() {
 		m.Created = time.Now().UTC()
 	}
+	p.mu.Lock()
 	for table, tm := range m.Tables {
-		tm.Parts = p.parts[table]
+		// Parts finish in any order; the manifest lists them by path.
+		tm.Parts = append([]Part(nil), p.parts[table]...)
+		sort.Slice(tm.Parts, func(i, j int) bool { return tm.Parts[i].Path < tm.Parts[j].Path })
 	}
+	p.mu.Unlock()
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err
