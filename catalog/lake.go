@@ -123,13 +123,14 @@ func (l *Lake) Versions(ctx context.Context, name string) ([]int, error) {
 	return vs, err
 }
 
-// scan returns committed versions and every version number in use.
-func (l *Lake) scan(ctx context.Context, name string) (committed []int, used map[int]bool, err error) {
+// scan lists a dataset's objects once and groups them by version number;
+// committed holds the versions with a manifest, ascending.
+func (l *Lake) scan(ctx context.Context, name string) (committed []int, files map[int][]string, err error) {
 	paths, err := l.store.List(ctx, "datasets/"+name+"/versions/")
 	if err != nil {
 		return nil, nil, err
 	}
-	used = map[int]bool{}
+	files = map[int][]string{}
 	for _, p := range paths {
 		parts := strings.Split(p, "/")
 		if len(parts) < 5 {
@@ -139,13 +140,13 @@ func (l *Lake) scan(ctx context.Context, name string) (committed []int, used map
 		if err != nil {
 			continue
 		}
-		used[v] = true
+		files[v] = append(files[v], p)
 		if len(parts) == 5 && parts[4] == "manifest.json" {
 			committed = append(committed, v)
 		}
 	}
 	sort.Ints(committed)
-	return committed, used, nil
+	return committed, files, nil
 }
 
 // Manifest reads a committed version's manifest; version 0 means latest.
@@ -193,12 +194,12 @@ func (l *Lake) Begin(ctx context.Context, name string) (*Publication, error) {
 	if !ValidName(name) {
 		return nil, fmt.Errorf("invalid dataset name %q: use lower-case letters, digits, - and _", name)
 	}
-	_, used, err := l.scan(ctx, name)
+	_, files, err := l.scan(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	v := 1
-	for u := range used {
+	for u := range files {
 		v = max(v, u+1)
 	}
 	for tries := 0; tries < 100; tries, v = tries+1, v+1 {
@@ -312,24 +313,13 @@ var ErrTampered = errors.New("part checksum mismatch")
 // than minAge (so a publish still running is left alone), and leftover
 // temporary files of committed versions. It returns the paths removed.
 func (l *Lake) GC(ctx context.Context, name string, minAge time.Duration) ([]string, error) {
-	paths, err := l.store.List(ctx, "datasets/"+name+"/versions/")
-	if err != nil {
-		return nil, err
-	}
-	committed, _, err := l.scan(ctx, name)
+	committed, byVersion, err := l.scan(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	isCommitted := map[int]bool{}
 	for _, v := range committed {
 		isCommitted[v] = true
-	}
-	byVersion := map[int][]string{}
-	for _, p := range paths {
-		parts := strings.Split(p, "/")
-		if v, err := strconv.Atoi(parts[3]); err == nil && len(parts) >= 5 {
-			byVersion[v] = append(byVersion[v], p)
-		}
 	}
 	var removed []string
 	for v, files := range byVersion {

@@ -45,7 +45,7 @@ func catalogCommand() *cli.Command {
 						if err != nil {
 							return err
 						}
-						m, err := lake.Manifest(c.Context, n, 0)
+						m, err := lake.Manifest(c.Context, n, vs[len(vs)-1]) // Datasets lists only names with a version
 						if err != nil {
 							return err
 						}
