@@ -46,7 +46,6 @@ type Deidentifier struct {
 	kanon    KAnonymity
 	flushed  bool
 	rows     map[ingest.Table]int64
-	written  map[ingest.Table]bool
 
 	workers []*worker
 	cur     ingest.Table
@@ -87,7 +86,7 @@ func New(ctx context.Context, policy Policy, key *Key, sink Sink, mem memory.All
 		logger = slog.New(slog.DiscardHandler)
 	}
 	d := &Deidentifier{policy: policy, key: key, sink: sink, ctx: ctx, mem: mem, log: logger.With("component", "deid"),
-		intern: map[string]string{}, rows: map[ingest.Table]int64{}, written: map[ingest.Table]bool{}, schemas: Schemas(policy)}
+		intern: map[string]string{}, rows: map[ingest.Table]int64{}, schemas: Schemas(policy)}
 	d.tr = d.newTransformer()
 	n := runtime.GOMAXPROCS(0)
 	for i := 0; i < n; i++ {
@@ -127,7 +126,6 @@ func (w *worker) run() {
 				}
 				w.d.mu.Lock()
 				w.d.rows[w.cur] += w.w.rows
-				w.d.written[w.cur] = w.d.written[w.cur] || w.w.rows > 0
 				w.d.mu.Unlock()
 				w.w = nil
 			}
@@ -221,7 +219,7 @@ func (d *Deidentifier) flushPatients() error {
 	if err := w.close(true); err != nil {
 		return err
 	}
-	d.rows[ingest.Patients], d.written[ingest.Patients] = w.rows, true
+	d.rows[ingest.Patients] = w.rows
 	d.patients, d.intern = nil, nil
 	return nil
 }
@@ -241,8 +239,9 @@ func (d *Deidentifier) Close() (*Report, error) {
 	rep := &Report{Domain: d.policy.Domain, KeyFingerprint: d.key.Fingerprint(), PolicyHash: d.policy.Hash(),
 		Policy: d.policy, Rows: map[string]int64{}, KAnonymity: d.kanon}
 	for _, t := range ingest.Tables {
-		if !d.written[t] {
-			// No rows: one empty part publishes the table's schema.
+		if t != ingest.Patients && d.rows[t] == 0 {
+			// No rows: one empty part publishes the table's schema (the
+			// patients table always has its part from flushPatients).
 			w := newTableWriter(d.ctx, d.sink, t.String(), d.schemas[t], 0, 1)
 			if err := w.close(true); err != nil {
 				return nil, err
@@ -250,21 +249,15 @@ func (d *Deidentifier) Close() (*Report, error) {
 		}
 		rep.Rows[t.String()] = d.rows[t]
 	}
-	var first, last arrow.Date32
-	dated := false
+	// d.tr sees no event dates itself; it gathers the workers' spans.
 	for _, w := range d.workers {
 		if w.tr.dated {
-			if !dated || w.tr.minDate < first {
-				first = w.tr.minDate
-			}
-			if !dated || w.tr.maxDate > last {
-				last = w.tr.maxDate
-			}
-			dated = true
+			d.tr.seen(w.tr.minDate)
+			d.tr.seen(w.tr.maxDate)
 		}
 	}
-	if dated {
-		rep.EventsFrom, rep.EventsTo = first.FormattedString(), last.FormattedString()
+	if d.tr.dated {
+		rep.EventsFrom, rep.EventsTo = d.tr.minDate.FormattedString(), d.tr.maxDate.FormattedString()
 	}
 	return rep, nil
 }

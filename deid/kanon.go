@@ -1,6 +1,7 @@
 package deid
 
 import (
+	"strconv"
 	"strings"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -41,19 +42,15 @@ func ageBand(age int) uint8 {
 	return uint8(min(age/5, 18))
 }
 
-func bandName(b uint8) string {
-	if b == 18 {
-		return "90+"
+// bandNames are the age bands' published names, "0-4" to "90+".
+var bandNames = func() [19]string {
+	var n [19]string
+	for b := range 18 {
+		n[b] = strconv.Itoa(b*5) + "-" + strconv.Itoa(b*5+4)
 	}
-	return itoa(int(b)*5) + "-" + itoa(int(b)*5+4)
-}
-
-func itoa(i int) string {
-	if i < 10 {
-		return string(rune('0' + i))
-	}
-	return itoa(i/10) + string(rune('0'+i%10))
-}
+	n[18] = "90+"
+	return n
+}()
 
 // ethnicityGroup maps an NHS ethnic category to its group.
 func ethnicityGroup(c byte) string {
@@ -239,7 +236,7 @@ func (t *transformer) patientBatch(rows []patientRow) arrow.RecordBatch {
 		} else {
 			b.Field(2).AppendNull()
 		}
-		optStr(3, bandName(r.band), r.level < 4)
+		optStr(3, bandNames[r.band], r.level < 4)
 		optStr(4, sexes[r.sex], r.level < 4)
 		optStr(5, r.district, r.level < 1)
 		optStr(6, r.area, r.level < 2)

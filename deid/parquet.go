@@ -39,8 +39,7 @@ type tableWriter struct {
 	stride   int
 	partRows int64
 	rows     int64
-	w        io.WriteCloser
-	fw       *pqarrow.FileWriter
+	fw       *pqarrow.FileWriter // closes the sink's writer when it closes
 }
 
 // newTableWriter writes parts first, first+stride, first+2*stride, ... so
@@ -94,7 +93,7 @@ func (w *tableWriter) open() error {
 		out.Close()
 		return fmt.Errorf("start %s part %d: %w", w.table, w.part, err)
 	}
-	w.w, w.fw, w.partRows = out, fw, 0
+	w.fw, w.partRows = fw, 0
 	return nil
 }
 
@@ -104,7 +103,7 @@ func (w *tableWriter) closePart() error {
 	}
 	// pqarrow's FileWriter.Close closes the sink writer too.
 	err := w.fw.Close()
-	w.fw, w.w = nil, nil
+	w.fw = nil
 	if err != nil {
 		return fmt.Errorf("finish %s part %d: %w", w.table, w.part, err)
 	}

@@ -67,16 +67,7 @@ func (t *transformer) event(tb ingest.Table, rec arrow.RecordBatch) arrow.Record
 	b := array.NewRecordBuilder(t.mem, t.schemas[tb])
 	defer b.Release()
 	n := int(rec.NumRows())
-	b.Reserve(n) // one allocation a column instead of repeated growth
-	for i, f := range b.Fields() {
-		if sb, ok := f.(*array.StringBuilder); ok {
-			if in := rec.Schema().FieldIndices(t.schemas[tb].Field(i).Name); len(in) == 1 {
-				if col, ok := rec.Column(in[0]).(*array.String); ok {
-					sb.ReserveData(len(col.ValueBytes()))
-				}
-			}
-		}
-	}
+	b.Reserve(n)
 	nhsCol := 0
 	if tb == ingest.Encounters {
 		nhsCol = 1
