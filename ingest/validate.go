@@ -232,3 +232,11 @@ func equalFold(b []byte, s string) bool {
 	}
 	return true
 }
+
+// ValidSCTID reports whether s is a well-formed SNOMED CT concept
+// identifier (see validSCTID). dm+d identifiers have the same form.
+func ValidSCTID(s string) bool { return validSCTID([]byte(s)) }
+
+// ValidICD10 reports whether s is a well-formed ICD-10 code such as "E11",
+// "E11.9" or "I10X".
+func ValidICD10(s string) bool { return validICD10([]byte(s)) }

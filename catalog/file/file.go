@@ -179,3 +179,7 @@ func (d *Dir) Delete(_ context.Context, p string) error {
 	}
 	return nil
 }
+
+// LocalPath is the file that holds object p, for readers such as DuckDB
+// that read files themselves.
+func (d *Dir) LocalPath(p string) (string, error) { return d.path(p) }

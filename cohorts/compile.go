@@ -1,0 +1,411 @@
+package cohorts
+
+import (
+	"fmt"
+	"math"
+	"strings"
+	"time"
+)
+
+// A Statement is one parameterised SQL statement: every value of the query
+// is in Args, bound by DuckDB; the text holds only the compiler's own
+// identifiers and keywords.
+type Statement struct {
+	SQL  string
+	Args []any
+}
+
+// A Plan is a compiled query: one statement per measure.
+type Plan struct {
+	Query    *Query
+	Measures []Statement
+}
+
+// frag is a piece of SQL with the arguments of its placeholders, in order.
+type frag struct {
+	b    strings.Builder
+	args []any
+}
+
+func (f *frag) w(s ...string) *frag {
+	for _, x := range s {
+		f.b.WriteString(x)
+	}
+	return f
+}
+
+// arg writes a placeholder bound to v.
+func (f *frag) arg(v any) *frag {
+	f.args = append(f.args, v)
+	f.b.WriteString("?")
+	return f
+}
+
+// add appends another fragment, text and arguments.
+func (f *frag) add(g *frag) *frag {
+	f.b.WriteString(g.b.String())
+	f.args = append(f.args, g.args...)
+	return f
+}
+
+// compiler turns a validated query into SQL over the engine's tables:
+//
+//	patients(pid, year_of_birth, month_of_birth, birth_mi, age_band, sex,
+//	         district, postcode_area, ethnicity_group, death_month)
+//	conditions|medications|observations|encounters(pid, event_date, ...)
+//
+// birth_mi is the month of birth as year*12+month-1 (July when the month
+// was generalised), so ages compare as integers.
+type compiler struct {
+	q      *Query
+	seed   int64
+	idx    time.Time
+	idxMI  int
+	ctes   []*frag
+	cteOf  map[*Event]string
+	byID   map[string]*Event
+	tables map[*Event]string
+}
+
+// Compile compiles a validated query. seed keys the per-patient choice of
+// codes in breakdowns by_code.
+func Compile(q *Query, seed int64) (*Plan, error) {
+	if err := q.Validate(); err != nil {
+		return nil, err
+	}
+	c := &compiler{q: q, seed: seed, cteOf: map[*Event]string{}, byID: map[string]*Event{}, tables: map[*Event]string{}}
+	if q.IndexDate != "" {
+		c.idx, _ = parseDate(q.IndexDate)
+		c.idxMI = c.idx.Year()*12 + int(c.idx.Month()) - 1
+	}
+	if q.Criteria != nil {
+		c.collect(q.Criteria)
+	}
+	cohort := new(frag).w("cohort AS (SELECT p.* FROM patients p")
+	if q.Criteria != nil {
+		cohort.w(" WHERE ").add(c.expr(q.Criteria))
+	}
+	cohort.w(")")
+	p := &Plan{Query: q}
+	for i := range q.Measures {
+		body := c.measure(&q.Measures[i])
+		var f frag
+		f.w("WITH ")
+		for _, cte := range c.ctes {
+			f.add(cte).w(",\n")
+		}
+		f.add(cohort)
+		f.add(body)
+		p.Measures = append(p.Measures, Statement{SQL: f.b.String(), Args: f.args})
+	}
+	return p, nil
+}
+
+// collect records every event criterion and its table.
+func (c *compiler) collect(k *Criterion) {
+	for _, x := range append(append([]*Criterion{}, k.All...), k.Any...) {
+		c.collect(x)
+	}
+	if k.Not != nil {
+		c.collect(k.Not)
+	}
+	for table, e := range map[string]*Event{"conditions": k.Condition, "medications": k.Medication,
+		"observations": k.Observation, "encounters": k.Encounter} {
+		if e != nil {
+			c.tables[e] = table
+			if e.ID != "" {
+				c.byID[e.ID] = e
+			}
+		}
+	}
+}
+
+// cte returns the name of an event criterion's CTE, building it (and the
+// CTEs it is anchored to) on first use: the patients with at least
+// min_count matching rows and the date of their first.
+func (c *compiler) cte(e *Event) string {
+	if name, ok := c.cteOf[e]; ok {
+		return name
+	}
+	var join, pred *frag
+	join, pred = c.window(e.Window, "t")
+	name := fmt.Sprintf("e%d", len(c.cteOf)+1)
+	c.cteOf[e] = name
+	f := new(frag).w(name, " AS (SELECT t.pid, min(t.event_date) AS first_date FROM ", c.tables[e], " t")
+	f.add(join)
+	f.w(" WHERE ").add(c.filter(c.tables[e], e.Codes, e.Types, e.Unit, e.Value, "t"))
+	if pred != nil {
+		f.w(" AND ").add(pred)
+	}
+	f.w(" GROUP BY t.pid HAVING count(*) >= ").arg(int64(max(e.MinCount, 1))).w(")")
+	c.ctes = append(c.ctes, f)
+	return name
+}
+
+// filter is the predicate that selects an event table's rows by code,
+// type, unit and value.
+func (c *compiler) filter(table string, codes *Codes, types []string, unit string, value *Range, t string) *frag {
+	f := new(frag)
+	var parts []*frag
+	in := func(col string, vals []string) *frag {
+		g := new(frag).w(t, ".", col, " IN (")
+		for i, v := range vals {
+			if i > 0 {
+				g.w(", ")
+			}
+			g.arg(v)
+		}
+		return g.w(")")
+	}
+	if codes != nil {
+		var alts []*frag
+		if len(codes.SNOMED) > 0 {
+			alts = append(alts, new(frag).w("(", t, ".code_system = ").arg("snomed").w(" AND ").add(in("code", codes.SNOMED)).w(")"))
+		}
+		if len(codes.DMD) > 0 {
+			alts = append(alts, new(frag).w("(", t, ".code_system = ").arg("dmd").w(" AND ").add(in("code", codes.DMD)).w(")"))
+		}
+		if len(codes.ICD10) > 0 {
+			g := new(frag).w("(", t, ".code_system = ").arg("icd10").w(" AND (")
+			for i, p := range codes.ICD10 {
+				if i > 0 {
+					g.w(" OR ")
+				}
+				g.w("starts_with(", t, ".code, ").arg(p).w(")")
+			}
+			alts = append(alts, g.w("))"))
+		}
+		parts = append(parts, join(alts, " OR "))
+	}
+	if len(types) > 0 {
+		parts = append(parts, in("type", types))
+	}
+	if unit != "" {
+		parts = append(parts, new(frag).w(t, ".unit = ").arg(unit))
+	}
+	if table == "observations" && value != nil {
+		parts = append(parts, new(frag).w(t, ".value IS NOT NULL"))
+		if value.Min != nil {
+			parts = append(parts, new(frag).w(t, ".value >= ").arg(*value.Min))
+		}
+		if value.Max != nil {
+			parts = append(parts, new(frag).w(t, ".value <= ").arg(*value.Max))
+		}
+	}
+	if len(parts) == 0 {
+		return f.w("TRUE")
+	}
+	return f.add(join(parts, " AND "))
+}
+
+// join joins fragments, each parenthesised.
+func join(fs []*frag, sep string) *frag {
+	out := new(frag)
+	if len(fs) > 1 {
+		out.w("(")
+	}
+	for i, g := range fs {
+		if i > 0 {
+			out.w(sep)
+		}
+		out.add(g)
+	}
+	if len(fs) > 1 {
+		out.w(")")
+	}
+	return out
+}
+
+// window returns the join (to an anchor criterion) and the date predicate
+// of a window on alias t; both are empty without a window.
+func (c *compiler) window(w *Window, t string) (joinF, pred *frag) {
+	joinF = new(frag)
+	if w == nil {
+		return joinF, nil
+	}
+	before, after := 0, 0
+	if w.DaysBefore != nil {
+		before = *w.DaysBefore
+	}
+	if w.DaysAfter != nil {
+		after = *w.DaysAfter
+	}
+	pred = new(frag)
+	switch {
+	case w.RelativeTo == "index":
+		pred.w(t, ".event_date >= CAST(").arg(c.idx.AddDate(0, 0, -before).Format(time.DateOnly)).w(" AS DATE) AND ",
+			t, ".event_date <= CAST(").arg(c.idx.AddDate(0, 0, after).Format(time.DateOnly)).w(" AS DATE)")
+	case w.RelativeTo != "":
+		anchor := c.cte(c.byID[w.RelativeTo])
+		joinF.w(" JOIN ", anchor, " a ON a.pid = ", t, ".pid")
+		pred.w(t, ".event_date >= a.first_date - CAST(").arg(int64(before)).w(" AS INTEGER) AND ",
+			t, ".event_date <= a.first_date + CAST(").arg(int64(after)).w(" AS INTEGER)")
+	default:
+		var ps []*frag
+		if w.From != "" {
+			ps = append(ps, new(frag).w(t, ".event_date >= CAST(").arg(w.From).w(" AS DATE)"))
+		}
+		if w.To != "" {
+			ps = append(ps, new(frag).w(t, ".event_date <= CAST(").arg(w.To).w(" AS DATE)"))
+		}
+		pred = join(ps, " AND ")
+	}
+	return joinF, pred
+}
+
+// expr is a criterion as a predicate on patients p.
+func (c *compiler) expr(k *Criterion) *frag {
+	group := func(cs []*Criterion, sep string) *frag {
+		fs := make([]*frag, len(cs))
+		for i, x := range cs {
+			fs[i] = c.expr(x)
+		}
+		if len(fs) == 1 {
+			return fs[0]
+		}
+		return join(fs, sep)
+	}
+	in := func(col string, vals []string) *frag {
+		g := new(frag).w("p.", col, " IN (")
+		for i, v := range vals {
+			if i > 0 {
+				g.w(", ")
+			}
+			g.arg(v)
+		}
+		return g.w(")")
+	}
+	switch {
+	case k.All != nil:
+		return group(k.All, " AND ")
+	case k.Any != nil:
+		return group(k.Any, " OR ")
+	case k.Not != nil:
+		return new(frag).w("(NOT ").add(c.expr(k.Not)).w(")")
+	case k.Condition != nil, k.Medication != nil, k.Observation != nil, k.Encounter != nil:
+		e := firstNonNil(k.Condition, k.Medication, k.Observation, k.Encounter)
+		return new(frag).w("p.pid IN (SELECT pid FROM ", c.cte(e), ")")
+	case k.Age != nil:
+		// age >= a  <=>  birth_mi <= idx - 12a;  age <= b  <=>  birth_mi >= idx - 12(b+1) + 1
+		var ps []*frag
+		if k.Age.Min != nil {
+			ps = append(ps, new(frag).w("p.birth_mi <= ").arg(int64(c.idxMI-12*int(math.Ceil(*k.Age.Min)))))
+		}
+		if k.Age.Max != nil {
+			ps = append(ps, new(frag).w("p.birth_mi >= ").arg(int64(c.idxMI-12*(int(math.Floor(*k.Age.Max))+1)+1)))
+		}
+		return join(ps, " AND ")
+	case k.Sex != nil:
+		return in("sex", k.Sex)
+	case k.Region != nil:
+		return in("postcode_area", k.Region)
+	case k.District != nil:
+		return in("district", k.District)
+	case k.EthnicityGroup != nil:
+		return in("ethnicity_group", k.EthnicityGroup)
+	default: // alive_at
+		d := k.AliveAt
+		if d == "index" {
+			d = c.q.IndexDate
+		}
+		return new(frag).w("(p.death_month IS NULL OR p.death_month > CAST(").arg(d).w(" AS DATE))")
+	}
+}
+
+func firstNonNil(es ...*Event) *Event {
+	for _, e := range es {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// measure is the SELECT of one measure over the cohort CTE.
+func (c *compiler) measure(m *Measure) *frag {
+	f := new(frag)
+	switch {
+	case m.Kind == KindCount && m.ByCode != "":
+		joinF, pred := c.window(m.Window, "t")
+		f.w(",\ncodes AS (SELECT DISTINCT t.pid, t.code_system, t.code FROM ", m.ByCode, " t JOIN cohort p ON p.pid = t.pid")
+		f.add(joinF)
+		if pred != nil {
+			f.w(" WHERE ").add(pred)
+		}
+		f.w("),\nranked AS (SELECT code_system, code, row_number() OVER (PARTITION BY pid ORDER BY hash(code, ").arg(c.seed).w(")) AS r FROM codes)\n")
+		f.w("SELECT code_system, code, count(*) FROM ranked WHERE r <= ").arg(int64(partitions(m))).w(" GROUP BY ALL")
+	case m.Kind == KindCount && len(m.By) > 0:
+		f.w("\nSELECT ")
+		var joins []string
+		for i, k := range m.By {
+			if i > 0 {
+				f.w(", ")
+			}
+			switch k {
+			case "age_band":
+				if c.q.IndexDate != "" {
+					f.w("p.birth_mi")
+				} else {
+					f.w("p.age_band")
+				}
+			case "sex":
+				f.w("p.sex")
+			case "region":
+				f.w("p.postcode_area")
+			case "ethnicity_group":
+				f.w("p.ethnicity_group")
+			case "year":
+				name := c.cte(c.byID[m.YearOf])
+				f.w("year(y.first_date)")
+				joins = append(joins, " LEFT JOIN "+name+" y ON y.pid = p.pid")
+			}
+		}
+		f.w(", count(*) FROM cohort p", strings.Join(joins, ""), " GROUP BY ALL")
+	case m.Kind == KindCount:
+		f.w("\nSELECT count(*) FROM cohort")
+	default:
+		f.w(",\nvals AS (").add(c.value(m.Of)).w(")\n")
+		if m.Kind == KindQuantiles {
+			f.w("SELECT least(greatest(v, ").arg(*m.Lower).w("), ").arg(*m.Upper).w(") AS c, count(*) FROM vals GROUP BY ALL")
+		} else {
+			f.w("SELECT count(*), coalesce(sum(least(greatest(v, ").arg(*m.Lower).w("), ").arg(*m.Upper).w(")), ").arg(0.0).w(") FROM vals")
+		}
+	}
+	return f
+}
+
+// partitions is how many codes one patient may count towards.
+func partitions(m *Measure) int {
+	if m.MaxPartitions == 0 {
+		return DefaultPartition
+	}
+	return m.MaxPartitions
+}
+
+// value selects (pid, v) for the cohort's patients that have the value.
+func (c *compiler) value(x *Value) *frag {
+	f := new(frag)
+	switch x.Kind {
+	case ValueAge:
+		f.w("SELECT p.pid, CAST((").arg(int64(c.idxMI)).w(" - p.birth_mi) // ").arg(int64(12)).w(" AS DOUBLE) AS v FROM cohort p WHERE p.birth_mi IS NOT NULL")
+	case ValueObservation:
+		agg := map[string]string{"": "arg_max(t.value, t.event_date)", "last": "arg_max(t.value, t.event_date)",
+			"first": "arg_min(t.value, t.event_date)", "min": "min(t.value)", "max": "max(t.value)", "mean": "avg(t.value)"}[x.Pick]
+		joinF, pred := c.window(x.Window, "t")
+		f.w("SELECT t.pid, CAST(", agg, " AS DOUBLE) AS v FROM observations t JOIN cohort p ON p.pid = t.pid").add(joinF)
+		f.w(" WHERE t.value IS NOT NULL AND ").add(c.filter("observations", x.Codes, nil, x.Unit, nil, "t"))
+		if pred != nil {
+			f.w(" AND ").add(pred)
+		}
+		f.w(" GROUP BY t.pid")
+	case ValueEvents:
+		joinF, pred := c.window(x.Window, "t")
+		f.w("SELECT p.pid, CAST(coalesce(x.n, ").arg(int64(0)).w(") AS DOUBLE) AS v FROM cohort p LEFT JOIN (SELECT t.pid, count(*) AS n FROM ", x.Table, " t").add(joinF)
+		f.w(" WHERE ").add(c.filter(x.Table, x.Codes, x.Types, x.Unit, nil, "t"))
+		if pred != nil {
+			f.w(" AND ").add(pred)
+		}
+		f.w(" GROUP BY t.pid) x ON x.pid = p.pid")
+	}
+	return f
+}

@@ -1,0 +1,137 @@
+package cohorts
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+
+	"github.com/duckdb/duckdb-go/v2"
+
+	"github.com/nhs-hub/hub/catalog"
+)
+
+// An Engine is one dataset version loaded into an embedded, in-memory
+// DuckDB that can read no file but the version's own parts: the parts are
+// named in allowed_paths, external access is then switched off and the
+// configuration locked, before anything is loaded. Safe for concurrent
+// use.
+type Engine struct {
+	db       *sql.DB
+	Manifest *catalog.Manifest
+}
+
+// tableLoads are the engine's tables: patients get an integer pid, events
+// refer to it and carry their date as event_date. Only the columns the
+// compiler knows are loaded.
+var tableLoads = []struct {
+	name, create, load string
+}{
+	{"patients",
+		`CREATE TABLE patients (pid INTEGER, patient_id BLOB, year_of_birth SMALLINT, month_of_birth TINYINT, birth_mi INTEGER,
+			age_band VARCHAR, sex VARCHAR, district VARCHAR, postcode_area VARCHAR, ethnicity_group VARCHAR, death_month DATE)`,
+		`INSERT INTO patients SELECT CAST(row_number() OVER () AS INTEGER), patient_id, year_of_birth, month_of_birth,
+			CASE WHEN year_of_birth IS NULL THEN NULL ELSE year_of_birth * 12 + coalesce(month_of_birth, 7) - 1 END,
+			age_band, sex, district, postcode_area, ethnicity_group, death_month FROM read_parquet(%s)`},
+	{"conditions",
+		`CREATE TABLE conditions (pid INTEGER, code_system VARCHAR, code VARCHAR, event_date DATE)`,
+		`INSERT INTO conditions SELECT p.pid, t.code_system, t.code, t.onset_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id`},
+	{"medications",
+		`CREATE TABLE medications (pid INTEGER, code_system VARCHAR, code VARCHAR, event_date DATE, end_date DATE)`,
+		`INSERT INTO medications SELECT p.pid, t.code_system, t.code, t.start_date, t.end_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id`},
+	{"observations",
+		`CREATE TABLE observations (pid INTEGER, code_system VARCHAR, code VARCHAR, value DOUBLE, unit VARCHAR, event_date DATE)`,
+		`INSERT INTO observations SELECT p.pid, t.code_system, t.code, t.value, t.unit, t.effective_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id`},
+	{"encounters",
+		`CREATE TABLE encounters (pid INTEGER, type VARCHAR, event_date DATE, end_date DATE)`,
+		`INSERT INTO encounters SELECT p.pid, t.type, t.start_date, t.end_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id`},
+}
+
+// OpenEngine loads a version from local, already verified part files
+// (see [catalog.Lake.Local]).
+func OpenEngine(ctx context.Context, m *catalog.Manifest, files map[string][]string) (*Engine, error) {
+	var all []string
+	for _, t := range tableLoads {
+		all = append(all, files[t.name]...)
+	}
+	connector, err := duckdb.NewConnector("", nil)
+	if err != nil {
+		return nil, fmt.Errorf("open duckdb: %w", err)
+	}
+	db := sql.OpenDB(connector)
+	e := &Engine{db: db, Manifest: m}
+	setup := []string{
+		"SET allowed_paths = " + sqlList(all),
+		"SET autoinstall_known_extensions = false",
+		"SET autoload_known_extensions = false",
+		"SET enable_external_access = false",
+		"SET lock_configuration = true",
+	}
+	for _, s := range setup {
+		if _, err := db.ExecContext(ctx, s); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("configure duckdb: %w", err)
+		}
+	}
+	for _, t := range tableLoads {
+		if _, err := db.ExecContext(ctx, t.create); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("create %s: %w", t.name, err)
+		}
+		if len(files[t.name]) == 0 {
+			continue
+		}
+		if _, err := db.ExecContext(ctx, fmt.Sprintf(t.load, sqlList(files[t.name]))); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("load %s: %w", t.name, err)
+		}
+	}
+	if _, err := db.ExecContext(ctx, "ALTER TABLE patients DROP COLUMN patient_id"); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("load patients: %w", err)
+	}
+	return e, nil
+}
+
+// sqlList quotes file paths (the engine's own, never a query's) as a
+// DuckDB list literal.
+func sqlList(paths []string) string {
+	q := make([]string, len(paths))
+	for i, p := range paths {
+		q[i] = "'" + strings.ReplaceAll(p, "'", "''") + "'"
+	}
+	return "[" + strings.Join(q, ", ") + "]"
+}
+
+// Close releases the database.
+func (e *Engine) Close() error { return e.db.Close() }
+
+// DB is the engine's database, for benchmarks that run a plan's SQL
+// directly.
+func (e *Engine) DB() *sql.DB { return e.db }
+
+// rows runs a statement and returns every row's values.
+func (e *Engine) rows(ctx context.Context, st Statement) ([][]any, error) {
+	rs, err := e.db.QueryContext(ctx, st.SQL, st.Args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	cols, err := rs.Columns()
+	if err != nil {
+		return nil, err
+	}
+	var out [][]any
+	for rs.Next() {
+		row := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range row {
+			ptrs[i] = &row[i]
+		}
+		if err := rs.Scan(ptrs...); err != nil {
+			return nil, err
+		}
+		out = append(out, row)
+	}
+	return out, rs.Err()
+}

@@ -1,0 +1,206 @@
+package cohorts
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"sync"
+	"time"
+)
+
+// Budgets are kept in integer units so that sums are exact: ε in
+// millionths, δ in 10⁻¹⁵ (δ is usually 10⁻⁵ to 10⁻⁹).
+const (
+	EpsilonUnit = 1e-6
+	DeltaUnit   = 1e-15
+)
+
+// Sentinel errors of the budget.
+var (
+	ErrBudgetExhausted = errors.New("privacy budget exhausted")
+	ErrOverCap         = errors.New("query asks for more epsilon than the project's per-query cap")
+	ErrLedgerBroken    = errors.New("budget ledger could not be written; the service refuses queries until it is restarted")
+)
+
+// units converts a budget to whole units, rounding up: a charge is never
+// less than what the noise used.
+func units(x, unit float64) int64 { return int64(math.Ceil(x/unit - 1e-9)) }
+
+// An Entry is one released query in a project's ledger.
+type Entry struct {
+	Seq         int       `json:"seq"`
+	Time        time.Time `json:"time"`
+	QuerySHA256 string    `json:"query_sha256"`
+	Dataset     string    `json:"dataset"`
+	Version     int       `json:"version"`
+	EpsilonU    int64     `json:"epsilon_units"`
+	DeltaU      int64     `json:"delta_units"`
+	Answer      *Answer   `json:"answer"`
+}
+
+// A Ledger is a project's append-only record of spends. A spend and the
+// answer it bought are one JSON line, written and synced before the answer
+// is returned: a crash before the sync loses an answer nobody saw, never a
+// spend. Safe for concurrent use.
+type Ledger struct {
+	mu      sync.Mutex
+	f       *os.File
+	spentE  int64
+	spentD  int64
+	entries []Entry
+	byHash  map[string]*Answer
+	broken  error
+}
+
+// OpenLedger opens (creating) the ledger at path. A torn last line (a
+// crash mid-write, never synced, so never answered) is cut off.
+func OpenLedger(path string) (*Ledger, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open ledger: %w", err)
+	}
+	l := &Ledger{f: f, byHash: map[string]*Answer{}}
+	r := bufio.NewReader(f)
+	var good int64
+	for {
+		line, err := r.ReadBytes('\n')
+		if err == io.EOF {
+			break // a line without its newline is torn
+		}
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("read ledger: %w", err)
+		}
+		var e Entry
+		if err := json.Unmarshal(bytes.TrimSpace(line), &e); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("read ledger %s: entry after byte %d is corrupt: %w", path, good, err)
+		}
+		l.add(e)
+		good += int64(len(line))
+	}
+	if err := f.Truncate(good); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("repair ledger: %w", err)
+	}
+	if _, err := f.Seek(good, io.SeekStart); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *Ledger) add(e Entry) {
+	l.spentE += e.EpsilonU
+	l.spentD += e.DeltaU
+	l.entries = append(l.entries, e)
+	if e.Answer != nil {
+		l.byHash[e.QuerySHA256] = e.Answer
+	}
+}
+
+// Close closes the ledger file.
+func (l *Ledger) Close() error { return l.f.Close() }
+
+// Spent returns the units spent.
+func (l *Ledger) Spent() (eps, delta int64, n int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.spentE, l.spentD, len(l.entries)
+}
+
+// Entries returns a copy of the ledger's entries without their answers.
+func (l *Ledger) Entries() []Entry {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]Entry, len(l.entries))
+	for i, e := range l.entries {
+		e.Answer = nil
+		out[i] = e
+	}
+	return out
+}
+
+// Released returns the answer already released for a query hash.
+func (l *Ledger) Released(hash string) *Answer {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.byHash[hash]
+}
+
+// Check returns the refusal Spend would give c now, or nil: a cheap test
+// before any SQL runs. Spends only grow, so a refusal stays a refusal.
+func (l *Ledger) Check(c Charge) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.broken != nil {
+		return ErrLedgerBroken
+	}
+	if l.byHash[c.Hash] != nil {
+		return nil
+	}
+	return l.fits(c)
+}
+
+func (l *Ledger) fits(c Charge) error {
+	if l.spentE+c.EpsilonU > c.TotalE || l.spentD+c.DeltaU > c.TotalD {
+		return fmt.Errorf("%w: the query needs ε %.6g (δ %.3g), the project has ε %.6g (δ %.3g) left; ask with a smaller epsilon or request more budget",
+			ErrBudgetExhausted, float64(c.EpsilonU)*EpsilonUnit, float64(c.DeltaU)*DeltaUnit,
+			float64(c.TotalE-l.spentE)*EpsilonUnit, float64(c.TotalD-l.spentD)*DeltaUnit)
+	}
+	return nil
+}
+
+// A Charge is what one query costs against a budget.
+type Charge struct {
+	Hash, Dataset    string
+	Version          int
+	EpsilonU, DeltaU int64
+	// TotalE and TotalD are the project's budget.
+	TotalE, TotalD int64
+}
+
+// Spend charges c and releases the answer that compute makes, atomically:
+// under the ledger's lock it returns an earlier answer to the same query at
+// no cost, refuses with ErrBudgetExhausted (charging nothing) when c does
+// not fit, and otherwise computes the answer and appends and syncs the
+// entry before returning it. A compute error charges nothing.
+func (l *Ledger) Spend(c Charge, compute func() (*Answer, error)) (ans *Answer, repeat bool, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.broken != nil {
+		return nil, false, ErrLedgerBroken
+	}
+	if a := l.byHash[c.Hash]; a != nil {
+		return a, true, nil
+	}
+	if err := l.fits(c); err != nil {
+		return nil, false, err
+	}
+	a, err := compute()
+	if err != nil {
+		return nil, false, err
+	}
+	a.Version, a.QuerySHA256 = c.Version, c.Hash
+	e := Entry{Seq: len(l.entries) + 1, Time: a.Released, QuerySHA256: c.Hash, Dataset: c.Dataset, Version: c.Version,
+		EpsilonU: c.EpsilonU, DeltaU: c.DeltaU, Answer: a}
+	line, err := json.Marshal(e)
+	if err != nil {
+		return nil, false, err
+	}
+	if _, err := l.f.Write(append(line, '\n')); err != nil {
+		l.broken = err
+		return nil, false, fmt.Errorf("%w: %v", ErrLedgerBroken, err)
+	}
+	if err := l.f.Sync(); err != nil {
+		l.broken = err
+		return nil, false, fmt.Errorf("%w: %v", ErrLedgerBroken, err)
+	}
+	l.add(e)
+	return a, false, nil
+}

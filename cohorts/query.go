@@ -1,0 +1,846 @@
+package cohorts
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nhs-hub/hub/ingest"
+)
+
+// Limits on a query's size; a query beyond them is refused before any SQL.
+const (
+	MaxQueryBytes    = 64 << 10
+	MaxDepth         = 8
+	MaxCriteria      = 64
+	MaxCodes         = 500
+	MaxMeasures      = 8
+	MaxBy            = 3
+	MaxCells         = 20000
+	MaxRanks         = 20
+	MaxEpsilon       = 10.0
+	MaxDelta         = 1e-3
+	MaxPartitions    = 20
+	MaxBound         = 1e9
+	DefaultSuppress  = 10
+	DefaultPartition = 3
+)
+
+// A Query is a cohort definition and the measures wanted of it. Its JSON
+// form is documented with worked examples in docs/cohort-language.md.
+type Query struct {
+	Dataset string `json:"dataset"`
+	// Version is the dataset version; 0 means the latest.
+	Version int `json:"version,omitempty"`
+	// IndexDate anchors ages, "alive_at": "index" and windows relative to
+	// the index date.
+	IndexDate string     `json:"index_date,omitempty"`
+	Criteria  *Criterion `json:"criteria,omitempty"`
+	Measures  []Measure  `json:"measures"`
+	// Epsilon is the query's whole ε, split equally among its measures.
+	Epsilon float64 `json:"epsilon"`
+	// Delta is the query's whole δ, needed only by breakdowns by
+	// data-dependent keys (partition selection).
+	Delta float64 `json:"delta,omitempty"`
+	// SuppressBelow raises the suppression threshold above the default 10.
+	SuppressBelow int `json:"suppress_below,omitempty"`
+	// RoundTo rounds released counts to the nearest 5 (post-processing).
+	RoundTo int `json:"round_to,omitempty"`
+}
+
+// A Criterion is one node of a cohort definition: a group (all, any, not)
+// or exactly one test on a patient.
+type Criterion struct {
+	All []*Criterion `json:"all,omitempty"`
+	Any []*Criterion `json:"any,omitempty"`
+	Not *Criterion   `json:"not,omitempty"`
+
+	Condition   *Event `json:"condition,omitempty"`
+	Medication  *Event `json:"medication,omitempty"`
+	Observation *Event `json:"observation,omitempty"`
+	Encounter   *Event `json:"encounter,omitempty"`
+
+	Age            *Range   `json:"age,omitempty"`
+	Sex            []string `json:"sex,omitempty"`
+	Region         []string `json:"region,omitempty"`
+	District       []string `json:"district,omitempty"`
+	EthnicityGroup []string `json:"ethnicity_group,omitempty"`
+	// AliveAt is a date, or "index" for the index date.
+	AliveAt string `json:"alive_at,omitempty"`
+}
+
+// An Event selects patients with at least MinCount matching rows of one
+// event table.
+type Event struct {
+	// ID names the criterion so that windows and year breakdowns can refer
+	// to its first matching date.
+	ID       string   `json:"id,omitempty"`
+	Codes    *Codes   `json:"codes,omitempty"`
+	Types    []string `json:"types,omitempty"`
+	Value    *Range   `json:"value,omitempty"`
+	Unit     string   `json:"unit,omitempty"`
+	MinCount int      `json:"min_count,omitempty"`
+	Window   *Window  `json:"window,omitempty"`
+}
+
+// Codes is a code list: exact SNOMED CT and dm+d concept ids, ICD-10 codes
+// matched as prefixes ("E11" matches "E11" and "E11.9").
+type Codes struct {
+	SNOMED []string `json:"snomed,omitempty"`
+	ICD10  []string `json:"icd10,omitempty"`
+	DMD    []string `json:"dmd,omitempty"`
+}
+
+// A Range is inclusive; either end may be left open.
+type Range struct {
+	Min *float64 `json:"min,omitempty"`
+	Max *float64 `json:"max,omitempty"`
+}
+
+// A Window limits event dates: absolute (From, To) or relative to the
+// index date or to another criterion's first date (RelativeTo, DaysBefore,
+// DaysAfter).
+type Window struct {
+	From       string `json:"from,omitempty"`
+	To         string `json:"to,omitempty"`
+	RelativeTo string `json:"relative_to,omitempty"`
+	DaysBefore *int   `json:"days_before,omitempty"`
+	DaysAfter  *int   `json:"days_after,omitempty"`
+}
+
+// Measure kinds.
+const (
+	KindCount     = "count"
+	KindSum       = "sum"
+	KindMean      = "mean"
+	KindQuantiles = "quantiles"
+)
+
+// A Measure is one released statistic of the cohort.
+type Measure struct {
+	Kind string `json:"kind"`
+	Name string `json:"name,omitempty"`
+	// By lists public breakdown keys: age_band, sex, region,
+	// ethnicity_group, year. Every key of the public domain is released.
+	By []string `json:"by,omitempty"`
+	// YearOf names the event criterion whose first date gives "year".
+	YearOf string `json:"year_of,omitempty"`
+	// ByCode breaks a count down by the codes of an event table
+	// (conditions, medications, observations), with DP partition selection.
+	ByCode string `json:"by_code,omitempty"`
+	// MaxPartitions bounds how many codes one patient counts towards.
+	MaxPartitions int     `json:"max_partitions,omitempty"`
+	Window        *Window `json:"window,omitempty"`
+	// Of is the per-patient value of sum, mean and quantiles.
+	Of    *Value    `json:"of,omitempty"`
+	Lower *float64  `json:"lower,omitempty"`
+	Upper *float64  `json:"upper,omitempty"`
+	Ranks []float64 `json:"ranks,omitempty"`
+}
+
+// Value kinds.
+const (
+	ValueAge         = "age"
+	ValueObservation = "observation"
+	ValueEvents      = "events"
+)
+
+// A Value is a per-patient number: age at the index date, an observation's
+// value (first, last, min, max or mean in a window), or a number of events.
+type Value struct {
+	Kind  string   `json:"kind"`
+	Table string   `json:"table,omitempty"`
+	Codes *Codes   `json:"codes,omitempty"`
+	Types []string `json:"types,omitempty"`
+	Unit  string   `json:"unit,omitempty"`
+	Pick  string   `json:"pick,omitempty"`
+	// Window limits the events counted or the observations picked.
+	Window *Window `json:"window,omitempty"`
+}
+
+// A QueryError says what is wrong with a query; it never contains row data.
+type QueryError struct{ Msg string }
+
+func (e *QueryError) Error() string { return e.Msg }
+
+func bad(format string, args ...any) error { return &QueryError{Msg: fmt.Sprintf(format, args...)} }
+
+// ParseQuery reads one JSON query of at most MaxQueryBytes, refusing
+// unknown fields and trailing data, and validates it.
+func ParseQuery(r io.Reader) (*Query, error) {
+	b, err := io.ReadAll(io.LimitReader(r, MaxQueryBytes+1))
+	if err != nil {
+		return nil, bad("read query: %v", err)
+	}
+	if len(b) > MaxQueryBytes {
+		return nil, bad("query is larger than %d KiB; split it or use shorter code lists", MaxQueryBytes>>10)
+	}
+	if d := jsonDepth(b); d > 2*MaxDepth+6 {
+		return nil, bad("query nests too deeply (at most %d levels of criteria)", MaxDepth)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var q Query
+	if err := dec.Decode(&q); err != nil {
+		return nil, bad("query is not valid JSON for the cohort language: %s", jsonErr(err))
+	}
+	if dec.More() {
+		return nil, bad("query has data after its closing brace")
+	}
+	if err := q.Validate(); err != nil {
+		return nil, err
+	}
+	return &q, nil
+}
+
+// jsonErr strips Go type names from decoder errors.
+func jsonErr(err error) string {
+	var ute *json.UnmarshalTypeError
+	if errors.As(err, &ute) {
+		return fmt.Sprintf("field %q has the wrong type (got a JSON %s)", ute.Field, ute.Value)
+	}
+	return err.Error()
+}
+
+// jsonDepth is the deepest nesting of objects and arrays in b, measured
+// before decoding so that a hostile query cannot recurse the decoder.
+func jsonDepth(b []byte) int {
+	depth, maxd, inStr, esc := 0, 0, false, false
+	for _, c := range b {
+		switch {
+		case inStr:
+			if esc {
+				esc = false
+			} else if c == '\\' {
+				esc = true
+			} else if c == '"' {
+				inStr = false
+			}
+		case c == '"':
+			inStr = true
+		case c == '{' || c == '[':
+			depth++
+			maxd = max(maxd, depth)
+		case c == '}' || c == ']':
+			depth--
+		}
+	}
+	return maxd
+}
+
+// Canonical is the query's canonical JSON (fields in a fixed order, no
+// whitespace) with the dataset version resolved; equal queries have equal
+// canonical forms.
+func (q *Query) Canonical(version int) []byte {
+	c := *q
+	c.Version = version
+	if c.SuppressBelow == DefaultSuppress {
+		c.SuppressBelow = 0
+	}
+	b, _ := json.Marshal(&c)
+	return b
+}
+
+// Hash is the SHA-256 of the canonical query, in hex.
+func (q *Query) Hash(version int) string {
+	h := sha256.Sum256(q.Canonical(version))
+	return hex.EncodeToString(h[:])
+}
+
+var (
+	reID       = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
+	reUnit     = regexp.MustCompile(`^[A-Za-z0-9/%.\[\]*^{}-]{1,24}$`)
+	reDistrict = regexp.MustCompile(`^[A-Z]{1,2}[0-9][0-9A-Z]?$`)
+	reName     = regexp.MustCompile(`^[A-Za-z0-9 _.-]{1,64}$`)
+)
+
+// validator carries what checking one query learns: event criteria by id.
+type validator struct {
+	q      *Query
+	ids    map[string]*Event
+	nodes  int
+	events []*Event
+}
+
+// Validate checks every field against the language's allow-lists and
+// limits. It returns a *QueryError.
+func (q *Query) Validate() error {
+	if !validDataset(q.Dataset) {
+		return bad("dataset: %s", "give a dataset name from GET /v1/datasets (lower-case letters, digits, '-' and '_')")
+	}
+	if q.Version < 0 {
+		return bad("version must be a positive version number, or 0 for the latest")
+	}
+	if q.IndexDate != "" {
+		if _, err := parseDate(q.IndexDate); err != nil {
+			return bad("index_date: %v", err)
+		}
+	}
+	if math.IsNaN(q.Epsilon) || q.Epsilon <= 0 || q.Epsilon > MaxEpsilon {
+		return bad("epsilon must be above 0 and at most %g", MaxEpsilon)
+	}
+	if math.IsNaN(q.Delta) || q.Delta < 0 || q.Delta > MaxDelta {
+		return bad("delta must be between 0 and %g", MaxDelta)
+	}
+	if q.SuppressBelow != 0 && (q.SuppressBelow < DefaultSuppress || q.SuppressBelow > 1000) {
+		return bad("suppress_below may raise the threshold from %d to at most 1000, never lower it", DefaultSuppress)
+	}
+	if q.RoundTo != 0 && q.RoundTo != 5 {
+		return bad("round_to is 5 (NHS-style rounding) or left out")
+	}
+	v := &validator{q: q, ids: map[string]*Event{}}
+	if q.Criteria != nil {
+		if err := v.criterion(q.Criteria, "criteria", 1); err != nil {
+			return err
+		}
+	}
+	if err := v.windows(); err != nil {
+		return err
+	}
+	if len(q.Measures) == 0 {
+		return bad("measures: ask for at least one, e.g. [{\"kind\": \"count\"}]")
+	}
+	if len(q.Measures) > MaxMeasures {
+		return bad("measures: at most %d per query", MaxMeasures)
+	}
+	needDelta := false
+	for i := range q.Measures {
+		if err := v.measure(&q.Measures[i], fmt.Sprintf("measures[%d]", i)); err != nil {
+			return err
+		}
+		needDelta = needDelta || q.Measures[i].ByCode != ""
+	}
+	if needDelta && q.Delta == 0 {
+		return bad("delta: a breakdown by_code selects partitions with DP and needs delta > 0 (e.g. 1e-6)")
+	}
+	if !needDelta && q.Delta != 0 {
+		return bad("delta: only breakdowns by_code use delta; leave it out so no δ is charged")
+	}
+	return nil
+}
+
+func validDataset(name string) bool {
+	if name == "" || len(name) > 64 || name[0] < 'a' || name[0] > 'z' {
+		return false
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func (v *validator) criterion(c *Criterion, at string, depth int) error {
+	if c == nil {
+		return bad("%s: empty criterion", at)
+	}
+	if depth > MaxDepth {
+		return bad("%s: criteria nest more than %d deep", at, MaxDepth)
+	}
+	v.nodes++
+	if v.nodes > MaxCriteria {
+		return bad("criteria: at most %d criteria per query", MaxCriteria)
+	}
+	set := 0
+	count := func(b bool) {
+		if b {
+			set++
+		}
+	}
+	count(c.All != nil)
+	count(c.Any != nil)
+	count(c.Not != nil)
+	count(c.Condition != nil)
+	count(c.Medication != nil)
+	count(c.Observation != nil)
+	count(c.Encounter != nil)
+	count(c.Age != nil)
+	count(c.Sex != nil)
+	count(c.Region != nil)
+	count(c.District != nil)
+	count(c.EthnicityGroup != nil)
+	count(c.AliveAt != "")
+	if set != 1 {
+		return bad("%s: a criterion holds exactly one of all, any, not, condition, medication, observation, encounter, age, sex, region, district, ethnicity_group, alive_at (found %d)", at, set)
+	}
+	group := func(name string, cs []*Criterion) error {
+		if len(cs) == 0 {
+			return bad("%s.%s: a group needs at least one criterion", at, name)
+		}
+		for i, k := range cs {
+			if err := v.criterion(k, fmt.Sprintf("%s.%s[%d]", at, name, i), depth+1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	switch {
+	case c.All != nil:
+		return group("all", c.All)
+	case c.Any != nil:
+		return group("any", c.Any)
+	case c.Not != nil:
+		return v.criterion(c.Not, at+".not", depth+1)
+	case c.Condition != nil:
+		return v.event(c.Condition, "conditions", at+".condition")
+	case c.Medication != nil:
+		return v.event(c.Medication, "medications", at+".medication")
+	case c.Observation != nil:
+		return v.event(c.Observation, "observations", at+".observation")
+	case c.Encounter != nil:
+		return v.event(c.Encounter, "encounters", at+".encounter")
+	case c.Age != nil:
+		if v.q.IndexDate == "" {
+			return bad("%s.age: ages are taken at the index date; set index_date", at)
+		}
+		return checkRange(c.Age, at+".age", 0, 130)
+	case c.Sex != nil:
+		return inDomain(c.Sex, Sexes, at+".sex")
+	case c.Region != nil:
+		return inDomain(c.Region, PostcodeAreas, at+".region")
+	case c.District != nil:
+		if len(c.District) == 0 || len(c.District) > MaxCodes {
+			return bad("%s.district: give 1 to %d districts", at, MaxCodes)
+		}
+		for _, d := range c.District {
+			if !reDistrict.MatchString(d) {
+				return bad("%s.district: %q is not a postcode district such as \"LS6\"", at, clip(d))
+			}
+		}
+	case c.EthnicityGroup != nil:
+		return inDomain(c.EthnicityGroup, EthnicityGroups, at+".ethnicity_group")
+	case c.AliveAt != "":
+		if c.AliveAt == "index" {
+			if v.q.IndexDate == "" {
+				return bad("%s.alive_at: \"index\" needs index_date", at)
+			}
+			return nil
+		}
+		if _, err := parseDate(c.AliveAt); err != nil {
+			return bad("%s.alive_at: %v (or \"index\")", at, err)
+		}
+	}
+	return nil
+}
+
+// clip shortens a refused value for an error message.
+func clip(s string) string {
+	if len(s) > 24 {
+		return s[:24] + "…"
+	}
+	return s
+}
+
+func inDomain(vals, domain []string, at string) error {
+	if len(vals) == 0 {
+		return bad("%s: give at least one value", at)
+	}
+	for _, s := range vals {
+		if !slices.Contains(domain, s) {
+			return bad("%s: %q is not one of %s", at, clip(s), strings.Join(domain[:min(len(domain), 8)], ", ")+map[bool]string{true: ", …", false: ""}[len(domain) > 8])
+		}
+	}
+	return nil
+}
+
+func checkRange(r *Range, at string, lo, hi float64) error {
+	if r.Min == nil && r.Max == nil {
+		return bad("%s: give min, max or both", at)
+	}
+	for _, x := range []*float64{r.Min, r.Max} {
+		if x != nil && (math.IsNaN(*x) || *x < lo || *x > hi) {
+			return bad("%s: bounds must lie between %g and %g", at, lo, hi)
+		}
+	}
+	if r.Min != nil && r.Max != nil && *r.Min > *r.Max {
+		return bad("%s: min %g is above max %g", at, *r.Min, *r.Max)
+	}
+	return nil
+}
+
+func (v *validator) event(e *Event, table, at string) error {
+	if e.ID != "" {
+		if !reID.MatchString(e.ID) {
+			return bad("%s.id: use lower-case letters, digits and '_' (at most 32), starting with a letter", at)
+		}
+		if e.ID == "index" {
+			return bad("%s.id: \"index\" is reserved for the index date", at)
+		}
+		if _, dup := v.ids[e.ID]; dup {
+			return bad("%s.id: %q is used twice", at, e.ID)
+		}
+		v.ids[e.ID] = e
+	}
+	if e.MinCount < 0 || e.MinCount > 1000 {
+		return bad("%s.min_count: between 1 and 1000", at)
+	}
+	if err := checkEventFilter(table, e.Codes, e.Types, e.Unit, at); err != nil {
+		return err
+	}
+	if e.Value != nil {
+		if table != "observations" {
+			return bad("%s.value: only observations have values", at)
+		}
+		if err := checkRange(e.Value, at+".value", -MaxBound, MaxBound); err != nil {
+			return err
+		}
+	}
+	if e.Window != nil {
+		if err := v.window(e.Window, at+".window"); err != nil {
+			return err
+		}
+	}
+	v.events = append(v.events, e)
+	return nil
+}
+
+// checkEventFilter checks the code list, encounter types and unit of a
+// criterion or value on table.
+func checkEventFilter(table string, codes *Codes, types []string, unit, at string) error {
+	switch table {
+	case "encounters":
+		if codes != nil {
+			return bad("%s: encounters have types, not codes", at)
+		}
+		if types != nil {
+			if err := inDomain(types, EncounterTypes, at+".types"); err != nil {
+				return err
+			}
+		}
+	default:
+		if types != nil {
+			return bad("%s.types: only encounters have types", at)
+		}
+		if codes == nil {
+			return bad("%s.codes: give a code list", at)
+		}
+		if err := checkCodes(codes, table, at+".codes"); err != nil {
+			return err
+		}
+	}
+	if unit != "" {
+		if table != "observations" {
+			return bad("%s.unit: only observations have units", at)
+		}
+		if !reUnit.MatchString(unit) {
+			return bad("%s.unit: not a UCUM unit such as \"mmol/mol\"", at)
+		}
+	}
+	return nil
+}
+
+func checkCodes(c *Codes, table, at string) error {
+	n := len(c.SNOMED) + len(c.ICD10) + len(c.DMD)
+	if n == 0 {
+		return bad("%s: the code list is empty", at)
+	}
+	if n > MaxCodes {
+		return bad("%s: at most %d codes", at, MaxCodes)
+	}
+	switch table {
+	case "conditions":
+		if len(c.DMD) > 0 {
+			return bad("%s.dmd: conditions are coded in SNOMED CT or ICD-10", at)
+		}
+	case "medications":
+		if len(c.SNOMED)+len(c.ICD10) > 0 {
+			return bad("%s: medications are coded in dm+d", at)
+		}
+	case "observations":
+		if len(c.ICD10)+len(c.DMD) > 0 {
+			return bad("%s: observations are coded in SNOMED CT", at)
+		}
+	}
+	for _, s := range c.SNOMED {
+		if !ingest.ValidSCTID(s) {
+			return bad("%s.snomed: %q is not a valid SNOMED CT concept id (check digit or partition)", at, clip(s))
+		}
+	}
+	for _, s := range c.DMD {
+		if !ingest.ValidSCTID(s) {
+			return bad("%s.dmd: %q is not a valid dm+d concept id", at, clip(s))
+		}
+	}
+	for _, s := range c.ICD10 {
+		if !ingest.ValidICD10(s) {
+			return bad("%s.icd10: %q is not an ICD-10 code or prefix such as \"E11\" or \"E11.9\"", at, clip(s))
+		}
+	}
+	return nil
+}
+
+func (v *validator) window(w *Window, at string) error {
+	abs := w.From != "" || w.To != ""
+	rel := w.RelativeTo != "" || w.DaysBefore != nil || w.DaysAfter != nil
+	if abs == rel {
+		return bad("%s: give from/to dates, or relative_to with days_before/days_after", at)
+	}
+	if abs {
+		var from, to time.Time
+		var err error
+		if w.From != "" {
+			if from, err = parseDate(w.From); err != nil {
+				return bad("%s.from: %v", at, err)
+			}
+		}
+		if w.To != "" {
+			if to, err = parseDate(w.To); err != nil {
+				return bad("%s.to: %v", at, err)
+			}
+		}
+		if w.From != "" && w.To != "" && to.Before(from) {
+			return bad("%s: from %s is after to %s", at, w.From, w.To)
+		}
+		return nil
+	}
+	if w.RelativeTo == "" {
+		return bad("%s.relative_to: \"index\" or the id of an event criterion", at)
+	}
+	if w.RelativeTo == "index" && v.q.IndexDate == "" {
+		return bad("%s.relative_to: \"index\" needs index_date", at)
+	}
+	if w.DaysBefore == nil && w.DaysAfter == nil {
+		return bad("%s: give days_before, days_after or both", at)
+	}
+	for _, d := range []*int{w.DaysBefore, w.DaysAfter} {
+		if d != nil && (*d < 0 || *d > 36500) {
+			return bad("%s: days_before and days_after lie between 0 and 36500", at)
+		}
+	}
+	return nil
+}
+
+// windows checks, once every id is known, that relative windows name an
+// event criterion and form no cycle.
+func (v *validator) windows() error {
+	next := func(e *Event) string {
+		if e.Window == nil || e.Window.RelativeTo == "" || e.Window.RelativeTo == "index" {
+			return ""
+		}
+		return e.Window.RelativeTo
+	}
+	for _, e := range v.events {
+		if r := next(e); r != "" {
+			if _, ok := v.ids[r]; !ok {
+				return bad("window.relative_to: no event criterion has id %q", clip(r))
+			}
+		}
+		seen := map[*Event]bool{}
+		for cur := e; cur != nil; {
+			if seen[cur] {
+				return bad("window.relative_to: criteria refer to each other in a cycle")
+			}
+			seen[cur] = true
+			r := next(cur)
+			if r == "" {
+				break
+			}
+			cur = v.ids[r]
+		}
+	}
+	return nil
+}
+
+func (v *validator) measure(m *Measure, at string) error {
+	if m.Name != "" && !reName.MatchString(m.Name) {
+		return bad("%s.name: letters, digits, spaces, '_', '.', '-' (at most 64)", at)
+	}
+	switch m.Kind {
+	case KindCount:
+		if m.Of != nil || m.Lower != nil || m.Upper != nil || m.Ranks != nil {
+			return bad("%s: a count takes no of, lower, upper or ranks", at)
+		}
+		if m.ByCode != "" {
+			if len(m.By) > 0 {
+				return bad("%s: use by or by_code, not both", at)
+			}
+			if !slices.Contains([]string{"conditions", "medications", "observations"}, m.ByCode) {
+				return bad("%s.by_code: conditions, medications or observations", at)
+			}
+			if m.MaxPartitions < 0 || m.MaxPartitions > MaxPartitions {
+				return bad("%s.max_partitions: between 1 and %d", at, MaxPartitions)
+			}
+			if m.Window != nil {
+				return v.window(m.Window, at+".window")
+			}
+			return nil
+		}
+		if m.MaxPartitions != 0 || m.Window != nil {
+			return bad("%s: max_partitions and window go with by_code", at)
+		}
+		return v.by(m, at)
+	case KindSum, KindMean, KindQuantiles:
+		if m.By != nil || m.ByCode != "" || m.MaxPartitions != 0 || m.Window != nil || m.YearOf != "" {
+			return bad("%s: breakdowns are for counts; %s takes of, lower, upper", at, m.Kind)
+		}
+		if m.Of == nil {
+			return bad("%s.of: say which per-patient value, e.g. {\"kind\": \"age\"}", at)
+		}
+		if err := v.value(m.Of, at+".of"); err != nil {
+			return err
+		}
+		if m.Lower == nil || m.Upper == nil {
+			if m.Of.Kind != ValueAge {
+				return bad("%s: lower and upper bounds are required (values are clamped to them)", at)
+			}
+			lo, hi := 0.0, 110.0
+			m.Lower, m.Upper = &lo, &hi
+		}
+		lo, hi := *m.Lower, *m.Upper
+		if math.IsNaN(lo) || math.IsNaN(hi) || math.Abs(lo) > MaxBound || math.Abs(hi) > MaxBound {
+			return bad("%s: bounds must lie within ±%g", at, MaxBound)
+		}
+		if lo >= hi {
+			return bad("%s: lower %g must be below upper %g", at, lo, hi)
+		}
+		if m.Kind == KindQuantiles {
+			if len(m.Ranks) == 0 || len(m.Ranks) > MaxRanks {
+				return bad("%s.ranks: give 1 to %d ranks such as [0.25, 0.5, 0.75]", at, MaxRanks)
+			}
+			for _, r := range m.Ranks {
+				if math.IsNaN(r) || r < 0 || r > 1 {
+					return bad("%s.ranks: each rank lies between 0 and 1", at)
+				}
+			}
+		} else if m.Ranks != nil {
+			return bad("%s.ranks: only quantiles take ranks", at)
+		}
+		return nil
+	}
+	return bad("%s.kind: count, sum, mean or quantiles", at)
+}
+
+func (v *validator) by(m *Measure, at string) error {
+	if len(m.By) > MaxBy {
+		return bad("%s.by: at most %d keys", at, MaxBy)
+	}
+	cells := 1
+	for i, k := range m.By {
+		d, ok := publicKeys[k]
+		if !ok {
+			return bad("%s.by: %q is not a public key (age_band, sex, region, ethnicity_group, year)", at, clip(k))
+		}
+		if slices.Index(m.By, k) != i {
+			return bad("%s.by: %q twice", at, k)
+		}
+		n := len(d)
+		if k == "year" {
+			from, to, err := v.yearDomain(m, at)
+			if err != nil {
+				return err
+			}
+			n = to - from + 2
+		}
+		cells *= n
+	}
+	if m.YearOf != "" && !slices.Contains(m.By, "year") {
+		return bad("%s.year_of: goes with by: [\"year\"]", at)
+	}
+	if cells > MaxCells {
+		return bad("%s.by: %d cells is more than %d", at, cells, MaxCells)
+	}
+	return nil
+}
+
+// yearDomain is the public domain of a year breakdown: the years of the
+// year_of criterion's window, which must be bounded and absolute or
+// relative to the index date.
+func (v *validator) yearDomain(m *Measure, at string) (from, to int, err error) {
+	e, ok := v.ids[m.YearOf]
+	if m.YearOf == "" || !ok {
+		return 0, 0, bad("%s.year_of: name the event criterion (its id) whose first date gives the year", at)
+	}
+	lo, hi, ok := v.absWindow(e.Window)
+	if !ok {
+		return 0, 0, bad("%s.year_of: criterion %q needs a window with both ends, as dates or relative to the index date, so that the years are public", at, m.YearOf)
+	}
+	if hi.Year()-lo.Year() > 50 {
+		return 0, 0, bad("%s.year_of: at most 50 years", at)
+	}
+	return lo.Year(), hi.Year(), nil
+}
+
+// absWindow resolves a window to dates when it is absolute or relative to
+// the index date and has both ends.
+func (v *validator) absWindow(w *Window) (lo, hi time.Time, ok bool) {
+	if w == nil {
+		return lo, hi, false
+	}
+	if w.From != "" && w.To != "" {
+		lo, _ = parseDate(w.From)
+		hi, _ = parseDate(w.To)
+		return lo, hi, true
+	}
+	if w.RelativeTo == "index" && w.DaysBefore != nil && w.DaysAfter != nil {
+		idx, _ := parseDate(v.q.IndexDate)
+		return idx.AddDate(0, 0, -*w.DaysBefore), idx.AddDate(0, 0, *w.DaysAfter), true
+	}
+	return lo, hi, false
+}
+
+func (v *validator) value(x *Value, at string) error {
+	switch x.Kind {
+	case ValueAge:
+		if v.q.IndexDate == "" {
+			return bad("%s: age is taken at the index date; set index_date", at)
+		}
+		if x.Table != "" || x.Codes != nil || x.Types != nil || x.Unit != "" || x.Pick != "" || x.Window != nil {
+			return bad("%s: age takes no other fields", at)
+		}
+		return nil
+	case ValueObservation:
+		if x.Table != "" && x.Table != "observations" {
+			return bad("%s.table: an observation value comes from observations", at)
+		}
+		if x.Types != nil {
+			return bad("%s.types: observations have codes", at)
+		}
+		if !slices.Contains([]string{"", "first", "last", "min", "max", "mean"}, x.Pick) {
+			return bad("%s.pick: first, last (the default), min, max or mean", at)
+		}
+		if err := checkEventFilter("observations", x.Codes, nil, x.Unit, at); err != nil {
+			return err
+		}
+	case ValueEvents:
+		if !slices.Contains([]string{"conditions", "medications", "observations", "encounters"}, x.Table) {
+			return bad("%s.table: conditions, medications, observations or encounters", at)
+		}
+		if x.Pick != "" {
+			return bad("%s.pick: events are counted, not picked", at)
+		}
+		if x.Codes == nil && x.Table != "encounters" {
+			return bad("%s.codes: give a code list", at)
+		}
+		if err := checkEventFilter(x.Table, x.Codes, x.Types, x.Unit, at); err != nil {
+			return err
+		}
+	default:
+		return bad("%s.kind: age, observation or events", at)
+	}
+	if x.Window != nil {
+		return v.window(x.Window, at+".window")
+	}
+	return nil
+}
+
+// parseDate reads an ISO date between 1900 and 2100.
+func parseDate(s string) (time.Time, error) {
+	t, err := time.Parse(time.DateOnly, s)
+	if err != nil {
+		return t, fmt.Errorf("%q is not a date as YYYY-MM-DD", clip(s))
+	}
+	if t.Year() < 1900 || t.Year() > 2100 {
+		return t, fmt.Errorf("%s lies outside 1900-2100", s)
+	}
+	return t, nil
+}

@@ -1,0 +1,296 @@
+package cohorts
+
+import (
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/google/differential-privacy/go/v3/dpagg"
+	"github.com/google/differential-privacy/go/v3/noise"
+)
+
+// Alpha is 1 − the confidence level of every released interval (95%).
+const Alpha = 0.05
+
+// An Answer is what a query releases: noisy values only.
+type Answer struct {
+	Dataset     string    `json:"dataset"`
+	Version     int       `json:"version"`
+	QuerySHA256 string    `json:"query_sha256"`
+	Epsilon     float64   `json:"epsilon_spent"`
+	Delta       float64   `json:"delta_spent"`
+	Released    time.Time `json:"released"`
+	// Repeat is true when the answer is an earlier release of the same
+	// query, returned at no cost.
+	Repeat   bool     `json:"repeat"`
+	Measures []Result `json:"measures"`
+}
+
+// A Result is one released measure. Value and the 95% interval are null
+// when Suppressed, and for breakdowns, whose values are in Cells.
+type Result struct {
+	Kind       string     `json:"kind"`
+	Name       string     `json:"name,omitempty"`
+	Epsilon    float64    `json:"epsilon"`
+	Delta      float64    `json:"delta,omitempty"`
+	Value      *float64   `json:"value"`
+	CILow      *float64   `json:"ci_low"`
+	CIHigh     *float64   `json:"ci_high"`
+	Suppressed bool       `json:"suppressed"`
+	By         []string   `json:"by,omitempty"`
+	Cells      []Cell     `json:"cells,omitempty"`
+	Quantiles  []Quantile `json:"quantiles,omitempty"`
+	// PartitionsReleased is how many codes of a by_code breakdown passed
+	// DP partition selection.
+	PartitionsReleased *int `json:"partitions_released,omitempty"`
+}
+
+// A Cell is one key of a breakdown.
+type Cell struct {
+	Key        map[string]string `json:"key"`
+	Value      *float64          `json:"value"`
+	CILow      *float64          `json:"ci_low"`
+	CIHigh     *float64          `json:"ci_high"`
+	Suppressed bool              `json:"suppressed"`
+}
+
+// A Quantile is one released rank.
+type Quantile struct {
+	Rank  float64 `json:"rank"`
+	Value float64 `json:"value"`
+}
+
+// split is how a query's ε and δ are shared: ε equally among measures
+// (sequential composition), δ equally among the by_code measures, the
+// only ones that use it.
+func split(q *Query) (eps, delta float64) {
+	eps = q.Epsilon / float64(len(q.Measures))
+	n := 0
+	for _, m := range q.Measures {
+		if m.ByCode != "" {
+			n++
+		}
+	}
+	if n > 0 {
+		delta = q.Delta / float64(n)
+	}
+	return eps, delta
+}
+
+// release adds noise from the DP library to exact results. Every patient
+// contributes at most once to a count or cell (the SQL counts patients,
+// and a patient lies in one cell of a public breakdown), to at most
+// max_partitions codes of a by_code breakdown, and one clamped value to a
+// sum, mean or quantile.
+func release(q *Query, xs []exact) (*Answer, error) {
+	eps, delta := split(q)
+	threshold := int64(DefaultSuppress)
+	if q.SuppressBelow > 0 {
+		threshold = int64(q.SuppressBelow)
+	}
+	lap := noise.Laplace()
+	a := &Answer{Dataset: q.Dataset, Released: time.Now().UTC()}
+	for i := range q.Measures {
+		m, x := &q.Measures[i], &xs[i]
+		r := Result{Kind: m.Kind, Name: m.Name, Epsilon: eps, By: m.By}
+		switch {
+		case m.Kind == KindCount && m.ByCode != "":
+			r.Delta = delta
+			l0 := int64(partitions(m))
+			released := 0
+			for _, c := range x.codes {
+				cnt, err := dpagg.NewCount(&dpagg.CountOptions{Epsilon: eps, MaxPartitionsContributed: l0, Noise: lap})
+				if err != nil {
+					return nil, err
+				}
+				if err := cnt.IncrementBy(c.n); err != nil {
+					return nil, err
+				}
+				v, err := cnt.ThresholdedResult(delta)
+				if err != nil {
+					return nil, err
+				}
+				if v == nil || *v < threshold {
+					continue // not selected: the code is not even named
+				}
+				ci, err := cnt.ComputeConfidenceInterval(Alpha)
+				if err != nil {
+					return nil, err
+				}
+				released++
+				cell := Cell{Key: map[string]string{"code_system": c.system, "code": c.code}}
+				cell.Value, cell.CILow, cell.CIHigh = roundCount(q, float64(*v), ci.LowerBound, ci.UpperBound)
+				r.Cells = append(r.Cells, cell)
+			}
+			r.PartitionsReleased = &released
+		case m.Kind == KindCount && len(m.By) > 0:
+			for j, n := range x.cells {
+				cell := Cell{Key: map[string]string{}}
+				for k, key := range m.By {
+					cell.Key[key] = x.cellKeys[j][k]
+				}
+				v, lo, hi, err := noisyCount(n, eps)
+				if err != nil {
+					return nil, err
+				}
+				if v < threshold {
+					cell.Suppressed = true
+				} else {
+					cell.Value, cell.CILow, cell.CIHigh = roundCount(q, float64(v), lo, hi)
+				}
+				r.Cells = append(r.Cells, cell)
+			}
+		case m.Kind == KindCount:
+			v, lo, hi, err := noisyCount(x.count, eps)
+			if err != nil {
+				return nil, err
+			}
+			if v < threshold {
+				r.Suppressed = true
+			} else {
+				r.Value, r.CILow, r.CIHigh = roundCount(q, float64(v), lo, hi)
+			}
+		case m.Kind == KindSum:
+			v, lo, hi, err := noisySum(m, x, eps)
+			if err != nil {
+				return nil, err
+			}
+			r.Value, r.CILow, r.CIHigh = &v, &lo, &hi
+		case m.Kind == KindMean:
+			v, lo, hi, n, err := noisyMean(*m.Lower, *m.Upper, x, eps)
+			if err != nil {
+				return nil, err
+			}
+			if n < threshold {
+				r.Suppressed = true
+			} else {
+				r.Value, r.CILow, r.CIHigh = &v, &lo, &hi
+			}
+		case m.Kind == KindQuantiles:
+			qs, err := noisyQuantiles(m, x, eps)
+			if err != nil {
+				return nil, err
+			}
+			r.Quantiles = qs
+		}
+		a.Measures = append(a.Measures, r)
+	}
+	return a, nil
+}
+
+// noisyCount releases a count of patients (sensitivity 1) with the DP
+// library's integer Laplace (two-sided geometric) noise and its 95%
+// interval; the value and bounds are clamped at 0 (post-processing).
+func noisyCount(n int64, eps float64) (v int64, lo, hi float64, err error) {
+	lap := noise.Laplace()
+	v, err = lap.AddNoiseInt64(n, 1, 1, eps, 0)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("noise: %w", err)
+	}
+	ci, err := lap.ComputeConfidenceIntervalInt64(v, 1, 1, eps, 0, Alpha)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("interval: %w", err)
+	}
+	return max(v, 0), math.Max(ci.LowerBound, 0), math.Max(ci.UpperBound, 0), nil
+}
+
+// roundCount applies the optional rounding to the nearest 5: the value to
+// the nearest, the interval outwards.
+func roundCount(q *Query, v, lo, hi float64) (*float64, *float64, *float64) {
+	if q.RoundTo == 5 {
+		v = math.Round(v/5) * 5
+		lo = math.Floor(lo/5) * 5
+		hi = math.Ceil(hi/5) * 5
+	}
+	return &v, &lo, &hi
+}
+
+// integral reports whether a measure's values and bounds are integers, so
+// that integer noise applies.
+func integral(m *Measure) bool {
+	return (m.Of.Kind == ValueAge || m.Of.Kind == ValueEvents) &&
+		*m.Lower == math.Trunc(*m.Lower) && *m.Upper == math.Trunc(*m.Upper)
+}
+
+// noisySum releases a clamped sum; one patient changes it by at most
+// max(|lower|, |upper|).
+func noisySum(m *Measure, x *exact, eps float64) (v, lo, hi float64, err error) {
+	lap := noise.Laplace()
+	bound := math.Max(math.Abs(*m.Lower), math.Abs(*m.Upper))
+	var ci noise.ConfidenceInterval
+	if integral(m) {
+		var n int64
+		if n, err = lap.AddNoiseInt64(int64(math.Round(x.sum)), 1, int64(bound), eps, 0); err == nil {
+			v = float64(n)
+			ci, err = lap.ComputeConfidenceIntervalInt64(n, 1, int64(bound), eps, 0, Alpha)
+		}
+	} else if v, err = lap.AddNoiseFloat64(x.sum, 1, bound, eps, 0); err == nil {
+		ci, err = lap.ComputeConfidenceIntervalFloat64(v, 1, bound, eps, 0, Alpha)
+	}
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("noise: %w", err)
+	}
+	return v, ci.LowerBound, ci.UpperBound, nil
+}
+
+// noisyMean releases a clamped mean as the DP library's BoundedMean does
+// (Li et al., Algorithm 2.4): half the ε on a noisy count, half on a noisy
+// sum of values centred on the bounds' midpoint, mean = midpoint + sum /
+// max(count, 1), clamped. Its interval combines the two 97.5% intervals.
+// It also returns the noisy count, for suppression.
+func noisyMean(lower, upper float64, x *exact, eps float64) (v, lo, hi float64, count int64, err error) {
+	lap := noise.Laplace()
+	half := eps / 2
+	mid, width := (lower+upper)/2, (upper-lower)/2
+	if count, err = lap.AddNoiseInt64(x.n, 1, 1, half, 0); err != nil {
+		return 0, 0, 0, 0, fmt.Errorf("noise: %w", err)
+	}
+	s, err := lap.AddNoiseFloat64(x.sum-float64(x.n)*mid, 1, width, half, 0)
+	if err != nil {
+		return 0, 0, 0, 0, fmt.Errorf("noise: %w", err)
+	}
+	cci, err := lap.ComputeConfidenceIntervalInt64(count, 1, 1, half, 0, Alpha/2)
+	if err != nil {
+		return 0, 0, 0, 0, err
+	}
+	sci, err := lap.ComputeConfidenceIntervalFloat64(s, 1, width, half, 0, Alpha/2)
+	if err != nil {
+		return 0, 0, 0, 0, err
+	}
+	clamp := func(f float64) float64 { return math.Min(math.Max(f, lower), upper) }
+	v = clamp(mid + s/math.Max(float64(count), 1))
+	cLo, cHi := math.Max(cci.LowerBound, 1), math.Max(cci.UpperBound, 1)
+	lo, hi = math.Inf(1), math.Inf(-1)
+	for _, sv := range []float64{sci.LowerBound, sci.UpperBound} {
+		for _, cv := range []float64{cLo, cHi} {
+			lo, hi = math.Min(lo, sv/cv), math.Max(hi, sv/cv)
+		}
+	}
+	return v, clamp(mid + lo), clamp(mid + hi), count, nil
+}
+
+// noisyQuantiles releases quantiles with the DP library's quantile tree.
+func noisyQuantiles(m *Measure, x *exact, eps float64) ([]Quantile, error) {
+	bq, err := dpagg.NewBoundedQuantiles(&dpagg.BoundedQuantilesOptions{Epsilon: eps,
+		MaxPartitionsContributed: 1, MaxContributionsPerPartition: 1, Lower: *m.Lower, Upper: *m.Upper,
+		Noise: noise.Laplace()})
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range x.hist {
+		for range h.n {
+			if err := bq.Add(h.v); err != nil {
+				return nil, err
+			}
+		}
+	}
+	out := make([]Quantile, len(m.Ranks))
+	for i, r := range m.Ranks {
+		v, err := bq.Result(r)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = Quantile{Rank: r, Value: v}
+	}
+	return out, nil
+}

@@ -1,0 +1,345 @@
+package cohorts
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/nhs-hub/hub/catalog"
+)
+
+// Config configures a Service.
+type Config struct {
+	Lake *catalog.Lake
+	// State holds projects and ledgers (and the cache of a remote lake).
+	State  string
+	Logger *slog.Logger
+}
+
+// A Service answers cohort queries for projects within their budgets.
+// Safe for concurrent use.
+type Service struct {
+	lake  *catalog.Lake
+	state string
+	log   *slog.Logger
+
+	mu       sync.Mutex
+	engines  map[string]*engineSlot
+	projects map[string]*projectState
+}
+
+type engineSlot struct {
+	once sync.Once
+	e    *Engine
+	err  error
+}
+
+type projectState struct {
+	p      *Project
+	ledger *Ledger
+}
+
+// New returns a service over a lake, keeping its state in cfg.State.
+func New(cfg Config) (*Service, error) {
+	if cfg.Lake == nil || cfg.State == "" {
+		return nil, errors.New("cohorts: a lake and a state folder are required")
+	}
+	for _, d := range []string{"projects", "ledger", "cache"} {
+		if err := os.MkdirAll(filepath.Join(cfg.State, d), 0o700); err != nil {
+			return nil, fmt.Errorf("state folder: %w", err)
+		}
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Service{lake: cfg.Lake, state: cfg.State, log: log.With("component", "cohorts"),
+		engines: map[string]*engineSlot{}, projects: map[string]*projectState{}}, nil
+}
+
+// Close releases every engine and ledger.
+func (s *Service) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for _, slot := range s.engines {
+		if slot.e != nil {
+			errs = append(errs, slot.e.Close())
+		}
+	}
+	for _, p := range s.projects {
+		errs = append(errs, p.ledger.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// project returns a project and its ledger, opening them on first use.
+func (s *Service) project(name string) (*projectState, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ps, ok := s.projects[name]; ok {
+		return ps, nil
+	}
+	p, err := loadProject(s.state, name)
+	if err != nil {
+		return nil, err
+	}
+	l, err := OpenLedger(ledgerPath(s.state, name))
+	if err != nil {
+		return nil, err
+	}
+	ps := &projectState{p: p, ledger: l}
+	s.projects[name] = ps
+	return ps, nil
+}
+
+// Authenticate checks a bearer token for a project: ErrUnauthorized for a
+// token no project has, ErrForbidden for another project's token.
+func (s *Service) Authenticate(project, token string) error {
+	if token == "" {
+		return ErrUnauthorized
+	}
+	ps, err := s.project(project)
+	if err == nil && ps.p.tokenOK(token) {
+		return nil
+	}
+	if err != nil && !errors.Is(err, ErrNoProject) {
+		return err
+	}
+	if s.anyProjectHas(token) {
+		return ErrForbidden
+	}
+	return ErrUnauthorized
+}
+
+// Valid reports whether a token belongs to any project.
+func (s *Service) Valid(token string) bool { return token != "" && s.anyProjectHas(token) }
+
+func (s *Service) anyProjectHas(token string) bool {
+	entries, _ := os.ReadDir(filepath.Join(s.state, "projects"))
+	for _, e := range entries {
+		name, ok := cutSuffix(e.Name(), ".json")
+		if !ok {
+			continue
+		}
+		if p, err := loadProject(s.state, name); err == nil && p.tokenOK(token) {
+			return true
+		}
+	}
+	return false
+}
+
+func cutSuffix(s, suf string) (string, bool) {
+	if len(s) > len(suf) && s[len(s)-len(suf):] == suf {
+		return s[:len(s)-len(suf)], true
+	}
+	return s, false
+}
+
+// A Budget is a project's privacy budget.
+type Budget struct {
+	Project          string     `json:"project"`
+	EpsilonTotal     float64    `json:"epsilon_total"`
+	EpsilonSpent     float64    `json:"epsilon_spent"`
+	EpsilonRemaining float64    `json:"epsilon_remaining"`
+	DeltaTotal       float64    `json:"delta_total"`
+	DeltaSpent       float64    `json:"delta_spent"`
+	DeltaRemaining   float64    `json:"delta_remaining"`
+	MaxQueryEpsilon  float64    `json:"max_query_epsilon"`
+	Queries          int        `json:"queries"`
+	Datasets         []string   `json:"datasets"`
+	Expires          *time.Time `json:"expires,omitempty"`
+}
+
+// Budget returns a project's budget.
+func (s *Service) Budget(project string) (*Budget, error) {
+	ps, err := s.project(project)
+	if err != nil {
+		return nil, err
+	}
+	e, d, n := ps.ledger.Spent()
+	p := ps.p
+	return &Budget{Project: p.Name, EpsilonTotal: float64(p.EpsilonU) * EpsilonUnit, EpsilonSpent: float64(e) * EpsilonUnit,
+		EpsilonRemaining: float64(p.EpsilonU-e) * EpsilonUnit, DeltaTotal: float64(p.DeltaU) * DeltaUnit,
+		DeltaSpent: float64(d) * DeltaUnit, DeltaRemaining: float64(p.DeltaU-d) * DeltaUnit,
+		MaxQueryEpsilon: float64(p.MaxQueryU) * EpsilonUnit, Queries: n, Datasets: p.Datasets, Expires: p.Expires}, nil
+}
+
+// History returns a project's released queries (costs and hashes only).
+func (s *Service) History(project string) ([]Entry, error) {
+	ps, err := s.project(project)
+	if err != nil {
+		return nil, err
+	}
+	return ps.ledger.Entries(), nil
+}
+
+// Engine returns the loaded engine of a dataset version (0: latest),
+// loading it on first use from verified local files.
+func (s *Service) Engine(ctx context.Context, dataset string, version int) (*Engine, error) {
+	m, err := s.lake.Manifest(ctx, dataset, version)
+	if err != nil {
+		return nil, err
+	}
+	key := fmt.Sprintf("%s@%d", dataset, m.Version)
+	s.mu.Lock()
+	slot, ok := s.engines[key]
+	if !ok {
+		slot = &engineSlot{}
+		s.engines[key] = slot
+	}
+	s.mu.Unlock()
+	slot.once.Do(func() {
+		start := time.Now()
+		files, err := s.lake.Local(ctx, m, filepath.Join(s.state, "cache"))
+		if err == nil {
+			slot.e, err = OpenEngine(ctx, m, files)
+		}
+		slot.err = err
+		if err != nil {
+			s.log.Error("load dataset", "dataset", key, "err", err)
+			return
+		}
+		s.log.Info("loaded dataset", "dataset", key, "seconds", time.Since(start).Seconds())
+	})
+	if slot.err != nil {
+		s.mu.Lock()
+		delete(s.engines, key) // let a later query retry
+		s.mu.Unlock()
+		return nil, slot.err
+	}
+	return slot.e, nil
+}
+
+// Query answers a validated query for a project. In order: the project
+// must allow the dataset and the query's ε must be under its cap; an
+// identical earlier query is answered from the ledger at no cost; a query
+// the remaining budget cannot pay is refused before any SQL runs; then the
+// SQL runs, and the ledger charges the budget and releases the noisy
+// answer as one synced step. Nothing is charged when anything fails.
+func (s *Service) Query(ctx context.Context, project string, q *Query) (*Answer, error) {
+	ps, err := s.project(project)
+	if err != nil {
+		return nil, err
+	}
+	if err := ps.p.allows(q.Dataset, time.Now()); err != nil {
+		return nil, err
+	}
+	epsU, deltaU := units(q.Epsilon, EpsilonUnit), units(q.Delta, DeltaUnit)
+	if q.Delta == 0 {
+		deltaU = 0
+	}
+	if epsU > ps.p.MaxQueryU {
+		return nil, fmt.Errorf("%w (asks %g, cap %g)", ErrOverCap, q.Epsilon, float64(ps.p.MaxQueryU)*EpsilonUnit)
+	}
+	m, err := s.lake.Manifest(ctx, q.Dataset, q.Version)
+	if err != nil {
+		return nil, err
+	}
+	hash := q.Hash(m.Version)
+	if a := ps.ledger.Released(hash); a != nil {
+		return repeated(a), nil
+	}
+	charge := Charge{Hash: hash, Dataset: q.Dataset, Version: m.Version, EpsilonU: epsU, DeltaU: deltaU,
+		TotalE: ps.p.EpsilonU, TotalD: ps.p.DeltaU}
+	if err := ps.ledger.Check(charge); err != nil {
+		return nil, err
+	}
+	eng, err := s.Engine(ctx, q.Dataset, m.Version)
+	if err != nil {
+		return nil, err
+	}
+	plan, err := Compile(q, randomSeed())
+	if err != nil {
+		return nil, err
+	}
+	xs, err := eng.exact(ctx, plan)
+	if err != nil {
+		return nil, err
+	}
+	a, repeat, err := ps.ledger.Spend(charge, func() (*Answer, error) {
+		a, err := release(q, xs)
+		if a != nil {
+			a.Epsilon, a.Delta = q.Epsilon, q.Delta
+		}
+		return a, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if repeat {
+		return repeated(a), nil
+	}
+	s.log.Info("query answered", "project", project, "dataset", q.Dataset, "version", m.Version,
+		"epsilon", q.Epsilon, "query_sha256", hash)
+	return a, nil
+}
+
+func repeated(a *Answer) *Answer {
+	c := *a
+	c.Repeat = true
+	return &c
+}
+
+func randomSeed() int64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return int64(binary.LittleEndian.Uint64(b[:]) >> 1)
+}
+
+// A DatasetInfo describes a dataset for researchers: its versions and the
+// latest version's tables and data dictionary.
+type DatasetInfo struct {
+	Name     string                            `json:"name"`
+	Versions []int                             `json:"versions"`
+	Latest   int                               `json:"latest"`
+	Created  time.Time                         `json:"created"`
+	Tables   map[string]*catalog.TableManifest `json:"tables"`
+}
+
+// Datasets lists the lake's datasets.
+func (s *Service) Datasets(ctx context.Context) ([]DatasetInfo, error) {
+	names, err := s.lake.Datasets(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]DatasetInfo, 0, len(names))
+	for _, n := range names {
+		d, err := s.Dataset(ctx, n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, *d)
+	}
+	return out, nil
+}
+
+// Dataset describes one dataset.
+func (s *Service) Dataset(ctx context.Context, name string) (*DatasetInfo, error) {
+	if !validDataset(name) {
+		return nil, fmt.Errorf("%q: %w", clip(name), catalog.ErrNotFound)
+	}
+	vs, err := s.lake.Versions(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if len(vs) == 0 {
+		return nil, fmt.Errorf("%s: %w", name, catalog.ErrNotFound)
+	}
+	m, err := s.lake.Manifest(ctx, name, vs[len(vs)-1])
+	if err != nil {
+		return nil, err
+	}
+	tables := map[string]*catalog.TableManifest{}
+	for t, tm := range m.Tables {
+		tables[t] = &catalog.TableManifest{Rows: tm.Rows, Schema: tm.Schema}
+	}
+	return &DatasetInfo{Name: name, Versions: vs, Latest: m.Version, Created: m.Created, Tables: tables}, nil
+}
