@@ -433,12 +433,15 @@ func (v *validator) criterion(c *Criterion, at string, depth int) error {
 	return nil
 }
 
-// clip shortens a refused value for an error message.
+var reEcho = regexp.MustCompile(`^[A-Za-z0-9 ._/+-]{1,24}$`)
+
+// clip is a refused value as an error message may quote it: short plain
+// values are echoed, anything else is not.
 func clip(s string) string {
-	if len(s) > 24 {
-		return s[:24] + "…"
+	if reEcho.MatchString(s) {
+		return s
 	}
-	return s
+	return "(a value with unexpected characters)"
 }
 
 func inDomain(vals, domain []string, at string) error {

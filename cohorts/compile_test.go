@@ -1,0 +1,126 @@
+package cohorts
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden")
+
+// goldenQueries are compiled and compared with testdata/<name>.golden.
+var goldenQueries = map[string]string{
+	"smallest": `{"dataset": "gp", "measures": [{"kind": "count"}], "epsilon": 0.5}`,
+	"all_measures": `{"dataset": "gp", "index_date": "2024-01-01",
+		"criteria": {"all": [{"condition": {"id": "t2d", "codes": {"snomed": ["44054006"], "icd10": ["E11"]},
+		  "window": {"from": "2020-01-01", "to": "2023-12-31"}}}, {"not": {"region": ["LS", "BD"]}}]},
+		"measures": [
+		  {"kind": "count", "by": ["year", "sex"], "year_of": "t2d"},
+		  {"kind": "count", "by_code": "medications", "max_partitions": 2, "window": {"relative_to": "t2d", "days_after": 365}},
+		  {"kind": "mean", "of": {"kind": "observation", "codes": {"snomed": ["999791000000106"]}, "unit": "mmol/mol", "pick": "first"}, "lower": 20, "upper": 150},
+		  {"kind": "quantiles", "of": {"kind": "age"}, "ranks": [0.5]},
+		  {"kind": "sum", "of": {"kind": "events", "table": "encounters", "types": ["inpatient"]}, "lower": 0, "upper": 5}],
+		"epsilon": 1, "delta": 1e-6}`,
+}
+
+func init() {
+	for name, q := range groundTruthQueries {
+		goldenQueries["gt_"+strings.ReplaceAll(name, " ", "_")] = q
+	}
+}
+
+func render(p *Plan) string {
+	var b strings.Builder
+	for i, st := range p.Measures {
+		fmt.Fprintf(&b, "-- measure %d\n%s;\n-- args: %v\n\n", i, st.SQL, st.Args)
+	}
+	return b.String()
+}
+
+// TestCompileGolden compares generated SQL with reviewed golden files.
+func TestCompileGolden(t *testing.T) {
+	names := make([]string, 0, len(goldenQueries))
+	for n := range goldenQueries {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		t.Run(name, func(t *testing.T) {
+			p, err := Compile(mustParse(t, goldenQueries[name]), 42)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := render(p)
+			path := filepath.Join("testdata", name+".golden")
+			if *update {
+				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run go test ./cohorts -run Golden -update)", err)
+			}
+			if got != string(want) {
+				t.Errorf("SQL differs from %s:\n%s", path, got)
+			}
+		})
+	}
+}
+
+var (
+	reStringLit = regexp.MustCompile(`'`)
+	// a number not part of an identifier (e1, t2d) is a literal
+	reNumberLit = regexp.MustCompile(`(^|[^A-Za-z0-9_])[0-9]+(\.[0-9]+)?([^A-Za-z0-9_]|$)`)
+)
+
+// checkNoLiterals fails when SQL holds any literal: every value is bound.
+func checkNoLiterals(t *testing.T, p *Plan) {
+	t.Helper()
+	for _, st := range p.Measures {
+		if reStringLit.MatchString(st.SQL) || reNumberLit.MatchString(st.SQL) {
+			t.Fatalf("literal in SQL:\n%s", st.SQL)
+		}
+		if n := strings.Count(st.SQL, "?"); n != len(st.Args) {
+			t.Fatalf("%d placeholders, %d arguments", n, len(st.Args))
+		}
+	}
+}
+
+// TestNoUnboundLiteral: no compiled statement holds a literal.
+func TestNoUnboundLiteral(t *testing.T) {
+	for name, q := range goldenQueries {
+		p, err := Compile(mustParse(t, q), 42)
+		if err != nil {
+			t.Fatal(name, err)
+		}
+		checkNoLiterals(t, p)
+	}
+}
+
+// FuzzQuery: any input either fails validation with a QueryError or
+// compiles to SQL without a literal.
+func FuzzQuery(f *testing.F) {
+	for _, q := range goldenQueries {
+		f.Add(q)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		q, err := ParseQuery(strings.NewReader(s))
+		if err != nil {
+			if _, ok := err.(*QueryError); !ok {
+				t.Fatalf("error of type %T: %v", err, err)
+			}
+			return
+		}
+		p, err := Compile(q, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkNoLiterals(t, p)
+	})
+}

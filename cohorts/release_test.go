@@ -1,0 +1,161 @@
+package cohorts
+
+import (
+	"math"
+	"testing"
+)
+
+// The DP library draws from crypto/rand and takes no seed, so these checks
+// are statistical with bounds many standard errors wide.
+
+// TestCountNoiseStatistics: at ε = 0.5 the released count's mean is the
+// true count and its variance the two-sided geometric's, 2e^-ε/(1-e^-ε)^2
+// (≈ 7.83, near the Laplace 2/ε² = 8).
+func TestCountNoiseStatistics(t *testing.T) {
+	const n, trials, eps = 1000, 20000, 0.5
+	var sum, sq float64
+	covered := 0
+	for range trials {
+		v, lo, hi, err := noisyCount(n, eps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := float64(v - n)
+		sum += d
+		sq += d * d
+		if lo <= n && n <= hi {
+			covered++
+		}
+	}
+	mean := sum / trials
+	variance := sq/trials - mean*mean
+	p := math.Exp(-eps)
+	want := 2 * p / ((1 - p) * (1 - p))
+	// Standard error of the mean ≈ sqrt(7.8/20000) ≈ 0.02; of the variance ≈ 0.25.
+	if math.Abs(mean) > 0.15 {
+		t.Errorf("mean error %.3f, want near 0", mean)
+	}
+	if math.Abs(variance-want) > 0.15*want {
+		t.Errorf("variance %.2f, want %.2f ± 15%%", variance, want)
+	}
+	if c := float64(covered) / trials; c < 0.94 || c > 0.985 {
+		t.Errorf("95%% interval covers the true count %.3f of the time", c)
+	}
+}
+
+// TestNoiseScalesWithEpsilon: ten times the ε, a tenth of the spread.
+func TestNoiseScalesWithEpsilon(t *testing.T) {
+	spread := func(eps float64) float64 {
+		var sq float64
+		for range 5000 {
+			v, _, _, err := noisyCount(100000, eps)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sq += float64(v-100000) * float64(v-100000)
+		}
+		return math.Sqrt(sq / 5000)
+	}
+	r := spread(0.1) / spread(1)
+	if r < 8 || r > 12.5 {
+		t.Errorf("sd at ε=0.1 / sd at ε=1 = %.2f, want about 10", r)
+	}
+}
+
+func f(x float64) *float64 { return &x }
+
+// TestReleaseSuppressionAndRounding: small noisy counts are suppressed
+// with no value or interval; rounding gives multiples of 5 with an
+// interval widened outwards; every cell of a public domain is released.
+func TestReleaseSuppressionAndRounding(t *testing.T) {
+	q := &Query{Dataset: "gp", Epsilon: 2, RoundTo: 5, Measures: []Measure{
+		{Kind: KindCount}, {Kind: KindCount}, {Kind: KindCount, By: []string{"sex"}}}}
+	xs := []exact{{count: 0}, {count: 1234}, {cells: []int64{0, 500, 3, 0}, cellKeys: [][]string{{"male"}, {"female"}, {"other"}, {Unknown}}}}
+	a, err := release(q, xs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := a.Measures[0]; !r.Suppressed || r.Value != nil || r.CILow != nil {
+		t.Errorf("count 0 released as %+v, want suppressed", r)
+	}
+	r := a.Measures[1]
+	if r.Suppressed || math.Mod(*r.Value, 5) != 0 || math.Mod(*r.CILow, 5) != 0 || *r.CILow > *r.Value || *r.CIHigh < *r.Value {
+		t.Errorf("count 1234 released as %v [%v, %v]", *r.Value, *r.CILow, *r.CIHigh)
+	}
+	if math.Abs(*r.Value-1234) > 40 || r.Epsilon != 2.0/3 {
+		t.Errorf("count 1234 released as %v with ε %v", *r.Value, r.Epsilon)
+	}
+	cells := a.Measures[2].Cells
+	if len(cells) != 4 || cells[3].Key["sex"] != Unknown {
+		t.Fatalf("cells %+v: every key of the domain, unknown last", cells)
+	}
+	if !cells[0].Suppressed || !cells[2].Suppressed || cells[1].Suppressed {
+		t.Errorf("suppression %v %v %v, want true false true", cells[0].Suppressed, cells[1].Suppressed, cells[2].Suppressed)
+	}
+}
+
+// TestMeanAndSum: noisy means land near the truth with intervals that
+// cover it; values are clamped to the bounds.
+func TestMeanAndSum(t *testing.T) {
+	m := &Measure{Kind: KindMean, Of: &Value{Kind: ValueAge}, Lower: f(0), Upper: f(100)}
+	x := &exact{n: 5000, sum: 5000 * 42.5}
+	covered := 0
+	for range 500 {
+		v, lo, hi, n, err := noisyMean(*m.Lower, *m.Upper, x, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if math.Abs(v-42.5) > 1 || n < 4900 || n > 5100 {
+			t.Fatalf("mean %v (n %d), want near 42.5", v, n)
+		}
+		if lo <= 42.5 && 42.5 <= hi {
+			covered++
+		}
+	}
+	if covered < 470 {
+		t.Errorf("mean interval covered the truth %d/500 times", covered)
+	}
+	s := &Measure{Kind: KindSum, Of: &Value{Kind: ValueEvents}, Lower: f(0), Upper: f(10)}
+	v, lo, hi, err := noisySum(s, &exact{n: 100, sum: 400}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v != math.Trunc(v) || math.Abs(v-400) > 150 || lo > v || hi < v {
+		t.Errorf("integer sum released as %v [%v, %v]", v, lo, hi)
+	}
+}
+
+// TestByCodePartitionSelection: a code held by one patient is never
+// released, one held by thousands always is.
+func TestByCodePartitionSelection(t *testing.T) {
+	q := &Query{Dataset: "gp", Epsilon: 1, Delta: 1e-6, Measures: []Measure{{Kind: KindCount, ByCode: "conditions"}}}
+	for range 200 {
+		a, err := release(q, []exact{{codes: []codeCount{{"snomed", "44054006", 5000}, {"snomed", "38341003", 1}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := a.Measures[0]
+		if *r.PartitionsReleased != 1 || r.Cells[0].Key["code"] != "44054006" {
+			t.Fatalf("released %+v", r.Cells)
+		}
+	}
+}
+
+// FuzzBudgetUnits: converting to units never charges less than asked.
+func FuzzBudgetUnits(f *testing.F) {
+	f.Add(0.5)
+	f.Add(1e-6)
+	f.Add(0.1 + 0.2)
+	f.Fuzz(func(t *testing.T, eps float64) {
+		if math.IsNaN(eps) || eps <= 0 || eps > MaxEpsilon {
+			return
+		}
+		u := units(eps, EpsilonUnit)
+		if float64(u)*EpsilonUnit < eps*(1-1e-9) {
+			t.Fatalf("ε %v charged %d units", eps, u)
+		}
+		if float64(u-1)*EpsilonUnit > eps {
+			t.Fatalf("ε %v overcharged: %d units", eps, u)
+		}
+	})
+}
