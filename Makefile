@@ -2,6 +2,7 @@
 GO      ?= go
 BIN     := bin/hub
 DEMO    := demo
+DEMO_ADDR ?= 127.0.0.1:8787
 PKGS    := ./...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
@@ -38,6 +39,17 @@ demo: build
 	$(BIN) catalog list --lake $(DEMO)/lake
 	@echo
 	$(BIN) catalog show --lake $(DEMO)/lake --verify demo
+	@echo
+	@echo "demo: a project with a privacy budget of epsilon 5; its token goes to $(DEMO)/token"
+	$(BIN) project create --state $(DEMO)/state --epsilon 5 --max-query-epsilon 2 --datasets demo demo-study > $(DEMO)/token
+	@echo "demo: serving the lake on $(DEMO_ADDR), asking a cohort question, then the budget"
+	@$(BIN) serve --lake $(DEMO)/lake --state $(DEMO)/state --addr $(DEMO_ADDR) --preload demo & pid=$$!; \
+	  trap "kill $$pid 2>/dev/null" EXIT; \
+	  export HUB_TOKEN=$$(cat $(DEMO)/token) HUB_SERVER=http://$(DEMO_ADDR) HUB_PROJECT=demo-study; \
+	  set -ex; \
+	  $(BIN) query --wait 60s --file docs/examples/t2d-by-age.json; \
+	  $(BIN) query --file docs/examples/t2d-by-age.json; \
+	  $(BIN) budget
 
 # Micro-benchmarks, then ingest of 1 M patients (~20 M events) against a
 # DuckDB read_csv + anti-join baseline measured in the same run.

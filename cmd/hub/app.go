@@ -38,7 +38,7 @@ func newApp() *cli.App {
 			}
 			return nil
 		},
-		Commands: []*cli.Command{synthCommand(), ingestCommand(), catalogCommand(), benchCommand()},
+		Commands: []*cli.Command{synthCommand(), ingestCommand(), catalogCommand(), serveCommand(), projectCommand(), queryCommand(), budgetCommand(), benchCommand()},
 	}
 }
 

@@ -1,0 +1,272 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/nhs-hub/hub/cohorts"
+)
+
+var stateFlag = &cli.StringFlag{Name: "state", Value: "./state", EnvVars: []string{"HUB_STATE"},
+	Usage: "folder of the service's projects, budget ledgers and dataset cache"}
+
+func serveCommand() *cli.Command {
+	flags := append([]cli.Flag{
+		&cli.StringFlag{Name: "lake", Value: "./lake", EnvVars: []string{"HUB_LAKE"}, Usage: "the lake: a local folder or s3://bucket/prefix (read through a checksum-verified cache)"},
+		stateFlag,
+		&cli.StringFlag{Name: "addr", Value: "127.0.0.1:8080", EnvVars: []string{"HUB_ADDR"}, Usage: "address to listen on"},
+		&cli.StringSliceFlag{Name: "preload", Usage: "load these datasets' latest versions before listening (default: load on first query)"},
+	}, s3Flags()...)
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "answer cohort queries over HTTP with differential privacy, within each project's budget",
+		Description: "Endpoints: GET /v1/datasets, POST /v1/projects/{project}/queries,\n" +
+			"GET /v1/projects/{project}/budget, GET /v1/projects/{project}/queries, GET /healthz.\n" +
+			"Create a project (and its token) first with `hub project create`.\n\n" +
+			"Example: hub serve --lake ./lake --state ./state --addr 127.0.0.1:8080",
+		Flags: flags,
+		Action: func(c *cli.Context) error {
+			lake, err := openLake(c)
+			if err != nil {
+				return err
+			}
+			log := logger(c)
+			svc, err := cohorts.New(cohorts.Config{Lake: lake, State: c.String("state"), Logger: log})
+			if err != nil {
+				return err
+			}
+			defer svc.Close()
+			for _, d := range c.StringSlice("preload") {
+				start := time.Now()
+				fmt.Fprintf(os.Stderr, "loading %s ... ", d)
+				if _, err := svc.Engine(c.Context, d, 0); err != nil {
+					return fmt.Errorf("preload %s: %w", d, err)
+				}
+				fmt.Fprintf(os.Stderr, "%.1fs\n", time.Since(start).Seconds())
+			}
+			ln, err := net.Listen("tcp", c.String("addr"))
+			if err != nil {
+				return fmt.Errorf("listen: %w (is another server on %s? choose --addr)", err, c.String("addr"))
+			}
+			srv := &http.Server{Handler: svc.Handler(), ReadHeaderTimeout: 10 * time.Second}
+			fmt.Fprintf(os.Stderr, "hub serving %s on http://%s (state %s)\n", c.String("lake"), ln.Addr(), c.String("state"))
+			done := make(chan error, 1)
+			go func() { done <- srv.Serve(ln) }()
+			select {
+			case err := <-done:
+				return err
+			case <-c.Context.Done():
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				return srv.Shutdown(ctx)
+			}
+		},
+	}
+}
+
+func projectCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "project",
+		Usage: "manage projects and their privacy budgets (admin; the governance workflow will replace this)",
+		Subcommands: []*cli.Command{{
+			Name:      "create",
+			Usage:     "create a project with a privacy budget and print its bearer token (shown once)",
+			ArgsUsage: "NAME",
+			Description: "The token is printed on stdout, once; only its hash is kept.\n\n" +
+				"Example: hub project create diabetes-audit --epsilon 5 --datasets gp > token",
+			Flags: []cli.Flag{
+				stateFlag,
+				&cli.Float64Flag{Name: "epsilon", Required: true, Usage: "total ε the project may spend"},
+				&cli.Float64Flag{Name: "delta", Value: 1e-5, Usage: "total δ (spent only by breakdowns by_code)"},
+				&cli.Float64Flag{Name: "max-query-epsilon", Usage: "largest ε one query may ask for (default: the total)"},
+				&cli.StringSliceFlag{Name: "datasets", Required: true, Usage: "datasets the project may query, e.g. gp,hes"},
+				&cli.TimestampFlag{Name: "expires", Layout: time.DateOnly, Usage: "date after which queries are refused (YYYY-MM-DD)"},
+			},
+			Action: func(c *cli.Context) error {
+				if c.Args().Len() != 1 || strings.HasPrefix(c.Args().First(), "-") {
+					return errors.New("usage: hub project create [flags] NAME (flags before the name)")
+				}
+				var ds []string
+				for _, d := range c.StringSlice("datasets") {
+					ds = append(ds, strings.Split(d, ",")...)
+				}
+				tok, err := cohorts.CreateProject(c.String("state"), cohorts.ProjectSpec{Name: c.Args().First(),
+					Epsilon: c.Float64("epsilon"), Delta: c.Float64("delta"), MaxQueryEpsilon: c.Float64("max-query-epsilon"),
+					Datasets: ds, Expires: c.Timestamp("expires")})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(os.Stderr, "project %s created with ε %g; its token (shown once) follows on stdout\n", c.Args().First(), c.Float64("epsilon"))
+				fmt.Println(tok)
+				return nil
+			},
+		}},
+	}
+}
+
+func clientFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "server", Value: "http://127.0.0.1:8080", EnvVars: []string{"HUB_SERVER"}, Usage: "the hub server's URL"},
+		&cli.StringFlag{Name: "project", Required: true, EnvVars: []string{"HUB_PROJECT"}, Usage: "the project to query as"},
+		&cli.StringFlag{Name: "token-file", EnvVars: []string{"HUB_TOKEN_FILE"}, Usage: "file holding the project's token (or set HUB_TOKEN)"},
+		&cli.DurationFlag{Name: "wait", Usage: "wait this long for the server to come up"},
+		&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+	}
+}
+
+func client(c *cli.Context) (*cohorts.Client, error) {
+	tok := os.Getenv("HUB_TOKEN")
+	if f := c.String("token-file"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("token file: %w", err)
+		}
+		tok = strings.TrimSpace(string(b))
+	}
+	if tok == "" {
+		return nil, errors.New("no token: give --token-file or set HUB_TOKEN (hub project create prints one)")
+	}
+	cl := &cohorts.Client{Base: c.String("server"), Token: tok, HTTP: &http.Client{Timeout: 10 * time.Minute}}
+	if d := c.Duration("wait"); d > 0 {
+		if err := cl.Wait(c.Context, d); err != nil {
+			return nil, err
+		}
+	}
+	return cl, nil
+}
+
+func queryCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "query",
+		Usage: "ask a cohort question (JSON, see docs/cohort-language.md) and print the DP answer",
+		Description: "Reads the query from --file (or stdin with --file -), sends it to the server and prints\n" +
+			"each measure with its 95% interval. The budget is charged before the answer is released;\n" +
+			"asking the same query again returns the same answer at no cost.\n\n" +
+			"Example: HUB_TOKEN=$(cat token) hub query --project diabetes-audit --file docs/examples/t2d-by-age.json",
+		Flags: append(clientFlags(), &cli.StringFlag{Name: "file", Aliases: []string{"f"}, Required: true, Usage: "the query file, - for stdin"}),
+		Action: func(c *cli.Context) error {
+			var body []byte
+			var err error
+			if f := c.String("file"); f == "-" {
+				body, err = io.ReadAll(io.LimitReader(os.Stdin, cohorts.MaxQueryBytes+1))
+			} else {
+				body, err = os.ReadFile(f)
+			}
+			if err != nil {
+				return fmt.Errorf("read query: %w", err)
+			}
+			cl, err := client(c)
+			if err != nil {
+				return err
+			}
+			a, raw, err := cl.Query(c.Context, c.String("project"), body)
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				_, err := os.Stdout.Write(raw)
+				return err
+			}
+			printAnswer(os.Stdout, a)
+			return nil
+		},
+	}
+}
+
+func budgetCommand() *cli.Command {
+	return &cli.Command{
+		Name:        "budget",
+		Usage:       "show a project's privacy budget: total, spent and remaining",
+		Description: "Example: HUB_TOKEN=$(cat token) hub budget --project diabetes-audit",
+		Flags:       clientFlags(),
+		Action: func(c *cli.Context) error {
+			cl, err := client(c)
+			if err != nil {
+				return err
+			}
+			b, err := cl.Budget(c.Context, c.String("project"))
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(b)
+			}
+			fmt.Printf("project %s: ε %.6g of %.6g spent, %.6g remaining (per-query cap %.6g); δ %.3g of %.3g spent; %d queries answered\n",
+				b.Project, b.EpsilonSpent, b.EpsilonTotal, b.EpsilonRemaining, b.MaxQueryEpsilon, b.DeltaSpent, b.DeltaTotal, b.Queries)
+			return nil
+		},
+	}
+}
+
+// printAnswer prints each measure as a table with its interval.
+func printAnswer(w io.Writer, a *cohorts.Answer) {
+	cost := fmt.Sprintf("ε %.6g charged", a.Epsilon)
+	if a.Repeat {
+		cost = "a repeat of an earlier release: nothing charged"
+	}
+	fmt.Fprintf(w, "%s@%d · %s · query %s\n", a.Dataset, a.Version, cost, a.QuerySHA256[:12])
+	num := func(v *float64) string {
+		if v == nil {
+			return ""
+		}
+		if *v == float64(int64(*v)) {
+			return fmt.Sprintf("%d", int64(*v))
+		}
+		return fmt.Sprintf("%.2f", *v)
+	}
+	for _, m := range a.Measures {
+		title := m.Kind
+		if m.Name != "" {
+			title = m.Name + " (" + m.Kind + ")"
+		}
+		fmt.Fprintf(w, "\n%s, ε %.4g\n", title, m.Epsilon)
+		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
+		switch {
+		case len(m.Quantiles) > 0:
+			fmt.Fprintln(tw, "rank\tvalue\t")
+			for _, q := range m.Quantiles {
+				fmt.Fprintf(tw, "%.2f\t%.2f\t\n", q.Rank, q.Value)
+			}
+		case m.By != nil || m.PartitionsReleased != nil:
+			var keys []string
+			if m.By != nil {
+				keys = m.By
+			} else {
+				keys = []string{"code_system", "code"}
+			}
+			fmt.Fprintln(tw, strings.Join(keys, "\t")+"\tvalue\t95% interval\t")
+			for _, cell := range m.Cells {
+				var ks []string
+				for _, k := range keys {
+					ks = append(ks, cell.Key[k])
+				}
+				if cell.Suppressed {
+					fmt.Fprintf(tw, "%s\tsuppressed\t\t\n", strings.Join(ks, "\t"))
+					continue
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s – %s\t\n", strings.Join(ks, "\t"), num(cell.Value), num(cell.CILow), num(cell.CIHigh))
+			}
+			if m.PartitionsReleased != nil {
+				fmt.Fprintf(tw, "(%d codes passed DP partition selection)\t\t\t\t\n", *m.PartitionsReleased)
+			}
+		case m.Suppressed:
+			fmt.Fprintln(tw, "suppressed (below the threshold)\t")
+		default:
+			fmt.Fprintf(tw, "value\t%s\t\n95%% interval\t%s – %s\t\n", num(m.Value), num(m.CILow), num(m.CIHigh))
+		}
+		tw.Flush()
+	}
+}
