@@ -7,7 +7,7 @@ PKGS    := ./...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 
-.PHONY: build test test-short demo bench bench-go bench-pipeline lint tidy-check fuzz clean minio
+.PHONY: build test test-short demo bench bench-go bench-pipeline bench-cohorts lint tidy-check fuzz clean minio
 
 build:
 	$(GO) build -o $(BIN) ./cmd/hub
@@ -59,6 +59,11 @@ bench: build bench-go
 # ingest → deid → publish (local lake and MinIO) against a DuckDB pipeline.
 bench-pipeline: build minio
 	$(BIN) bench --pipeline --patients $${BENCH_PATIENTS:-1000000}
+
+# Cohort query latency (p50/p99, 16 clients) through the service against
+# the same SQL run directly by DuckDB, on 1 M patients.
+bench-cohorts: build
+	$(BIN) bench --cohorts --patients $${BENCH_PATIENTS:-1000000}
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./ingest

@@ -31,6 +31,9 @@ func benchCommand() *cli.Command {
 			&cli.StringFlag{Name: "cache", Value: ".cache/bench", Usage: "where benchmark extracts are kept between runs"},
 			&cli.IntFlag{Name: "runs", Value: 1, Usage: "runs of each side; the fastest counts"},
 			&cli.BoolFlag{Name: "pipeline", Usage: "measure ingest → deid → publish (local lake, and MinIO when bin/minio exists) against a DuckDB pipeline"},
+			&cli.BoolFlag{Name: "cohorts", Usage: "measure cohort query latency through the service against the same SQL run directly by DuckDB"},
+			&cli.IntFlag{Name: "clients", Value: 16, Usage: "concurrent clients (with --cohorts)"},
+			&cli.IntFlag{Name: "requests", Value: 10, Usage: "requests per client and query (with --cohorts)"},
 		},
 		Subcommands: []*cli.Command{{
 			Name: "duckdb-pipeline", Hidden: true, Usage: "run the DuckDB pipeline baseline (used by hub bench --pipeline)",
@@ -116,6 +119,9 @@ func runBench(c *cli.Context) error {
 	}
 	if c.Bool("pipeline") {
 		return benchPipeline(c, dir, size, best)
+	}
+	if c.Bool("cohorts") {
+		return benchCohorts(c, dir)
 	}
 	fmt.Fprintln(c.App.ErrWriter, "bench: hub ingest --check")
 	hub, err := best(nil, "ingest", "--extract", dir, "--optouts", filepath.Join(dir, "optouts.txt"), "--check", "--json")

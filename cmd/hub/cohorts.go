@@ -60,7 +60,7 @@ func serveCommand() *cli.Command {
 				return fmt.Errorf("listen: %w (is another server on %s? choose --addr)", err, c.String("addr"))
 			}
 			srv := &http.Server{Handler: svc.Handler(), ReadHeaderTimeout: 10 * time.Second}
-			fmt.Fprintf(os.Stderr, "hub serving %s on http://%s (state %s)\n", c.String("lake"), ln.Addr(), c.String("state"))
+			fmt.Fprintf(c.App.ErrWriter, "hub serving %s on http://%s (state %s)\n", c.String("lake"), ln.Addr(), c.String("state"))
 			done := make(chan error, 1)
 			go func() { done <- srv.Serve(ln) }()
 			select {
@@ -107,8 +107,8 @@ func projectCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(os.Stderr, "project %s created with ε %g; its token (shown once) follows on stdout\n", c.Args().First(), c.Float64("epsilon"))
-				fmt.Println(tok)
+				fmt.Fprintf(c.App.ErrWriter, "project %s created with ε %g; its token (shown once) follows on stdout\n", c.Args().First(), c.Float64("epsilon"))
+				fmt.Fprintln(c.App.Writer, tok)
 				return nil
 			},
 		}},
@@ -175,10 +175,10 @@ func queryCommand() *cli.Command {
 				return err
 			}
 			if c.Bool("json") {
-				_, err := os.Stdout.Write(raw)
+				_, err := c.App.Writer.Write(raw)
 				return err
 			}
-			printAnswer(os.Stdout, a)
+			printAnswer(c.App.Writer, a)
 			return nil
 		},
 	}
@@ -200,11 +200,11 @@ func budgetCommand() *cli.Command {
 				return err
 			}
 			if c.Bool("json") {
-				enc := json.NewEncoder(os.Stdout)
+				enc := json.NewEncoder(c.App.Writer)
 				enc.SetIndent("", "  ")
 				return enc.Encode(b)
 			}
-			fmt.Printf("project %s: ε %.6g of %.6g spent, %.6g remaining (per-query cap %.6g); δ %.3g of %.3g spent; %d queries answered\n",
+			fmt.Fprintf(c.App.Writer, "project %s: ε %.6g of %.6g spent, %.6g remaining (per-query cap %.6g); δ %.3g of %.3g spent; %d queries answered\n",
 				b.Project, b.EpsilonSpent, b.EpsilonTotal, b.EpsilonRemaining, b.MaxQueryEpsilon, b.DeltaSpent, b.DeltaTotal, b.Queries)
 			return nil
 		},

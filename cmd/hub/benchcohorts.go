@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/nhs-hub/hub/catalog"
+	"github.com/nhs-hub/hub/catalog/file"
+	"github.com/nhs-hub/hub/cohorts"
+)
+
+// benchQueries are three representative cohort questions; %g is the ε,
+// varied per request so that no request is a free repeat.
+var benchQueries = []struct{ name, text string }{
+	{"women 40-80 by region", `{"dataset": "bench", "index_date": "2024-01-01", "criteria": {"all": [{"sex": ["female"]}, {"age": {"min": 40, "max": 80}}]},
+		"measures": [{"kind": "count", "by": ["region"]}], "epsilon": %g}`},
+	{"T2D + HbA1c>48 in 2023 by age band", `{"dataset": "bench", "index_date": "2024-01-01", "criteria": {"all": [{"sex": ["female"]}, {"age": {"min": 40, "max": 80}},
+		{"condition": {"codes": {"snomed": ["44054006"], "icd10": ["E11"]}}},
+		{"observation": {"codes": {"snomed": ["999791000000106"]}, "value": {"min": 48.0001}, "window": {"from": "2023-01-01", "to": "2023-12-31"}}}]},
+		"measures": [{"kind": "count", "by": ["age_band"]}], "epsilon": %g}`},
+	{"T2D, metformin within a year: mean HbA1c", `{"dataset": "bench", "criteria": {"all": [{"condition": {"id": "t2d", "codes": {"snomed": ["44054006"]}}},
+		{"medication": {"codes": {"dmd": ["318824000"]}, "window": {"relative_to": "t2d", "days_after": 365}}}]},
+		"measures": [{"kind": "mean", "of": {"kind": "observation", "codes": {"snomed": ["999791000000106"]}, "pick": "last"}, "lower": 20, "upper": 150}], "epsilon": %g}`},
+}
+
+// benchCohorts publishes the benchmark extract once (cached), then times
+// each query through the HTTP service and the same compiled SQL run
+// directly on the same DuckDB, with the same number of concurrent clients.
+func benchCohorts(c *cli.Context, dir string) error {
+	n := c.Int("patients")
+	root := filepath.Join(c.String("cache"), fmt.Sprintf("lake-%d-%d", n, c.Uint64("seed")))
+	store, err := file.Open(root)
+	if err != nil {
+		return err
+	}
+	lake := catalog.NewLake(store)
+	if vs, _ := lake.Versions(c.Context, "bench"); len(vs) == 0 {
+		key := filepath.Join(c.String("cache"), "bench.key")
+		if err := os.WriteFile(key, []byte("bench-key-0123456789abcdef0123456789"), 0o600); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.App.ErrWriter, "bench: publishing %s into %s (once; cached)\n", dir, root)
+		if _, err := child(c, nil, "ingest", "--extract", dir, "--optouts", filepath.Join(dir, "optouts.txt"),
+			"--dataset", "bench", "--lake", root, "--key-file", key); err != nil {
+			return err
+		}
+	}
+	state, err := os.MkdirTemp("", "hub-bench-state-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(state)
+	svc, err := cohorts.New(cohorts.Config{Lake: lake, State: state})
+	if err != nil {
+		return err
+	}
+	defer svc.Close()
+	tok, err := cohorts.CreateProject(state, cohorts.ProjectSpec{Name: "bench", Epsilon: 1000, Datasets: []string{"bench"}})
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	eng, err := svc.Engine(c.Context, "bench", 0)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.ErrWriter, "bench: dataset verified and loaded in %.1fs\n", time.Since(start).Seconds())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: svc.Handler()}
+	go srv.Serve(ln)
+	defer srv.Shutdown(context.Background())
+	cl := &cohorts.Client{Base: "http://" + ln.Addr().String(), Token: tok,
+		HTTP: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
+
+	clients, per := c.Int("clients"), c.Int("requests")
+	var seq int
+	var mu sync.Mutex
+	nextEps := func() float64 { // distinct ε per request: never a free repeat
+		mu.Lock()
+		defer mu.Unlock()
+		seq++
+		return 0.001 + float64(seq)*1e-6
+	}
+	w := c.App.Writer
+	fmt.Fprintf(w, "dataset: %d patients, %d rows; %d concurrent clients, %d requests each\n\n", n, rowsOf(eng.Manifest), clients, per)
+	fmt.Fprintf(w, "%-42s %10s %10s %10s %10s %8s %8s\n", "query", "SQL p50", "SQL p99", "API p50", "API p99", "p50 ×", "p99 ×")
+	for _, bq := range benchQueries {
+		plan, err := cohorts.Compile(mustQuery(fmt.Sprintf(bq.text, 0.5)), 1)
+		if err != nil {
+			return err
+		}
+		direct, err := load(clients, per, func() error {
+			for _, st := range plan.Measures {
+				rows, err := eng.DB().QueryContext(c.Context, st.SQL, st.Args...)
+				if err != nil {
+					return err
+				}
+				for rows.Next() {
+				}
+				rows.Close()
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		api, err := load(clients, per, func() error {
+			_, _, err := cl.Query(c.Context, "bench", []byte(fmt.Sprintf(bq.text, nextEps())))
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		d50, d99, a50, a99 := pct(direct, 0.5), pct(direct, 0.99), pct(api, 0.5), pct(api, 0.99)
+		fmt.Fprintf(w, "%-42s %10s %10s %10s %10s %8.2f %8.2f\n", bq.name, ms(d50), ms(d99), ms(a50), ms(a99), a50.Seconds()/d50.Seconds(), a99.Seconds()/d99.Seconds())
+	}
+	fmt.Fprintln(w, "\n× is the service's latency over the same SQL run directly by DuckDB (aim: at most 1.15).")
+	return nil
+}
+
+func mustQuery(s string) *cohorts.Query {
+	q, err := cohorts.ParseQuery(strings.NewReader(s))
+	if err != nil {
+		panic(err)
+	}
+	return q
+}
+
+func rowsOf(m *catalog.Manifest) int64 {
+	var n int64
+	for _, t := range m.Tables {
+		n += t.Rows
+	}
+	return n
+}
+
+// load runs f from clients goroutines, per times each, and returns every
+// call's latency.
+func load(clients, per int, f func() error) ([]time.Duration, error) {
+	var mu sync.Mutex
+	var lat []time.Duration
+	var first error
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range per {
+				t := time.Now()
+				err := f()
+				d := time.Since(t)
+				mu.Lock()
+				if err != nil && first == nil {
+					first = err
+				}
+				lat = append(lat, d)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	return lat, first
+}
+
+func pct(lat []time.Duration, p float64) time.Duration {
+	return lat[min(len(lat)-1, int(p*float64(len(lat))))]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d.Microseconds())/1000) }
