@@ -18,13 +18,15 @@ import (
 	"github.com/nhs-hub/hub/cohorts"
 )
 
-var stateFlag = &cli.StringFlag{Name: "state", Value: "./state", EnvVars: []string{"HUB_STATE"},
-	Usage: "folder of the service's projects, budget ledgers and dataset cache"}
+func stateFlag() cli.Flag {
+	return &cli.StringFlag{Name: "state", Value: "./state", EnvVars: []string{"HUB_STATE"},
+		Usage: "folder of the service's projects, budget ledgers and dataset cache"}
+}
 
 func serveCommand() *cli.Command {
 	flags := append([]cli.Flag{
 		&cli.StringFlag{Name: "lake", Value: "./lake", EnvVars: []string{"HUB_LAKE"}, Usage: "the lake: a local folder or s3://bucket/prefix (read through a checksum-verified cache)"},
-		stateFlag,
+		stateFlag(),
 		&cli.StringFlag{Name: "addr", Value: "127.0.0.1:8080", EnvVars: []string{"HUB_ADDR"}, Usage: "address to listen on"},
 		&cli.StringSliceFlag{Name: "preload", Usage: "load these datasets' latest versions before listening (default: load on first query)"},
 	}, s3Flags()...)
@@ -86,7 +88,7 @@ func projectCommand() *cli.Command {
 			Description: "The token is printed on stdout, once; only its hash is kept.\n\n" +
 				"Example: hub project create diabetes-audit --epsilon 5 --datasets gp > token",
 			Flags: []cli.Flag{
-				stateFlag,
+				stateFlag(),
 				&cli.Float64Flag{Name: "epsilon", Required: true, Usage: "total ε the project may spend"},
 				&cli.Float64Flag{Name: "delta", Value: 1e-5, Usage: "total δ (spent only by breakdowns by_code)"},
 				&cli.Float64Flag{Name: "max-query-epsilon", Usage: "largest ε one query may ask for (default: the total)"},

@@ -1,13 +1,16 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"net"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/nhs-hub/hub/catalog"
+	"github.com/nhs-hub/hub/catalog/file"
+	"github.com/nhs-hub/hub/cohorts"
 )
 
 // TestServeQueryBudget: the README's path from a published dataset to a
@@ -30,19 +33,20 @@ func TestServeQueryBudget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// The server runs in-process (two cli.Apps at once would race on
+	// urfave/cli's global help flag); it is what `hub serve` runs.
+	store, err := file.Open(lake)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	ctx, cancel := context.WithCancel(t.Context())
-	served := make(chan error, 1)
-	go func() {
-		app := newApp()
-		app.Writer, app.ErrWriter = &strings.Builder{}, &strings.Builder{}
-		served <- app.RunContext(ctx, []string{"hub", "serve", "--lake", lake, "--state", state, "--addr", addr})
-	}()
+	svc, err := cohorts.New(cohorts.Config{Lake: catalog.NewLake(store), State: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	srv := httptest.NewServer(svc.Handler())
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
 	t.Setenv("HUB_TOKEN", strings.TrimSpace(tok))
 	t.Setenv("HUB_SERVER", "http://"+addr)
 	t.Setenv("HUB_PROJECT", "study")
@@ -82,9 +86,5 @@ func TestServeQueryBudget(t *testing.T) {
 	_, err = runHub(t, "query", "--file", filepath.Join("..", "..", "docs", "examples", "t2d-by-age.json"), "--project", "other")
 	if err == nil || !strings.Contains(err.Error(), "403") {
 		t.Errorf("another project's name: %v", err)
-	}
-	cancel()
-	if err := <-served; err != nil {
-		t.Fatal(err)
 	}
 }
