@@ -1,5 +1,13 @@
-// Package cohorts will answer aggregate cohort queries over a published
-// dataset version through DuckDB with differential privacy, within a
-// project's privacy budget. It is the subject of the cohort-service issue
-// and holds no code yet.
+// Package cohorts answers aggregate cohort queries over a published
+// dataset version with differential privacy, within a project's budget.
+//
+// A [Query] (JSON, see docs/cohort-language.md) is validated by
+// [ParseQuery] against allow-lists and limits, compiled by [Compile] into
+// parameterised DuckDB SQL without a single literal, and run by an
+// [Engine]: an in-memory DuckDB that can read only the version's verified
+// parts. The exact results never leave the package: release adds noise
+// from github.com/google/differential-privacy, and the project's [Ledger]
+// charges the budget and records the answer in one synced append before
+// the [Service] returns it. [Service.Handler] is the HTTP API and [Client]
+// its client.
 package cohorts
