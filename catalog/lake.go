@@ -292,14 +292,13 @@ func (l *Lake) Verify(ctx context.Context, m *Manifest) error {
 			if err != nil {
 				return fmt.Errorf("%s: open %s: %w", table, part.Path, err)
 			}
-			h := sha256.New()
-			n, err := io.Copy(h, r)
+			err = matches(r, part)
 			r.Close()
+			if errors.Is(err, ErrTampered) {
+				return fmt.Errorf("%s: %s does not match its manifest: %w", table, part.Path, err)
+			}
 			if err != nil {
 				return fmt.Errorf("%s: read %s: %w", table, part.Path, err)
-			}
-			if n != part.Size || hex.EncodeToString(h.Sum(nil)) != part.SHA256 {
-				return fmt.Errorf("%s: %s does not match its manifest: %w", table, part.Path, ErrTampered)
 			}
 		}
 	}
@@ -308,6 +307,20 @@ func (l *Lake) Verify(ctx context.Context, m *Manifest) error {
 
 // ErrTampered is returned when a part's bytes differ from its manifest.
 var ErrTampered = errors.New("part checksum mismatch")
+
+// matches reads r to its end and returns ErrTampered unless its size and
+// SHA-256 are the part's.
+func matches(r io.Reader, part Part) error {
+	h := sha256.New()
+	n, err := io.Copy(h, r)
+	if err != nil {
+		return err
+	}
+	if n != part.Size || hex.EncodeToString(h.Sum(nil)) != part.SHA256 {
+		return ErrTampered
+	}
+	return nil
+}
 
 // GC removes the files of versions without a manifest whose claim is older
 // than minAge (so a publish still running is left alone), and leftover

@@ -2,8 +2,6 @@ package catalog
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -57,15 +55,7 @@ func checkFile(path string, part Part) error {
 		return err
 	}
 	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return err
-	}
-	if n != part.Size || hex.EncodeToString(h.Sum(nil)) != part.SHA256 {
-		return ErrTampered
-	}
-	return nil
+	return matches(f, part)
 }
 
 // fetch returns the cached copy of a part, downloading it (to a temporary
@@ -91,16 +81,12 @@ func (l *Lake) fetch(ctx context.Context, part Part, cacheDir string) (string, e
 		return "", fmt.Errorf("cache %s: %w", part.Path, err)
 	}
 	defer os.Remove(tmp.Name())
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), r)
+	err = matches(io.TeeReader(r, tmp), part)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return "", fmt.Errorf("fetch %s: %w", part.Path, err)
-	}
-	if n != part.Size || hex.EncodeToString(h.Sum(nil)) != part.SHA256 {
-		return "", fmt.Errorf("fetch %s: %w", part.Path, ErrTampered)
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return "", fmt.Errorf("cache %s: %w", part.Path, err)
