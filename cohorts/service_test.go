@@ -8,9 +8,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/nhs-hub/hub/catalog"
 )
 
 func project(t *testing.T, s *Service, name string, eps float64) string {
@@ -299,5 +302,41 @@ func TestEveryGoldenQueryAnswers(t *testing.T) {
 		if len(a.Measures) == 0 {
 			t.Fatalf("%s: no measures", name)
 		}
+	}
+}
+
+// remoteStore hides the local folder's LocalPath, as an S3 store would.
+type remoteStore struct{ catalog.Store }
+
+// TestRemoteLakeCache: a lake that is not a local folder is read through
+// the state's cache; a corrupted cached part is fetched again, not trusted.
+func TestRemoteLakeCache(t *testing.T) {
+	remote := catalog.NewLake(remoteStore{lake(t).Store()})
+	state := t.TempDir()
+	s, err := New(Config{Lake: remote, State: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := remote.Manifest(t.Context(), "gp", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Engine(t.Context(), "gp", 0); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	cached := filepath.Join(state, "cache", filepath.FromSlash(m.Tables["patients"].Parts[0].Path))
+	if err := os.WriteFile(cached, []byte("not parquet"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	files, err := remote.Local(t.Context(), m, filepath.Join(state, "cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files["patients"][0] != cached {
+		t.Fatalf("patients read from %s, want the cache", files["patients"][0])
+	}
+	if st, _ := os.Stat(cached); st.Size() != m.Tables["patients"].Parts[0].Size {
+		t.Fatalf("corrupted cache kept: %d bytes", st.Size())
 	}
 }
