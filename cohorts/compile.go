@@ -19,6 +19,10 @@ type Statement struct {
 type Plan struct {
 	Query    *Query
 	Measures []Statement
+	// ids indexes the event criteria by id; idxMI is the index date's
+	// month as year*12+month-1. Both map raw keys to public domains.
+	ids   map[string]*Event
+	idxMI int
 }
 
 // frag is a piece of SQL with the arguments of its placeholders, in order.
@@ -86,7 +90,7 @@ func Compile(q *Query, seed int64) (*Plan, error) {
 		cohort.w(" WHERE ").add(c.expr(q.Criteria))
 	}
 	cohort.w(")")
-	p := &Plan{Query: q}
+	p := &Plan{Query: q, ids: c.byID, idxMI: c.idxMI}
 	for i := range q.Measures {
 		body := c.measure(&q.Measures[i])
 		var f frag
@@ -147,16 +151,7 @@ func (c *compiler) cte(e *Event) string {
 func (c *compiler) filter(table string, codes *Codes, types []string, unit string, value *Range, t string) *frag {
 	f := new(frag)
 	var parts []*frag
-	in := func(col string, vals []string) *frag {
-		g := new(frag).w(t, ".", col, " IN (")
-		for i, v := range vals {
-			if i > 0 {
-				g.w(", ")
-			}
-			g.arg(v)
-		}
-		return g.w(")")
-	}
+	in := func(col string, vals []string) *frag { return inList(t, col, vals) }
 	if codes != nil {
 		var alts []*frag
 		if len(codes.SNOMED) > 0 {
@@ -196,6 +191,18 @@ func (c *compiler) filter(table string, codes *Codes, types []string, unit strin
 		return f.w("TRUE")
 	}
 	return f.add(join(parts, " AND "))
+}
+
+// inList is "alias.col IN (?, ...)" bound to vals.
+func inList(alias, col string, vals []string) *frag {
+	g := new(frag).w(alias, ".", col, " IN (")
+	for i, v := range vals {
+		if i > 0 {
+			g.w(", ")
+		}
+		g.arg(v)
+	}
+	return g.w(")")
 }
 
 // join joins fragments, each parenthesised.
@@ -265,16 +272,7 @@ func (c *compiler) expr(k *Criterion) *frag {
 		}
 		return join(fs, sep)
 	}
-	in := func(col string, vals []string) *frag {
-		g := new(frag).w("p.", col, " IN (")
-		for i, v := range vals {
-			if i > 0 {
-				g.w(", ")
-			}
-			g.arg(v)
-		}
-		return g.w(")")
-	}
+	in := func(col string, vals []string) *frag { return inList("p", col, vals) }
 	switch {
 	case k.All != nil:
 		return group(k.All, " AND ")

@@ -85,9 +85,7 @@ func (e *Engine) exact(ctx context.Context, p *Plan) ([]exact, error) {
 // years) last.
 func (p *Plan) domain(key string, m *Measure) []string {
 	if key == "year" {
-		v := &validator{q: p.Query, ids: map[string]*Event{}}
-		v.collectIDs(p.Query.Criteria)
-		from, to, _ := v.yearDomain(m, "")
+		from, to, _ := (&validator{q: p.Query, ids: p.ids}).yearDomain(m, "")
 		var d []string
 		for y := from; y <= to; y++ {
 			d = append(d, strconv.Itoa(y))
@@ -95,20 +93,6 @@ func (p *Plan) domain(key string, m *Measure) []string {
 		return append(d, "none")
 	}
 	return append(append([]string{}, publicKeys[key]...), Unknown)
-}
-
-// collectIDs indexes a criterion tree's event criteria by id.
-func (v *validator) collectIDs(c *Criterion) {
-	if c == nil {
-		return
-	}
-	for _, k := range append(append([]*Criterion{}, c.All...), c.Any...) {
-		v.collectIDs(k)
-	}
-	v.collectIDs(c.Not)
-	if e := firstNonNil(c.Condition, c.Medication, c.Observation, c.Encounter); e != nil && e.ID != "" {
-		v.ids[e.ID] = e
-	}
 }
 
 // keyOf maps a raw key value to its public domain; anything outside the
@@ -122,9 +106,7 @@ func (p *Plan) keyOf(key string, raw any, domain []string) string {
 	switch key {
 	case "age_band":
 		if p.Query.IndexDate != "" {
-			idx, _ := parseDate(p.Query.IndexDate)
-			months := idx.Year()*12 + int(idx.Month()) - 1 - int(toInt(raw))
-			s = ageBand(months / 12)
+			s = ageBand((p.idxMI - int(toInt(raw))) / 12)
 		} else {
 			s = str(raw)
 		}

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -169,5 +168,3 @@ func value(a arrow.Array, i int) any {
 	}
 	panic(fmt.Sprintf("unexpected column type %T", a))
 }
-
-var _ = time.Now

@@ -293,6 +293,24 @@ var groundTruthQueries = map[string]string{
 		"measures": [{"kind": "count", "by": ["age_band", "ethnicity_group"]}], "epsilon": 1}`,
 }
 
+// exactOf compiles q and runs it on the engine's exact path.
+func exactOf(t *testing.T, s *Service, q *Query) []exact {
+	t.Helper()
+	eng, err := s.Engine(t.Context(), q.Dataset, q.Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := Compile(q, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xs, err := eng.exact(t.Context(), plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return xs
+}
+
 // TestGroundTruth checks, with the noise switched off (the engine's exact
 // path, which no API reaches), that the compiled SQL selects exactly the
 // patients the oracle selects, cell by cell.
@@ -301,18 +319,7 @@ func TestGroundTruth(t *testing.T) {
 	for name, text := range groundTruthQueries {
 		t.Run(name, func(t *testing.T) {
 			q := mustParse(t, text)
-			eng, err := s.Engine(t.Context(), q.Dataset, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			plan, err := Compile(q, 1)
-			if err != nil {
-				t.Fatal(err)
-			}
-			xs, err := eng.exact(t.Context(), plan)
-			if err != nil {
-				t.Fatal(err)
-			}
+			xs := exactOf(t, s, q)
 			o := newOracle(t, lake(t), q)
 			cohort := o.cohort()
 			if len(cohort) == 0 || len(cohort) == len(o.patients) && q.Criteria != nil {
@@ -376,18 +383,7 @@ func TestGroundTruthValues(t *testing.T) {
 		  {"kind": "sum", "of": {"kind": "events", "table": "encounters", "types": ["gp"], "window": {"from": "2023-01-01", "to": "2023-12-31"}}, "lower": 0, "upper": 10},
 		  {"kind": "quantiles", "of": {"kind": "observation", "codes": {"snomed": ["999791000000106"]}, "pick": "max"}, "lower": 20, "upper": 120, "ranks": [0.5]}],
 		"epsilon": 1}`)
-	eng, err := s.Engine(t.Context(), "gp", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan, err := Compile(q, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	xs, err := eng.exact(t.Context(), plan)
-	if err != nil {
-		t.Fatal(err)
-	}
+	xs := exactOf(t, s, q)
 	o := newOracle(t, lake(t), q)
 	var ages, visits float64
 	var nAge int64

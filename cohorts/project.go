@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
+
+	"github.com/nhs-hub/hub/catalog"
 )
 
 // Sentinel errors of projects and tokens.
@@ -60,7 +62,7 @@ func ledgerPath(state, name string) string {
 // CreateProject writes a new project under state and returns its bearer
 // token, which is shown once and stored only as a hash.
 func CreateProject(state string, s ProjectSpec) (token string, err error) {
-	if !validDataset(s.Name) {
+	if !catalog.ValidName(s.Name) {
 		return "", fmt.Errorf("project name %q: use lower-case letters, digits, '-' and '_'", s.Name)
 	}
 	if math.IsNaN(s.Epsilon) || s.Epsilon <= 0 || s.Epsilon > 1000 {
@@ -76,7 +78,7 @@ func CreateProject(state string, s ProjectSpec) (token string, err error) {
 		return "", errors.New("name at least one dataset the project may query")
 	}
 	for _, d := range s.Datasets {
-		if !validDataset(d) {
+		if !catalog.ValidName(d) {
 			return "", fmt.Errorf("dataset name %q is not valid", d)
 		}
 	}
@@ -127,7 +129,7 @@ func tokenHash(token string) string {
 
 // loadProject reads a project from state.
 func loadProject(state, name string) (*Project, error) {
-	if !validDataset(name) {
+	if !catalog.ValidName(name) {
 		return nil, fmt.Errorf("%q: %w", clip(name), ErrNoProject)
 	}
 	data, err := os.ReadFile(ProjectPath(state, name))

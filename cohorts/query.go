@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nhs-hub/hub/catalog"
 	"github.com/nhs-hub/hub/ingest"
 )
 
@@ -274,7 +275,7 @@ type validator struct {
 // Validate checks every field against the language's allow-lists and
 // limits. It returns a *QueryError.
 func (q *Query) Validate() error {
-	if !validDataset(q.Dataset) {
+	if !catalog.ValidName(q.Dataset) {
 		return bad("dataset: %s", "give a dataset name from GET /v1/datasets (lower-case letters, digits, '-' and '_')")
 	}
 	if q.Version < 0 {
@@ -326,18 +327,6 @@ func (q *Query) Validate() error {
 		return bad("delta: only breakdowns by_code use delta; leave it out so no δ is charged")
 	}
 	return nil
-}
-
-func validDataset(name string) bool {
-	if name == "" || len(name) > 64 || name[0] < 'a' || name[0] > 'z' {
-		return false
-	}
-	for _, c := range name {
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			return false
-		}
-	}
-	return true
 }
 
 func (v *validator) criterion(c *Criterion, at string, depth int) error {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -125,7 +126,7 @@ func (s *Service) Valid(token string) bool { return token != "" && s.anyProjectH
 func (s *Service) anyProjectHas(token string) bool {
 	entries, _ := os.ReadDir(filepath.Join(s.state, "projects"))
 	for _, e := range entries {
-		name, ok := cutSuffix(e.Name(), ".json")
+		name, ok := strings.CutSuffix(e.Name(), ".json")
 		if !ok {
 			continue
 		}
@@ -134,13 +135,6 @@ func (s *Service) anyProjectHas(token string) bool {
 		}
 	}
 	return false
-}
-
-func cutSuffix(s, suf string) (string, bool) {
-	if len(s) > len(suf) && s[len(s)-len(suf):] == suf {
-		return s[:len(s)-len(suf)], true
-	}
-	return s, false
 }
 
 // A Budget is a project's privacy budget.
@@ -188,7 +182,12 @@ func (s *Service) Engine(ctx context.Context, dataset string, version int) (*Eng
 	if err != nil {
 		return nil, err
 	}
-	key := fmt.Sprintf("%s@%d", dataset, m.Version)
+	return s.engine(ctx, m)
+}
+
+// engine returns the loaded engine of a committed version's manifest.
+func (s *Service) engine(ctx context.Context, m *catalog.Manifest) (*Engine, error) {
+	key := fmt.Sprintf("%s@%d", m.Dataset, m.Version)
 	s.mu.Lock()
 	slot, ok := s.engines[key]
 	if !ok {
@@ -233,9 +232,6 @@ func (s *Service) Query(ctx context.Context, project string, q *Query) (*Answer,
 		return nil, err
 	}
 	epsU, deltaU := units(q.Epsilon, EpsilonUnit), units(q.Delta, DeltaUnit)
-	if q.Delta == 0 {
-		deltaU = 0
-	}
 	if epsU > ps.p.MaxQueryU {
 		return nil, fmt.Errorf("%w (asks %g, cap %g)", ErrOverCap, q.Epsilon, float64(ps.p.MaxQueryU)*EpsilonUnit)
 	}
@@ -252,7 +248,7 @@ func (s *Service) Query(ctx context.Context, project string, q *Query) (*Answer,
 	if err := ps.ledger.Check(charge); err != nil {
 		return nil, err
 	}
-	eng, err := s.Engine(ctx, q.Dataset, m.Version)
+	eng, err := s.engine(ctx, m)
 	if err != nil {
 		return nil, err
 	}
@@ -323,7 +319,7 @@ func (s *Service) Datasets(ctx context.Context) ([]DatasetInfo, error) {
 
 // Dataset describes one dataset.
 func (s *Service) Dataset(ctx context.Context, name string) (*DatasetInfo, error) {
-	if !validDataset(name) {
+	if !catalog.ValidName(name) {
 		return nil, fmt.Errorf("%q: %w", clip(name), catalog.ErrNotFound)
 	}
 	vs, err := s.lake.Versions(ctx, name)
