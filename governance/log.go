@@ -1,0 +1,300 @@
+package governance
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// Outcomes of an audited action.
+const (
+	OK      = "ok"
+	Refused = "refused"
+)
+
+// An Entry is one line of the audit log. It names who did what, when, to
+// which request, project or dataset version, and what it cost; never row
+// data, never a token. Data carries what the action changed (a request's
+// fields, a vote, a token's hash) and is what the governance state is
+// rebuilt from. Hash is the SHA-256 of Prev and the entry's JSON without
+// Hash, so editing, removing or reordering any entry breaks the chain.
+type Entry struct {
+	Seq         int64           `json:"seq"`
+	Time        time.Time       `json:"time"`
+	Actor       string          `json:"actor"`
+	Action      string          `json:"action"`
+	Outcome     string          `json:"outcome"`
+	Reason      string          `json:"reason,omitempty"`
+	Request     string          `json:"request,omitempty"`
+	Project     string          `json:"project,omitempty"`
+	User        string          `json:"user,omitempty"`
+	Dataset     string          `json:"dataset,omitempty"`
+	Version     int             `json:"version,omitempty"`
+	EpsilonU    int64           `json:"epsilon_units,omitempty"`
+	DeltaU      int64           `json:"delta_units,omitempty"`
+	QuerySHA256 string          `json:"query_sha256,omitempty"`
+	Data        json.RawMessage `json:"data,omitempty"`
+	Prev        string          `json:"prev"`
+	Hash        string          `json:"hash"`
+}
+
+// genesis is the Prev of the first entry.
+var genesis = hex.EncodeToString(make([]byte, sha256.Size))
+
+// digest computes the entry's hash from its other fields.
+func (e *Entry) digest() (string, error) {
+	c := *e
+	c.Hash = ""
+	body, err := json.Marshal(&c)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	h.Write([]byte(c.Prev))
+	h.Write([]byte{'\n'})
+	h.Write(body)
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// A ChainError says where the audit chain breaks.
+type ChainError struct {
+	Seq    int64 // the first entry that does not verify (0: the head file)
+	Line   int
+	Reason string
+}
+
+func (e *ChainError) Error() string {
+	if e.Line == 0 {
+		return "audit log tampered with: " + e.Reason
+	}
+	return fmt.Sprintf("audit log tampered with at line %d (entry %d): %s", e.Line, e.Seq, e.Reason)
+}
+
+// A Head names the last entry of the log: its sequence number and hash.
+// Written down elsewhere, it lets anyone prove later that no entry up to
+// it was changed, removed or reordered.
+type Head struct {
+	Seq  int64  `json:"seq"`
+	Hash string `json:"hash"`
+}
+
+// auditLog is the append-only file. Appends from several processes (the
+// server, and `hub` commands on the same host) are serialised by an
+// exclusive flock; each reader catches up on what others appended.
+type auditLog struct {
+	path string
+	f    *os.File
+	off  int64 // bytes read and verified
+	head Head
+	line int
+}
+
+const (
+	logName  = "audit.jsonl"
+	headName = "audit.head"
+)
+
+func openLog(dir string) (*auditLog, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state folder: %w", err)
+	}
+	path := filepath.Join(dir, logName)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	return &auditLog{path: path, f: f, head: Head{Hash: genesis}}, nil
+}
+
+func (l *auditLog) close() error { return l.f.Close() }
+
+func (l *auditLog) lock() error   { return syscall.Flock(int(l.f.Fd()), syscall.LOCK_EX) }
+func (l *auditLog) unlock() error { return syscall.Flock(int(l.f.Fd()), syscall.LOCK_UN) }
+
+// catchUp reads and verifies the entries appended since the last call and
+// hands each to apply. The lock must be held. A last line without its
+// newline is a write that crashed before its sync: nobody was told it
+// happened, so it is cut off.
+func (l *auditLog) catchUp(apply func(*Entry) error) error {
+	st, err := l.f.Stat()
+	if err != nil {
+		return fmt.Errorf("read audit log: %w", err)
+	}
+	if st.Size() == l.off {
+		return nil
+	}
+	if st.Size() < l.off {
+		return &ChainError{Reason: "the log became shorter while open"}
+	}
+	r := bufio.NewReader(io.NewSectionReader(l.f, l.off, st.Size()-l.off))
+	for {
+		raw, err := r.ReadBytes('\n')
+		if err == io.EOF {
+			if len(raw) > 0 {
+				if err := l.f.Truncate(l.off); err != nil {
+					return fmt.Errorf("repair audit log: %w", err)
+				}
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read audit log: %w", err)
+		}
+		e, err := l.verify(raw)
+		if err != nil {
+			return err
+		}
+		if err := apply(e); err != nil {
+			return &ChainError{Seq: e.Seq, Line: l.line, Reason: "entry does not replay: " + err.Error()}
+		}
+		l.off += int64(len(raw))
+	}
+}
+
+// verify checks that raw is the next entry of the chain and advances it.
+func (l *auditLog) verify(raw []byte) (*Entry, error) {
+	l.line++
+	var e Entry
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&e); err != nil {
+		return nil, &ChainError{Line: l.line, Seq: l.head.Seq + 1, Reason: "not an audit entry"}
+	}
+	if e.Seq != l.head.Seq+1 {
+		return nil, &ChainError{Line: l.line, Seq: e.Seq, Reason: fmt.Sprintf("sequence number %d follows %d (an entry was removed or moved)", e.Seq, l.head.Seq)}
+	}
+	if e.Prev != l.head.Hash {
+		return nil, &ChainError{Line: l.line, Seq: e.Seq, Reason: "does not link to the entry before it (an entry was removed, moved or edited)"}
+	}
+	h, err := e.digest()
+	if err != nil || h != e.Hash {
+		return nil, &ChainError{Line: l.line, Seq: e.Seq, Reason: "its hash does not match its contents (the entry was edited)"}
+	}
+	l.head = Head{Seq: e.Seq, Hash: e.Hash}
+	return &e, nil
+}
+
+// append links e to the chain, writes and syncs it, then records the new
+// head. The lock must be held and the log caught up.
+func (l *auditLog) append(e *Entry) error {
+	e.Seq, e.Prev = l.head.Seq+1, l.head.Hash
+	e.Time = e.Time.UTC()
+	h, err := e.digest()
+	if err != nil {
+		return err
+	}
+	e.Hash = h
+	line, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	line = append(line, '\n')
+	if _, err := l.f.WriteAt(line, l.off); err != nil {
+		return fmt.Errorf("write audit log: %w", err)
+	}
+	if err := l.f.Sync(); err != nil {
+		return fmt.Errorf("sync audit log: %w", err)
+	}
+	l.off += int64(len(line))
+	l.line++
+	l.head = Head{Seq: e.Seq, Hash: e.Hash}
+	return writeHead(filepath.Dir(l.path), l.head)
+}
+
+func writeHead(dir string, h Head) error {
+	data, _ := json.Marshal(h)
+	tmp := filepath.Join(dir, headName+".tmp")
+	if err := os.WriteFile(tmp, append(data, '\n'), 0o600); err != nil {
+		return fmt.Errorf("write audit head: %w", err)
+	}
+	return os.Rename(tmp, filepath.Join(dir, headName))
+}
+
+func readHead(dir string) (*Head, error) {
+	data, err := os.ReadFile(filepath.Join(dir, headName))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var h Head
+	if err := json.Unmarshal(data, &h); err != nil {
+		return nil, &ChainError{Reason: "the head file is not valid"}
+	}
+	return &h, nil
+}
+
+// checkHead compares the log's chain with the head file written by the
+// last append: the log must still hold that entry, unchanged. A log that
+// runs past the head is a crash between an append and the head's update.
+func checkHead(dir string, seen map[int64]string) error {
+	h, err := readHead(dir)
+	if err != nil || h == nil {
+		return err
+	}
+	got, ok := seen[h.Seq]
+	if h.Seq == 0 {
+		return nil
+	}
+	if !ok {
+		return &ChainError{Reason: fmt.Sprintf("the head file names entry %d, which the log no longer holds (entries were removed from its end)", h.Seq)}
+	}
+	if got != h.Hash {
+		return &ChainError{Reason: fmt.Sprintf("entry %d differs from the one the head file names", h.Seq)}
+	}
+	return nil
+}
+
+// A VerifyResult reports an intact chain.
+type VerifyResult struct {
+	Entries int64 `json:"entries"`
+	Head    Head  `json:"head"`
+}
+
+// Verify reads the audit log in dir from the start and checks every link,
+// every hash and the head file. It does not need the store to be open. If
+// expect is not nil, the chain must also contain that head: the proof that
+// nothing up to a head written down earlier has changed.
+func Verify(dir string, expect *Head) (*VerifyResult, error) {
+	f, err := os.Open(filepath.Join(dir, logName))
+	if err != nil {
+		return nil, fmt.Errorf("open audit log: %w (is %s the server's --state folder?)", err, dir)
+	}
+	defer f.Close()
+	l := &auditLog{head: Head{Hash: genesis}}
+	seen := map[int64]string{}
+	r := bufio.NewReader(f)
+	for {
+		raw, err := r.ReadBytes('\n')
+		if err == io.EOF {
+			break // a torn last line is a crashed, unsynced write
+		}
+		if err != nil {
+			return nil, err
+		}
+		if _, err := l.verify(raw); err != nil {
+			return nil, err
+		}
+		seen[l.head.Seq] = l.head.Hash
+	}
+	if err := checkHead(dir, seen); err != nil {
+		return nil, err
+	}
+	if expect != nil {
+		if got, ok := seen[expect.Seq]; !ok || got != expect.Hash {
+			return nil, &ChainError{Reason: fmt.Sprintf("the log does not contain the expected head (entry %d, %.12s…)", expect.Seq, expect.Hash)}
+		}
+	}
+	return &VerifyResult{Entries: l.head.Seq, Head: l.head}, nil
+}

@@ -1,0 +1,286 @@
+package governance
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"sync"
+	"time"
+)
+
+// Options configure a Store.
+type Options struct {
+	// Quorum is how many distinct DAC members must approve a request or an
+	// amendment (default DefaultQuorum).
+	Quorum int
+	// Now is the clock (default time.Now); tests move it.
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+// A Store holds users, tokens, data access requests, DAC decisions and the
+// projects they grant. Its only durable form is the hash-chained audit log
+// in its folder: every change is an entry, appended and synced before the
+// change takes effect, and opening the store replays and verifies the
+// whole chain. Several processes may share a folder. Safe for concurrent
+// use.
+type Store struct {
+	dir    string
+	quorum int
+	now    func() time.Time
+	log    *slog.Logger
+
+	mu  sync.Mutex
+	al  *auditLog
+	st  *state
+	all []*Entry // every entry, for listing
+}
+
+// Open opens (creating) the store in dir, verifying the audit chain and
+// the head file. A broken chain is an error naming the first bad entry.
+func Open(dir string, opt Options) (*Store, error) {
+	s := &Store{dir: dir, quorum: opt.Quorum, now: opt.Now, log: opt.Logger, st: newState()}
+	if s.quorum <= 0 {
+		s.quorum = DefaultQuorum
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.log = s.log.With("component", "governance")
+	al, err := openLog(dir)
+	if err != nil {
+		return nil, err
+	}
+	s.al = al
+	head, err := readHead(dir)
+	if err != nil {
+		al.close()
+		return nil, err
+	}
+	var atHead string
+	err = s.locked(func() error {
+		return al.catchUp(func(e *Entry) error {
+			if head != nil && e.Seq == head.Seq {
+				atHead = e.Hash
+			}
+			return s.fold(e)
+		})
+	})
+	if err == nil && head != nil && head.Seq > 0 && atHead != head.Hash {
+		err = &ChainError{Reason: fmt.Sprintf("entry %d is not the one the head file names (entries were removed or changed)", head.Seq)}
+	}
+	if err != nil {
+		al.close()
+		return nil, fmt.Errorf("open governance store: %w; run `hub audit verify --state %s`", err, dir)
+	}
+	return s, nil
+}
+
+// Close closes the log.
+func (s *Store) Close() error { return s.al.close() }
+
+// Quorum is the number of approvals a decision needs.
+func (s *Store) Quorum() int { return s.quorum }
+
+func (s *Store) fold(e *Entry) error {
+	if err := s.st.apply(e); err != nil {
+		return err
+	}
+	s.all = append(s.all, e)
+	return nil
+}
+
+// locked runs f holding the log's file lock (s.mu must be held).
+func (s *Store) locked(f func() error) error {
+	if err := s.al.lock(); err != nil {
+		return fmt.Errorf("lock audit log: %w", err)
+	}
+	defer s.al.unlock()
+	return f()
+}
+
+// view runs f on the state, caught up with other processes' appends.
+func (s *Store) view(f func(st *state) error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.locked(func() error { return s.al.catchUp(s.fold) }); err != nil {
+		return err
+	}
+	return f(s.st)
+}
+
+// An event is what an action would append: check decides, against the
+// current state, whether the action is allowed and what it changes.
+type event struct {
+	actor   *Principal
+	action  string
+	request string
+	project string
+	user    string
+	check   func(st *state, now time.Time) (*payload, error)
+}
+
+// do runs an action: it catches up, checks, then appends either the change
+// (and folds it in) or the refusal with its reason. A refusal changes
+// nothing else and is returned as the error.
+func (s *Store) do(ev event) (*Entry, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out *Entry
+	var refusal error
+	err := s.locked(func() error {
+		if err := s.al.catchUp(s.fold); err != nil {
+			return err
+		}
+		now := s.now().UTC()
+		e := &Entry{Time: now, Actor: actorName(ev.actor), Action: ev.action, Outcome: OK,
+			Request: ev.request, Project: ev.project, User: ev.user}
+		p, err := ev.check(s.st, now)
+		if err != nil {
+			refusal = err
+			e.Outcome, e.Reason = Refused, err.Error()
+		} else if p != nil {
+			if e.Data, err = json.Marshal(p); err != nil {
+				return err
+			}
+		}
+		if err := s.al.append(e); err != nil {
+			return err
+		}
+		out = e
+		return s.fold(e)
+	})
+	if err != nil {
+		s.log.Error("audit append failed", "action", ev.action, "err", err)
+		return nil, errors.Join(refusal, err)
+	}
+	return out, refusal
+}
+
+func actorName(p *Principal) string {
+	if p == nil || p.Name == "" {
+		return "anonymous"
+	}
+	return p.Name
+}
+
+// Record appends an entry that changes no governance state: a query, a
+// refused call, a dataset publish. Seq, Time, Prev and Hash are filled in.
+func (s *Store) Record(actor *Principal, e Entry) (*Entry, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e.Actor, e.Data = actorName(actor), nil
+	if e.Outcome == "" {
+		e.Outcome = OK
+	}
+	err := s.locked(func() error {
+		if err := s.al.catchUp(s.fold); err != nil {
+			return err
+		}
+		e.Time = s.now()
+		if err := s.al.append(&e); err != nil {
+			return err
+		}
+		return s.fold(&e)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &e, nil
+}
+
+// Refuse records a refused call and returns err.
+func (s *Store) Refuse(actor *Principal, action, project string, err error) error {
+	if _, rerr := s.Record(actor, Entry{Action: action, Project: project, Outcome: Refused, Reason: err.Error()}); rerr != nil {
+		return errors.Join(err, rerr)
+	}
+	return err
+}
+
+// Head is the audit log's current head.
+func (s *Store) Head() Head {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.al.head
+}
+
+var tokenPattern = regexp.MustCompile(`^hub_[0-9a-f]{64}$`)
+
+func newToken(now time.Time, ttl time.Duration) (string, *Token, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", nil, err
+	}
+	tok := "hub_" + hex.EncodeToString(b)
+	h := tokenHash(tok)
+	if ttl <= 0 {
+		ttl = DefaultTokenTTL
+	}
+	return tok, &Token{ID: h[:12], SHA256: h, Created: now, Expires: now.Add(ttl)}, nil
+}
+
+func tokenHash(token string) string {
+	h := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(h[:])
+}
+
+// Authenticate returns the user a bearer token belongs to. A missing,
+// malformed, unknown, expired or revoked token is ErrUnauthorized, and the
+// refusal is recorded (with the token's ID when the token is known; never
+// the token).
+func (s *Store) Authenticate(token string) (*Principal, error) {
+	var p *Principal
+	var reason, user string
+	err := s.view(func(st *state) error {
+		switch {
+		case token == "":
+			reason = "no token"
+		case !tokenPattern.MatchString(token):
+			reason = "malformed token"
+		default:
+			ref := st.tokens[tokenHash(token)] // a map look-up of a hash: no timing leak of the token
+			switch {
+			case ref == nil:
+				reason = "unknown token"
+			case ref.token.Revoked != nil:
+				reason, user = "revoked token "+ref.token.ID, ref.user.Name
+			case !s.now().Before(ref.token.Expires):
+				reason, user = "expired token "+ref.token.ID, ref.user.Name
+			default:
+				p = &Principal{Name: ref.user.Name, Roles: append([]Role(nil), ref.user.Roles...)}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if p != nil {
+		return p, nil
+	}
+	if _, err := s.Record(nil, Entry{Action: ActAuth, Outcome: Refused, Reason: reason, User: user}); err != nil {
+		return nil, errors.Join(ErrUnauthorized, err)
+	}
+	return nil, fmt.Errorf("%w: %s", ErrUnauthorized, reason)
+}
+
+// copyOf deep-copies v through JSON, so callers never share the state.
+func copyOf[T any](v *T) *T {
+	data, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	var c T
+	if err := json.Unmarshal(data, &c); err != nil {
+		panic(err)
+	}
+	return &c
+}
