@@ -27,29 +27,42 @@ test: minio
 test-short:
 	$(GO) test -short -count=1 $(PKGS)
 
-# The whole job on a synthetic extract, no server needed.
+# The whole job on a synthetic extract, no server needed: publish, then
+# the governance workflow (a request approved by two DAC members) and a
+# DP answer within the granted budget, then the audit log.
 demo: build
 	rm -rf $(DEMO)
 	$(BIN) synth --patients 10000 --seed 1 --out $(DEMO)/extract
 	@echo "demo: making a THROWAWAY pseudonymisation key, $(DEMO)/pseudonym.key; real runs keep theirs secret and stable"
 	head -c 32 /dev/urandom > $(DEMO)/pseudonym.key
-	$(BIN) ingest --extract $(DEMO)/extract --optouts $(DEMO)/extract/optouts.txt \
+	$(BIN) ingest --extract $(DEMO)/extract --optouts $(DEMO)/extract/optouts.txt --state $(DEMO)/state \
 		--dataset demo --lake $(DEMO)/lake --key-file $(DEMO)/pseudonym.key --quarantine $(DEMO)/quarantine.jsonl
 	@echo
 	$(BIN) catalog list --lake $(DEMO)/lake
 	@echo
 	$(BIN) catalog show --lake $(DEMO)/lake --verify demo
 	@echo
-	@echo "demo: a project with a privacy budget of epsilon 5; its token goes to $(DEMO)/token"
-	$(BIN) project create --state $(DEMO)/state --epsilon 5 --max-query-epsilon 2 --datasets demo demo-study > $(DEMO)/token
-	@echo "demo: serving the lake on $(DEMO_ADDR), asking a cohort question, then the budget"
+	@echo "demo: users rosa (researcher), dina and dev (DAC) and ada (admin); tokens in $(DEMO)/tokens/"
+	@mkdir -p $(DEMO)/tokens
+	$(BIN) user add --state $(DEMO)/state --role researcher rosa > $(DEMO)/tokens/rosa
+	$(BIN) user add --state $(DEMO)/state --role dac dina > $(DEMO)/tokens/dina
+	$(BIN) user add --state $(DEMO)/state --role dac dev > $(DEMO)/tokens/dev
+	$(BIN) user add --state $(DEMO)/state --role admin ada > $(DEMO)/tokens/ada
+	@echo "demo: serving on $(DEMO_ADDR); rosa asks for data, two DAC members approve, rosa queries"
 	@$(BIN) serve --lake $(DEMO)/lake --state $(DEMO)/state --addr $(DEMO_ADDR) --preload demo & pid=$$!; \
 	  trap "kill $$pid 2>/dev/null" EXIT; \
-	  export HUB_TOKEN=$$(cat $(DEMO)/token) HUB_SERVER=http://$(DEMO_ADDR) HUB_PROJECT=demo-study; \
+	  export HUB_SERVER=http://$(DEMO_ADDR) HUB_PROJECT=t2d-audit; T=$(DEMO)/tokens; \
 	  set -ex; \
-	  $(BIN) query --wait 60s --file docs/examples/t2d-by-age.json; \
-	  $(BIN) query --file docs/examples/t2d-by-age.json; \
-	  $(BIN) budget
+	  $(BIN) request submit --wait 60s --token-file $$T/rosa --file docs/examples/request.json; \
+	  ! $(BIN) dac approve --token-file $$T/rosa --reason "my own" req-1; \
+	  $(BIN) dac review --token-file $$T/dina req-1; \
+	  $(BIN) dac approve --token-file $$T/dina --reason "proportionate; aggregate DP output only" --epsilon 4 req-1; \
+	  $(BIN) dac approve --token-file $$T/dev --reason "agreed" --conditions "publish the query files with the paper" req-1; \
+	  $(BIN) query --token-file $$T/rosa --file docs/examples/t2d-by-age.json; \
+	  $(BIN) query --token-file $$T/rosa --file docs/examples/t2d-by-age.json; \
+	  $(BIN) budget --token-file $$T/rosa; \
+	  $(BIN) audit list --token-file $$T/ada; \
+	  $(BIN) audit verify --state $(DEMO)/state
 
 # Micro-benchmarks, then ingest of 1 M patients (~20 M events) against a
 # DuckDB read_csv + anti-join baseline measured in the same run.

@@ -8,6 +8,7 @@
 // parts. The exact results never leave the package: release adds noise
 // from github.com/google/differential-privacy, and the project's [Ledger]
 // charges the budget and records the answer in one synced append before
-// the [Service] returns it. [Service.Handler] is the HTTP API and [Client]
-// its client.
+// the [Service] returns it. Which projects exist, and what each was
+// granted, the service asks of its [Projects] (the governance store)
+// before every query; package api serves it over HTTP.
 package cohorts

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -16,11 +17,8 @@ import (
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 
 	"github.com/nhs-hub/hub/catalog"
-	lakefile "github.com/nhs-hub/hub/catalog/file"
-	"github.com/nhs-hub/hub/deid"
-	"github.com/nhs-hub/hub/ingest"
-	"github.com/nhs-hub/hub/internal/pipeline"
-	"github.com/nhs-hub/hub/internal/synth"
+	"github.com/nhs-hub/hub/governance"
+	"github.com/nhs-hub/hub/internal/testlake"
 )
 
 // testLake is one synthetic dataset, "gp", published once for the
@@ -51,50 +49,48 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// publish synthesises an extract of n patients and publishes it as "gp".
 func publish(ctx context.Context, n int) (*catalog.Lake, string, error) {
-	dir, err := os.MkdirTemp("", "cohorts-test-")
-	if err != nil {
-		return nil, "", err
-	}
-	extract, root := filepath.Join(dir, "extract"), filepath.Join(dir, "lake")
-	if _, err := synth.Generate(ctx, extract, synth.Options{Patients: n, Seed: 5}); err != nil {
-		return nil, "", err
-	}
-	o, err := os.Open(filepath.Join(extract, "optouts.txt"))
-	if err != nil {
-		return nil, "", err
-	}
-	defer o.Close()
-	optouts, err := ingest.LoadOptOuts(ctx, o)
-	if err != nil {
-		return nil, "", err
-	}
-	store, err := lakefile.Open(root)
-	if err != nil {
-		return nil, "", err
-	}
-	k, err := deid.NewKey(bytes.Repeat([]byte{7}, 32))
-	if err != nil {
-		return nil, "", err
-	}
-	policy := deid.DefaultPolicy()
-	policy.ReferenceDate = "2025-01-01"
-	l := catalog.NewLake(store)
-	_, err = pipeline.Run(ctx, pipeline.Config{Dataset: "gp", Source: ingest.Dir(extract), SourceName: "test",
-		Ingest: ingest.Options{OptOuts: optouts}, Policy: policy, Key: k, Lake: l})
-	return l, root, err
+	return testlake.Publish(ctx, n)
 }
 
-// newService is a service over the test lake with a fresh state folder.
+// grants is the projects a test grants, as the governance store would.
+type grants struct {
+	mu sync.Mutex
+	m  map[string]*governance.Project
+}
+
+func (g *grants) Project(name string) (*governance.Project, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	p := g.m[name]
+	if p == nil {
+		return nil, fmt.Errorf("%w: no approved project %q", governance.ErrNotFound, name)
+	}
+	c := *p
+	return &c, nil
+}
+
+// newService is a service over the test lake with a fresh state folder
+// and no projects.
 func newService(t *testing.T) *Service {
 	t.Helper()
-	s, err := New(Config{Lake: lake(t), State: t.TempDir()})
+	s, err := New(Config{Lake: lake(t), State: t.TempDir(), Projects: &grants{m: map[string]*governance.Project{}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// project grants a project ε eps (δ 1e-5) on "gp" for a year.
+func project(t *testing.T, s *Service, name string, eps, delta float64) {
+	t.Helper()
+	g := s.projects.(*grants)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.m[name] = &governance.Project{Name: name, Members: []string{"rosa"}, Datasets: []string{"gp"},
+		EpsilonU: units(eps, EpsilonUnit), DeltaU: units(delta, DeltaUnit), MaxQueryU: units(eps, EpsilonUnit),
+		Expires: time.Now().AddDate(1, 0, 0)}
 }
 
 // rows reads a published table as maps of column to Go value (string,

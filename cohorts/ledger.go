@@ -7,17 +7,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"sync"
 	"time"
+
+	"github.com/nhs-hub/hub/governance"
 )
 
-// Budgets are kept in integer units so that sums are exact: ε in
-// millionths, δ in 10⁻¹⁵ (δ is usually 10⁻⁵ to 10⁻⁹).
+// Budgets are kept in integer units so that sums are exact (see
+// governance.Units).
 const (
-	EpsilonUnit = 1e-6
-	DeltaUnit   = 1e-15
+	EpsilonUnit = governance.EpsilonUnit
+	DeltaUnit   = governance.DeltaUnit
 )
 
 // Sentinel errors of the budget.
@@ -29,7 +30,7 @@ var (
 
 // units converts a budget to whole units, rounding up: a charge is never
 // less than what the noise used.
-func units(x, unit float64) int64 { return int64(math.Ceil(x/unit - 1e-9)) }
+func units(x, unit float64) int64 { return governance.Units(x, unit) }
 
 // An Entry is one released query in a project's ledger.
 type Entry struct {

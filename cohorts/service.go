@@ -9,31 +9,43 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/nhs-hub/hub/catalog"
+	"github.com/nhs-hub/hub/governance"
 )
+
+// Projects tells the service what each project was granted; the
+// governance store implements it. It is asked before every query, so a
+// withdrawal, an expiry or an amendment takes effect at once.
+type Projects interface {
+	Project(name string) (*governance.Project, error)
+}
 
 // Config configures a Service.
 type Config struct {
-	Lake *catalog.Lake
-	// State holds projects and ledgers (and the cache of a remote lake).
+	Lake     *catalog.Lake
+	Projects Projects
+	// State holds the budget ledgers (and the cache of a remote lake).
 	State  string
 	Logger *slog.Logger
+	// Now is the clock expiries are checked against (default time.Now).
+	Now func() time.Time
 }
 
 // A Service answers cohort queries for projects within their budgets.
 // Safe for concurrent use.
 type Service struct {
-	lake  *catalog.Lake
-	state string
-	log   *slog.Logger
+	lake     *catalog.Lake
+	projects Projects
+	state    string
+	log      *slog.Logger
+	now      func() time.Time
 
-	mu       sync.Mutex
-	engines  map[string]*engineSlot
-	projects map[string]*projectState
+	mu      sync.Mutex
+	engines map[string]*engineSlot
+	ledgers map[string]*Ledger
 }
 
 type engineSlot struct {
@@ -42,17 +54,12 @@ type engineSlot struct {
 	err  error
 }
 
-type projectState struct {
-	p      *Project
-	ledger *Ledger
-}
-
-// New returns a service over a lake, keeping its state in cfg.State.
+// New returns a service over a lake, keeping its ledgers in cfg.State.
 func New(cfg Config) (*Service, error) {
-	if cfg.Lake == nil || cfg.State == "" {
-		return nil, errors.New("cohorts: a lake and a state folder are required")
+	if cfg.Lake == nil || cfg.State == "" || cfg.Projects == nil {
+		return nil, errors.New("cohorts: a lake, the projects and a state folder are required")
 	}
-	for _, d := range []string{"projects", "ledger", "cache"} {
+	for _, d := range []string{"ledger", "cache"} {
 		if err := os.MkdirAll(filepath.Join(cfg.State, d), 0o700); err != nil {
 			return nil, fmt.Errorf("state folder: %w", err)
 		}
@@ -61,8 +68,12 @@ func New(cfg Config) (*Service, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{lake: cfg.Lake, state: cfg.State, log: log.With("component", "cohorts"),
-		engines: map[string]*engineSlot{}, projects: map[string]*projectState{}}, nil
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Service{lake: cfg.Lake, projects: cfg.Projects, state: cfg.State, log: log.With("component", "cohorts"),
+		now: now, engines: map[string]*engineSlot{}, ledgers: map[string]*Ledger{}}, nil
 }
 
 // Close releases every engine and ledger.
@@ -75,66 +86,58 @@ func (s *Service) Close() error {
 			errs = append(errs, slot.e.Close())
 		}
 	}
-	for _, p := range s.projects {
-		errs = append(errs, p.ledger.Close())
+	for _, l := range s.ledgers {
+		errs = append(errs, l.Close())
 	}
 	return errors.Join(errs...)
 }
 
-// project returns a project and its ledger, opening them on first use.
-func (s *Service) project(name string) (*projectState, error) {
+func ledgerPath(state, name string) string {
+	return filepath.Join(state, "ledger", name+".jsonl")
+}
+
+// project returns a project's grant, as it stands now, and its ledger,
+// opened on first use.
+func (s *Service) project(name string) (*governance.Project, *Ledger, error) {
+	p, err := s.projects.Project(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	l, err := s.ledger(p.Name)
+	if err != nil {
+		return nil, nil, err
+	}
+	return p, l, nil
+}
+
+// ledger returns a project's ledger, opened on first use.
+func (s *Service) ledger(name string) (*Ledger, error) {
+	if !catalog.ValidName(name) {
+		return nil, fmt.Errorf("ledger: project name %q is not valid", clip(name))
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if ps, ok := s.projects[name]; ok {
-		return ps, nil
-	}
-	p, err := loadProject(s.state, name)
-	if err != nil {
-		return nil, err
+	if l, ok := s.ledgers[name]; ok {
+		return l, nil
 	}
 	l, err := OpenLedger(ledgerPath(s.state, name))
 	if err != nil {
 		return nil, err
 	}
-	ps := &projectState{p: p, ledger: l}
-	s.projects[name] = ps
-	return ps, nil
+	s.ledgers[name] = l
+	return l, nil
 }
 
-// Authenticate checks a bearer token for a project: ErrUnauthorized for a
-// token no project has, ErrForbidden for another project's token.
-func (s *Service) Authenticate(project, token string) error {
-	if token == "" {
-		return ErrUnauthorized
+// Spent returns what a project's ledger has spent, in units, without
+// asking the projects: the governance store asks it (holding its own lock)
+// when the DAC amends a budget.
+func (s *Service) Spent(project string) (eps, delta int64, err error) {
+	l, err := s.ledger(project)
+	if err != nil {
+		return 0, 0, err
 	}
-	ps, err := s.project(project)
-	if err == nil && ps.p.tokenOK(token) {
-		return nil
-	}
-	if err != nil && !errors.Is(err, ErrNoProject) {
-		return err
-	}
-	if s.anyProjectHas(token) {
-		return ErrForbidden
-	}
-	return ErrUnauthorized
-}
-
-// Valid reports whether a token belongs to any project.
-func (s *Service) Valid(token string) bool { return token != "" && s.anyProjectHas(token) }
-
-func (s *Service) anyProjectHas(token string) bool {
-	entries, _ := os.ReadDir(filepath.Join(s.state, "projects"))
-	for _, e := range entries {
-		name, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok {
-			continue
-		}
-		if p, err := loadProject(s.state, name); err == nil && p.tokenOK(token) {
-			return true
-		}
-	}
-	return false
+	eps, delta, _ = l.Spent()
+	return eps, delta, nil
 }
 
 // A Budget is a project's privacy budget.
@@ -150,29 +153,34 @@ type Budget struct {
 	Queries          int        `json:"queries"`
 	Datasets         []string   `json:"datasets"`
 	Expires          *time.Time `json:"expires,omitempty"`
+	Withdrawn        bool       `json:"withdrawn,omitempty"`
+	// The units behind the figures above, exact.
+	EpsilonSpentU int64 `json:"epsilon_spent_units"`
+	DeltaSpentU   int64 `json:"delta_spent_units"`
 }
 
 // Budget returns a project's budget.
 func (s *Service) Budget(project string) (*Budget, error) {
-	ps, err := s.project(project)
+	p, l, err := s.project(project)
 	if err != nil {
 		return nil, err
 	}
-	e, d, n := ps.ledger.Spent()
-	p := ps.p
+	e, d, n := l.Spent()
+	exp := p.Expires
 	return &Budget{Project: p.Name, EpsilonTotal: float64(p.EpsilonU) * EpsilonUnit, EpsilonSpent: float64(e) * EpsilonUnit,
-		EpsilonRemaining: float64(p.EpsilonU-e) * EpsilonUnit, DeltaTotal: float64(p.DeltaU) * DeltaUnit,
-		DeltaSpent: float64(d) * DeltaUnit, DeltaRemaining: float64(p.DeltaU-d) * DeltaUnit,
-		MaxQueryEpsilon: float64(p.MaxQueryU) * EpsilonUnit, Queries: n, Datasets: p.Datasets, Expires: p.Expires}, nil
+		EpsilonRemaining: float64(max(p.EpsilonU-e, 0)) * EpsilonUnit, DeltaTotal: float64(p.DeltaU) * DeltaUnit,
+		DeltaSpent: float64(d) * DeltaUnit, DeltaRemaining: float64(max(p.DeltaU-d, 0)) * DeltaUnit,
+		MaxQueryEpsilon: float64(p.MaxQueryU) * EpsilonUnit, Queries: n, Datasets: p.Datasets, Expires: &exp,
+		Withdrawn: p.Withdrawn, EpsilonSpentU: e, DeltaSpentU: d}, nil
 }
 
 // History returns a project's released queries (costs and hashes only).
 func (s *Service) History(project string) ([]Entry, error) {
-	ps, err := s.project(project)
+	_, l, err := s.project(project)
 	if err != nil {
 		return nil, err
 	}
-	return ps.ledger.Entries(), nil
+	return l.Entries(), nil
 }
 
 // Engine returns the loaded engine of a dataset version (0: latest),
@@ -224,28 +232,28 @@ func (s *Service) engine(ctx context.Context, m *catalog.Manifest) (*Engine, err
 // SQL runs, and the ledger charges the budget and releases the noisy
 // answer as one synced step. Nothing is charged when anything fails.
 func (s *Service) Query(ctx context.Context, project string, q *Query) (*Answer, error) {
-	ps, err := s.project(project)
+	p, ledger, err := s.project(project)
 	if err != nil {
 		return nil, err
 	}
-	if err := ps.p.allows(q.Dataset, time.Now()); err != nil {
+	if err := p.Allows(q.Dataset, s.now()); err != nil {
 		return nil, err
 	}
 	epsU, deltaU := units(q.Epsilon, EpsilonUnit), units(q.Delta, DeltaUnit)
-	if epsU > ps.p.MaxQueryU {
-		return nil, fmt.Errorf("%w (asks %g, cap %g)", ErrOverCap, q.Epsilon, float64(ps.p.MaxQueryU)*EpsilonUnit)
+	if epsU > p.MaxQueryU {
+		return nil, fmt.Errorf("%w (asks %g, cap %g)", ErrOverCap, q.Epsilon, float64(p.MaxQueryU)*EpsilonUnit)
 	}
 	m, err := s.lake.Manifest(ctx, q.Dataset, q.Version)
 	if err != nil {
 		return nil, err
 	}
 	hash := q.Hash(m.Version)
-	if a := ps.ledger.Released(hash); a != nil {
+	if a := ledger.Released(hash); a != nil {
 		return repeated(a), nil
 	}
 	charge := Charge{Hash: hash, Dataset: q.Dataset, Version: m.Version, EpsilonU: epsU, DeltaU: deltaU,
-		TotalE: ps.p.EpsilonU, TotalD: ps.p.DeltaU}
-	if err := ps.ledger.Check(charge); err != nil {
+		TotalE: p.EpsilonU, TotalD: p.DeltaU}
+	if err := ledger.Check(charge); err != nil {
 		return nil, err
 	}
 	eng, err := s.engine(ctx, m)
@@ -260,7 +268,7 @@ func (s *Service) Query(ctx context.Context, project string, q *Query) (*Answer,
 	if err != nil {
 		return nil, err
 	}
-	a, repeat, err := ps.ledger.Spend(charge, func() (*Answer, error) {
+	a, repeat, err := ledger.Spend(charge, func() (*Answer, error) {
 		a, err := release(q, xs)
 		if a != nil {
 			a.Epsilon, a.Delta = q.Epsilon, q.Delta

@@ -5,32 +5,20 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 
 	"github.com/nhs-hub/hub/catalog"
 )
 
-func project(t *testing.T, s *Service, name string, eps float64) string {
-	t.Helper()
-	tok, err := CreateProject(s.state, ProjectSpec{Name: name, Epsilon: eps, Delta: 1e-5, Datasets: []string{"gp"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
-}
-
 // TestConcurrentBudget: 200 different queries at once against a budget
 // that pays for exactly 20: exactly 20 are answered, the rest refused with
 // ErrBudgetExhausted, and the ledger (reopened from disk) agrees.
 func TestConcurrentBudget(t *testing.T) {
 	s := newService(t)
-	project(t, s, "study", 1.0)
+	project(t, s, "study", 1.0, 1e-5)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	ok, refused := 0, 0
@@ -78,7 +66,7 @@ func TestConcurrentBudget(t *testing.T) {
 // query costs nothing.
 func TestRepeatIsFree(t *testing.T) {
 	s := newService(t)
-	project(t, s, "study", 1.0)
+	project(t, s, "study", 1.0, 1e-5)
 	q1 := mustParse(t, `{"dataset":"gp","measures":[{"kind":"count"}],"epsilon":0.6}`)
 	q2 := mustParse(t, `{"epsilon": 0.6,  "measures": [ {"kind": "count"} ], "dataset": "gp", "version": 1}`)
 	a1, err := s.Query(t.Context(), "study", q1)
@@ -104,7 +92,7 @@ func TestRepeatIsFree(t *testing.T) {
 		t.Fatalf("a refused query changed the budget: %+v", b)
 	}
 	// The answer survives a restart: the repeat is still free.
-	s2, err := New(Config{Lake: s.lake, State: s.state})
+	s2, err := New(Config{Lake: s.lake, State: s.state, Projects: s.projects})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +107,7 @@ func TestRepeatIsFree(t *testing.T) {
 // it was never synced nor answered, so reopening drops it.
 func TestTornLedgerLine(t *testing.T) {
 	s := newService(t)
-	project(t, s, "study", 1.0)
+	project(t, s, "study", 1.0, 1e-5)
 	if _, err := s.Query(t.Context(), "study", mustParse(t, `{"dataset":"gp","measures":[{"kind":"count"}],"epsilon":0.25}`)); err != nil {
 		t.Fatal(err)
 	}
@@ -134,132 +122,6 @@ func TestTornLedgerLine(t *testing.T) {
 	defer l.Close()
 	if e, _, n := l.Spent(); e != 250000 || n != 1 {
 		t.Fatalf("after a torn line: %d units, %d entries", e, n)
-	}
-}
-
-func do(t *testing.T, h http.Handler, method, path, token, body string) (int, map[string]any) {
-	t.Helper()
-	r := httptest.NewRequest(method, path, strings.NewReader(body))
-	if token != "" {
-		r.Header.Set("Authorization", "Bearer "+token)
-	}
-	w := httptest.NewRecorder()
-	h.ServeHTTP(w, r)
-	var out map[string]any
-	if w.Body.Len() > 0 && w.Body.Bytes()[0] == '{' {
-		if err := json.Unmarshal(w.Body.Bytes(), &out); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return w.Code, out
-}
-
-// TestHTTP walks the API: statuses, error bodies and the smallest query.
-func TestHTTP(t *testing.T) {
-	s := newService(t)
-	tok := project(t, s, "study", 1.0)
-	other := project(t, s, "other", 1.0)
-	h := s.Handler()
-	smallest := `{"dataset": "gp", "measures": [{"kind": "count"}], "epsilon": 0.5}`
-	cases := []struct {
-		name, method, path, token, body string
-		want                            int
-	}{
-		{"health", "GET", "/healthz", "", "", 200},
-		{"datasets without token", "GET", "/v1/datasets", "", "", 401},
-		{"datasets", "GET", "/v1/datasets/gp", tok, "", 200},
-		{"unknown dataset info", "GET", "/v1/datasets/nope", tok, "", 404},
-		{"forged token", "POST", "/v1/projects/study/queries", "hub_" + strings.Repeat("0", 64), smallest, 401},
-		{"other project's token", "POST", "/v1/projects/study/queries", other, smallest, 403},
-		{"unknown project", "GET", "/v1/projects/nobody/budget", tok, "", 403},
-		{"not JSON", "POST", "/v1/projects/study/queries", tok, `count everyone`, 400},
-		{"unknown field", "POST", "/v1/projects/study/queries", tok, `{"dataset": "gp", "measures": [{"kind": "count"}], "epsilon": 0.5, "sql": "1"}`, 400},
-		{"unknown dataset", "POST", "/v1/projects/study/queries", tok, `{"dataset": "nope", "measures": [{"kind": "count"}], "epsilon": 0.5}`, 403},
-		{"over the cap", "POST", "/v1/projects/study/queries", tok, `{"dataset": "gp", "measures": [{"kind": "count"}], "epsilon": 2}`, 400},
-		{"smallest query", "POST", "/v1/projects/study/queries", tok, smallest, 200},
-		{"over budget", "POST", "/v1/projects/study/queries", tok, `{"dataset": "gp", "measures": [{"kind": "count", "by": ["sex"]}], "epsilon": 0.6}`, 409},
-		{"budget", "GET", "/v1/projects/study/budget", tok, "", 200},
-		{"history", "GET", "/v1/projects/study/queries", tok, "", 200},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			code, body := do(t, h, c.method, c.path, c.token, c.body)
-			if code != c.want {
-				t.Fatalf("status %d (%v), want %d", code, body, c.want)
-			}
-			if code >= 400 && (body["error"] == nil || body["error"] == "") {
-				t.Fatalf("error without a message: %v", body)
-			}
-			switch c.name {
-			case "smallest query":
-				m := body["measures"].([]any)[0].(map[string]any)
-				for _, k := range []string{"value", "ci_low", "ci_high", "epsilon", "suppressed"} {
-					if _, ok := m[k]; !ok {
-						t.Errorf("answer lacks %s: %v", k, m)
-					}
-				}
-				if v := m["value"].(float64); v < 2500 || v > 3000 {
-					t.Errorf("count of everyone = %v", v)
-				}
-			case "budget":
-				if body["epsilon_total"] != 1.0 || body["epsilon_spent"] != 0.5 || body["epsilon_remaining"] != 0.5 {
-					t.Errorf("budget %v", body)
-				}
-			}
-		})
-	}
-}
-
-// TestBadQueries: hostile and malformed queries are refused with 400, run
-// no SQL and spend nothing.
-func TestBadQueries(t *testing.T) {
-	s := newService(t)
-	tok := project(t, s, "study", 1.0)
-	h := s.Handler()
-	inject := `x' OR 1=1; DROP TABLE patients; --`
-	deep := strings.Repeat(`{"not": `, 40) + `{"sex": ["female"]}` + strings.Repeat(`}`, 40)
-	cases := map[string]string{
-		"unknown column":     `{"dataset": "gp", "measures": [{"kind": "count", "by": ["nhs_number"]}], "epsilon": 0.5}`,
-		"unknown code":       `{"dataset": "gp", "criteria": {"condition": {"codes": {"snomed": ["44054007"]}}}, "measures": [{"kind": "count"}], "epsilon": 0.5}`,
-		"inverted range":     `{"dataset": "gp", "index_date": "2024-01-01", "criteria": {"age": {"min": 80, "max": 40}}, "measures": [{"kind": "count"}], "epsilon": 0.5}`,
-		"inverted window":    `{"dataset": "gp", "criteria": {"encounter": {"window": {"from": "2024-01-01", "to": "2023-01-01"}}}, "measures": [{"kind": "count"}], "epsilon": 0.5}`,
-		"absurd bounds":      `{"dataset": "gp", "measures": [{"kind": "sum", "of": {"kind": "events", "table": "encounters"}, "lower": 0, "upper": 1e300}], "epsilon": 0.5}`,
-		"huge query":         `{"dataset": "gp", "measures": [{"kind": "count"}], "epsilon": 0.5, "x": "` + strings.Repeat("a", 10<<20) + `"}`,
-		"deep nesting":       `{"dataset": "gp", "criteria": ` + deep + `, "measures": [{"kind": "count"}], "epsilon": 0.5}`,
-		"zero epsilon":       `{"dataset": "gp", "measures": [{"kind": "count"}], "epsilon": 0}`,
-		"no measures":        `{"dataset": "gp", "measures": [], "epsilon": 0.5}`,
-		"sql in dataset":     `{"dataset": "` + inject + `", "measures": [{"kind": "count"}], "epsilon": 0.5}`,
-		"sql in sex":         `{"dataset": "gp", "criteria": {"sex": ["` + inject + `"]}, "measures": [{"kind": "count"}], "epsilon": 0.5}`,
-		"sql in region":      `{"dataset": "gp", "criteria": {"region": ["` + inject + `"]}, "measures": [{"kind": "count"}], "epsilon": 0.5}`,
-		"sql in district":    `{"dataset": "gp", "criteria": {"district": ["` + inject + `"]}, "measures": [{"kind": "count"}], "epsilon": 0.5}`,
-		"sql in code":        `{"dataset": "gp", "criteria": {"condition": {"codes": {"icd10": ["` + inject + `"]}}}, "measures": [{"kind": "count"}], "epsilon": 0.5}`,
-		"sql in unit":        `{"dataset": "gp", "criteria": {"observation": {"codes": {"snomed": ["999791000000106"]}, "unit": "` + inject + `"}}, "measures": [{"kind": "count"}], "epsilon": 0.5}`,
-		"sql in id":          `{"dataset": "gp", "criteria": {"condition": {"id": "` + inject + `", "codes": {"snomed": ["44054006"]}}}, "measures": [{"kind": "count"}], "epsilon": 0.5}`,
-		"sql in date":        `{"dataset": "gp", "index_date": "` + inject + `", "measures": [{"kind": "count"}], "epsilon": 0.5}`,
-		"sql in name":        `{"dataset": "gp", "measures": [{"kind": "count", "name": "` + inject + `"}], "epsilon": 0.5}`,
-		"sql in kind":        `{"dataset": "gp", "measures": [{"kind": "` + inject + `"}], "epsilon": 0.5}`,
-		"sql in by_code":     `{"dataset": "gp", "measures": [{"kind": "count", "by_code": "` + inject + `"}], "epsilon": 0.5, "delta": 1e-6}`,
-		"sql in relative_to": `{"dataset": "gp", "criteria": {"condition": {"codes": {"snomed": ["44054006"]}, "window": {"relative_to": "` + inject + `", "days_before": 3}}}, "measures": [{"kind": "count"}], "epsilon": 0.5}`,
-		"sql in table":       `{"dataset": "gp", "measures": [{"kind": "sum", "of": {"kind": "events", "table": "` + inject + `"}, "lower": 0, "upper": 5}], "epsilon": 0.5}`,
-		"relative cycle":     `{"dataset": "gp", "criteria": {"all": [{"condition": {"id": "a", "codes": {"snomed": ["44054006"]}, "window": {"relative_to": "b", "days_before": 3}}}, {"condition": {"id": "b", "codes": {"snomed": ["44054006"]}, "window": {"relative_to": "a", "days_before": 3}}}]}, "measures": [{"kind": "count"}], "epsilon": 0.5}`,
-		"age without index":  `{"dataset": "gp", "criteria": {"age": {"min": 3}}, "measures": [{"kind": "count"}], "epsilon": 0.5}`,
-		"two tests in one":   `{"dataset": "gp", "criteria": {"sex": ["female"], "region": ["LS"]}, "measures": [{"kind": "count"}], "epsilon": 0.5}`,
-		"trailing data":      `{"dataset": "gp", "measures": [{"kind": "count"}], "epsilon": 0.5} {}`,
-	}
-	for name, body := range cases {
-		t.Run(name, func(t *testing.T) {
-			code, out := do(t, h, "POST", "/v1/projects/study/queries", tok, body)
-			if code != 400 {
-				t.Fatalf("status %d (%v), want 400", code, out)
-			}
-			msg, _ := out["error"].(string)
-			if !strings.HasPrefix(msg, "bad query") || strings.Contains(msg, "DROP TABLE") {
-				t.Fatalf("message %q", msg)
-			}
-		})
-	}
-	if b, _ := s.Budget("study"); b.EpsilonSpent != 0 || b.Queries != 0 {
-		t.Fatalf("bad queries spent budget: %+v", b)
 	}
 }
 
@@ -291,9 +153,7 @@ func TestEngineReachesNoOtherFile(t *testing.T) {
 // TestEveryGoldenQueryAnswers runs every golden query through the service.
 func TestEveryGoldenQueryAnswers(t *testing.T) {
 	s := newService(t)
-	if _, err := CreateProject(s.state, ProjectSpec{Name: "big", Epsilon: 100, Delta: 1e-3, Datasets: []string{"gp"}}); err != nil {
-		t.Fatal(err)
-	}
+	project(t, s, "big", 100, 1e-3)
 	for name, text := range goldenQueries {
 		a, err := s.Query(t.Context(), "big", mustParse(t, text))
 		if err != nil {
@@ -313,7 +173,7 @@ type remoteStore struct{ catalog.Store }
 func TestRemoteLakeCache(t *testing.T) {
 	remote := catalog.NewLake(remoteStore{lake(t).Store()})
 	state := t.TempDir()
-	s, err := New(Config{Lake: remote, State: state})
+	s, err := New(Config{Lake: remote, State: state, Projects: &grants{}})
 	if err != nil {
 		t.Fatal(err)
 	}

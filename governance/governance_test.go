@@ -93,19 +93,19 @@ func TestWorkflow(t *testing.T) {
 		do   func() error
 		want error
 	}{
-		{"researcher approves", func() error { _, err := s.Approve(w.who["sam"], "req-1", Grant{Reason: "x"}, 0, 0); return err }, ErrForbidden},
+		{"researcher approves", func() error { _, err := s.Approve(w.who["sam"], "req-1", Grant{Reason: "x"}, nil); return err }, ErrForbidden},
 		{"analyst reviews", func() error { _, err := s.Review(w.who["ana"], "req-1"); return err }, ErrForbidden},
 		{"other researcher withdraws", func() error { _, err := s.Withdraw(w.who["sam"], "req-1"); return err }, ErrForbidden},
 		{"other researcher reads", func() error {
 			_, err := s.CreateRequest(w.who["sam"], func() RequestSpec { r := spec(); r.Project = "t2d-audit"; return r }(), true)
 			return err
 		}, ErrConflict},
-		{"approve without reason", func() error { _, err := s.Approve(w.who["dina"], "req-1", Grant{}, 0, 0); return err }, ErrInvalid},
+		{"approve without reason", func() error { _, err := s.Approve(w.who["dina"], "req-1", Grant{}, nil); return err }, ErrInvalid},
 		{"grant more than asked", func() error {
-			_, err := s.Approve(w.who["dina"], "req-1", Grant{Epsilon: 5, Reason: "x"}, 0, 0)
+			_, err := s.Approve(w.who["dina"], "req-1", Grant{Epsilon: 5, Reason: "x"}, nil)
 			return err
 		}, ErrInvalid},
-		{"no such request", func() error { _, err := s.Approve(w.who["dina"], "req-9", Grant{Reason: "x"}, 0, 0); return err }, ErrNotFound},
+		{"no such request", func() error { _, err := s.Approve(w.who["dina"], "req-9", Grant{Reason: "x"}, nil); return err }, ErrNotFound},
 		{"dac submits", func() error { _, err := s.CreateRequest(w.who["dina"], spec(), true); return err }, ErrForbidden},
 	}
 	for _, c := range refusals {
@@ -120,18 +120,18 @@ func TestWorkflow(t *testing.T) {
 	if _, err := s.Review(w.who["dina"], "req-1"); err != nil {
 		t.Fatal(err)
 	}
-	r, err = s.Approve(w.who["dina"], "req-1", Grant{Epsilon: 3, Reason: "sound design", Conditions: "report yearly"}, 0, 0)
+	r, err = s.Approve(w.who["dina"], "req-1", Grant{Epsilon: 3, Reason: "sound design", Conditions: "report yearly"}, nil)
 	if err != nil || r.State != InReview || r.Decision != nil {
 		t.Fatalf("one approval: %+v, %v", r, err)
 	}
 	if _, err := s.Project("t2d-audit"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("project before quorum: %v", err)
 	}
-	if _, err := s.Approve(w.who["dina"], "req-1", Grant{Reason: "again"}, 0, 0); !errors.Is(err, ErrConflict) {
+	if _, err := s.Approve(w.who["dina"], "req-1", Grant{Reason: "again"}, nil); !errors.Is(err, ErrConflict) {
 		t.Fatalf("approving twice: %v", err)
 	}
 	w.clock.add(time.Hour)
-	r, err = s.Approve(w.who["dev"], "req-1", Grant{Reason: "fine", MaxQueryEpsilon: 0.5}, 0, 0)
+	r, err = s.Approve(w.who["dev"], "req-1", Grant{Reason: "fine", MaxQueryEpsilon: 0.5}, nil)
 	if err != nil || r.State != ApprovedWithConditions {
 		t.Fatalf("second approval: %+v, %v", r, err)
 	}
@@ -145,7 +145,7 @@ func TestWorkflow(t *testing.T) {
 	if !reflect.DeepEqual(p, want) {
 		t.Fatalf("project\n%+v, want\n%+v", p, want)
 	}
-	if _, err := s.Approve(w.who["dual"], "req-1", Grant{Reason: "late"}, 0, 0); !errors.Is(err, ErrConflict) {
+	if _, err := s.Approve(w.who["dual"], "req-1", Grant{Reason: "late"}, nil); !errors.Is(err, ErrConflict) {
 		t.Fatalf("approving a decided request: %v", err)
 	}
 	// Authorisation to use the project.
@@ -175,17 +175,17 @@ func TestWorkflow(t *testing.T) {
 	if _, err := s.Amend(w.who["rosa"], "req-1", AmendmentSpec{Epsilon: 2, ExtendDays: 30, Reason: "less, but longer"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Approve(w.who["dina"], "req-1", Grant{Reason: "ok"}, 2_500_000, 0); !errors.Is(err, ErrInvalid) ||
+	if _, err := s.Approve(w.who["dina"], "req-1", Grant{Reason: "ok"}, spent(2_500_000)); !errors.Is(err, ErrInvalid) ||
 		!strings.Contains(err.Error(), "already spent") {
 		t.Fatalf("amendment below the spend: %v", err)
 	}
-	if _, err := s.Approve(w.who["dina"], "req-1", Grant{Reason: "ok"}, 1_000_000, 0); err != nil {
+	if _, err := s.Approve(w.who["dina"], "req-1", Grant{Reason: "ok"}, spent(1_000_000)); err != nil {
 		t.Fatal(err)
 	}
 	if p, _ := s.Project("t2d-audit"); p.EpsilonU != 3_000_000 {
 		t.Fatalf("amendment applied before quorum: %+v", p)
 	}
-	if _, err := s.Approve(w.who["dual"], "req-1", Grant{Reason: "ok"}, 1_000_000, 0); err != nil {
+	if _, err := s.Approve(w.who["dual"], "req-1", Grant{Reason: "ok"}, spent(1_000_000)); err != nil {
 		t.Fatal(err)
 	}
 	p, _ = s.Project("t2d-audit")
@@ -237,7 +237,7 @@ func TestRejectAndSelfReview(t *testing.T) {
 	if _, err := w.s.CreateRequest(w.who["rosa"], sp, true); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.s.Approve(w.who["dual"], "req-1", Grant{Reason: "mine"}, 0, 0); !errors.Is(err, ErrForbidden) {
+	if _, err := w.s.Approve(w.who["dual"], "req-1", Grant{Reason: "mine"}, nil); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("named researcher approves: %v", err)
 	}
 	sp2 := spec()
@@ -245,7 +245,7 @@ func TestRejectAndSelfReview(t *testing.T) {
 	if _, err := w.s.CreateRequest(w.who["dual"], sp2, true); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.s.Approve(w.who["dual"], "req-2", Grant{Reason: "mine"}, 0, 0); !errors.Is(err, ErrForbidden) {
+	if _, err := w.s.Approve(w.who["dual"], "req-2", Grant{Reason: "mine"}, nil); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("submitter approves: %v", err)
 	}
 	if _, err := w.s.Reject(w.who["dina"], "req-1", ""); !errors.Is(err, ErrInvalid) {
@@ -255,7 +255,7 @@ func TestRejectAndSelfReview(t *testing.T) {
 	if err != nil || r.State != Rejected || r.Decision.Reasons[0] != "no ethics approval" {
 		t.Fatalf("reject: %+v %v", r, err)
 	}
-	if _, err := w.s.Approve(w.who["dev"], "req-1", Grant{Reason: "x"}, 0, 0); !errors.Is(err, ErrConflict) {
+	if _, err := w.s.Approve(w.who["dev"], "req-1", Grant{Reason: "x"}, nil); !errors.Is(err, ErrConflict) {
 		t.Fatalf("approve a rejected request: %v", err)
 	}
 	rs, _ := w.s.Requests(w.who["sam"], RequestFilter{})
@@ -359,7 +359,7 @@ func TestTamperDetected(t *testing.T) {
 	if _, err := w.s.CreateRequest(w.who["rosa"], spec(), true); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.s.Approve(w.who["dina"], "req-1", Grant{Reason: "ok"}, 0, 0); err != nil {
+	if _, err := w.s.Approve(w.who["dina"], "req-1", Grant{Reason: "ok"}, nil); err != nil {
 		t.Fatal(err)
 	}
 	w.s.Close()
@@ -469,4 +469,8 @@ func TestTwoProcesses(t *testing.T) {
 	if len(es) != 40 {
 		t.Fatalf("%d query entries, want 40", len(es))
 	}
+}
+
+func spent(e int64) func(string) (int64, int64, error) {
+	return func(string) (int64, int64, error) { return e, 0, nil }
 }

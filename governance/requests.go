@@ -262,9 +262,9 @@ type Grant struct {
 // Approve records the actor's approval of a request (or of its pending
 // amendment). When a quorum of distinct DAC members has approved, the
 // request is approved, granting the least of their grants, and its project
-// can be queried. spent is what the project has already spent (zero for a
-// new request): an amendment may not grant less.
-func (s *Store) Approve(actor *Principal, id string, g Grant, spentE, spentD int64) (*Request, error) {
+// can be queried. An amendment may not grant less than the project has
+// spent, which spent (nil: nothing) reports in units.
+func (s *Store) Approve(actor *Principal, id string, g Grant, spent func(project string) (eps, delta int64, err error)) (*Request, error) {
 	_, err := s.do(event{actor: actor, action: ActRequestApprove, request: id, check: func(st *state, now time.Time) (*payload, error) {
 		r, err := st.byID(id)
 		if err != nil {
@@ -313,6 +313,12 @@ func (s *Store) Approve(actor *Principal, id string, g Grant, spentE, spentD int
 				return nil, fmt.Errorf("%w: the expiry must be in the future", ErrInvalid)
 			}
 			v.Expires = g.Expires.UTC()
+		}
+		var spentE, spentD int64
+		if a != nil && spent != nil {
+			if spentE, spentD, err = spent(r.Project); err != nil {
+				return nil, err
+			}
 		}
 		if a != nil && (v.EpsilonU < spentE || v.DeltaU < spentD) {
 			return nil, fmt.Errorf("%w: the project has already spent ε %g (δ %g); an amendment cannot grant less",

@@ -26,6 +26,10 @@ const (
 	ActRead            = "read" // a refused read of requests, budgets or the log
 )
 
+var stateActions = map[string]bool{ActUserAdd: true, ActTokenIssue: true, ActTokenRevoke: true, ActRequestCreate: true,
+	ActRequestSubmit: true, ActRequestReview: true, ActRequestApprove: true, ActRequestReject: true,
+	ActRequestWithdraw: true, ActRequestAmend: true}
+
 // payload is the Data of a state-changing entry.
 type payload struct {
 	User      *User      `json:"user,omitempty"`

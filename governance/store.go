@@ -151,6 +151,14 @@ func (s *Store) do(ev event) (*Entry, error) {
 			if e.Data, err = json.Marshal(p); err != nil {
 				return err
 			}
+			if p.Request != nil {
+				e.Request = p.Request.ID
+			}
+		}
+		if r := s.st.requests[e.Request]; r != nil {
+			e.Project = r.Project
+		} else if p != nil && p.Request != nil {
+			e.Project = p.Request.Project
 		}
 		if err := s.al.append(e); err != nil {
 			return err
@@ -175,9 +183,12 @@ func actorName(p *Principal) string {
 // Record appends an entry that changes no governance state: a query, a
 // refused call, a dataset publish. Seq, Time, Prev and Hash are filled in.
 func (s *Store) Record(actor *Principal, e Entry) (*Entry, error) {
+	if stateActions[e.Action] && e.Outcome != Refused {
+		return nil, fmt.Errorf("record: %s changes the governance state; use its method", e.Action)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e.Actor, e.Data = actorName(actor), nil
+	e.Actor = actorName(actor)
 	if e.Outcome == "" {
 		e.Outcome = OK
 	}
@@ -283,4 +294,18 @@ func copyOf[T any](v *T) *T {
 		panic(err)
 	}
 	return &c
+}
+
+// Verify checks the whole audit chain on disk (see the function Verify),
+// holding the log's lock so that no append is read half-written.
+func (s *Store) Verify() (*VerifyResult, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var res *VerifyResult
+	err := s.locked(func() error {
+		var err error
+		res, err = Verify(s.dir, nil)
+		return err
+	})
+	return res, err
 }

@@ -38,7 +38,7 @@ func newApp() *cli.App {
 			}
 			return nil
 		},
-		Commands: []*cli.Command{synthCommand(), ingestCommand(), catalogCommand(), serveCommand(), projectCommand(), queryCommand(), budgetCommand(), benchCommand()},
+		Commands: []*cli.Command{synthCommand(), ingestCommand(), catalogCommand(), serveCommand(), userCommand(), requestCommand(), dacCommand(), queryCommand(), budgetCommand(), auditCommand(), benchCommand()},
 	}
 }
 

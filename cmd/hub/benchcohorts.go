@@ -14,9 +14,11 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/nhs-hub/hub/api"
 	"github.com/nhs-hub/hub/catalog"
 	"github.com/nhs-hub/hub/catalog/file"
 	"github.com/nhs-hub/hub/cohorts"
+	"github.com/nhs-hub/hub/governance"
 )
 
 // benchQueries are three representative cohort questions; %g is the ε,
@@ -60,15 +62,20 @@ func benchCohorts(c *cli.Context, dir string) error {
 		return err
 	}
 	defer os.RemoveAll(state)
-	svc, err := cohorts.New(cohorts.Config{Lake: lake, State: state})
+	gov, err := governance.Open(state, governance.Options{})
+	if err != nil {
+		return err
+	}
+	defer gov.Close()
+	tok, err := approvedProject(gov, "bench", "bench", 100)
+	if err != nil {
+		return err
+	}
+	svc, err := cohorts.New(cohorts.Config{Lake: lake, State: state, Projects: gov})
 	if err != nil {
 		return err
 	}
 	defer svc.Close()
-	tok, err := cohorts.CreateProject(state, cohorts.ProjectSpec{Name: "bench", Epsilon: 1000, Datasets: []string{"bench"}})
-	if err != nil {
-		return err
-	}
 	start := time.Now()
 	eng, err := svc.Engine(c.Context, "bench", 0)
 	if err != nil {
@@ -79,10 +86,10 @@ func benchCohorts(c *cli.Context, dir string) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: svc.Handler()}
+	srv := &http.Server{Handler: api.Handler(gov, svc, nil)}
 	go srv.Serve(ln)
 	defer srv.Shutdown(context.Background())
-	cl := &cohorts.Client{Base: "http://" + ln.Addr().String(), Token: tok,
+	cl := &api.Client{Base: "http://" + ln.Addr().String(), Token: tok,
 		HTTP: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
 
 	clients, per := c.Int("clients"), c.Int("requests")
@@ -181,3 +188,40 @@ func pct(lat []time.Duration, p float64) time.Duration {
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d.Microseconds())/1000) }
+
+// approvedProject runs the governance workflow for a benchmark: a
+// researcher's request for project on dataset, approved by two DAC
+// members. It returns the researcher's token.
+func approvedProject(gov *governance.Store, project, dataset string, eps float64) (string, error) {
+	host := governance.Host("bench")
+	who := map[string]*governance.Principal{}
+	var tok string
+	for _, u := range []struct {
+		name string
+		role governance.Role
+	}{{"researcher", governance.Researcher}, {"dac-1", governance.DAC}, {"dac-2", governance.DAC}} {
+		t, err := gov.AddUser(host, u.name, []governance.Role{u.role}, 0)
+		if err != nil {
+			return "", err
+		}
+		if who[u.name], err = gov.Authenticate(t); err != nil {
+			return "", err
+		}
+		if u.role == governance.Researcher {
+			tok = t
+		}
+	}
+	yes := false
+	r, err := gov.CreateRequest(who["researcher"], governance.RequestSpec{Project: project, Title: "benchmark", Purpose: "benchmark",
+		LaySummary: "benchmark", Datasets: []string{dataset}, Epsilon: eps, LegalBasis: "anonymised",
+		NationalOptOutApplies: &yes, DurationDays: 1}, true)
+	if err != nil {
+		return "", err
+	}
+	for _, d := range []string{"dac-1", "dac-2"} {
+		if _, err := gov.Approve(who[d], r.ID, governance.Grant{Reason: "benchmark"}, nil); err != nil {
+			return "", err
+		}
+	}
+	return tok, nil
+}

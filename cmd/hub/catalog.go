@@ -125,7 +125,7 @@ func catalogCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					if err := oneArg(c); err != nil {
+					if err := args(c, 1); err != nil {
 						return err
 					}
 					if !catalog.ValidName(c.Args().First()) {
@@ -145,7 +145,7 @@ func catalogCommand() *cli.Command {
 
 // manifestArg opens the lake and reads the manifest named by NAME[@VERSION].
 func manifestArg(c *cli.Context) (*catalog.Lake, *catalog.Manifest, error) {
-	if err := oneArg(c); err != nil {
+	if err := args(c, 1); err != nil {
 		return nil, nil, err
 	}
 	arg := c.Args().First()
@@ -224,17 +224,4 @@ func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
-}
-
-// oneArg insists on exactly one argument. urfave/cli v2 stops reading
-// flags at the first argument, so a flag after it would be silently
-// ignored: say so instead.
-func oneArg(c *cli.Context) error {
-	switch {
-	case c.Args().Len() > 1 && strings.HasPrefix(c.Args().Get(1), "-"):
-		return fmt.Errorf("put flags before the dataset name: hub catalog %s %s %s", c.Command.Name, strings.Join(c.Args().Slice()[1:], " "), c.Args().First())
-	case c.Args().Len() != 1:
-		return fmt.Errorf("usage: hub catalog %s [flags] %s", c.Command.Name, c.Command.ArgsUsage)
-	}
-	return nil
 }

@@ -15,12 +15,14 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/nhs-hub/hub/api"
 	"github.com/nhs-hub/hub/cohorts"
+	"github.com/nhs-hub/hub/governance"
 )
 
 func stateFlag() cli.Flag {
 	return &cli.StringFlag{Name: "state", Value: "./state", EnvVars: []string{"HUB_STATE"},
-		Usage: "folder of the service's projects, budget ledgers and dataset cache"}
+		Usage: "the server's state folder: audit log (users, requests, decisions), budget ledgers, dataset cache"}
 }
 
 func serveCommand() *cli.Command {
@@ -28,14 +30,15 @@ func serveCommand() *cli.Command {
 		&cli.StringFlag{Name: "lake", Value: "./lake", EnvVars: []string{"HUB_LAKE"}, Usage: "the lake: a local folder or s3://bucket/prefix (read through a checksum-verified cache)"},
 		stateFlag(),
 		&cli.StringFlag{Name: "addr", Value: "127.0.0.1:8080", EnvVars: []string{"HUB_ADDR"}, Usage: "address to listen on"},
+		quorumFlag(),
 		&cli.StringSliceFlag{Name: "preload", Usage: "load these datasets' latest versions before listening (default: load on first query)"},
 	}, s3Flags()...)
 	return &cli.Command{
 		Name:  "serve",
-		Usage: "answer cohort queries over HTTP with differential privacy, within each project's budget",
-		Description: "Endpoints: GET /v1/datasets, POST /v1/projects/{project}/queries,\n" +
-			"GET /v1/projects/{project}/budget, GET /v1/projects/{project}/queries, GET /healthz.\n" +
-			"Create a project (and its token) first with `hub project create`.\n\n" +
+		Usage: "serve the API: data access requests, DAC decisions, the audit log, and DP cohort queries within each approved project's budget",
+		Description: "Endpoints and the roles that may call them: docs/governance.md. The state folder holds\n" +
+			"the audit log (users, requests, decisions, queries), the budget ledgers and the dataset\n" +
+			"cache. Add the first users on this host with `hub user add`.\n\n" +
 			"Example: hub serve --lake ./lake --state ./state --addr 127.0.0.1:8080",
 		Flags: flags,
 		Action: func(c *cli.Context) error {
@@ -44,7 +47,12 @@ func serveCommand() *cli.Command {
 				return err
 			}
 			log := logger(c)
-			svc, err := cohorts.New(cohorts.Config{Lake: lake, State: c.String("state"), Logger: log})
+			gov, err := openGovernance(c)
+			if err != nil {
+				return err
+			}
+			defer gov.Close()
+			svc, err := cohorts.New(cohorts.Config{Lake: lake, State: c.String("state"), Projects: gov, Logger: log})
 			if err != nil {
 				return err
 			}
@@ -61,8 +69,8 @@ func serveCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("listen: %w (is another server on %s? choose --addr)", err, c.String("addr"))
 			}
-			srv := &http.Server{Handler: svc.Handler(), ReadHeaderTimeout: 10 * time.Second}
-			fmt.Fprintf(c.App.ErrWriter, "hub serving %s on http://%s (state %s)\n", c.String("lake"), ln.Addr(), c.String("state"))
+			srv := &http.Server{Handler: api.Handler(gov, svc, log), ReadHeaderTimeout: 10 * time.Second}
+			fmt.Fprintf(c.App.ErrWriter, "hub serving %s on http://%s (state %s, DAC quorum %d)\n", c.String("lake"), ln.Addr(), c.String("state"), gov.Quorum())
 			done := make(chan error, 1)
 			go func() { done <- srv.Serve(ln) }()
 			select {
@@ -77,57 +85,25 @@ func serveCommand() *cli.Command {
 	}
 }
 
-func projectCommand() *cli.Command {
-	return &cli.Command{
-		Name:  "project",
-		Usage: "manage projects and their privacy budgets (admin; the governance workflow will replace this)",
-		Subcommands: []*cli.Command{{
-			Name:      "create",
-			Usage:     "create a project with a privacy budget and print its bearer token (shown once)",
-			ArgsUsage: "NAME",
-			Description: "The token is printed on stdout, once; only its hash is kept.\n\n" +
-				"Example: hub project create diabetes-audit --epsilon 5 --datasets gp > token",
-			Flags: []cli.Flag{
-				stateFlag(),
-				&cli.Float64Flag{Name: "epsilon", Required: true, Usage: "total ε the project may spend"},
-				&cli.Float64Flag{Name: "delta", Value: 1e-5, Usage: "total δ (spent only by breakdowns by_code)"},
-				&cli.Float64Flag{Name: "max-query-epsilon", Usage: "largest ε one query may ask for (default: the total)"},
-				&cli.StringSliceFlag{Name: "datasets", Required: true, Usage: "datasets the project may query, e.g. gp,hes"},
-				&cli.TimestampFlag{Name: "expires", Layout: time.DateOnly, Usage: "date after which queries are refused (YYYY-MM-DD)"},
-			},
-			Action: func(c *cli.Context) error {
-				if c.Args().Len() != 1 || strings.HasPrefix(c.Args().First(), "-") {
-					return errors.New("usage: hub project create [flags] NAME (flags before the name)")
-				}
-				var ds []string
-				for _, d := range c.StringSlice("datasets") {
-					ds = append(ds, strings.Split(d, ",")...)
-				}
-				tok, err := cohorts.CreateProject(c.String("state"), cohorts.ProjectSpec{Name: c.Args().First(),
-					Epsilon: c.Float64("epsilon"), Delta: c.Float64("delta"), MaxQueryEpsilon: c.Float64("max-query-epsilon"),
-					Datasets: ds, Expires: c.Timestamp("expires")})
-				if err != nil {
-					return err
-				}
-				fmt.Fprintf(c.App.ErrWriter, "project %s created with ε %g; its token (shown once) follows on stdout\n", c.Args().First(), c.Float64("epsilon"))
-				fmt.Fprintln(c.App.Writer, tok)
-				return nil
-			},
-		}},
-	}
+func quorumFlag() cli.Flag {
+	return &cli.IntFlag{Name: "quorum", Value: governance.DefaultQuorum, EnvVars: []string{"HUB_DAC_QUORUM"}, Usage: "distinct DAC members whose approval a request needs"}
 }
 
-func clientFlags() []cli.Flag {
+// serverFlags say how to reach the API and as whom.
+func serverFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "server", Value: "http://127.0.0.1:8080", EnvVars: []string{"HUB_SERVER"}, Usage: "the hub server's URL"},
-		&cli.StringFlag{Name: "project", Required: true, EnvVars: []string{"HUB_PROJECT"}, Usage: "the project to query as"},
-		&cli.StringFlag{Name: "token-file", EnvVars: []string{"HUB_TOKEN_FILE"}, Usage: "file holding the project's token (or set HUB_TOKEN)"},
+		&cli.StringFlag{Name: "token-file", EnvVars: []string{"HUB_TOKEN_FILE"}, Usage: "file holding your token (or set HUB_TOKEN)"},
 		&cli.DurationFlag{Name: "wait", Usage: "wait this long for the server to come up"},
-		&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+		jsonFlag(),
 	}
 }
 
-func client(c *cli.Context) (*cohorts.Client, error) {
+func projectFlag() cli.Flag {
+	return &cli.StringFlag{Name: "project", Required: true, EnvVars: []string{"HUB_PROJECT"}, Usage: "the approved project to act for"}
+}
+
+func client(c *cli.Context) (*api.Client, error) {
 	tok := os.Getenv("HUB_TOKEN")
 	if f := c.String("token-file"); f != "" {
 		b, err := os.ReadFile(f)
@@ -137,9 +113,9 @@ func client(c *cli.Context) (*cohorts.Client, error) {
 		tok = strings.TrimSpace(string(b))
 	}
 	if tok == "" {
-		return nil, errors.New("no token: give --token-file or set HUB_TOKEN (hub project create prints one)")
+		return nil, errors.New("no token: give --token-file or set HUB_TOKEN (an admin prints one with `hub user add` or `hub user token`)")
 	}
-	cl := &cohorts.Client{Base: c.String("server"), Token: tok, HTTP: &http.Client{Timeout: 10 * time.Minute}}
+	cl := &api.Client{Base: c.String("server"), Token: tok, HTTP: &http.Client{Timeout: 10 * time.Minute}}
 	if d := c.Duration("wait"); d > 0 {
 		if err := cl.Wait(c.Context, d); err != nil {
 			return nil, err
@@ -155,8 +131,8 @@ func queryCommand() *cli.Command {
 		Description: "Reads the query from --file (or stdin with --file -), sends it to the server and prints\n" +
 			"each measure with its 95% interval. The budget is charged before the answer is released;\n" +
 			"asking the same query again returns the same answer at no cost.\n\n" +
-			"Example: HUB_TOKEN=$(cat token) hub query --project diabetes-audit --file docs/examples/t2d-by-age.json",
-		Flags: append(clientFlags(), &cli.StringFlag{Name: "file", Aliases: []string{"f"}, Required: true, Usage: "the query file, - for stdin"}),
+			"Example: hub query --token-file rosa.token --project t2d-audit --file docs/examples/t2d-by-age.json",
+		Flags: append(serverFlags(), projectFlag(), &cli.StringFlag{Name: "file", Aliases: []string{"f"}, Required: true, Usage: "the query file, - for stdin"}),
 		Action: func(c *cli.Context) error {
 			var body []byte
 			var err error
@@ -190,8 +166,8 @@ func budgetCommand() *cli.Command {
 	return &cli.Command{
 		Name:        "budget",
 		Usage:       "show a project's privacy budget: total, spent and remaining",
-		Description: "Example: HUB_TOKEN=$(cat token) hub budget --project diabetes-audit",
-		Flags:       clientFlags(),
+		Description: "Example: hub budget --token-file rosa.token --project t2d-audit",
+		Flags:       append(serverFlags(), projectFlag()),
 		Action: func(c *cli.Context) error {
 			cl, err := client(c)
 			if err != nil {

@@ -8,14 +8,18 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nhs-hub/hub/api"
 	"github.com/nhs-hub/hub/catalog"
 	"github.com/nhs-hub/hub/catalog/file"
 	"github.com/nhs-hub/hub/cohorts"
+	"github.com/nhs-hub/hub/governance"
 )
 
-// TestServeQueryBudget: the README's path from a published dataset to a
-// DP answer and the budget, through the CLI and a live server.
-func TestServeQueryBudget(t *testing.T) {
+// TestGovernedQuery: the README's path through the CLI and a live server.
+// Publish a dataset (recorded in the audit log), add users, submit a
+// request, approve it by two DAC members, query within the grant, show the
+// budget, list and verify the audit log.
+func TestGovernedQuery(t *testing.T) {
 	dir := t.TempDir()
 	extract, lake, state := filepath.Join(dir, "x"), filepath.Join(dir, "lake"), filepath.Join(dir, "state")
 	if _, err := runHub(t, "synth", "--patients", "2000", "--seed", "3", "--out", extract); err != nil {
@@ -26,31 +30,78 @@ func TestServeQueryBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := runHub(t, "ingest", "--extract", extract, "--optouts", filepath.Join(extract, "optouts.txt"),
-		"--dataset", "demo", "--lake", lake, "--key-file", key); err != nil {
+		"--dataset", "demo", "--lake", lake, "--key-file", key, "--state", state); err != nil {
 		t.Fatal(err)
 	}
-	tok, err := runHub(t, "project", "create", "--state", state, "--epsilon", "2", "--datasets", "demo", "study")
+	tokens := map[string]string{}
+	for _, u := range [][2]string{{"rosa", "researcher"}, {"dina", "dac"}, {"dev", "dac"}, {"ada", "admin"}} {
+		tok, err := runHub(t, "user", "add", "--state", state, "--role", u[1], u[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		tokens[u[0]] = filepath.Join(dir, u[0]+".token")
+		if err := os.WriteFile(tokens[u[0]], []byte(tok), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := runHub(t, "user", "add", "--state", state, "--role", "researcher", "--token-days", "1", "rosa"); err == nil {
+		t.Fatal("a user added twice")
+	}
+	// The server runs in-process (two cli.Apps at once would race on
+	// urfave/cli's global help flag); it is what `hub serve` runs, and it
+	// shares the state folder with the commands above and below.
+	gov, err := governance.Open(state, governance.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The server runs in-process (two cli.Apps at once would race on
-	// urfave/cli's global help flag); it is what `hub serve` runs.
+	defer gov.Close()
 	store, err := file.Open(lake)
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := cohorts.New(cohorts.Config{Lake: catalog.NewLake(store), State: state})
+	svc, err := cohorts.New(cohorts.Config{Lake: catalog.NewLake(store), State: state, Projects: gov})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer svc.Close()
-	srv := httptest.NewServer(svc.Handler())
+	srv := httptest.NewServer(api.Handler(gov, svc, nil))
 	defer srv.Close()
-	addr := strings.TrimPrefix(srv.URL, "http://")
-	t.Setenv("HUB_TOKEN", strings.TrimSpace(tok))
-	t.Setenv("HUB_SERVER", "http://"+addr)
-	t.Setenv("HUB_PROJECT", "study")
-	out, err := runHub(t, "query", "--wait", "30s", "--file", filepath.Join("..", "..", "docs", "examples", "t2d-by-age.json"))
+	t.Setenv("HUB_SERVER", srv.URL)
+	as := func(who string, args ...string) (string, error) {
+		t.Helper()
+		n := 2 // after the command and subcommand
+		if args[0] == "query" || args[0] == "budget" {
+			n = 1
+		}
+		return runHub(t, append(append(append([]string{}, args[:n]...), "--token-file", tokens[who]), args[n:]...)...)
+	}
+
+	out, err := as("rosa", "request", "submit", "--wait", "30s", "--file", filepath.Join("..", "..", "docs", "examples", "request.json"))
+	if err != nil || !strings.Contains(out, "req-1") || !strings.Contains(out, "[submitted]") {
+		t.Fatalf("submit: %v\n%s", err, out)
+	}
+	if _, err := as("rosa", "dac", "approve", "--reason", "mine", "req-1"); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("a researcher approves: %v", err)
+	}
+	if out, err = as("dina", "dac", "list"); err != nil || !strings.Contains(out, "req-1") {
+		t.Fatalf("dac list: %v\n%s", err, out)
+	}
+	if _, err := as("dina", "dac", "review", "req-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := as("dina", "dac", "approve", "--reason", "proportionate", "--epsilon", "2", "req-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := as("dina", "dac", "approve", "--reason", "again", "req-1"); err == nil || !strings.Contains(err.Error(), "409") {
+		t.Fatalf("approving twice: %v", err)
+	}
+	out, err = as("dev", "dac", "approve", "--reason", "agreed", "--conditions", "share the code", "req-1")
+	if err != nil || !strings.Contains(out, "approved_with_conditions") || !strings.Contains(out, "ε 2 (per query 2)") {
+		t.Fatalf("second approval: %v\n%s", err, out)
+	}
+
+	t.Setenv("HUB_PROJECT", "t2d-audit")
+	out, err = as("rosa", "query", "--file", filepath.Join("..", "..", "docs", "examples", "t2d-by-age.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +110,7 @@ func TestServeQueryBudget(t *testing.T) {
 			t.Errorf("query output lacks %q:\n%s", want, out)
 		}
 	}
-	out, err = runHub(t, "query", "--json", "--file", filepath.Join("..", "..", "docs", "examples", "count-everyone.json"))
+	out, err = as("rosa", "query", "--json", "--file", filepath.Join("..", "..", "docs", "examples", "count-everyone.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,10 +120,10 @@ func TestServeQueryBudget(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &a); err != nil || len(a.Measures) != 1 || a.Measures[0]["value"] == nil {
 		t.Fatalf("--json answer %s (%v)", out, err)
 	}
-	if _, err := runHub(t, "query", "--file", filepath.Join("..", "..", "docs", "examples", "count-everyone.json"), "--project", "study"); err != nil {
+	if _, err := as("rosa", "query", "--file", filepath.Join("..", "..", "docs", "examples", "count-everyone.json")); err != nil {
 		t.Fatal(err) // a repeat: free
 	}
-	out, err = runHub(t, "budget", "--json")
+	out, err = as("dina", "budget", "--json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,8 +134,41 @@ func TestServeQueryBudget(t *testing.T) {
 	if b["epsilon_spent"] != 1.5 || b["epsilon_remaining"] != 0.5 || b["queries"] != 2.0 {
 		t.Errorf("budget %v", b)
 	}
-	_, err = runHub(t, "query", "--file", filepath.Join("..", "..", "docs", "examples", "t2d-by-age.json"), "--project", "other")
-	if err == nil || !strings.Contains(err.Error(), "403") {
-		t.Errorf("another project's name: %v", err)
+	if _, err := as("rosa", "query", "--project", "other", "--file", filepath.Join("..", "..", "docs", "examples", "t2d-by-age.json")); err == nil ||
+		!strings.Contains(err.Error(), "404") {
+		t.Errorf("an unknown project: %v", err)
+	}
+	bySex := filepath.Join(dir, "by-sex.json")
+	os.WriteFile(bySex, []byte(`{"dataset": "demo", "measures": [{"kind": "count", "by": ["sex"]}], "epsilon": 1}`), 0o600)
+	if _, err := as("rosa", "query", "--file", bySex); err == nil || !strings.Contains(err.Error(), "409") {
+		t.Errorf("over the budget: %v", err)
+	}
+
+	// The audit log: the publish, the decisions, the queries; intact.
+	out, err = as("ada", "audit", "list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"dataset.publish", "demo@1", "request.approve", "query", "refused", "ε 1"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("audit list lacks %q:\n%s", want, out)
+		}
+	}
+	if _, err := as("rosa", "audit", "list"); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("a researcher lists the audit log: %v", err)
+	}
+	out, err = runHub(t, "audit", "verify", "--state", state)
+	if err != nil || !strings.Contains(out, "audit log intact") {
+		t.Fatalf("verify: %v %s", err, out)
+	}
+	head := strings.Fields(out)[len(strings.Fields(out))-1]
+	if _, err := runHub(t, "audit", "verify", "--state", state, "--expect-head", head); err != nil {
+		t.Fatal(err)
+	}
+	log := filepath.Join(state, "audit.jsonl")
+	data, _ := os.ReadFile(log)
+	os.WriteFile(log, []byte(strings.Replace(string(data), `"actor":"dev"`, `"actor":"eve"`, 1)), 0o600)
+	if out, err := runHub(t, "audit", "verify", "--state", state); err == nil || !strings.Contains(err.Error(), "tampered") {
+		t.Fatalf("an edited entry verifies: %v %s", err, out)
 	}
 }

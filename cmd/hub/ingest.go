@@ -33,6 +33,7 @@ func ingestCommand() *cli.Command {
 			&cli.StringFlag{Name: "key-file", EnvVars: []string{"HUB_PSEUDONYM_KEY_FILE"}, Usage: "file holding the pseudonymisation key (at least 32 random bytes, raw or hex)"},
 			&cli.StringFlag{Name: "policy", EnvVars: []string{"HUB_DEID_POLICY"}, Usage: "de-identification policy (JSON; default: the safe defaults in docs/deid-policy.md)"},
 			&cli.StringFlag{Name: "optouts-date", Usage: "date of the opt-out list (default: the file's modification date)"},
+			&cli.StringFlag{Name: "state", EnvVars: []string{"HUB_STATE"}, Usage: "record the publish in the audit log of this server state folder"},
 		}, s3Flags()...),
 		Action: func(c *cli.Context) error {
 			if !c.Bool("check") {

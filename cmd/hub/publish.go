@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"github.com/nhs-hub/hub/catalog/file"
 	"github.com/nhs-hub/hub/catalog/s3"
 	"github.com/nhs-hub/hub/deid"
+	"github.com/nhs-hub/hub/governance"
 	"github.com/nhs-hub/hub/ingest"
 	"github.com/nhs-hub/hub/internal/pipeline"
 	"github.com/urfave/cli/v2"
@@ -69,6 +71,9 @@ func publish(c *cli.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("publish %s: %w (nothing was published; `hub catalog gc %s` removes any leftover parts)", name, err, name)
+	}
+	if err := auditPublish(c, res.Manifest); err != nil {
+		return fmt.Errorf("%s@%d was published, but recording it in the audit log failed: %w", name, res.Manifest.Version, err)
 	}
 	if c.Bool("json") {
 		return writeJSON(c.App.Writer, res.Manifest)
@@ -146,4 +151,32 @@ func openS3(c *cli.Context, loc string) (*s3.Store, error) {
 	}
 	return s3.Open(c.Context, s3.Config{Endpoint: c.String("s3-endpoint"), Region: c.String("s3-region"), TLS: c.Bool("s3-tls"),
 		AccessKey: os.Getenv("AWS_ACCESS_KEY_ID"), SecretKey: os.Getenv("AWS_SECRET_ACCESS_KEY"), Bucket: bucket, Prefix: prefix})
+}
+
+// auditPublish records a published version in the audit log of --state,
+// if given: its tables' row and part counts and its provenance (hashes of
+// the extract, opt-out list and policy; the key's fingerprint).
+func auditPublish(c *cli.Context, m *catalog.Manifest) error {
+	if c.String("state") == "" {
+		return nil
+	}
+	gov, err := openGovernance(c)
+	if err != nil {
+		return err
+	}
+	defer gov.Close()
+	type table struct {
+		Rows  int64 `json:"rows"`
+		Parts int   `json:"parts"`
+	}
+	tables := map[string]table{}
+	for n, t := range m.Tables {
+		tables[n] = table{t.Rows, len(t.Parts)}
+	}
+	data, err := json.Marshal(map[string]any{"tables": tables, "provenance": m.Provenance})
+	if err != nil {
+		return err
+	}
+	_, err = gov.Record(hostPrincipal(), governance.Entry{Action: governance.ActPublish, Dataset: m.Dataset, Version: m.Version, Data: data})
+	return err
 }

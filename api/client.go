@@ -1,4 +1,4 @@
-package cohorts
+package api
 
 import (
 	"bytes"
@@ -10,9 +10,11 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/nhs-hub/hub/cohorts"
 )
 
-// A Client calls a hub service's HTTP API with a project's token.
+// A Client calls the hub's HTTP API with a user's token.
 type Client struct {
 	// Base is the server's URL, e.g. http://127.0.0.1:8080.
 	Base  string
@@ -28,7 +30,20 @@ type APIError struct {
 
 func (e *APIError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.Msg, e.Status) }
 
-func (c *Client) do(ctx context.Context, method, path string, body []byte, out any) error {
+// Do calls an endpoint with a JSON body (nil for none; []byte is sent as
+// is) and decodes the answer into out (a *json.RawMessage keeps it raw).
+func (c *Client) Do(ctx context.Context, method, path string, in any, out any) error {
+	var body []byte
+	switch v := in.(type) {
+	case nil:
+	case []byte:
+		body = v
+	default:
+		var err error
+		if body, err = json.Marshal(v); err != nil {
+			return err
+		}
+	}
 	hc := c.HTTP
 	if hc == nil {
 		hc = http.DefaultClient
@@ -65,12 +80,12 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, out a
 }
 
 // Query posts a query (JSON) for a project.
-func (c *Client) Query(ctx context.Context, project string, query []byte) (*Answer, json.RawMessage, error) {
+func (c *Client) Query(ctx context.Context, project string, query []byte) (*cohorts.Answer, json.RawMessage, error) {
 	var raw json.RawMessage
-	if err := c.do(ctx, "POST", "/v1/projects/"+url.PathEscape(project)+"/queries", query, &raw); err != nil {
+	if err := c.Do(ctx, "POST", "/v1/projects/"+url.PathEscape(project)+"/queries", query, &raw); err != nil {
 		return nil, nil, err
 	}
-	var a Answer
+	var a cohorts.Answer
 	if err := json.Unmarshal(raw, &a); err != nil {
 		return nil, nil, err
 	}
@@ -78,9 +93,9 @@ func (c *Client) Query(ctx context.Context, project string, query []byte) (*Answ
 }
 
 // Budget fetches a project's budget.
-func (c *Client) Budget(ctx context.Context, project string) (*Budget, error) {
-	var b Budget
-	return &b, c.do(ctx, "GET", "/v1/projects/"+url.PathEscape(project)+"/budget", nil, &b)
+func (c *Client) Budget(ctx context.Context, project string) (*cohorts.Budget, error) {
+	var b cohorts.Budget
+	return &b, c.Do(ctx, "GET", "/v1/projects/"+url.PathEscape(project)+"/budget", nil, &b)
 }
 
 // Wait polls /healthz until the server answers or d passes.

@@ -1,0 +1,56 @@
+// Package testlake publishes a synthetic dataset into a temporary local
+// lake for tests that need real Parquet: the cohort engine's and the
+// API's.
+package testlake
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+
+	"github.com/nhs-hub/hub/catalog"
+	lakefile "github.com/nhs-hub/hub/catalog/file"
+	"github.com/nhs-hub/hub/deid"
+	"github.com/nhs-hub/hub/ingest"
+	"github.com/nhs-hub/hub/internal/pipeline"
+	"github.com/nhs-hub/hub/internal/synth"
+)
+
+// Publish synthesises an extract of n patients (seed 5) and publishes it
+// as dataset "gp" under a new temporary folder, with a fixed key and the
+// reference date 2025-01-01. root is the lake's folder; the caller
+// removes filepath.Dir(root).
+func Publish(ctx context.Context, n int) (l *catalog.Lake, root string, err error) {
+	dir, err := os.MkdirTemp("", "hub-testlake-")
+	if err != nil {
+		return nil, "", err
+	}
+	extract, root := filepath.Join(dir, "extract"), filepath.Join(dir, "lake")
+	if _, err := synth.Generate(ctx, extract, synth.Options{Patients: n, Seed: 5}); err != nil {
+		return nil, "", err
+	}
+	o, err := os.Open(filepath.Join(extract, "optouts.txt"))
+	if err != nil {
+		return nil, "", err
+	}
+	defer o.Close()
+	optouts, err := ingest.LoadOptOuts(ctx, o)
+	if err != nil {
+		return nil, "", err
+	}
+	store, err := lakefile.Open(root)
+	if err != nil {
+		return nil, "", err
+	}
+	k, err := deid.NewKey(bytes.Repeat([]byte{7}, 32))
+	if err != nil {
+		return nil, "", err
+	}
+	policy := deid.DefaultPolicy()
+	policy.ReferenceDate = "2025-01-01"
+	l = catalog.NewLake(store)
+	_, err = pipeline.Run(ctx, pipeline.Config{Dataset: "gp", Source: ingest.Dir(extract), SourceName: "test",
+		Ingest: ingest.Options{OptOuts: optouts}, Policy: policy, Key: k, Lake: l})
+	return l, root, err
+}
