@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,7 +44,23 @@ func (d Dir) Open(_ context.Context, name string) (io.ReadCloser, error) {
 	return os.Open(filepath.Join(string(d), name))
 }
 
+// Size returns a file's size, for progress.
+func (d Dir) Size(_ context.Context, name string) (int64, error) {
+	st, err := os.Stat(filepath.Join(string(d), name))
+	if err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
+}
+
+// A Sizer is a Source that can tell a file's size; progress then shows a
+// percentage and an ETA.
+type Sizer interface {
+	Size(ctx context.Context, name string) (int64, error)
+}
+
 var _ Source = Dir("")
+var _ Sizer = Dir("")
 
 // Format is an extract's file format.
 type Format uint8
@@ -144,6 +161,7 @@ type run struct {
 	progTable atomic.Value // string
 	progRows  atomic.Int64
 	progBytes atomic.Int64
+	progSize  atomic.Int64 // the current file's size, 0 if unknown
 }
 
 func (r *run) findFiles(ctx context.Context) error {
@@ -388,8 +406,14 @@ func (r *run) table(ctx context.Context, t Table, workers int, emit Emit) error 
 	defer tr.rc.Close()
 	rep := &TableReport{File: tr.file, Reasons: map[string]int64{}}
 	r.rep.Tables[t.String()] = rep
-	r.progTable.Store(t.String())
 	r.progRows.Store(0)
+	r.progBytes.Store(0)
+	var size int64
+	if sz, ok := r.src.(Sizer); ok && !strings.HasSuffix(tr.file, ".gz") {
+		size, _ = sz.Size(ctx, tr.file)
+	}
+	r.progSize.Store(size)
+	r.progTable.Store(t.String())
 	start := time.Now()
 
 	// tokens bound the chunks in flight, queued or awaiting their turn.
@@ -540,6 +564,8 @@ func (r *run) startProgress(w io.Writer) (stop func()) {
 		defer wg.Done()
 		tick := time.NewTicker(500 * time.Millisecond)
 		defer tick.Stop()
+		var table string
+		var since time.Time
 		for {
 			select {
 			case <-done:
@@ -547,9 +573,32 @@ func (r *run) startProgress(w io.Writer) (stop func()) {
 				return
 			case <-tick.C:
 				name, _ := r.progTable.Load().(string)
-				fmt.Fprintf(w, "\r\033[Kingest: %-20s %12d rows  %8.1f MB read", name, r.progRows.Load(), float64(r.progBytes.Load())/1e6)
+				if name != table {
+					table, since = name, time.Now()
+				}
+				fmt.Fprint(w, "\r\033[K"+progressLine(name, r.progRows.Load(), r.progBytes.Load(), r.progSize.Load(), time.Since(since)))
 			}
 		}
 	}()
 	return func() { close(done); wg.Wait() }
+}
+
+// progressLine is one table's progress: a bar, the percentage and ETA when
+// the file's size is known, and the rates.
+func progressLine(table string, rows, read, size int64, elapsed time.Duration) string {
+	secs := max(elapsed.Seconds(), 0.001)
+	rates := fmt.Sprintf("%8.2f M rows/s %7.1f MB/s", float64(rows)/secs/1e6, float64(read)/secs/1e6)
+	if size <= 0 {
+		return fmt.Sprintf("ingest: %-20s %12d rows  %8.1f MB read  %s", table, rows, float64(read)/1e6, rates)
+	}
+	frac := min(float64(read)/float64(size), 1)
+	const width = 24
+	full := int(frac * width)
+	bar := strings.Repeat("=", full) + strings.Repeat(" ", width-full)
+	eta := "--:--"
+	if read > 0 {
+		left := time.Duration(float64(elapsed) * (1 - frac) / max(frac, 1e-9)).Round(time.Second)
+		eta = fmt.Sprintf("%d:%02d", int(left.Minutes()), int(left.Seconds())%60)
+	}
+	return fmt.Sprintf("ingest: %-20s [%s] %3.0f%%  %12d rows  %s  ETA %s", table, bar, 100*frac, rows, rates, eta)
 }

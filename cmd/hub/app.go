@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
 	"runtime/pprof"
@@ -11,8 +12,12 @@ import (
 var profileStop func()
 
 func newApp() *cli.App {
-	return &cli.App{
-		Name:  "hub",
+	app := &cli.App{
+		Name:                 "hub",
+		EnableBashCompletion: true,
+		OnUsageError: func(c *cli.Context, err error, _ bool) error {
+			return usageError{fmt.Errorf("%w (see hub %s --help)", err, c.Command.FullName())}
+		},
 		Usage: "a research data hub for NHS regional shared care records",
 		Description: "hub ingests LHCRE extracts with the patient opt-out applied, de-identifies them into\n" +
 			"versioned datasets and answers aggregate cohort questions with differential privacy.\n\n" +
@@ -38,7 +43,19 @@ func newApp() *cli.App {
 			}
 			return nil
 		},
-		Commands: []*cli.Command{synthCommand(), ingestCommand(), catalogCommand(), serveCommand(), userCommand(), requestCommand(), dacCommand(), queryCommand(), budgetCommand(), auditCommand(), benchCommand()},
+		Commands: []*cli.Command{synthCommand(), ingestCommand(), catalogCommand(), serveCommand(), userCommand(), requestCommand(), dacCommand(), queryCommand(), budgetCommand(), auditCommand(), benchCommand(), completionCommand()},
+	}
+	usageErrors(app.Commands)
+	return app
+}
+
+// usageErrors makes a bad flag on any command a usageError (exit code 2).
+func usageErrors(cmds []*cli.Command) {
+	for _, c := range cmds {
+		c.OnUsageError = func(ctx *cli.Context, err error, _ bool) error {
+			return usageError{fmt.Errorf("%w (see %s --help)", err, ctx.Command.HelpName)}
+		}
+		usageErrors(c.Subcommands)
 	}
 }
 

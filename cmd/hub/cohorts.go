@@ -113,7 +113,7 @@ func client(c *cli.Context) (*api.Client, error) {
 		tok = strings.TrimSpace(string(b))
 	}
 	if tok == "" {
-		return nil, errors.New("no token: give --token-file or set HUB_TOKEN (an admin prints one with `hub user add` or `hub user token`)")
+		return nil, usageError{errors.New("no token: give --token-file or set HUB_TOKEN (an admin prints one with `hub user add` or `hub user token`)")}
 	}
 	cl := &api.Client{Base: c.String("server"), Token: tok, HTTP: &http.Client{Timeout: 10 * time.Minute}}
 	if d := c.Duration("wait"); d > 0 {

@@ -39,11 +39,11 @@ func openGovernance(c *cli.Context) (*governance.Store, error) {
 func args(c *cli.Context, n int) error {
 	for _, a := range c.Args().Slice() {
 		if strings.HasPrefix(a, "-") {
-			return fmt.Errorf("put flags before the arguments: usage: %s [flags] %s", c.Command.HelpName, c.Command.ArgsUsage)
+			return usageError{fmt.Errorf("put flags before the arguments: usage: %s [flags] %s", c.Command.HelpName, c.Command.ArgsUsage)}
 		}
 	}
 	if c.Args().Len() != n {
-		return fmt.Errorf("usage: %s [flags] %s", c.Command.HelpName, c.Command.ArgsUsage)
+		return usageError{fmt.Errorf("usage: %s [flags] %s", c.Command.HelpName, c.Command.ArgsUsage)}
 	}
 	return nil
 }
@@ -62,7 +62,7 @@ func userCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			{
 				Name: "add", Usage: "add a user with one or more roles and print their first token", ArgsUsage: "NAME",
-				Flags: []cli.Flag{stateFlag(), tokenDaysFlag(),
+				Flags: []cli.Flag{stateFlag(), tokenDaysFlag(), jsonFlag(),
 					&cli.StringSliceFlag{Name: "role", Required: true, Usage: "researcher, dac, analyst or admin (repeat for several)"}},
 				Action: func(c *cli.Context) error {
 					if err := args(c, 1); err != nil {
@@ -88,13 +88,12 @@ func userCommand() *cli.Command {
 						return err
 					}
 					fmt.Fprintf(c.App.ErrWriter, "user %s added (%s); their token, shown once, follows on stdout\n", c.Args().First(), c.StringSlice("role"))
-					fmt.Fprintln(c.App.Writer, tok)
-					return nil
+					return printToken(c, tok)
 				},
 			},
 			{
 				Name: "token", Usage: "issue a user a new token (printed once)", ArgsUsage: "NAME",
-				Flags: []cli.Flag{stateFlag(), tokenDaysFlag()},
+				Flags: []cli.Flag{stateFlag(), tokenDaysFlag(), jsonFlag()},
 				Action: func(c *cli.Context) error {
 					if err := args(c, 1); err != nil {
 						return err
@@ -108,13 +107,12 @@ func userCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					fmt.Fprintln(c.App.Writer, tok)
-					return nil
+					return printToken(c, tok)
 				},
 			},
 			{
 				Name: "revoke", Usage: "revoke a user's tokens (all, or those named by --id)", ArgsUsage: "NAME",
-				Flags: []cli.Flag{stateFlag(), &cli.StringSliceFlag{Name: "id", Usage: "a token ID from `hub user list`"}},
+				Flags: []cli.Flag{stateFlag(), jsonFlag(), &cli.StringSliceFlag{Name: "id", Usage: "a token ID from `hub user list`"}},
 				Action: func(c *cli.Context) error {
 					if err := args(c, 1); err != nil {
 						return err
@@ -127,6 +125,9 @@ func userCommand() *cli.Command {
 					ids, err := gov.RevokeTokens(hostPrincipal(), c.Args().First(), c.StringSlice("id"))
 					if err != nil {
 						return err
+					}
+					if c.Bool("json") {
+						return writeJSON(c.App.Writer, map[string]any{"user": c.Args().First(), "revoked": ids})
 					}
 					fmt.Fprintf(c.App.Writer, "revoked %s's tokens %s\n", c.Args().First(), strings.Join(ids, ", "))
 					return nil
@@ -166,6 +167,16 @@ func userCommand() *cli.Command {
 			},
 		},
 	}
+}
+
+// printToken prints a new token: alone on a line (for `> name.token`), or
+// with --json as {"user", "token"}.
+func printToken(c *cli.Context, tok string) error {
+	if c.Bool("json") {
+		return writeJSON(c.App.Writer, map[string]string{"user": c.Args().First(), "token": tok})
+	}
+	_, err := fmt.Fprintln(c.App.Writer, tok)
+	return err
 }
 
 func joinRoles(rs []governance.Role) string {

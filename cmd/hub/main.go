@@ -1,7 +1,8 @@
 // Command hub is the research data hub's single binary: it generates
-// synthetic extracts, ingests them with the patient opt-out applied, and
-// (as the later stages land) de-identifies, publishes and answers cohort
-// queries. It wires packages together and holds no business logic.
+// synthetic extracts, ingests them with the patient opt-out applied,
+// de-identifies and publishes them, serves the governed cohort API, and is
+// that API's command-line client. It wires packages together and holds no
+// business logic. Exit codes: 0 done, 1 failed, 2 usage, 3 refused.
 package main
 
 import (
@@ -17,6 +18,6 @@ func main() {
 	defer stop()
 	if err := newApp().RunContext(ctx, os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "hub:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
 }

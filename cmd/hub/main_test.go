@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/nhs-hub/hub/api"
 	"github.com/nhs-hub/hub/ingest"
 	"github.com/nhs-hub/hub/internal/synth"
 )
@@ -120,5 +122,37 @@ func TestPublishErrors(t *testing.T) {
 	}
 	if out, _ := runHub(t, "catalog", "list", "--lake", lake); !strings.Contains(out, "no datasets") {
 		t.Errorf("a failed publish left something listed: %s", out)
+	}
+}
+
+// TestExitCodes: usage mistakes exit 2, refusals by the hub 3, failures 1.
+func TestExitCodes(t *testing.T) {
+	_, flagErr := runHub(t, "query", "--bogus")
+	_, requiredErr := runHub(t, "user", "add", "--state", t.TempDir())
+	_, argsErr := runHub(t, "catalog", "show")
+	_, shellErr := runHub(t, "completion", "fish")
+	_, ioErr := runHub(t, "audit", "verify", "--state", t.TempDir())
+	for _, c := range []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"unknown flag", flagErr, 2}, {"missing required flag", requiredErr, 2}, {"missing argument", argsErr, 2},
+		{"unknown shell", shellErr, 2}, {"no audit log", ioErr, 1},
+		{"forbidden", fmt.Errorf("approve: %w", &api.APIError{Status: 403, Msg: "forbidden"}), 3},
+		{"budget exhausted", &api.APIError{Status: 409, Msg: "exhausted"}, 3},
+		{"server error", &api.APIError{Status: 503, Msg: "ledger"}, 1},
+	} {
+		if c.err == nil {
+			t.Errorf("%s: no error", c.name)
+			continue
+		}
+		if got := exitCode(c.err); got != c.want {
+			t.Errorf("%s (%v): exit %d, want %d", c.name, c.err, got, c.want)
+		}
+	}
+	out, err := runHub(t, "completion", "bash")
+	if err != nil || !strings.Contains(out, "complete -o bashdefault") || !strings.Contains(out, "--generate-bash-completion") {
+		t.Fatalf("bash completion: %v\n%s", err, out)
 	}
 }

@@ -24,6 +24,7 @@ func synthCommand() *cli.Command {
 			&cli.StringFlag{Name: "out", Required: true, Usage: "folder to write the extract into"},
 			&cli.Float64Flag{Name: "fault-rate", Value: 0.01, Usage: "share of rows given a realistic fault (0 for a clean extract)"},
 			&cli.BoolFlag{Name: "gzip", Usage: "gzip-compress the table files"},
+			jsonFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			format, err := parseFormat(c.String("format"))
@@ -40,6 +41,9 @@ func synthCommand() *cli.Command {
 			})
 			if err != nil {
 				return err
+			}
+			if c.Bool("json") {
+				return writeJSON(c.App.Writer, truth)
 			}
 			var events int64
 			for name, t := range truth.Tables {
