@@ -119,7 +119,7 @@ func catalogCommand() *cli.Command {
 			},
 			{
 				Name: "gc", Usage: "remove the parts of versions that were never committed", ArgsUsage: "NAME",
-				Flags: with(&cli.DurationFlag{Name: "min-age", Value: time.Hour, Usage: "leave alone versions claimed more recently (a publish may be running)"}),
+				Flags: with(jsonFlag, &cli.DurationFlag{Name: "min-age", Value: time.Hour, Usage: "leave alone versions claimed more recently (a publish may be running)"}),
 				Action: func(c *cli.Context) error {
 					lake, err := openLake(c)
 					if err != nil {
@@ -134,6 +134,9 @@ func catalogCommand() *cli.Command {
 					removed, err := lake.GC(c.Context, c.Args().First(), c.Duration("min-age"))
 					if err != nil {
 						return err
+					}
+					if c.Bool("json") {
+						return writeJSON(c.App.Writer, map[string]any{"dataset": c.Args().First(), "removed": removed})
 					}
 					fmt.Fprintf(c.App.Writer, "removed %d orphaned objects\n", len(removed))
 					return nil
