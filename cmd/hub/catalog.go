@@ -136,6 +136,9 @@ func catalogCommand() *cli.Command {
 						return err
 					}
 					if c.Bool("json") {
+						if removed == nil {
+							removed = []string{}
+						}
 						return writeJSON(c.App.Writer, map[string]any{"dataset": c.Args().First(), "removed": removed})
 					}
 					fmt.Fprintf(c.App.Writer, "removed %d orphaned objects\n", len(removed))
