@@ -235,22 +235,17 @@ func readHead(dir string) (*Head, error) {
 	return &h, nil
 }
 
-// checkHead compares the log's chain with the head file written by the
-// last append: the log must still hold that entry, unchanged. A log that
-// runs past the head is a crash between an append and the head's update.
-func checkHead(dir string, seen map[int64]string) error {
-	h, err := readHead(dir)
-	if err != nil || h == nil {
-		return err
-	}
-	got, ok := seen[h.Seq]
-	if h.Seq == 0 {
+// checkHead compares the head file h with got, the hash of the log's
+// entry h.Seq ("" if the log does not reach it): the log must still hold
+// that entry, unchanged. A log that runs past the head is a crash between
+// an append and the head's update.
+func checkHead(h *Head, got string) error {
+	switch {
+	case h == nil || h.Seq == 0:
 		return nil
-	}
-	if !ok {
+	case got == "":
 		return &ChainError{Reason: fmt.Sprintf("the head file names entry %d, which the log no longer holds (entries were removed from its end)", h.Seq)}
-	}
-	if got != h.Hash {
+	case got != h.Hash:
 		return &ChainError{Reason: fmt.Sprintf("entry %d differs from the one the head file names", h.Seq)}
 	}
 	return nil
@@ -272,8 +267,12 @@ func Verify(dir string, expect *Head) (*VerifyResult, error) {
 		return nil, fmt.Errorf("open audit log: %w (is %s the server's --state folder?)", err, dir)
 	}
 	defer f.Close()
+	head, err := readHead(dir)
+	if err != nil {
+		return nil, err
+	}
 	l := &auditLog{head: Head{Hash: genesis}}
-	seen := map[int64]string{}
+	var atHead, atExpect string
 	r := bufio.NewReader(f)
 	for {
 		raw, err := r.ReadBytes('\n')
@@ -286,15 +285,18 @@ func Verify(dir string, expect *Head) (*VerifyResult, error) {
 		if _, err := l.verify(raw); err != nil {
 			return nil, err
 		}
-		seen[l.head.Seq] = l.head.Hash
+		if head != nil && l.head.Seq == head.Seq {
+			atHead = l.head.Hash
+		}
+		if expect != nil && l.head.Seq == expect.Seq {
+			atExpect = l.head.Hash
+		}
 	}
-	if err := checkHead(dir, seen); err != nil {
+	if err := checkHead(head, atHead); err != nil {
 		return nil, err
 	}
-	if expect != nil {
-		if got, ok := seen[expect.Seq]; !ok || got != expect.Hash {
-			return nil, &ChainError{Reason: fmt.Sprintf("the log does not contain the expected head (entry %d, %.12s…)", expect.Seq, expect.Hash)}
-		}
+	if expect != nil && atExpect != expect.Hash {
+		return nil, &ChainError{Reason: fmt.Sprintf("the log does not contain the expected head (entry %d, %.12s…)", expect.Seq, expect.Hash)}
 	}
 	return &VerifyResult{Entries: l.head.Seq, Head: l.head}, nil
 }

@@ -87,7 +87,7 @@ func (r *RequestSpec) validate(st *state) error {
 // Submit, or pass submit to do both).
 func (s *Store) CreateRequest(actor *Principal, spec RequestSpec, submit bool) (*Request, error) {
 	var id string
-	e, err := s.do(event{actor: actor, action: ActRequestCreate, check: func(st *state, now time.Time) (*payload, error) {
+	_, err := s.do(event{actor: actor, entry: Entry{Action: ActRequestCreate}, check: func(st *state, now time.Time) (*payload, error) {
 		if !actor.Has(Researcher) {
 			return nil, fmt.Errorf("%w: only a researcher submits data access requests", ErrForbidden)
 		}
@@ -107,7 +107,6 @@ func (s *Store) CreateRequest(actor *Principal, spec RequestSpec, submit bool) (
 	if err != nil {
 		return nil, err
 	}
-	_ = e
 	if submit {
 		return s.Submit(actor, id)
 	}
@@ -123,68 +122,63 @@ func (st *state) byID(id string) (*Request, error) {
 	return r, nil
 }
 
-// submitterOnly is the check that the actor submitted the request.
-func submitterOnly(actor *Principal, r *Request, what string) error {
-	if !actor.Has(Researcher) || r.Submitter != actor.Name {
-		return fmt.Errorf("%w: only %s's submitter may %s it", ErrForbidden, r.ID, what)
+// submitter is the check that the actor submitted the request, for an
+// action named what.
+func submitter(what string) func(*Principal, *Request) error {
+	return func(actor *Principal, r *Request) error {
+		if !actor.Has(Researcher) || r.Submitter != actor.Name {
+			return fmt.Errorf("%w: only %s's submitter may %s it", ErrForbidden, r.ID, what)
+		}
+		return nil
 	}
-	return nil
 }
 
-// Submit sends a draft to the DAC.
-func (s *Store) Submit(actor *Principal, id string) (*Request, error) {
-	_, err := s.do(event{actor: actor, action: ActRequestSubmit, request: id, check: func(st *state, now time.Time) (*payload, error) {
+// onRequest runs an action on request id: the request must exist, allow
+// must let the actor act on it, and check decides against its state. It
+// returns the request as it stands after the action.
+func (s *Store) onRequest(actor *Principal, action, id string, allow func(*Principal, *Request) error,
+	check func(r *Request, now time.Time) (*payload, error)) (*Request, error) {
+	_, err := s.do(event{actor: actor, entry: Entry{Action: action, Request: id}, check: func(st *state, now time.Time) (*payload, error) {
 		r, err := st.byID(id)
 		if err != nil {
 			return nil, err
 		}
-		if err := submitterOnly(actor, r, "submit"); err != nil {
+		if err := allow(actor, r); err != nil {
 			return nil, err
 		}
-		if r.State != Draft {
-			return nil, fmt.Errorf("%w: %s is %s, not a draft", ErrConflict, id, r.State)
-		}
-		return nil, nil
+		return check(r, now)
 	}})
 	if err != nil {
 		return nil, err
 	}
 	return s.Request(actor, id)
+}
+
+// Submit sends a draft to the DAC.
+func (s *Store) Submit(actor *Principal, id string) (*Request, error) {
+	return s.onRequest(actor, ActRequestSubmit, id, submitter("submit"), func(r *Request, now time.Time) (*payload, error) {
+		if r.State != Draft {
+			return nil, fmt.Errorf("%w: %s is %s, not a draft", ErrConflict, id, r.State)
+		}
+		return nil, nil
+	})
 }
 
 // Withdraw withdraws a request; an approved request's project stops
 // answering queries.
 func (s *Store) Withdraw(actor *Principal, id string) (*Request, error) {
-	_, err := s.do(event{actor: actor, action: ActRequestWithdraw, request: id, check: func(st *state, now time.Time) (*payload, error) {
-		r, err := st.byID(id)
-		if err != nil {
-			return nil, err
-		}
-		if err := submitterOnly(actor, r, "withdraw"); err != nil {
-			return nil, err
-		}
+	return s.onRequest(actor, ActRequestWithdraw, id, submitter("withdraw"), func(r *Request, now time.Time) (*payload, error) {
 		if r.State == Rejected || r.State == Withdrawn {
 			return nil, fmt.Errorf("%w: %s is already %s", ErrConflict, id, r.State)
 		}
 		return nil, nil
-	}})
-	if err != nil {
-		return nil, err
-	}
-	return s.Request(actor, id)
+	})
 }
 
 // Amend asks the DAC for a new total budget or more time on an approved
 // request. The DAC decides it as it decides a request.
 func (s *Store) Amend(actor *Principal, id string, a AmendmentSpec) (*Request, error) {
-	_, err := s.do(event{actor: actor, action: ActRequestAmend, request: id, check: func(st *state, now time.Time) (*payload, error) {
-		r, err := st.byID(id)
-		if err != nil {
-			return nil, err
-		}
-		if err := submitterOnly(actor, r, "amend"); err != nil {
-			return nil, err
-		}
+	return s.onRequest(actor, ActRequestAmend, id, submitter("amend"), func(r *Request, now time.Time) (*payload, error) {
 		if !r.State.approved() {
 			return nil, fmt.Errorf("%w: only an approved request can be amended; %s is %s", ErrConflict, id, r.State)
 		}
@@ -211,11 +205,7 @@ func (s *Store) Amend(actor *Principal, id string, a AmendmentSpec) (*Request, e
 			return nil, err
 		}
 		return &payload{Amendment: &Amendment{N: len(r.Amendments) + 1, Requested: now, AmendmentSpec: a, State: "pending", Votes: []Vote{}}}, nil
-	}})
-	if err != nil {
-		return nil, err
-	}
-	return s.Request(actor, id)
+	})
 }
 
 // dacOnly is the check that the actor is a DAC member independent of the
@@ -232,23 +222,12 @@ func dacOnly(actor *Principal, r *Request) error {
 
 // Review marks a submitted request as in review by the actor.
 func (s *Store) Review(actor *Principal, id string) (*Request, error) {
-	_, err := s.do(event{actor: actor, action: ActRequestReview, request: id, check: func(st *state, now time.Time) (*payload, error) {
-		r, err := st.byID(id)
-		if err != nil {
-			return nil, err
-		}
-		if err := dacOnly(actor, r); err != nil {
-			return nil, err
-		}
+	return s.onRequest(actor, ActRequestReview, id, dacOnly, func(r *Request, now time.Time) (*payload, error) {
 		if r.State != Submitted && r.State != InReview {
 			return nil, fmt.Errorf("%w: %s is %s; only a submitted request is reviewed", ErrConflict, id, r.State)
 		}
 		return nil, nil
-	}})
-	if err != nil {
-		return nil, err
-	}
-	return s.Request(actor, id)
+	})
 }
 
 // A Grant is what a DAC member approves: at most what was asked. Zero
@@ -265,14 +244,7 @@ type Grant struct {
 // can be queried. An amendment may not grant less than the project has
 // spent, which spent (nil: nothing) reports in units.
 func (s *Store) Approve(actor *Principal, id string, g Grant, spent func(project string) (eps, delta int64, err error)) (*Request, error) {
-	_, err := s.do(event{actor: actor, action: ActRequestApprove, request: id, check: func(st *state, now time.Time) (*payload, error) {
-		r, err := st.byID(id)
-		if err != nil {
-			return nil, err
-		}
-		if err := dacOnly(actor, r); err != nil {
-			return nil, err
-		}
+	return s.onRequest(actor, ActRequestApprove, id, dacOnly, func(r *Request, now time.Time) (*payload, error) {
 		if err := checkText("reason", g.Reason, 5000); err != nil {
 			return nil, err
 		}
@@ -316,6 +288,7 @@ func (s *Store) Approve(actor *Principal, id string, g Grant, spent func(project
 		}
 		var spentE, spentD int64
 		if a != nil && spent != nil {
+			var err error
 			if spentE, spentD, err = spent(r.Project); err != nil {
 				return nil, err
 			}
@@ -329,11 +302,7 @@ func (s *Store) Approve(actor *Principal, id string, g Grant, spent func(project
 			p.Decision = decide(approvals, now, latest)
 		}
 		return p, nil
-	}})
-	if err != nil {
-		return nil, err
-	}
-	return s.Request(actor, id)
+	})
 }
 
 func pick(granted, asked float64) float64 {
@@ -377,14 +346,7 @@ func decide(approvals []Vote, now, latest time.Time) *Decision {
 // DAC member's rejection is enough: approval needs a quorum, refusal does
 // not (the conservative choice).
 func (s *Store) Reject(actor *Principal, id, reason string) (*Request, error) {
-	_, err := s.do(event{actor: actor, action: ActRequestReject, request: id, check: func(st *state, now time.Time) (*payload, error) {
-		r, err := st.byID(id)
-		if err != nil {
-			return nil, err
-		}
-		if err := dacOnly(actor, r); err != nil {
-			return nil, err
-		}
+	return s.onRequest(actor, ActRequestReject, id, dacOnly, func(r *Request, now time.Time) (*payload, error) {
 		if err := checkText("reason", reason, 5000); err != nil {
 			return nil, err
 		}
@@ -393,11 +355,7 @@ func (s *Store) Reject(actor *Principal, id, reason string) (*Request, error) {
 		}
 		v := Vote{Reviewer: actor.Name, Time: now, Reason: reason}
 		return &payload{Vote: &v, Decision: &Decision{Outcome: Rejected, Time: now, DecidedBy: []string{actor.Name}, Reasons: []string{reason}}}, nil
-	}})
-	if err != nil {
-		return nil, err
-	}
-	return s.Request(actor, id)
+	})
 }
 
 // canSee reports whether the actor may read a request: its members, the

@@ -74,8 +74,8 @@ func Open(dir string, opt Options) (*Store, error) {
 			return s.fold(e)
 		})
 	})
-	if err == nil && head != nil && head.Seq > 0 && atHead != head.Hash {
-		err = &ChainError{Reason: fmt.Sprintf("entry %d is not the one the head file names (entries were removed or changed)", head.Seq)}
+	if err == nil {
+		err = checkHead(head, atHead)
 	}
 	if err != nil {
 		al.close()
@@ -117,15 +117,14 @@ func (s *Store) view(f func(st *state) error) error {
 	return f(s.st)
 }
 
-// An event is what an action would append: check decides, against the
-// current state, whether the action is allowed and what it changes.
+// An event is what an action would append: entry names the action and
+// what it acts on; check (nil for an entry recorded as given) decides,
+// against the current state, whether the action is allowed and what it
+// changes.
 type event struct {
-	actor   *Principal
-	action  string
-	request string
-	project string
-	user    string
-	check   func(st *state, now time.Time) (*payload, error)
+	actor *Principal
+	entry Entry
+	check func(st *state, now time.Time) (*payload, error)
 }
 
 // do runs an action: it catches up, checks, then appends either the change
@@ -141,18 +140,24 @@ func (s *Store) do(ev event) (*Entry, error) {
 			return err
 		}
 		now := s.now().UTC()
-		e := &Entry{Time: now, Actor: actorName(ev.actor), Action: ev.action, Outcome: OK,
-			Request: ev.request, Project: ev.project, User: ev.user}
-		p, err := ev.check(s.st, now)
-		if err != nil {
-			refusal = err
-			e.Outcome, e.Reason = Refused, err.Error()
-		} else if p != nil {
-			if e.Data, err = json.Marshal(p); err != nil {
-				return err
-			}
-			if p.Request != nil {
-				e.Request = p.Request.ID
+		e := ev.entry
+		e.Time, e.Actor = now, actorName(ev.actor)
+		if e.Outcome == "" {
+			e.Outcome = OK
+		}
+		var p *payload
+		if ev.check != nil {
+			var err error
+			if p, err = ev.check(s.st, now); err != nil {
+				refusal = err
+				e.Outcome, e.Reason = Refused, err.Error()
+			} else if p != nil {
+				if e.Data, err = json.Marshal(p); err != nil {
+					return err
+				}
+				if p.Request != nil {
+					e.Request = p.Request.ID
+				}
 			}
 		}
 		if r := s.st.requests[e.Request]; r != nil {
@@ -160,14 +165,14 @@ func (s *Store) do(ev event) (*Entry, error) {
 		} else if p != nil && p.Request != nil {
 			e.Project = p.Request.Project
 		}
-		if err := s.al.append(e); err != nil {
+		if err := s.al.append(&e); err != nil {
 			return err
 		}
-		out = e
-		return s.fold(e)
+		out = &e
+		return s.fold(out)
 	})
 	if err != nil {
-		s.log.Error("audit append failed", "action", ev.action, "err", err)
+		s.log.Error("audit append failed", "action", ev.entry.Action, "err", err)
 		return nil, errors.Join(refusal, err)
 	}
 	return out, refusal
@@ -181,31 +186,13 @@ func actorName(p *Principal) string {
 }
 
 // Record appends an entry that changes no governance state: a query, a
-// refused call, a dataset publish. Seq, Time, Prev and Hash are filled in.
+// refused call, a dataset publish. Seq, Time, Actor, Prev and Hash are
+// filled in; Outcome defaults to OK.
 func (s *Store) Record(actor *Principal, e Entry) (*Entry, error) {
 	if stateActions[e.Action] && e.Outcome != Refused {
 		return nil, fmt.Errorf("record: %s changes the governance state; use its method", e.Action)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e.Actor = actorName(actor)
-	if e.Outcome == "" {
-		e.Outcome = OK
-	}
-	err := s.locked(func() error {
-		if err := s.al.catchUp(s.fold); err != nil {
-			return err
-		}
-		e.Time = s.now()
-		if err := s.al.append(&e); err != nil {
-			return err
-		}
-		return s.fold(&e)
-	})
-	if err != nil {
-		return nil, err
-	}
-	return &e, nil
+	return s.do(event{actor: actor, entry: e})
 }
 
 // Refuse records a refused call and returns err.

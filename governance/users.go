@@ -1,6 +1,7 @@
 package governance
 
 import (
+	"cmp"
 	"fmt"
 	"regexp"
 	"slices"
@@ -20,7 +21,7 @@ func requireAdmin(actor *Principal) error {
 // is shown once: only its SHA-256 is kept. ttl 0 is DefaultTokenTTL.
 func (s *Store) AddUser(actor *Principal, name string, roles []Role, ttl time.Duration) (string, error) {
 	var tok string
-	_, err := s.do(event{actor: actor, action: ActUserAdd, user: name, check: func(st *state, now time.Time) (*payload, error) {
+	_, err := s.do(event{actor: actor, entry: Entry{Action: ActUserAdd, User: name}, check: func(st *state, now time.Time) (*payload, error) {
 		if err := requireAdmin(actor); err != nil {
 			return nil, err
 		}
@@ -55,7 +56,7 @@ func (s *Store) AddUser(actor *Principal, name string, roles []Role, ttl time.Du
 // IssueToken gives a user a new token (shown once).
 func (s *Store) IssueToken(actor *Principal, name string, ttl time.Duration) (string, error) {
 	var tok string
-	_, err := s.do(event{actor: actor, action: ActTokenIssue, user: name, check: func(st *state, now time.Time) (*payload, error) {
+	_, err := s.do(event{actor: actor, entry: Entry{Action: ActTokenIssue, User: name}, check: func(st *state, now time.Time) (*payload, error) {
 		if err := requireAdmin(actor); err != nil {
 			return nil, err
 		}
@@ -76,7 +77,7 @@ func (s *Store) IssueToken(actor *Principal, name string, ttl time.Duration) (st
 // of them when ids is empty. It returns the IDs revoked.
 func (s *Store) RevokeTokens(actor *Principal, name string, ids []string) ([]string, error) {
 	var revoked []string
-	_, err := s.do(event{actor: actor, action: ActTokenRevoke, user: name, check: func(st *state, now time.Time) (*payload, error) {
+	_, err := s.do(event{actor: actor, entry: Entry{Action: ActTokenRevoke, User: name}, check: func(st *state, now time.Time) (*payload, error) {
 		if err := requireAdmin(actor); err != nil {
 			return nil, err
 		}
@@ -118,14 +119,6 @@ func (s *Store) Users(actor *Principal) ([]*User, error) {
 		}
 		return nil
 	})
-	slices.SortFunc(out, func(a, b *User) int {
-		if a.Name < b.Name {
-			return -1
-		}
-		if a.Name > b.Name {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b *User) int { return cmp.Compare(a.Name, b.Name) })
 	return out, err
 }
