@@ -212,8 +212,34 @@ func apiCall[T any](c *cli.Context, method, path string, body any, text func(io.
 	return nil
 }
 
+// showRequest prints a request in full.
+func showRequest(w io.Writer, r governance.Request) { printRequest(w, &r, true) }
+
+// onRequest is a subcommand that calls one request's endpoint: GET
+// /v1/requests/ID when action is "", else POST /v1/requests/ID/action with
+// the body that body builds from the flags (nil: none). It prints the
+// request as it then stands.
+func onRequest(name, usage, action string, flags []cli.Flag, body func(*cli.Context) any) *cli.Command {
+	return &cli.Command{
+		Name: name, Usage: usage, ArgsUsage: "ID", Flags: append(serverFlags(), flags...),
+		Action: func(c *cli.Context) error {
+			if err := args(c, 1); err != nil {
+				return err
+			}
+			method, path := "GET", "/v1/requests/"+url.PathEscape(c.Args().First())
+			var in any
+			if action != "" {
+				method, path = "POST", path+"/"+action
+				if body != nil {
+					in = body(c)
+				}
+			}
+			return apiCall(c, method, path, in, showRequest)
+		},
+	}
+}
+
 func requestCommand() *cli.Command {
-	show := func(w io.Writer, r governance.Request) { printRequest(w, &r, true) }
 	return &cli.Command{
 		Name:  "request",
 		Usage: "data access requests: submit, list, show, withdraw, amend (researchers)",
@@ -228,9 +254,9 @@ func requestCommand() *cli.Command {
 				Action: func(c *cli.Context) error {
 					if c.String("file") == "" {
 						if err := args(c, 1); err != nil {
-							return errors.New("give --file request.json, or the ID of a draft to submit")
+							return usageError{errors.New("give --file request.json, or the ID of a draft to submit")}
 						}
-						return apiCall(c, "POST", "/v1/requests/"+url.PathEscape(c.Args().First())+"/submit", nil, show)
+						return apiCall(c, "POST", "/v1/requests/"+url.PathEscape(c.Args().First())+"/submit", nil, showRequest)
 					}
 					body, err := readFileOrStdin(c.String("file"), 1<<20)
 					if err != nil {
@@ -240,7 +266,7 @@ func requestCommand() *cli.Command {
 					if c.Bool("draft") {
 						path += "?draft=true"
 					}
-					return apiCall(c, "POST", path, body, show)
+					return apiCall(c, "POST", path, body, showRequest)
 				},
 			},
 			{
@@ -254,49 +280,23 @@ func requestCommand() *cli.Command {
 					return apiCall(c, "GET", path, nil, printRequests)
 				},
 			},
-			{
-				Name: "show", Usage: "show a request with its votes, decision and amendments", ArgsUsage: "ID",
-				Flags: serverFlags(),
-				Action: func(c *cli.Context) error {
-					if err := args(c, 1); err != nil {
-						return err
-					}
-					return apiCall(c, "GET", "/v1/requests/"+url.PathEscape(c.Args().First()), nil, show)
-				},
-			},
-			{
-				Name: "withdraw", Usage: "withdraw your request; an approved project stops answering", ArgsUsage: "ID",
-				Flags: serverFlags(),
-				Action: func(c *cli.Context) error {
-					if err := args(c, 1); err != nil {
-						return err
-					}
-					return apiCall(c, "POST", "/v1/requests/"+url.PathEscape(c.Args().First())+"/withdraw", nil, show)
-				},
-			},
-			{
-				Name: "amend", Usage: "ask the DAC for a new total budget or more time on an approved request", ArgsUsage: "ID",
-				Flags: append(serverFlags(),
-					&cli.Float64Flag{Name: "epsilon", Usage: "the new total ε (default: unchanged)"},
-					&cli.Float64Flag{Name: "delta", Usage: "the new total δ (default: unchanged)"},
-					&cli.Float64Flag{Name: "max-query-epsilon", Usage: "the new per-query cap (default: unchanged)"},
-					&cli.IntFlag{Name: "extend-days", Usage: "days to add to the expiry"},
-					&cli.StringFlag{Name: "reason", Required: true, Usage: "why"}),
-				Action: func(c *cli.Context) error {
-					if err := args(c, 1); err != nil {
-						return err
-					}
-					body := governance.AmendmentSpec{Epsilon: c.Float64("epsilon"), Delta: c.Float64("delta"),
-						MaxQueryEpsilon: c.Float64("max-query-epsilon"), ExtendDays: c.Int("extend-days"), Reason: c.String("reason")}
-					return apiCall(c, "POST", "/v1/requests/"+url.PathEscape(c.Args().First())+"/amend", body, show)
-				},
-			},
+			onRequest("show", "show a request with its votes, decision and amendments", "", nil, nil),
+			onRequest("withdraw", "withdraw your request; an approved project stops answering", "withdraw", nil, nil),
+			onRequest("amend", "ask the DAC for a new total budget or more time on an approved request", "amend", []cli.Flag{
+				&cli.Float64Flag{Name: "epsilon", Usage: "the new total ε (default: unchanged)"},
+				&cli.Float64Flag{Name: "delta", Usage: "the new total δ (default: unchanged)"},
+				&cli.Float64Flag{Name: "max-query-epsilon", Usage: "the new per-query cap (default: unchanged)"},
+				&cli.IntFlag{Name: "extend-days", Usage: "days to add to the expiry"},
+				&cli.StringFlag{Name: "reason", Required: true, Usage: "why"},
+			}, func(c *cli.Context) any {
+				return governance.AmendmentSpec{Epsilon: c.Float64("epsilon"), Delta: c.Float64("delta"),
+					MaxQueryEpsilon: c.Float64("max-query-epsilon"), ExtendDays: c.Int("extend-days"), Reason: c.String("reason")}
+			}),
 		},
 	}
 }
 
 func dacCommand() *cli.Command {
-	show := func(w io.Writer, r governance.Request) { printRequest(w, &r, true) }
 	return &cli.Command{
 		Name:  "dac",
 		Usage: "the data access committee: list, review, approve and reject requests",
@@ -316,45 +316,21 @@ func dacCommand() *cli.Command {
 					return apiCall(c, "GET", path, nil, printRequests)
 				},
 			},
-			{
-				Name: "review", Usage: "take a submitted request into review and show it", ArgsUsage: "ID",
-				Flags: serverFlags(),
-				Action: func(c *cli.Context) error {
-					if err := args(c, 1); err != nil {
-						return err
-					}
-					return apiCall(c, "POST", "/v1/requests/"+url.PathEscape(c.Args().First())+"/review", nil, show)
-				},
-			},
-			{
-				Name: "approve", Usage: "approve a request (or its pending amendment), granting at most what was asked", ArgsUsage: "ID",
-				Flags: append(serverFlags(),
-					&cli.StringFlag{Name: "reason", Required: true, Usage: "the reason for the decision"},
-					&cli.StringFlag{Name: "conditions", Usage: "conditions of the approval"},
-					&cli.Float64Flag{Name: "epsilon", Usage: "ε to grant (default: as asked)"},
-					&cli.Float64Flag{Name: "delta", Usage: "δ to grant (default: as asked)"},
-					&cli.Float64Flag{Name: "max-query-epsilon", Usage: "per-query cap to grant (default: as asked)"},
-					&cli.StringFlag{Name: "expires", Usage: "expiry date, YYYY-MM-DD (default: the asked duration from the decision)"}),
-				Action: func(c *cli.Context) error {
-					if err := args(c, 1); err != nil {
-						return err
-					}
-					body := api.Approval{Epsilon: c.Float64("epsilon"), Delta: c.Float64("delta"), MaxQueryEpsilon: c.Float64("max-query-epsilon"),
-						Expires: c.String("expires"), Reason: c.String("reason"), Conditions: c.String("conditions")}
-					return apiCall(c, "POST", "/v1/requests/"+url.PathEscape(c.Args().First())+"/approve", body, show)
-				},
-			},
-			{
-				Name: "reject", Usage: "reject a request (or its pending amendment) with a reason", ArgsUsage: "ID",
-				Flags: append(serverFlags(), &cli.StringFlag{Name: "reason", Required: true, Usage: "the reason, shown to the researcher"}),
-				Action: func(c *cli.Context) error {
-					if err := args(c, 1); err != nil {
-						return err
-					}
-					return apiCall(c, "POST", "/v1/requests/"+url.PathEscape(c.Args().First())+"/reject",
-						map[string]string{"reason": c.String("reason")}, show)
-				},
-			},
+			onRequest("review", "take a submitted request into review and show it", "review", nil, nil),
+			onRequest("approve", "approve a request (or its pending amendment), granting at most what was asked", "approve", []cli.Flag{
+				&cli.StringFlag{Name: "reason", Required: true, Usage: "the reason for the decision"},
+				&cli.StringFlag{Name: "conditions", Usage: "conditions of the approval"},
+				&cli.Float64Flag{Name: "epsilon", Usage: "ε to grant (default: as asked)"},
+				&cli.Float64Flag{Name: "delta", Usage: "δ to grant (default: as asked)"},
+				&cli.Float64Flag{Name: "max-query-epsilon", Usage: "per-query cap to grant (default: as asked)"},
+				&cli.StringFlag{Name: "expires", Usage: "expiry date, YYYY-MM-DD (default: the asked duration from the decision)"},
+			}, func(c *cli.Context) any {
+				return api.Approval{Epsilon: c.Float64("epsilon"), Delta: c.Float64("delta"), MaxQueryEpsilon: c.Float64("max-query-epsilon"),
+					Expires: c.String("expires"), Reason: c.String("reason"), Conditions: c.String("conditions")}
+			}),
+			onRequest("reject", "reject a request (or its pending amendment) with a reason", "reject", []cli.Flag{
+				&cli.StringFlag{Name: "reason", Required: true, Usage: "the reason, shown to the researcher"},
+			}, func(c *cli.Context) any { return map[string]string{"reason": c.String("reason")} }),
 		},
 	}
 }
