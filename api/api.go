@@ -127,22 +127,8 @@ func Handler(gov *governance.Store, svc *cohorts.Service, log *slog.Logger) http
 
 	// Projects: queries, history and budget.
 	mux.HandleFunc("POST /v1/projects/{project}/queries", user(s.query))
-	mux.HandleFunc("GET /v1/projects/{project}/queries", user(func(w http.ResponseWriter, r *http.Request, p *governance.Principal) {
-		if _, err := s.gov.Authorize(p, r.PathValue("project"), governance.ScopeView); err != nil {
-			s.reply(w, nil, err)
-			return
-		}
-		h, err := s.svc.History(r.PathValue("project"))
-		s.reply(w, h, err)
-	}))
-	mux.HandleFunc("GET /v1/projects/{project}/budget", user(func(w http.ResponseWriter, r *http.Request, p *governance.Principal) {
-		if _, err := s.gov.Authorize(p, r.PathValue("project"), governance.ScopeView); err != nil {
-			s.reply(w, nil, err)
-			return
-		}
-		b, err := s.svc.Budget(r.PathValue("project"))
-		s.reply(w, b, err)
-	}))
+	mux.HandleFunc("GET /v1/projects/{project}/queries", user(s.viewProject(func(project string) (any, error) { return s.svc.History(project) })))
+	mux.HandleFunc("GET /v1/projects/{project}/budget", user(s.viewProject(func(project string) (any, error) { return s.svc.Budget(project) })))
 
 	// The audit log.
 	mux.HandleFunc("GET /v1/audit", user(func(w http.ResponseWriter, r *http.Request, p *governance.Principal) {
@@ -238,6 +224,19 @@ func bearer(r *http.Request) string {
 		return strings.TrimSpace(t)
 	}
 	return r.Header.Get("Authorization")
+}
+
+// viewProject answers with what get returns for the path's project, to
+// those who may view it (its members, the DAC, admins).
+func (s *server) viewProject(get func(project string) (any, error)) func(http.ResponseWriter, *http.Request, *governance.Principal) {
+	return func(w http.ResponseWriter, r *http.Request, p *governance.Principal) {
+		if _, err := s.gov.Authorize(p, r.PathValue("project"), governance.ScopeView); err != nil {
+			s.reply(w, nil, err)
+			return
+		}
+		v, err := get(r.PathValue("project"))
+		s.reply(w, v, err)
+	}
 }
 
 // body decodes a JSON body strictly; a bad body is refused and recorded.
