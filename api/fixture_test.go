@@ -1,12 +1,10 @@
 package api
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -18,29 +16,15 @@ import (
 	"github.com/nhs-hub/hub/internal/testlake"
 )
 
-var testLake struct {
-	once sync.Once
-	lake *catalog.Lake
-	root string
-	err  error
-}
-
+// lake is the package's synthetic dataset, "gp", published once.
 func lake(t testing.TB) *catalog.Lake {
-	t.Helper()
-	testLake.once.Do(func() {
-		testLake.lake, testLake.root, testLake.err = testlake.Publish(context.Background(), 3000)
-	})
-	if testLake.err != nil {
-		t.Fatal(testLake.err)
-	}
-	return testLake.lake
+	l, _ := testlake.Shared(t)
+	return l
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if testLake.root != "" {
-		os.RemoveAll(filepath.Dir(testLake.root))
-	}
+	testlake.RemoveShared()
 	os.Exit(code)
 }
 

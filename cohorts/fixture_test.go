@@ -2,10 +2,8 @@ package cohorts
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -21,36 +19,16 @@ import (
 	"github.com/nhs-hub/hub/internal/testlake"
 )
 
-// testLake is one synthetic dataset, "gp", published once for the
-// package's tests.
-var testLake struct {
-	once sync.Once
-	lake *catalog.Lake
-	root string
-	err  error
-}
-
+// lake is the package's synthetic dataset, "gp", published once.
 func lake(t testing.TB) *catalog.Lake {
-	t.Helper()
-	testLake.once.Do(func() {
-		testLake.lake, testLake.root, testLake.err = publish(context.Background(), 3000)
-	})
-	if testLake.err != nil {
-		t.Fatal(testLake.err)
-	}
-	return testLake.lake
+	l, _ := testlake.Shared(t)
+	return l
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if testLake.root != "" {
-		os.RemoveAll(filepath.Dir(testLake.root))
-	}
+	testlake.RemoveShared()
 	os.Exit(code)
-}
-
-func publish(ctx context.Context, n int) (*catalog.Lake, string, error) {
-	return testlake.Publish(ctx, n)
 }
 
 // grants is the projects a test grants, as the governance store would.

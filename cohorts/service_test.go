@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/nhs-hub/hub/catalog"
+	"github.com/nhs-hub/hub/internal/testlake"
 )
 
 // TestConcurrentBudget: 200 different queries at once against a budget
@@ -129,13 +130,14 @@ func TestTornLedgerLine(t *testing.T) {
 // file but the dataset's parts, and its configuration cannot be unlocked.
 func TestEngineReachesNoOtherFile(t *testing.T) {
 	s := newService(t)
+	_, root := testlake.Shared(t)
 	eng, err := s.Engine(t.Context(), "gp", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, q := range []string{
 		"SELECT * FROM read_csv('/etc/passwd')",
-		"SELECT * FROM read_parquet('" + testLake.root + "/datasets/gp/versions/1/manifest.json')",
+		"SELECT * FROM read_parquet('" + root + "/datasets/gp/versions/1/manifest.json')",
 		"SET enable_external_access = true",
 		"COPY patients TO '/tmp/leak.csv'",
 		"INSTALL httpfs",

@@ -8,6 +8,8 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"sync"
+	"testing"
 
 	"github.com/nhs-hub/hub/catalog"
 	lakefile "github.com/nhs-hub/hub/catalog/file"
@@ -53,4 +55,33 @@ func Publish(ctx context.Context, n int) (l *catalog.Lake, root string, err erro
 	_, err = pipeline.Run(ctx, pipeline.Config{Dataset: "gp", Source: ingest.Dir(extract), SourceName: "test",
 		Ingest: ingest.Options{OptOuts: optouts}, Policy: policy, Key: k, Lake: l})
 	return l, root, err
+}
+
+// shared is the dataset Shared publishes once per test binary.
+var shared struct {
+	once sync.Once
+	lake *catalog.Lake
+	root string
+	err  error
+}
+
+// Shared returns a 3,000-patient "gp" dataset published once for the
+// whole test binary, and its lake's folder. TestMain removes it with
+// RemoveShared after the tests.
+func Shared(tb testing.TB) (*catalog.Lake, string) {
+	tb.Helper()
+	shared.once.Do(func() {
+		shared.lake, shared.root, shared.err = Publish(context.Background(), 3000)
+	})
+	if shared.err != nil {
+		tb.Fatal(shared.err)
+	}
+	return shared.lake, shared.root
+}
+
+// RemoveShared deletes the dataset Shared published, if any.
+func RemoveShared() {
+	if shared.root != "" {
+		os.RemoveAll(filepath.Dir(shared.root))
+	}
 }
