@@ -1,6 +1,8 @@
 package deid
 
 import (
+	"unsafe"
+
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/memory"
@@ -62,74 +64,108 @@ func firstOfMonth(d arrow.Date32) arrow.Date32 {
 	return arrow.Date32FromTime(tm.AddDate(0, 0, 1-tm.Day()))
 }
 
-// event transforms one batch of an event table.
+// event transforms one batch of an event table. Columns that the policy
+// leaves as they are (codes, units, values, types, and dates when kept)
+// are the input's own arrays, shared rather than copied; only the
+// pseudonyms and changed dates are built.
 func (t *transformer) event(tb ingest.Table, rec arrow.RecordBatch) arrow.RecordBatch {
-	b := array.NewRecordBuilder(t.mem, t.schemas[tb])
-	defer b.Release()
 	n := int(rec.NumRows())
-	b.Reserve(n)
+	schema := t.schemas[tb]
+	cols := make([]arrow.Array, 0, schema.NumFields())
+	defer func() {
+		for _, c := range cols {
+			c.Release()
+		}
+	}()
+	keep := func(in int) { c := rec.Column(in); c.Retain(); cols = append(cols, c) }
 	nhsCol := 0
 	if tb == ingest.Encounters {
 		nhsCol = 1
 	}
 	nhs := rec.Column(nhsCol).(*array.Uint64)
-	pid := func(i int) *array.FixedSizeBinaryBuilder { return b.Field(i).(*array.FixedSizeBinaryBuilder) }
-	dates := func(out int, in int, i int) {
-		col := rec.Column(in).(*array.Date32)
-		if col.IsNull(i) {
-			b.Field(out).AppendNull()
-			return
+	pids := func() {
+		b := array.NewFixedSizeBinaryBuilder(t.mem, schema.Field(0).Type.(*arrow.FixedSizeBinaryType))
+		defer b.Release()
+		b.Reserve(n)
+		for _, v := range nhs.Uint64Values() {
+			b.Append(t.patient(v))
 		}
-		d := t.date(col.Value(i))
-		t.seen(d)
-		b.Field(out).(*array.Date32Builder).Append(d)
+		cols = append(cols, b.NewArray())
 	}
-	strs := func(out, in, i int) {
-		col := rec.Column(in).(*array.String)
-		if col.IsNull(i) {
-			b.Field(out).AppendNull()
-			return
+	switch tb {
+	case ingest.Encounters:
+		cols = append(cols, t.tokens(rec.Column(0).(*array.String)))
+		pids()
+		keep(2)
+		cols = append(cols, t.dates(nhs, rec.Column(3).(*array.Date32)), t.dates(nhs, rec.Column(4).(*array.Date32)))
+		if t.policy.KeepOrganisation {
+			keep(5)
 		}
-		b.Field(out).(*array.StringBuilder).Append(col.Value(i))
+	case ingest.Conditions:
+		pids()
+		keep(1)
+		keep(2)
+		cols = append(cols, t.dates(nhs, rec.Column(3).(*array.Date32)), t.tokens(rec.Column(4).(*array.String)))
+	case ingest.Medications:
+		pids()
+		keep(1)
+		keep(2)
+		cols = append(cols, t.dates(nhs, rec.Column(3).(*array.Date32)), t.dates(nhs, rec.Column(4).(*array.Date32)))
+	case ingest.Observations:
+		pids()
+		keep(1)
+		keep(2)
+		keep(3)
+		keep(4)
+		cols = append(cols, t.dates(nhs, rec.Column(5).(*array.Date32)))
 	}
-	for i := 0; i < n; i++ {
-		p := t.patient(nhs.Value(i))
-		switch tb {
-		case ingest.Encounters:
-			ids := rec.Column(0).(*array.String)
-			pid(0).Append(t.ps.Token("encounter", []byte(ids.Value(i))))
-			pid(1).Append(p)
-			strs(2, 2, i)
-			dates(3, 3, i)
-			dates(4, 4, i)
-			if t.policy.KeepOrganisation {
-				strs(5, 5, i)
-			}
+	return array.NewRecordBatch(schema, cols, int64(n))
+}
+
+// tokens pseudonymises a column of encounter ids, nulls kept.
+func (t *transformer) tokens(ids *array.String) arrow.Array {
+	b := array.NewFixedSizeBinaryBuilder(t.mem, &arrow.FixedSizeBinaryType{ByteWidth: t.policy.PseudonymBytes})
+	defer b.Release()
+	b.Reserve(ids.Len())
+	for i := 0; i < ids.Len(); i++ {
+		if ids.IsNull(i) {
+			b.AppendNull()
 			continue
 		}
-		pid(0).Append(p)
-		strs(1, 1, i)
-		strs(2, 2, i)
-		switch tb {
-		case ingest.Conditions:
-			dates(3, 3, i)
-			if ids := rec.Column(4).(*array.String); ids.IsValid(i) {
-				pid(4).Append(t.ps.Token("encounter", []byte(ids.Value(i))))
-			} else {
-				b.Field(4).AppendNull()
-			}
-		case ingest.Medications:
-			dates(3, 3, i)
-			dates(4, 4, i)
-		case ingest.Observations:
-			if v := rec.Column(3).(*array.Float64); v.IsValid(i) {
-				b.Field(3).(*array.Float64Builder).Append(v.Value(i))
-			} else {
-				b.Field(3).AppendNull()
-			}
-			strs(4, 4, i)
-			dates(5, 5, i)
-		}
+		b.Append(t.ps.Token("encounter", unsafeBytes(ids.Value(i))))
 	}
-	return b.NewRecordBatch()
+	return b.NewArray()
 }
+
+// dates applies the policy to a column of event dates of the patients in
+// nhs, noting their span. Kept dates are the input array itself.
+func (t *transformer) dates(nhs *array.Uint64, col *array.Date32) arrow.Array {
+	vals := col.Date32Values()
+	if t.policy.EventDates == DatesKeep {
+		for i, d := range vals {
+			if col.IsValid(i) {
+				t.seen(d)
+			}
+		}
+		col.Retain()
+		return col
+	}
+	b := array.NewDate32Builder(t.mem)
+	defer b.Release()
+	b.Reserve(len(vals))
+	for i, d := range vals {
+		if col.IsNull(i) {
+			b.UnsafeAppendBoolToBitmap(false)
+			continue
+		}
+		t.patient(nhs.Value(i)) // the shift is the row's patient's
+		d = t.date(d)
+		t.seen(d)
+		b.UnsafeAppend(d)
+	}
+	return b.NewArray()
+}
+
+// unsafeBytes views a string's bytes without copying; the caller must not
+// modify them.
+func unsafeBytes(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -284,7 +285,8 @@ func TestTamperedPartDetected(t *testing.T) {
 // failingStore fails the n-th object write, as a full disk would.
 type failingStore struct {
 	catalog.Store
-	n int
+	mu sync.Mutex // parts are created from several goroutines
+	n  int
 }
 
 type failingWriter struct {
@@ -301,6 +303,8 @@ func (w *failingWriter) Write(p []byte) (int, error) {
 
 func (s *failingStore) Create(ctx context.Context, p string) (io.WriteCloser, error) {
 	w, err := s.Store.Create(ctx, p)
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.n--
 	return &failingWriter{WriteCloser: w, fail: s.n == 0}, err
 }
@@ -347,5 +351,74 @@ func TestKeyRules(t *testing.T) {
 	}
 	if strings.Contains(k.String(), "abab") || len(k.Fingerprint()) != 16 {
 		t.Errorf("key prints %q", k.String())
+	}
+}
+
+// TestEventDatePolicies publishes one extract with exact, month and
+// shifted event dates and compares them encounter by encounter: months are
+// the first of the true month, and each patient's dates move by one
+// offset of their own, never zero, within the policy's bound.
+func TestEventDatePolicies(t *testing.T) {
+	f := newFixture(t, 400)
+	type enc struct {
+		patient    string
+		start, end arrow.Date32
+		hasEnd     bool
+	}
+	encounters := func(p deid.Policy) map[string]enc {
+		res, err := pipeline.Run(t.Context(), f.config(t, key(t, 1), p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]enc{}
+		for _, rec := range readTable(t, f.lake, res.Manifest, "encounters") {
+			ids, pids := rec.Column(0).(*array.FixedSizeBinary), rec.Column(1).(*array.FixedSizeBinary)
+			start, end := rec.Column(3).(*array.Date32), rec.Column(4).(*array.Date32)
+			for i := 0; i < int(rec.NumRows()); i++ {
+				out[string(ids.Value(i))] = enc{string(pids.Value(i)), start.Value(i), end.Value(i), end.IsValid(i)}
+			}
+			rec.Release()
+		}
+		return out
+	}
+	keep := encounters(policy())
+	month := policy()
+	month.EventDates = deid.DatesMonth
+	monthly := encounters(month)
+	shift := policy()
+	shift.EventDates, shift.ShiftDays = deid.DatesShift, 30
+	shifted := encounters(shift)
+	if len(keep) < 1000 || len(monthly) != len(keep) || len(shifted) != len(keep) {
+		t.Fatalf("encounters: %d kept, %d by month, %d shifted", len(keep), len(monthly), len(shifted))
+	}
+	first := func(d arrow.Date32) arrow.Date32 {
+		tm := d.ToTime()
+		return arrow.Date32FromTime(tm.AddDate(0, 0, 1-tm.Day()))
+	}
+	offsets := map[string]arrow.Date32{}
+	distinct := map[arrow.Date32]bool{}
+	for id, k := range keep {
+		m, s := monthly[id], shifted[id]
+		if m.patient != k.patient || s.patient != k.patient {
+			t.Fatal("an encounter changed patient between policies")
+		}
+		if m.start != first(k.start) || m.hasEnd != k.hasEnd || (k.hasEnd && m.end != first(k.end)) {
+			t.Fatalf("month policy: %v..%v published as %v..%v", k.start, k.end, m.start, m.end)
+		}
+		off := s.start - k.start
+		if off == 0 || off < -30 || off > 30 {
+			t.Fatalf("shift of %d days, want 1..30 either way", off)
+		}
+		if s.hasEnd != k.hasEnd || (k.hasEnd && s.end-k.end != off) {
+			t.Fatal("an encounter's end moved by another offset than its start")
+		}
+		if o, ok := offsets[k.patient]; ok && o != off {
+			t.Fatalf("one patient's dates moved by %d and %d days", o, off)
+		}
+		offsets[k.patient] = off
+		distinct[off] = true
+	}
+	if len(distinct) < 20 {
+		t.Errorf("only %d distinct offsets over %d patients", len(distinct), len(offsets))
 	}
 }
