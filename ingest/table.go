@@ -111,6 +111,14 @@ type rowBuilder struct {
 	rb *array.RecordBuilder
 	pc []byte // postcode scratch
 
+	// The last event row's patient and its fate: events come grouped by
+	// patient, so most rows skip the set look-ups.
+	lastNHS    uint64
+	lastReason Reason
+	haveLast   bool // 0000000000 passes Modulus 11, so 0 is a number
+	// data[i] is the last batch's byte count of string column i: the
+	// next batch's buffers are sized from the last one's, not grown.
+	data []int
 }
 
 func newRowBuilder(t Table, st *state, mem memory.Allocator) *rowBuilder {
@@ -131,7 +139,10 @@ func (b *rowBuilder) add(f [][]byte) (Reason, int) {
 	if b.t == Patients {
 		return b.addPatient(n, f)
 	}
-	if r := b.st.eventPatient(n); r != ReasonNone {
+	if !b.haveLast || n != b.lastNHS {
+		b.lastNHS, b.lastReason, b.haveLast = n, b.st.eventPatient(n), true
+	}
+	if r := b.lastReason; r != ReasonNone {
 		return r, -1
 	}
 	for i, v := range f {
@@ -379,10 +390,26 @@ func (b *rowBuilder) optDate(i int, d arrow.Date32, ok bool) {
 // flush returns the rows appended since the last flush as a record batch,
 // or nil when there are none.
 func (b *rowBuilder) flush() arrow.RecordBatch {
-	if b.rb.Field(0).Len() == 0 {
+	rows := b.rb.Field(0).Len()
+	if rows == 0 {
 		return nil
 	}
-	return b.rb.NewRecordBatch()
+	if b.data == nil {
+		b.data = make([]int, len(b.rb.Fields()))
+	}
+	for i, f := range b.rb.Fields() {
+		if s, ok := f.(*array.StringBuilder); ok {
+			b.data[i] = s.DataLen()
+		}
+	}
+	rec := b.rb.NewRecordBatch()
+	b.rb.Reserve(rows)
+	for i, f := range b.rb.Fields() {
+		if s, ok := f.(*array.StringBuilder); ok {
+			s.ReserveData(b.data[i])
+		}
+	}
+	return rec
 }
 
 func (b *rowBuilder) release() { b.rb.Release() }
