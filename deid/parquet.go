@@ -12,7 +12,7 @@ import (
 )
 
 // A Sink receives the Parquet parts of a dataset. Implementations must be
-// safe for use from one goroutine at a time.
+// safe for concurrent use: the tables' writers create parts at once.
 type Sink interface {
 	// Create opens part k of table for writing; Close commits the part's
 	// bytes (not the dataset: that is the manifest's job).
@@ -56,6 +56,14 @@ func newTableWriter(ctx context.Context, sink Sink, table string, schema *arrow.
 		if _, ok := schema.FieldsByName(c); ok {
 			opts = append(opts, parquet.WithDictionaryFor(c, true))
 		}
+	}
+	// Keyed pseudonyms are random bytes that zstd cannot shrink: the
+	// encounter ids, and the patient ids of the patients table (one row a
+	// patient). Events repeat their patient's id row after row, which
+	// compresses, so theirs stay compressed.
+	opts = append(opts, parquet.WithCompressionFor("encounter_id", compress.Codecs.Uncompressed))
+	if table == "patients" {
+		opts = append(opts, parquet.WithCompressionFor("patient_id", compress.Codecs.Uncompressed))
 	}
 	return &tableWriter{ctx: ctx, sink: sink, table: table, schema: schema, part: first, stride: stride,
 		props:  parquet.NewWriterProperties(opts...),
