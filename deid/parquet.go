@@ -61,7 +61,9 @@ func newTableWriter(ctx context.Context, sink Sink, table string, schema *arrow.
 	// encounter ids, and the patient ids of the patients table (one row a
 	// patient). Events repeat their patient's id row after row, which
 	// compresses, so theirs stay compressed.
-	opts = append(opts, parquet.WithCompressionFor("encounter_id", compress.Codecs.Uncompressed))
+	// Their min/max statistics prune nothing either, so none are kept.
+	opts = append(opts, parquet.WithCompressionFor("encounter_id", compress.Codecs.Uncompressed),
+		parquet.WithStatsFor("encounter_id", false), parquet.WithStatsFor("patient_id", false))
 	if table == "patients" {
 		opts = append(opts, parquet.WithCompressionFor("patient_id", compress.Codecs.Uncompressed))
 	}
