@@ -45,8 +45,6 @@ type Deidentifier struct {
 	intern   map[string]string
 	kanon    KAnonymity
 	flushed  bool
-	flushing sync.WaitGroup // the patients table, written alongside the events
-	flushErr error
 	rows     map[ingest.Table]int64
 
 	workers []*worker
@@ -162,18 +160,9 @@ func (d *Deidentifier) Emit(_ context.Context, t ingest.Table, rec arrow.RecordB
 		d.patients = d.tr.bufferPatients(rec, d.patients, d.intern)
 		return nil
 	}
-	if !d.flushed {
-		// The k-anonymity check and the patients table need no event, so
-		// they run on their own goroutine while the events stream in.
-		d.flushed = true
-		d.flushing.Add(1)
-		go func() {
-			defer d.flushing.Done()
-			if err := d.flushPatients(); err != nil {
-				d.fail(err)
-				d.flushErr = err
-			}
-		}()
+	if err := d.flushPatients(); err != nil {
+		rec.Release()
+		return err
 	}
 	if !d.active || t != d.cur {
 		d.finishTable()
@@ -211,15 +200,15 @@ func (d *Deidentifier) finishTable() {
 
 // flushPatients runs the k-anonymity check and writes the patients table.
 func (d *Deidentifier) flushPatients() error {
+	if d.flushed {
+		return nil
+	}
+	d.flushed = true
 	d.kanon = kanonymise(d.patients, d.policy.K)
 	d.log.Info("k-anonymity", "k", d.policy.K, "patients", d.kanon.Patients, "generalised", d.kanon.Generalised, "suppressed", d.kanon.Suppressed)
 	w := newTableWriter(d.ctx, d.sink, ingest.Patients.String(), d.schemas[ingest.Patients], 0, 1)
 	const batch = 64 * 1024
 	for from := 0; from < len(d.patients); from += batch {
-		if err := d.failed(); err != nil {
-			w.close(false)
-			return err
-		}
 		rec := d.tr.patientBatch(d.patients[from:min(from+batch, len(d.patients))])
 		err := w.write(rec)
 		rec.Release()
@@ -230,28 +219,15 @@ func (d *Deidentifier) flushPatients() error {
 	if err := w.close(true); err != nil {
 		return err
 	}
-	d.mu.Lock()
 	d.rows[ingest.Patients] = w.rows
-	d.mu.Unlock()
 	d.patients, d.intern = nil, nil
 	return nil
-}
-
-// patientsDone writes the patients table if no event came to start it,
-// and waits for it.
-func (d *Deidentifier) patientsDone() error {
-	if !d.flushed {
-		d.flushed = true
-		return d.flushPatients()
-	}
-	d.flushing.Wait()
-	return d.flushErr
 }
 
 // Close finishes every table and returns the report. Publishing (the
 // manifest) is the caller's next step.
 func (d *Deidentifier) Close() (*Report, error) {
-	err := d.patientsDone()
+	err := d.flushPatients()
 	d.finishTable()
 	d.stop()
 	if err != nil {
@@ -290,7 +266,6 @@ func (d *Deidentifier) Close() (*Report, error) {
 // dataset; nothing is committed.
 func (d *Deidentifier) Abort() {
 	d.fail(fmt.Errorf("aborted"))
-	d.flushing.Wait()
 	d.finishTable()
 	d.stop()
 }
