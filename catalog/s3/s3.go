@@ -5,10 +5,12 @@ package s3
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"net/http"
+	"net/url"
 	"sort"
 	"strings"
 
@@ -85,9 +87,33 @@ func describe(err error) error {
 	switch minio.ToErrorResponse(err).Code {
 	case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch":
 		return fmt.Errorf("%w (check the access key and secret)", err)
+	case "XMinioStorageFull":
+		return fmt.Errorf("%w (the S3 server's disk is full: free space there, then run again)", err)
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		// minio-go has already retried. Its message holds the request's
+		// URL twice, with the upload id; once, without the query, is enough.
+		where := ue.URL
+		if u, perr := url.Parse(ue.URL); perr == nil {
+			u.RawQuery = ""
+			where = u.String()
+		}
+		cause := strings.Join(strings.Fields(strings.ReplaceAll(ue.Err.Error(), ue.URL, "")), " ")
+		return &netError{fmt.Sprintf("network error: %s %s: %s (check the endpoint and the network, then run again)", ue.Op, where, cause), err}
 	}
 	return err
 }
+
+// A netError is a shorter message for a network failure that still
+// unwraps to it (a cancelled context stays errors.Is context.Canceled).
+type netError struct {
+	msg string
+	err error
+}
+
+func (e *netError) Error() string { return e.msg }
+func (e *netError) Unwrap() error { return e.err }
 
 type upload struct {
 	pw     *io.PipeWriter
@@ -158,26 +184,49 @@ func (s *Store) Open(ctx context.Context, path string) (io.ReadCloser, error) {
 	return obj, nil
 }
 
-// List implements catalog.Store.
+// List implements catalog.Store. Unfinished multipart uploads (a publish
+// that lost its network or was killed) are listed too, like the local
+// lake's temporary files, so that gc can remove them: they hold storage
+// until aborted.
 func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
+	seen := map[string]bool{}
 	var out []string
+	add := func(key string) {
+		if k := strings.TrimPrefix(key, s.prefix); !seen[k] {
+			seen[k] = true
+			out = append(out, k)
+		}
+	}
 	for o := range s.c.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: s.prefix + prefix, Recursive: true}) {
 		if o.Err != nil {
 			return nil, fmt.Errorf("list %s: %w", prefix, describe(o.Err))
 		}
-		out = append(out, strings.TrimPrefix(o.Key, s.prefix))
+		add(o.Key)
+	}
+	// MinIO lists unfinished uploads by exact object name or for the whole
+	// bucket, not by folder, so the bucket's list is filtered here.
+	for u := range s.c.ListIncompleteUploads(ctx, s.bucket, "", true) {
+		if u.Err != nil {
+			return nil, fmt.Errorf("list unfinished uploads %s: %w", prefix, describe(u.Err))
+		}
+		if strings.HasPrefix(u.Key, s.prefix+prefix) {
+			add(u.Key)
+		}
 	}
 	sort.Strings(out)
 	return out, nil
 }
 
-// Delete implements catalog.Store.
+// Delete implements catalog.Store: it removes the object and aborts any
+// unfinished upload of it.
 func (s *Store) Delete(ctx context.Context, path string) error {
 	if err := s.c.RemoveObject(ctx, s.bucket, s.prefix+path, minio.RemoveObjectOptions{}); err != nil {
-		if minio.ToErrorResponse(err).Code == "NoSuchKey" {
-			return nil
+		if minio.ToErrorResponse(err).Code != "NoSuchKey" {
+			return fmt.Errorf("delete %s: %w", path, describe(err))
 		}
-		return fmt.Errorf("delete %s: %w", path, describe(err))
+	}
+	if err := s.c.RemoveIncompleteUpload(ctx, s.bucket, s.prefix+path); err != nil {
+		return fmt.Errorf("abort the unfinished upload of %s: %w", path, describe(err))
 	}
 	return nil
 }

@@ -31,6 +31,7 @@ func TestOpenErrors(t *testing.T) {
 		{"wrong secret", s3.Config{Endpoint: srv.Endpoint, AccessKey: srv.AccessKey, SecretKey: "wrong", Bucket: bucket}, "check the access key"},
 		{"missing bucket", s3.Config{Endpoint: srv.Endpoint, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, Bucket: "no-such-bucket"}, "does not exist"},
 		{"nothing listening", s3.Config{Endpoint: "127.0.0.1:1", AccessKey: "a", SecretKey: "b", Bucket: bucket}, "reach bucket"},
+		{"nothing listening, said so", s3.Config{Endpoint: "127.0.0.1:1", AccessKey: "a", SecretKey: "b", Bucket: bucket}, "network error"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

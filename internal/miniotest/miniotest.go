@@ -9,12 +9,14 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -130,4 +132,107 @@ func (s *Server) MakeBucket(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("make bucket: %w", err)
 	}
 	return name, nil
+}
+
+// A Proxy forwards TCP connections to a MinIO server and can cut the
+// network: once the clients have sent Cut bytes, every open connection is
+// closed and every new one is refused, as when a link goes down mid-upload.
+type Proxy struct {
+	Endpoint string
+
+	cut  int64 // 0: never
+	mu   sync.Mutex
+	sent int64
+	down bool
+	open map[net.Conn]bool
+	l    net.Listener
+}
+
+// Proxy starts a proxy to s that cuts the network after cut bytes sent by
+// clients (never when cut is 0), and stops it when the test ends.
+func (s *Server) Proxy(t testing.TB, cut int64) *Proxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{Endpoint: l.Addr().String(), cut: cut, open: map[net.Conn]bool{}, l: l}
+	go p.serve(s.Endpoint)
+	t.Cleanup(func() { l.Close(); p.closeAll() })
+	return p
+}
+
+// Sent returns how many bytes clients have sent through the proxy.
+func (p *Proxy) Sent() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sent
+}
+
+func (p *Proxy) serve(target string) {
+	for {
+		c, err := p.l.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		down := p.down
+		if !down {
+			p.open[c] = true
+		}
+		p.mu.Unlock()
+		if down {
+			c.Close()
+			continue
+		}
+		go p.forward(c, target)
+	}
+}
+
+func (p *Proxy) forward(c net.Conn, target string) {
+	u, err := net.Dial("tcp", target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.open[u] = true
+	p.mu.Unlock()
+	go func() { io.Copy(c, u); c.Close() }()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			p.sent += int64(n)
+			cut := p.cut > 0 && p.sent >= p.cut
+			p.mu.Unlock()
+			if cut {
+				p.closeAll()
+				return
+			}
+			if _, werr := u.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	u.Close()
+	c.Close()
+	p.mu.Lock()
+	delete(p.open, c)
+	delete(p.open, u)
+	p.mu.Unlock()
+}
+
+func (p *Proxy) closeAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for c := range p.open {
+		c.Close()
+	}
+	p.open = map[net.Conn]bool{}
 }
