@@ -246,6 +246,22 @@ func (w *partWriter) Close() error {
 	return w.err
 }
 
+// Abort drops the part: it is never listed in the manifest, and the
+// store's writer is aborted where it can be (no file, no upload is left).
+func (w *partWriter) Abort() {
+	if w.closed {
+		return
+	}
+	w.closed, w.err = true, errAborted
+	if a, ok := w.w.(interface{ Abort() }); ok {
+		a.Abort()
+		return
+	}
+	w.w.Close()
+}
+
+var errAborted = errors.New("part aborted")
+
 // Create opens part k of a table; it implements deid.Sink.
 func (p *Publication) Create(ctx context.Context, table string, k int) (io.WriteCloser, error) {
 	path := fmt.Sprintf("%s%s/part-%05d.parquet", versionPrefix(p.name, p.version), table, k)

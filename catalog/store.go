@@ -21,7 +21,9 @@ var ErrExists = errors.New("object already exists")
 // Implementations must be safe for concurrent use.
 type Store interface {
 	// Create streams a new object; it becomes visible at path, whole, only
-	// when Close returns nil. Close may be called more than once.
+	// when Close returns nil. Close may be called more than once. The
+	// lake's stores' writers also have an Abort method that drops the
+	// object, leaving nothing behind.
 	Create(ctx context.Context, path string) (io.WriteCloser, error)
 	// PutIfAbsent writes a small object only if none exists at path,
 	// atomically; otherwise it returns ErrExists.

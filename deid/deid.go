@@ -120,15 +120,19 @@ func (w *worker) run() {
 	defer w.wg.Done()
 	for j := range w.in {
 		if j.close != nil {
-			if w.w != nil {
+			switch {
+			case w.w == nil:
+			case w.d.failed() != nil:
+				w.w.abort() // a failed run commits no more parts
+			default:
 				if err := w.w.close(false); err != nil {
 					w.d.fail(err)
 				}
 				w.d.mu.Lock()
 				w.d.rows[w.cur] += w.w.rows
 				w.d.mu.Unlock()
-				w.w = nil
 			}
+			w.w = nil
 			j.close <- struct{}{}
 			continue
 		}
@@ -213,6 +217,7 @@ func (d *Deidentifier) flushPatients() error {
 		err := w.write(rec)
 		rec.Release()
 		if err != nil {
+			w.abort()
 			return err
 		}
 	}

@@ -40,6 +40,20 @@ type tableWriter struct {
 	partRows int64
 	rows     int64
 	fw       *pqarrow.FileWriter // closes the sink's writer when it closes
+	out      io.WriteCloser      // the sink's writer of the open part
+}
+
+// An aborter is a sink writer that can be dropped without committing its
+// part (the lake's writers are); others are closed instead, leaving a
+// part that no manifest lists, for gc.
+type aborter interface{ Abort() }
+
+func drop(w io.WriteCloser) {
+	if a, ok := w.(aborter); ok {
+		a.Abort()
+		return
+	}
+	w.Close()
 }
 
 // newTableWriter writes parts first, first+stride, first+2*stride, ... so
@@ -103,7 +117,7 @@ func (w *tableWriter) open() error {
 		out.Close()
 		return fmt.Errorf("start %s part %d: %w", w.table, w.part, err)
 	}
-	w.fw, w.partRows = fw, 0
+	w.fw, w.out, w.partRows = fw, out, 0
 	return nil
 }
 
@@ -111,13 +125,23 @@ func (w *tableWriter) closePart() error {
 	if w.fw == nil {
 		return nil
 	}
-	// pqarrow's FileWriter.Close closes the sink writer too.
+	// pqarrow's FileWriter.Close closes the sink writer too, unless it
+	// fails first: then the part is dropped, and its file with it.
 	err := w.fw.Close()
 	w.fw = nil
 	if err != nil {
+		drop(w.out)
 		return fmt.Errorf("finish %s part %d: %w", w.table, w.part, err)
 	}
 	return nil
+}
+
+// abort drops the open part, if any, without committing it.
+func (w *tableWriter) abort() {
+	if w.fw != nil {
+		w.fw = nil
+		drop(w.out)
+	}
 }
 
 // close finishes the writer's last part. With empty set, a writer that

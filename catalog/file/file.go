@@ -78,6 +78,16 @@ func (w *fileWriter) Close() error {
 	return w.err
 }
 
+// Abort drops the unfinished object: the temporary file is removed.
+func (w *fileWriter) Abort() {
+	if w.closed {
+		return
+	}
+	w.closed, w.err = true, errors.New("write aborted")
+	w.f.Close()
+	os.Remove(w.tmp)
+}
+
 // Create implements catalog.Store.
 func (d *Dir) Create(_ context.Context, p string) (io.WriteCloser, error) {
 	final, err := d.path(p)

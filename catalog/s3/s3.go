@@ -136,6 +136,17 @@ func (u *upload) Close() error {
 	return u.err
 }
 
+// Abort drops the upload: minio-go aborts the multipart upload when its
+// stream fails, and no object appears.
+func (u *upload) Abort() {
+	if u.closed {
+		return
+	}
+	u.closed = true
+	u.pw.CloseWithError(errors.New("upload aborted"))
+	u.err = <-u.done
+}
+
 // Create implements catalog.Store: the bytes stream through a pipe into a
 // multipart upload, so nothing is buffered whole. If ctx is cancelled
 // first, the upload is aborted and no object appears.

@@ -44,6 +44,31 @@ func Run(t *testing.T, store catalog.Store) {
 			t.Fatalf("read %d bytes, wrote %d", len(got), len(big))
 		}
 	})
+	t.Run("abort leaves nothing", func(t *testing.T) {
+		w, err := store.Create(ctx, "ab/part-00000.parquet")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// More than one multipart part on S3 (the test stores use small parts).
+		if _, err := w.Write(bytes.Repeat([]byte("x"), 12<<20)); err != nil {
+			t.Fatal(err)
+		}
+		a, ok := w.(interface{ Abort() })
+		if !ok {
+			t.Fatal("the store's writer has no Abort")
+		}
+		a.Abort()
+		a.Abort()
+		if err := w.Close(); err == nil {
+			t.Fatal("Close after Abort reported success")
+		}
+		if _, err := store.Open(ctx, "ab/part-00000.parquet"); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("an aborted object is readable: %v", err)
+		}
+		if left, err := store.List(ctx, "ab/"); err != nil || len(left) != 0 {
+			t.Fatalf("an aborted object left %v (%v)", left, err)
+		}
+	})
 	t.Run("put if absent has one winner", func(t *testing.T) {
 		var wg sync.WaitGroup
 		wins := make(chan int, 8)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/nhs-hub/hub/api"
@@ -154,5 +155,32 @@ func TestExitCodes(t *testing.T) {
 	out, err := runHub(t, "completion", "bash")
 	if err != nil || !strings.Contains(out, "complete -o bashdefault") || !strings.Contains(out, "--generate-bash-completion") {
 		t.Fatalf("bash completion: %v\n%s", err, out)
+	}
+}
+
+// A full disk under the local lake (a 64 KiB tmpfs; mounting needs root)
+// is named as such, with what to do next.
+func TestFullDiskMessage(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "x")
+	if _, err := runHub(t, "synth", "--patients", "300", "--out", dir); err != nil {
+		t.Fatal(err)
+	}
+	lake := t.TempDir()
+	if err := syscall.Mount("tmpfs", lake, "tmpfs", 0, "size=64k"); err != nil {
+		t.Skipf("cannot mount a small tmpfs (%v): the test needs root", err)
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(lake, 0); err != nil {
+			t.Errorf("unmount: %v (a file of the failed run left open?)", err)
+		}
+	})
+	keyFile := filepath.Join(t.TempDir(), "key")
+	os.WriteFile(keyFile, []byte(strings.Repeat("k", 32)), 0o600)
+	_, err := runHub(t, "ingest", "--extract", dir, "--optouts", filepath.Join(dir, "optouts.txt"), "--dataset", "d", "--lake", lake, "--key-file", keyFile)
+	if err == nil || !strings.Contains(err.Error(), "disk is full") || !strings.Contains(err.Error(), "hub catalog gc d") {
+		t.Fatalf("err = %v, want the disk named full and gc suggested", err)
+	}
+	if out, _ := runHub(t, "catalog", "list", "--lake", lake); !strings.Contains(out, "no datasets") {
+		t.Errorf("a publish to a full disk left something listed: %s", out)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nhs-hub/hub/catalog"
@@ -69,6 +70,9 @@ func publish(c *cli.Context) error {
 		Dataset: name, Source: src, SourceName: c.String("extract"),
 		Ingest: opts, OptOutDate: date, Policy: policy, Key: key, Lake: lake, Logger: logger(c),
 	})
+	if errors.Is(err, syscall.ENOSPC) {
+		return fmt.Errorf("publish %s: %w (the lake's disk is full and nothing was published: free space, run `hub catalog gc %s` to remove the leftover parts, then run again)", name, err, name)
+	}
 	if err != nil {
 		return fmt.Errorf("publish %s: %w (nothing was published; `hub catalog gc %s` removes any leftover parts)", name, err, name)
 	}
