@@ -88,7 +88,7 @@ bench: build bench-go
 
 # ingest → deid → publish (local lake and MinIO) against a DuckDB pipeline.
 bench-pipeline: build minio
-	$(BIN) bench --pipeline --patients $${BENCH_PATIENTS:-1000000}
+	$(BIN) bench --pipeline --runs $${BENCH_RUNS:-2} --patients $${BENCH_PATIENTS:-1000000}
 
 # Cohort query latency (p50/p99, 16 clients) through the service against
 # the same SQL run directly by DuckDB, on 1 M patients.
