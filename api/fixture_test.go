@@ -4,29 +4,20 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/nhs-hub/hub/catalog"
 	"github.com/nhs-hub/hub/cohorts"
 	"github.com/nhs-hub/hub/governance"
 	"github.com/nhs-hub/hub/internal/testlake"
 )
 
 // lake is the package's synthetic dataset, "gp", published once.
-func lake(t testing.TB) *catalog.Lake {
-	l, _ := testlake.Shared(t)
-	return l
-}
+var lake = testlake.Lake
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testlake.RemoveShared()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testlake.Main(m) }
 
 // clock is a test clock shared by the store and the service.
 type clock struct {

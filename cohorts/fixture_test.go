@@ -3,7 +3,6 @@ package cohorts
 import (
 	"bytes"
 	"fmt"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -20,16 +19,9 @@ import (
 )
 
 // lake is the package's synthetic dataset, "gp", published once.
-func lake(t testing.TB) *catalog.Lake {
-	l, _ := testlake.Shared(t)
-	return l
-}
+var lake = testlake.Lake
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testlake.RemoveShared()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testlake.Main(m) }
 
 // grants is the projects a test grants, as the governance store would.
 type grants struct {

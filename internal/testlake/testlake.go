@@ -85,3 +85,18 @@ func RemoveShared() {
 		os.RemoveAll(filepath.Dir(shared.root))
 	}
 }
+
+// Lake returns the shared dataset's lake (see Shared).
+func Lake(tb testing.TB) *catalog.Lake {
+	tb.Helper()
+	l, _ := Shared(tb)
+	return l
+}
+
+// Main is a TestMain for packages that use Shared: it runs the tests,
+// removes the shared dataset, and exits with the tests' code.
+func Main(m *testing.M) {
+	code := m.Run()
+	RemoveShared()
+	os.Exit(code)
+}
