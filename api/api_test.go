@@ -86,7 +86,7 @@ func TestWorkflowEndToEnd(t *testing.T) {
 	}
 
 	// Expiry: 90 days from the decision, plus 30.
-	x.clock.add(121 * 24 * time.Hour)
+	x.clock.Add(121 * 24 * time.Hour)
 	for _, u := range []string{"rosa", "dina", "ada"} { // their tokens expired at 90 days
 		var err error
 		if x.tok[u], err = x.gov.IssueToken(governance.Host("test"), u, 0); err != nil {
@@ -153,7 +153,7 @@ func TestTokensOverHTTP(t *testing.T) {
 	tok := x.must(t, "ada", "POST", "/v1/users/rosa/tokens", map[string]any{"token_days": 1})["token"].(string)
 	x.tok["rosa"] = tok
 	x.must(t, "rosa", "GET", "/v1/whoami", nil)
-	x.clock.add(25 * time.Hour)
+	x.clock.Add(25 * time.Hour)
 	if code, out := x.call(t, "rosa", "GET", "/v1/datasets", nil); code != 401 || !strings.Contains(out.(map[string]any)["error"].(string), "expired") {
 		t.Fatalf("expired: %d %v", code, out)
 	}

@@ -5,12 +5,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/nhs-hub/hub/cohorts"
 	"github.com/nhs-hub/hub/governance"
+	"github.com/nhs-hub/hub/internal/testclock"
 	"github.com/nhs-hub/hub/internal/testlake"
 )
 
@@ -18,19 +18,6 @@ import (
 var lake = testlake.Lake
 
 func TestMain(m *testing.M) { testlake.Main(m) }
-
-// clock is a test clock shared by the store and the service.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // hub is a running API over a fresh state folder, with users:
 // ada (admin), rosa and sam (researchers), dina and dev (DAC), ana
@@ -40,19 +27,19 @@ type hub struct {
 	svc   *cohorts.Service
 	h     http.Handler
 	state string
-	clock *clock
+	clock *testclock.Clock
 	tok   map[string]string
 }
 
 func newHub(t *testing.T) *hub {
 	t.Helper()
-	x := &hub{state: t.TempDir(), clock: &clock{t: time.Now().UTC()}, tok: map[string]string{}}
+	x := &hub{state: t.TempDir(), clock: testclock.New(time.Now().UTC()), tok: map[string]string{}}
 	var err error
-	if x.gov, err = governance.Open(x.state, governance.Options{Now: x.clock.now}); err != nil {
+	if x.gov, err = governance.Open(x.state, governance.Options{Now: x.clock.Now}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { x.gov.Close() })
-	if x.svc, err = cohorts.New(cohorts.Config{Lake: lake(t), State: x.state, Projects: x.gov, Now: x.clock.now}); err != nil {
+	if x.svc, err = cohorts.New(cohorts.Config{Lake: lake(t), State: x.state, Projects: x.gov, Now: x.clock.Now}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { x.svc.Close() })

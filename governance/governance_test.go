@@ -11,25 +11,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nhs-hub/hub/internal/testclock"
 )
-
-// clock is a test clock that moves only when told.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 type world struct {
 	s     *Store
 	dir   string
-	clock *clock
+	clock *testclock.Clock
 	tok   map[string]string
 	who   map[string]*Principal
 }
@@ -38,7 +27,7 @@ type world struct {
 // (one of whom is also a researcher) and an analyst.
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	w := &world{dir: t.TempDir(), clock: &clock{t: time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)},
+	w := &world{dir: t.TempDir(), clock: testclock.New(time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)),
 		tok: map[string]string{}, who: map[string]*Principal{}}
 	w.open(t)
 	for name, roles := range map[string][]Role{
@@ -59,7 +48,7 @@ func newWorld(t *testing.T) *world {
 
 func (w *world) open(t *testing.T) {
 	t.Helper()
-	s, err := Open(w.dir, Options{Now: w.clock.now})
+	s, err := Open(w.dir, Options{Now: w.clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +119,7 @@ func TestWorkflow(t *testing.T) {
 	if _, err := s.Approve(w.who["dina"], "req-1", Grant{Reason: "again"}, nil); !errors.Is(err, ErrConflict) {
 		t.Fatalf("approving twice: %v", err)
 	}
-	w.clock.add(time.Hour)
+	w.clock.Add(time.Hour)
 	r, err = s.Approve(w.who["dev"], "req-1", Grant{Reason: "fine", MaxQueryEpsilon: 0.5}, nil)
 	if err != nil || r.State != ApprovedWithConditions {
 		t.Fatalf("second approval: %+v, %v", r, err)
@@ -161,7 +150,7 @@ func TestWorkflow(t *testing.T) {
 			t.Errorf("%s scope %d: %v, want %v", c.who, c.scope, err, c.want)
 		}
 	}
-	if err := p.Allows("hes", w.clock.now()); !errors.Is(err, ErrDatasetNotAllowed) {
+	if err := p.Allows("hes", w.clock.Now()); !errors.Is(err, ErrDatasetNotAllowed) {
 		t.Fatalf("dataset not approved: %v", err)
 	}
 	if err := p.Allows("gp", p.Expires); !errors.Is(err, ErrExpired) {
@@ -196,7 +185,7 @@ func TestWorkflow(t *testing.T) {
 	if _, err := s.Withdraw(w.who["rosa"], "req-1"); err != nil {
 		t.Fatal(err)
 	}
-	if p, _ := s.Project("t2d-audit"); p.Allows("gp", w.clock.now()) == nil || !p.Withdrawn {
+	if p, _ := s.Project("t2d-audit"); p.Allows("gp", w.clock.Now()) == nil || !p.Withdrawn {
 		t.Fatalf("withdrawn project still allows queries: %+v", p)
 	}
 	before := snapshot(t, w)
@@ -318,7 +307,7 @@ func TestTokens(t *testing.T) {
 			t.Errorf("%q: %v", tok, err)
 		}
 	}
-	w.clock.add(2 * time.Hour)
+	w.clock.Add(2 * time.Hour)
 	if _, err := s.Authenticate(second); !errors.Is(err, ErrUnauthorized) || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("expired: %v", err)
 	}
@@ -430,7 +419,7 @@ func itoa(i int) string               { return string(rune('0'+i/10)) + string(r
 // and the chain stays whole.
 func TestTwoProcesses(t *testing.T) {
 	w := newWorld(t)
-	other, err := Open(w.dir, Options{Now: w.clock.now})
+	other, err := Open(w.dir, Options{Now: w.clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
