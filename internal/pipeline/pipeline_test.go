@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -156,8 +157,10 @@ func TestPublishHoldsNoIdentifier(t *testing.T) {
 	// window appears among events; dates of birth are looked for in the
 	// patients table, where a birth date column would leak.
 	var all, patients, raw strings.Builder
+	read := map[string]int64{}
 	for table := range res.Manifest.Tables {
 		for _, rec := range readTable(t, f.lake, res.Manifest, table) {
+			read[table] += rec.NumRows()
 			for c := 0; c < int(rec.NumCols()); c++ {
 				isDate := rec.Column(c).DataType().ID() == arrow.DATE32
 				allowed, closed := vocabulary[rec.Schema().Field(c).Name]
@@ -202,11 +205,15 @@ func TestPublishHoldsNoIdentifier(t *testing.T) {
 			t.Fatalf("published data contains an identifier of the extract: %q", id)
 		}
 	}
-	// Row counts match the ingest report.
+	// Row counts match the ingest report, and the parts hold them.
 	for table, tm := range res.Manifest.Tables {
-		if tm.Rows != res.Ingest.Tables[table].Kept {
-			t.Errorf("%s: %d rows published, %d kept by ingest", table, tm.Rows, res.Ingest.Tables[table].Kept)
+		if tm.Rows != res.Ingest.Tables[table].Kept || read[table] != tm.Rows {
+			t.Errorf("%s: %d rows published (%d read back), %d kept by ingest", table, tm.Rows, read[table], res.Ingest.Tables[table].Kept)
 		}
+	}
+	// The patients are written in shares, a part each, on every core.
+	if got, want := len(res.Manifest.Tables["patients"].Parts), min(runtime.GOMAXPROCS(0), 3); got != want {
+		t.Errorf("patients table in %d parts, want %d (one a core, at least 512 patients each)", got, want)
 	}
 	if err := f.lake.Verify(t.Context(), res.Manifest); err != nil {
 		t.Fatal(err)
