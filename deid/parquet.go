@@ -26,7 +26,11 @@ const (
 	DefaultZstdLevel    = 1
 )
 
-// tableWriter writes one table's batches into Parquet parts.
+// tableWriter writes one table's batches into Parquet parts. It gathers
+// batches until they fill a row group, then writes the row group column by
+// column: a vocabulary column's batches then share one dictionary, which
+// the Parquet writer takes as it is (pqarrow's buffered writer would hash
+// every value), and pages stream to the sink instead of waiting in memory.
 type tableWriter struct {
 	ctx    context.Context
 	sink   Sink
@@ -41,6 +45,9 @@ type tableWriter struct {
 	rows     int64
 	fw       *pqarrow.FileWriter // closes the sink's writer when it closes
 	out      io.WriteCloser      // the sink's writer of the open part
+
+	pending     []arrow.RecordBatch // batches of the next row group
+	pendingRows int64
 }
 
 // An aborter is a sink writer that can be dropped without committing its
@@ -78,6 +85,9 @@ func newTableWriter(ctx context.Context, sink Sink, table string, schema *arrow.
 	// Their min/max statistics prune nothing either, so none are kept.
 	opts = append(opts, parquet.WithCompressionFor("encounter_id", compress.Codecs.Uncompressed),
 		parquet.WithStatsFor("encounter_id", false), parquet.WithStatsFor("patient_id", false))
+	// Nor do the vocabularies' (three or four values), and computing them
+	// costs the dictionary path a distinct-values pass over every batch.
+	opts = append(opts, parquet.WithStatsFor("type", false), parquet.WithStatsFor("code_system", false))
 	if table == "patients" {
 		opts = append(opts, parquet.WithCompressionFor("patient_id", compress.Codecs.Uncompressed))
 	}
@@ -86,18 +96,80 @@ func newTableWriter(ctx context.Context, sink Sink, table string, schema *arrow.
 		aprops: pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema())}
 }
 
-// write appends a batch, rolling to a new part past DefaultPartRows.
+// write appends a batch, whose columns have the table's types or are
+// dictionary arrays of them. Full row groups are written; a part closes
+// once it holds DefaultPartRows.
 func (w *tableWriter) write(rec arrow.RecordBatch) error {
+	if err := w.check(rec); err != nil {
+		return err
+	}
+	if rec.NumRows() == 0 {
+		return nil
+	}
+	rec.Retain()
+	w.pending = append(w.pending, rec)
+	w.pendingRows += rec.NumRows()
+	for w.pendingRows >= DefaultRowGroupRows {
+		if err := w.flushRowGroup(DefaultRowGroupRows); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (w *tableWriter) check(rec arrow.RecordBatch) error {
+	if int(rec.NumCols()) != w.schema.NumFields() {
+		return fmt.Errorf("write %s: a batch of %d columns for %d", w.table, rec.NumCols(), w.schema.NumFields())
+	}
+	for i, f := range w.schema.Fields() {
+		typ := rec.Column(i).DataType()
+		if d, ok := typ.(*arrow.DictionaryType); ok {
+			typ = d.ValueType
+		}
+		if !arrow.TypeEqual(typ, f.Type) {
+			return fmt.Errorf("write %s: column %s is %s, not %s", w.table, f.Name, rec.Column(i).DataType(), f.Type)
+		}
+	}
+	return nil
+}
+
+// flushRowGroup writes the first n pending rows as one row group.
+func (w *tableWriter) flushRowGroup(n int64) error {
 	if w.fw == nil {
 		if err := w.open(); err != nil {
 			return err
 		}
 	}
-	if err := w.fw.WriteBuffered(rec); err != nil {
+	if err := w.fw.NewRowGroupChecked(); err != nil {
 		return fmt.Errorf("write %s part %d: %w", w.table, w.part, err)
 	}
-	w.partRows += rec.NumRows()
-	w.rows += rec.NumRows()
+	chunks := make([]arrow.Array, len(w.pending))
+	for i := range w.schema.NumFields() {
+		for k, rec := range w.pending {
+			chunks[k] = rec.Column(i)
+		}
+		col := arrow.NewChunked(chunks[0].DataType(), chunks)
+		err := w.fw.WriteColumnChunked(col, 0, n)
+		col.Release()
+		if err != nil {
+			return fmt.Errorf("write %s part %d: %w", w.table, w.part, err)
+		}
+	}
+	// Keep what follows the n rows.
+	done := int64(0)
+	for len(w.pending) > 0 && done+w.pending[0].NumRows() <= n {
+		done += w.pending[0].NumRows()
+		w.pending[0].Release()
+		w.pending = w.pending[1:]
+	}
+	if done < n {
+		rest := w.pending[0].NewSlice(n-done, w.pending[0].NumRows())
+		w.pending[0].Release()
+		w.pending[0] = rest
+	}
+	w.pendingRows -= n
+	w.partRows += n
+	w.rows += n
 	if w.partRows >= DefaultPartRows {
 		if err := w.closePart(); err != nil {
 			return err
@@ -105,6 +177,13 @@ func (w *tableWriter) write(rec arrow.RecordBatch) error {
 		w.part += w.stride
 	}
 	return nil
+}
+
+func (w *tableWriter) releasePending() {
+	for _, rec := range w.pending {
+		rec.Release()
+	}
+	w.pending, w.pendingRows = nil, 0
 }
 
 func (w *tableWriter) open() error {
@@ -138,6 +217,7 @@ func (w *tableWriter) closePart() error {
 
 // abort drops the open part, if any, without committing it.
 func (w *tableWriter) abort() {
+	w.releasePending()
 	if w.fw != nil {
 		w.fw = nil
 		drop(w.out)
@@ -148,6 +228,11 @@ func (w *tableWriter) abort() {
 // wrote nothing still writes one empty part, so the table's schema is
 // published.
 func (w *tableWriter) close(empty bool) error {
+	if w.pendingRows > 0 {
+		if err := w.flushRowGroup(w.pendingRows); err != nil {
+			return err
+		}
+	}
 	if w.rows == 0 && w.fw == nil && empty {
 		if err := w.open(); err != nil {
 			return err

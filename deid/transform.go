@@ -15,6 +15,7 @@ type transformer struct {
 	policy  Policy
 	ps      *Pseudonymiser
 	schemas map[ingest.Table]*arrow.Schema
+	batch   map[ingest.Table]*arrow.Schema // schemas of the event batches
 	mem     memory.Allocator
 
 	lastNHS uint64 // cache: events come grouped by patient
@@ -119,7 +120,26 @@ func (t *transformer) event(tb ingest.Table, rec arrow.RecordBatch) arrow.Record
 		keep(4)
 		cols = append(cols, t.dates(nhs, rec.Column(5).(*array.Date32)))
 	}
-	return array.NewRecordBatch(schema, cols, int64(n))
+	return array.NewRecordBatch(t.batchSchema(tb, cols), cols, int64(n))
+}
+
+// batchSchema is the published schema of tb with the types of cols: the
+// vocabulary columns stay dictionary arrays (see ingest.Vocabulary), which
+// the Parquet writer stores as the published strings.
+func (t *transformer) batchSchema(tb ingest.Table, cols []arrow.Array) *arrow.Schema {
+	if s, ok := t.batch[tb]; ok {
+		return s
+	}
+	fields := t.schemas[tb].Fields()
+	for i := range fields {
+		fields[i].Type = cols[i].DataType()
+	}
+	s := arrow.NewSchema(fields, nil)
+	if t.batch == nil {
+		t.batch = map[ingest.Table]*arrow.Schema{}
+	}
+	t.batch[tb] = s
+	return s
 }
 
 // tokens pseudonymises a column of encounter ids, nulls kept.

