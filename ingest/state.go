@@ -93,12 +93,16 @@ func (s *state) countOptedOutPatient(n uint64) {
 
 // eventPatient decides an event row by its patient: opted out, kept
 // (ReasonNone), excluded, or unknown.
+//
+// Kept is asked first: no kept patient opted out (the opt-outs, type 1
+// dissent included, are known before the patients table is read), and
+// most event rows are kept, so they skip the opt-out look-ups.
 func (s *state) eventPatient(n uint64) Reason {
-	if r := s.optedOutReason(n); r != ReasonNone {
-		return r
-	}
 	if s.kept.Has(n) {
 		return ReasonNone
+	}
+	if r := s.optedOutReason(n); r != ReasonNone {
+		return r
 	}
 	if s.seen.Has(n) {
 		return ReasonPatientExcluded
