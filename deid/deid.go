@@ -43,7 +43,7 @@ type Deidentifier struct {
 
 	tr       *transformer // for patients, on the caller's goroutine
 	patients []patientRow
-	intern   map[string]string
+	names    *names // of the patients' places and practices
 	kanon    KAnonymity
 	flushed  bool
 	rows     map[ingest.Table]int64
@@ -87,7 +87,7 @@ func New(ctx context.Context, policy Policy, key *Key, sink Sink, mem memory.All
 		logger = slog.New(slog.DiscardHandler)
 	}
 	d := &Deidentifier{policy: policy, key: key, sink: sink, ctx: ctx, mem: mem, log: logger.With("component", "deid"),
-		intern: map[string]string{}, rows: map[ingest.Table]int64{}, schemas: Schemas(policy)}
+		names: newNames(), rows: map[ingest.Table]int64{}, schemas: Schemas(policy)}
 	d.tr = d.newTransformer()
 	n := runtime.GOMAXPROCS(0)
 	for i := 0; i < n; i++ {
@@ -162,7 +162,7 @@ func (d *Deidentifier) Emit(_ context.Context, t ingest.Table, rec arrow.RecordB
 	}
 	if t == ingest.Patients {
 		defer rec.Release()
-		d.patients = d.tr.bufferPatients(rec, d.patients, d.intern)
+		d.patients = d.tr.bufferPatients(rec, d.patients, d.names)
 		return nil
 	}
 	if err := d.flushPatients(); err != nil {
@@ -225,7 +225,7 @@ func (d *Deidentifier) flushPatients() error {
 		share := d.patients[len(d.patients)*i/n : len(d.patients)*(i+1)/n]
 		g.Go(func() error {
 			for from := 0; from < len(share); from += batch {
-				rec := d.tr.patientBatch(share[from:min(from+batch, len(share))])
+				rec := d.tr.patientBatch(share[from:min(from+batch, len(share))], d.names)
 				err := w.write(rec)
 				rec.Release()
 				if err != nil {
@@ -250,7 +250,7 @@ func (d *Deidentifier) flushPatients() error {
 	if err != nil {
 		return err
 	}
-	d.patients, d.intern = nil, nil
+	d.patients, d.names = nil, nil
 	return nil
 }
 

@@ -12,19 +12,42 @@ import (
 // A patientRow is one de-identified patient held until the k-anonymity
 // check has seen them all. It holds no identifier: the pseudonym, year and
 // month of birth, an age band and coarse places.
+//
+// It holds no pointer: places and practices are numbers from a names
+// table, so a million rows are 56 MB that the garbage collector never
+// scans and that grow by plain copies.
 type patientRow struct {
 	pid      [32]byte
 	yob      int16
 	mob      int8
 	band     uint8
 	sex      uint8
-	eth      byte // NHS ethnic category code, 0 for none
-	district string
-	area     string
-	gp       string
+	eth      byte   // NHS ethnic category code, 0 for none
+	district uint32 // names: postcode district, 0 for none
+	area     uint32 // names: postcode area, 0 for none
+	gp       uint32 // names: practice code, 0 for none
 	death    arrow.Date32
 	hasDeath bool
 	level    uint8 // generalisation level, see levelNames
+}
+
+// names numbers the distinct strings of patient rows; 0 is "".
+type names struct {
+	ids  map[string]uint32
+	list []string
+}
+
+func newNames() *names { return &names{ids: map[string]uint32{"": 0}, list: []string{""}} }
+
+func (n *names) id(s string) uint32 {
+	if v, ok := n.ids[s]; ok {
+		return v
+	}
+	v := uint32(len(n.list))
+	s = strings.Clone(s) // s may view an Arrow buffer
+	n.ids[s] = v
+	n.list = append(n.list, s)
+	return v
 }
 
 // Generalisation levels of the k-anonymity check: each level drops more.
@@ -108,19 +131,19 @@ func (r *patientRow) classKey(place, areaOnly uint32) uint64 {
 // placeIDs numbers the (district, area) pairs of rows, and the pairs with
 // the district dropped, 0 for neither.
 func placeIDs(rows []patientRow) (place, areaOnly []uint32) {
-	type pair struct{ district, area string }
-	ids := map[pair]uint32{{}: 0}
-	id := func(p pair) uint32 {
-		v, ok := ids[p]
+	ids := map[uint64]uint32{0: 0}
+	id := func(district, area uint32) uint32 {
+		k := uint64(district)<<32 | uint64(area)
+		v, ok := ids[k]
 		if !ok {
 			v = uint32(len(ids))
-			ids[p] = v
+			ids[k] = v
 		}
 		return v
 	}
 	place, areaOnly = make([]uint32, len(rows)), make([]uint32, len(rows))
 	for i := range rows {
-		place[i], areaOnly[i] = id(pair{rows[i].district, rows[i].area}), id(pair{area: rows[i].area})
+		place[i], areaOnly[i] = id(rows[i].district, rows[i].area), id(0, rows[i].area)
 	}
 	return place, areaOnly
 }
@@ -193,7 +216,7 @@ func kanonymise(rows []patientRow, k int) KAnonymity {
 
 // bufferPatients converts an identifiable patients batch into rows, keeping
 // nothing identifiable.
-func (t *transformer) bufferPatients(rec arrow.RecordBatch, rows []patientRow, intern map[string]string) []patientRow {
+func (t *transformer) bufferPatients(rec arrow.RecordBatch, rows []patientRow, in *names) []patientRow {
 	ref := t.policy.referenceDate()
 	nhs := rec.Column(0).(*array.Uint64)
 	dob := rec.Column(3).(*array.Date32)
@@ -202,13 +225,9 @@ func (t *transformer) bufferPatients(rec arrow.RecordBatch, rows []patientRow, i
 	eth := rec.Column(6).(*array.String)
 	gp := rec.Column(7).(*array.String)
 	dod := rec.Column(8).(*array.Date32)
-	in := func(s string) string {
-		if v, ok := intern[s]; ok {
-			return v
-		}
-		s = strings.Clone(s)
-		intern[s] = s
-		return s
+	if n := int(rec.NumRows()); cap(rows)-len(rows) < n {
+		// Double: append grows a large slice by a quarter at a time.
+		rows = append(make([]patientRow, 0, max(2*cap(rows), len(rows)+n)), rows...)
 	}
 	for i := 0; i < int(rec.NumRows()); i++ {
 		var r patientRow
@@ -227,13 +246,13 @@ func (t *transformer) bufferPatients(rec arrow.RecordBatch, rows []patientRow, i
 		}
 		if pc.IsValid(i) {
 			d, a := districtOf(pc.Value(i))
-			r.district, r.area = in(d), in(a)
+			r.district, r.area = in.id(d), in.id(a)
 		}
 		if eth.IsValid(i) && len(eth.Value(i)) == 1 {
 			r.eth = eth.Value(i)[0]
 		}
 		if t.policy.KeepGPPractice && gp.IsValid(i) {
-			r.gp = in(gp.Value(i))
+			r.gp = in.id(gp.Value(i))
 		}
 		if dod.IsValid(i) {
 			r.death, r.hasDeath = firstOfMonth(dod.Value(i)), true
@@ -244,7 +263,7 @@ func (t *transformer) bufferPatients(rec arrow.RecordBatch, rows []patientRow, i
 }
 
 // patientBatch builds the published batch of rows[from:to].
-func (t *transformer) patientBatch(rows []patientRow) arrow.RecordBatch {
+func (t *transformer) patientBatch(rows []patientRow, in *names) arrow.RecordBatch {
 	b := array.NewRecordBuilder(t.mem, t.schemas[ingest.Patients])
 	defer b.Release()
 	n := t.policy.PseudonymBytes
@@ -270,13 +289,13 @@ func (t *transformer) patientBatch(rows []patientRow) arrow.RecordBatch {
 		}
 		optStr(3, bandNames[r.band], r.level < 4)
 		optStr(4, sexes[r.sex], r.level < 4)
-		optStr(5, r.district, r.level < 1)
-		optStr(6, r.area, r.level < 2)
+		optStr(5, in.list[r.district], r.level < 1)
+		optStr(6, in.list[r.area], r.level < 2)
 		optStr(7, ethnicityGroup(r.eth), r.level < 3)
 		optStr(8, string(r.eth), r.level < 3 && r.eth != 0)
 		f := 9
 		if t.policy.KeepGPPractice {
-			optStr(f, r.gp, r.level < 2)
+			optStr(f, in.list[r.gp], r.level < 2)
 			f++
 		}
 		if r.hasDeath {

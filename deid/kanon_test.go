@@ -9,7 +9,8 @@ import (
 // synthPatients makes n rows whose places are mostly a few common
 // districts and partly a long tail of rare ones, so that every level of
 // generalisation is needed.
-func synthPatients(n int, seed uint64) []patientRow {
+func synthPatients(n int, seed uint64) ([]patientRow, *names) {
+	in := newNames()
 	rng := rand.New(rand.NewPCG(seed, 1))
 	const eths = "ABCDEFGHJKLMNPRSZ"
 	rows := make([]patientRow, n)
@@ -25,23 +26,23 @@ func synthPatients(n int, seed uint64) []patientRow {
 		}
 		switch p := rng.IntN(100); {
 		case p < 80:
-			r.district, r.area = fmt.Sprintf("LS%d", rng.IntN(8)), "LS"
+			r.district, r.area = in.id(fmt.Sprintf("LS%d", rng.IntN(8))), in.id("LS")
 		case p < 95:
-			r.district, r.area = fmt.Sprintf("YO%d", rng.IntN(30)), "YO"
+			r.district, r.area = in.id(fmt.Sprintf("YO%d", rng.IntN(30))), in.id("YO")
 		case p < 99:
-			r.district, r.area = fmt.Sprintf("Z%d", rng.IntN(400)), fmt.Sprintf("Z%c", 'A'+rune(rng.IntN(20)))
+			r.district, r.area = in.id(fmt.Sprintf("Z%d", rng.IntN(400))), in.id(fmt.Sprintf("Z%c", 'A'+rune(rng.IntN(20))))
 		}
 	}
-	return rows
+	return rows, in
 }
 
 // released is what the patients table publishes of a row's
 // quasi-identifiers, built from the strings, not from classKey.
-func released(r *patientRow) string {
+func released(r *patientRow, in *names) string {
 	if r.level >= maxLevel {
 		return "suppressed"
 	}
-	d, a, e := r.district, r.area, ""
+	d, a, e := in.list[r.district], in.list[r.area], ""
 	if r.eth != 0 {
 		e = ethnicityGroup(r.eth)
 	}
@@ -59,7 +60,7 @@ func released(r *patientRow) string {
 
 // referenceKanonymise is the check as first written, with string keys:
 // the integer keys must not change a single decision.
-func referenceKanonymise(rows []patientRow, k int) {
+func referenceKanonymise(rows []patientRow, in *names, k int) {
 	type key struct {
 		band, sex uint8
 		eth       byte
@@ -67,7 +68,7 @@ func referenceKanonymise(rows []patientRow, k int) {
 		area      string
 	}
 	keyOf := func(r *patientRow) key {
-		kk := key{band: r.band, sex: r.sex, eth: ethGroupKey(r.eth), district: r.district, area: r.area}
+		kk := key{band: r.band, sex: r.sex, eth: ethGroupKey(r.eth), district: in.list[r.district], area: in.list[r.area]}
 		if r.level >= 1 {
 			kk.district = ""
 		}
@@ -103,15 +104,15 @@ func referenceKanonymise(rows []patientRow, k int) {
 func TestKAnonymity(t *testing.T) {
 	for _, k := range []int{2, 5, 11} {
 		t.Run(fmt.Sprint("k=", k), func(t *testing.T) {
-			rows := synthPatients(60000, uint64(k))
+			rows, in := synthPatients(60000, uint64(k))
 			ref := append([]patientRow(nil), rows...)
 			rep := kanonymise(rows, k)
-			referenceKanonymise(ref, k)
+			referenceKanonymise(ref, in, k)
 
 			classes := map[string]int{}
 			levels := make([]int, maxLevel+1)
 			for i := range rows {
-				classes[released(&rows[i])]++
+				classes[released(&rows[i], in)]++
 				levels[rows[i].level]++
 				if rows[i].level != ref[i].level {
 					t.Fatalf("row %d: level %d, the string-keyed check gives %d", i, rows[i].level, ref[i].level)
