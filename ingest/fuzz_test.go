@@ -109,3 +109,22 @@ func TestIDSet(t *testing.T) {
 		t.Fatalf("len = %d", s.Len())
 	}
 }
+
+func TestOrderedIDSet(t *testing.T) {
+	s := newOrderedIDSet(4) // grows many times
+	for i := uint64(1); i <= 100000; i++ {
+		s.Add(i * 7919 % 1000003)
+	}
+	if s.Add(7919) || s.Len() != 100000 || len(s.order) != 100000 {
+		t.Fatalf("len %d, order %d", s.Len(), len(s.order))
+	}
+	for i := uint64(1); i <= 100000; i++ {
+		id := i * 7919 % 1000003
+		if got := s.Index(id); got != int(i-1) || s.order[got] != id {
+			t.Fatalf("Index(%d) = %d, want %d", id, got, i-1)
+		}
+	}
+	if s.Index(1000004) != -1 {
+		t.Fatal("an absent id has a place")
+	}
+}

@@ -9,6 +9,18 @@ type idSet struct {
 	slots []uint64
 	mask  uint64
 	n     int
+
+	// An ordered set (newOrderedIDSet) also keeps its ids in the order
+	// they were added, and each slot's place in that order.
+	order []uint64
+	pos   []uint32
+}
+
+// newOrderedIDSet returns a set that knows the order of its ids.
+func newOrderedIDSet(capacity int) *idSet {
+	s := newIDSet(capacity)
+	s.pos = make([]uint32, len(s.slots))
+	return s
 }
 
 func newIDSet(capacity int) *idSet {
@@ -34,6 +46,10 @@ func (s *idSet) Add(id uint64) bool {
 		switch s.slots[i] {
 		case 0:
 			s.slots[i] = id
+			if s.pos != nil {
+				s.pos[i] = uint32(len(s.order))
+				s.order = append(s.order, id)
+			}
 			s.n++
 			return true
 		case id:
@@ -54,6 +70,18 @@ func (s *idSet) Has(id uint64) bool {
 	}
 }
 
+// Index returns id's place in the order of an ordered set, or -1.
+func (s *idSet) Index(id uint64) int {
+	for i := s.slot(id); ; i = (i + 1) & s.mask {
+		switch s.slots[i] {
+		case 0:
+			return -1
+		case id:
+			return int(s.pos[i])
+		}
+	}
+}
+
 // Len returns the number of ids in the set.
 func (s *idSet) Len() int { return s.n }
 
@@ -61,6 +89,17 @@ func (s *idSet) grow() {
 	old := s.slots
 	s.slots = make([]uint64, len(old)*2)
 	s.mask = uint64(len(s.slots) - 1)
+	if s.pos != nil {
+		s.pos = make([]uint32, len(s.slots))
+		for k, id := range s.order {
+			i := s.slot(id)
+			for s.slots[i] != 0 {
+				i = (i + 1) & s.mask
+			}
+			s.slots[i], s.pos[i] = id, uint32(k)
+		}
+		return
+	}
 	s.n = 0
 	for _, id := range old {
 		if id != 0 {

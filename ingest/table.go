@@ -141,7 +141,10 @@ type rowBuilder struct {
 	// patient, so most rows skip the set look-ups.
 	lastNHS    uint64
 	lastReason Reason
-	haveLast   bool // 0000000000 passes Modulus 11, so 0 is a number
+	haveLast   bool     // 0000000000 passes Modulus 11, so 0 is a number
+	lastRaw    [16]byte // the last number's field, when it fits
+	lastRawLen int      // -1 when it did not
+	next       int      // the next kept patient's place, a guess
 	// data[i] is the last batch's byte count of string column i: the
 	// next batch's buffers are sized from the last one's, not grown.
 	data []int
@@ -177,18 +180,29 @@ func vocabularyOf(t Table) *array.String {
 // returns the reason the row is not kept (ReasonNone when it was appended)
 // and, for validation failures, the offending column.
 func (b *rowBuilder) add(f [][]byte) (Reason, int) {
-	n, err := ParseNHSNumber(f[nhsColumn[b.t]])
-	switch {
-	case err == ErrNHSMissing:
-		return ReasonMissingNHSNumber, nhsColumn[b.t]
-	case err != nil:
-		return ReasonInvalidNHSNumber, nhsColumn[b.t]
-	}
-	if b.t == Patients {
-		return b.addPatient(n, f)
-	}
-	if !b.haveLast || n != b.lastNHS {
-		b.lastNHS, b.lastReason, b.haveLast = n, b.st.eventPatient(n), true
+	raw := f[nhsColumn[b.t]]
+	var n uint64
+	if b.haveLast && len(raw) == b.lastRawLen && string(raw) == string(b.lastRaw[:len(raw)]) {
+		n = b.lastNHS // the same patient's next row: the number is known good
+	} else {
+		var err error
+		n, err = ParseNHSNumber(raw)
+		switch {
+		case err == ErrNHSMissing:
+			return ReasonMissingNHSNumber, nhsColumn[b.t]
+		case err != nil:
+			return ReasonInvalidNHSNumber, nhsColumn[b.t]
+		}
+		if b.t == Patients {
+			return b.addPatient(n, f)
+		}
+		if !b.haveLast || n != b.lastNHS {
+			b.lastNHS, b.lastReason, b.haveLast = n, b.st.eventPatient(n, &b.next), true
+		}
+		b.lastRawLen = -1
+		if len(raw) <= len(b.lastRaw) {
+			b.lastRawLen = copy(b.lastRaw[:], raw)
+		}
 	}
 	if r := b.lastReason; r != ReasonNone {
 		return r, -1
