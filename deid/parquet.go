@@ -224,12 +224,13 @@ func (w *tableWriter) abort() {
 	}
 }
 
-// close finishes the writer's last part. With empty set, a writer that
-// wrote nothing still writes one empty part, so the table's schema is
-// published.
+// close finishes the writer's last part; on error the part is dropped.
+// With empty set, a writer that wrote nothing still writes one empty
+// part, so the table's schema is published.
 func (w *tableWriter) close(empty bool) error {
 	if w.pendingRows > 0 {
 		if err := w.flushRowGroup(w.pendingRows); err != nil {
+			w.abort()
 			return err
 		}
 	}
