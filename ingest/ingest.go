@@ -19,12 +19,15 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/compute"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"golang.org/x/sync/errgroup"
 )
@@ -127,14 +130,10 @@ func Run(ctx context.Context, src Source, opts Options, emit Emit) (*Report, err
 	}
 	rep.Type1 = r.st.type1Stats()
 	for _, t := range Tables {
-		workers := opts.Workers
-		if t == Patients {
-			workers = 1 // the patient sets are written in file order
-		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		if err := r.table(ctx, t, workers, emit); err != nil {
+		if err := r.table(ctx, t, opts.Workers, emit); err != nil {
 			return nil, err
 		}
 		if t == Patients {
@@ -393,6 +392,18 @@ type result struct {
 	counts     [numReasons]int64
 	quarantine []QuarantineEntry
 	in         int64
+	patients   []patientNote // patients table: rows with a valid number
+}
+
+// A patientNote is a patients-table row with a valid number, as a worker
+// decided it without knowing the rows of other chunks.
+type patientNote struct {
+	nhs    uint64
+	reason Reason
+	row    int // the row in the batch when kept, else -1
+	q      int // its quarantine entry when quarantined, else -1
+	line   int
+	lines  int
 }
 
 // maxSamples is how many quarantine entries per table the report keeps.
@@ -486,6 +497,11 @@ func (r *run) table(ctx context.Context, t Table, workers int, emit Emit) error 
 				delete(pending, next)
 				next++
 				<-tokens
+				if t == Patients {
+					if err := r.settlePatients(tr, res); err != nil {
+						return err
+					}
+				}
 				for reason, n := range res.counts {
 					if n > 0 {
 						rep.Add(Reason(reason), n)
@@ -543,17 +559,96 @@ func (r *run) work(tr *tableReader, rb *rowBuilder, c *chunk) *result {
 			reason, col = rb.add(f)
 		}
 		res.counts[reason]++
+		qi := -1
 		if reason.Outcome() == Quarantined {
-			q := QuarantineEntry{Table: tr.t.String(), File: tr.file, Line: line, Reason: reason.String(), Field: tr.t.column(col)}
-			if lines > 1 {
-				q.Lines = lines
+			qi = len(res.quarantine)
+			res.quarantine = append(res.quarantine, quarantineEntry(tr, line, lines, reason, col))
+		}
+		if rb.noted {
+			rb.noted = false
+			row := -1
+			if reason == ReasonNone {
+				row = rb.rb.Field(0).Len() - 1
 			}
-			res.quarantine = append(res.quarantine, q)
+			res.patients = append(res.patients, patientNote{nhs: rb.noteNHS, reason: reason, row: row, q: qi, line: line, lines: lines})
 		}
 	})
 	chunkPool.Put(c.buf)
 	res.rec = rb.flush()
 	return res
+}
+
+func quarantineEntry(tr *tableReader, line, lines int, reason Reason, col int) QuarantineEntry {
+	q := QuarantineEntry{Table: tr.t.String(), File: tr.file, Line: line, Reason: reason.String(), Field: tr.t.column(col)}
+	if lines > 1 {
+		q.Lines = lines
+	}
+	return q
+}
+
+// settlePatients takes a patients chunk's rows in file order, after every
+// earlier chunk's: a number seen before makes the row a duplicate, whatever
+// the worker decided (its kept row leaves the batch); the others fill the
+// patient sets.
+func (r *run) settlePatients(tr *tableReader, res *result) error {
+	st := r.st
+	var drop []int
+	for _, p := range res.patients {
+		if p.reason.Outcome() == OptedOut {
+			st.countOptedOutPatient(p.nhs)
+			continue
+		}
+		if !st.seen.Add(p.nhs) {
+			res.counts[p.reason]--
+			res.counts[ReasonDuplicatePatient]++
+			q := quarantineEntry(tr, p.line, p.lines, ReasonDuplicatePatient, 0)
+			if p.q >= 0 {
+				res.quarantine[p.q] = q
+			} else {
+				res.quarantine = append(res.quarantine, q)
+				drop = append(drop, p.row)
+			}
+			continue
+		}
+		if p.reason == ReasonNone {
+			st.kept.Add(p.nhs)
+		}
+	}
+	if len(drop) == 0 {
+		return nil
+	}
+	slices.SortStableFunc(res.quarantine, func(a, b QuarantineEntry) int { return a.Line - b.Line })
+	rec, err := dropRows(res.rec, drop, r.opts.Allocator)
+	if err != nil {
+		return err
+	}
+	res.rec.Release()
+	res.rec = rec
+	return nil
+}
+
+// dropRows returns rec without the given rows (ascending), or nil when
+// none is left.
+func dropRows(rec arrow.RecordBatch, rows []int, mem memory.Allocator) (arrow.RecordBatch, error) {
+	if int64(len(rows)) == rec.NumRows() {
+		return nil, nil
+	}
+	b := array.NewBooleanBuilder(mem)
+	defer b.Release()
+	for i, k := 0, 0; i < int(rec.NumRows()); i++ {
+		keep := k >= len(rows) || rows[k] != i
+		if !keep {
+			k++
+		}
+		b.Append(keep)
+	}
+	mask := b.NewBooleanArray()
+	defer mask.Release()
+	out, err := compute.FilterRecordBatch(compute.WithAllocator(context.Background(), mem), rec, mask, compute.DefaultFilterOptions())
+	if err != nil {
+		return nil, fmt.Errorf("drop duplicate patients: %w", err)
+	}
+	return out, nil
 }
 
 func (r *run) startProgress(w io.Writer) (stop func()) {

@@ -1,8 +1,10 @@
 package ingest_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -180,4 +182,73 @@ func TestShuffledEvents(t *testing.T) {
 	}
 	rep, rows := ingestDir(t, dir, 2)
 	checkTruth(t, rep, rows, truth)
+}
+
+// The patients table is parsed on every worker, and duplicates are found
+// in file order afterwards: a patients file of several chunks, with
+// duplicates across and within chunks (of kept, opted-out and quarantined
+// rows), gives the same report, quarantine list and rows whatever the
+// number of workers.
+func TestPatientsAcrossChunks(t *testing.T) {
+	var valid []string
+	for base := uint64(999000000); len(valid) < 120000; base++ {
+		if c, ok := ingest.NHSCheckDigit(base); ok {
+			valid = append(valid, fmt.Sprintf("%d%d", base, c))
+		}
+	}
+	var b strings.Builder
+	b.WriteString(headers["patients.csv"])
+	row := func(nhs, dob string) { fmt.Fprintf(&b, "%s,Ann,Lee,%s,female,LS6 2AB,A,B86011,\n", nhs, dob) }
+	row(valid[7], "not a date") // quarantined first, then a valid duplicate below
+	for i, nhs := range valid {
+		row(nhs, "1970-05-01")
+		if i == 100 {
+			row(valid[3], "1970-05-01") // a duplicate within the first chunk
+		}
+	}
+	for _, i := range []int{5, 10, 7, 119990, 2} { // duplicates in the last chunk
+		row(valid[i], "1970-05-01")
+	}
+	if b.Len() < 5<<20 {
+		t.Fatalf("patients file of %d bytes: want at least two chunks", b.Len())
+	}
+	dir := writeExtract(t, map[string]string{"patients.csv": b.String()})
+	optouts := valid[2] + "\n" + valid[100000] + "\n"
+
+	var want string
+	for _, workers := range []int{1, 2, 3} {
+		o, err := ingest.LoadOptOuts(t.Context(), strings.NewReader(optouts))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var q bytes.Buffer
+		var got []string
+		rep, err := ingest.Run(t.Context(), ingest.Dir(dir), ingest.Options{OptOuts: o, Workers: workers, Quarantine: &q},
+			func(_ context.Context, tb ingest.Table, rec arrow.RecordBatch) error {
+				defer rec.Release()
+				for i := range int(rec.NumRows()) {
+					got = append(got, rec.Column(0).ValueStr(i))
+				}
+				return nil
+			})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pr := rep.Tables["patients"]
+		if pr.Reasons["duplicate_patient"] != 6 || pr.Reasons["invalid_date"] != 1 || pr.Reasons["ndop"] != 3 ||
+			rep.Patients.Kept != 120000-3 || int64(len(got)) != rep.Patients.Kept {
+			t.Errorf("%d workers: reasons %v, patients %+v, %d rows emitted", workers, pr.Reasons, rep.Patients, len(got))
+		}
+		if !strings.Contains(q.String(), `"line":2,"reason":"invalid_date"`) || !strings.Contains(q.String(), `"reason":"duplicate_patient","field":"nhs_number"`) {
+			t.Errorf("%d workers: quarantine list:\n%.500s", workers, q.String())
+		}
+		rep.Tables["patients"].Bytes = 0
+		js, _ := json.Marshal(rep)
+		this := string(js) + "\n" + q.String() + "\n" + strings.Join(got, ",")
+		if want == "" {
+			want = this
+		} else if this != want {
+			t.Errorf("%d workers: report, quarantine list or rows differ from one worker's", workers)
+		}
+	}
 }

@@ -8,8 +8,9 @@ import (
 )
 
 // state is what ingest knows about patients across tables. The type 1
-// entries are gathered first; the patient sets are written while the
-// patients table is read by one worker, and only read afterwards.
+// entries are gathered first; the patient sets are written in file order
+// as the patients table's chunks are settled (settlePatients), and only
+// read afterwards.
 type state struct {
 	ndop  *OptOuts
 	type1 map[uint64]type1Entry

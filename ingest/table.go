@@ -145,6 +145,10 @@ type rowBuilder struct {
 	lastRaw    [16]byte // the last number's field, when it fits
 	lastRawLen int      // -1 when it did not
 	next       int      // the next kept patient's place, a guess
+
+	// A patient row with a valid number sets noted and noteNHS.
+	noted   bool
+	noteNHS uint64
 	// data[i] is the last batch's byte count of string column i: the
 	// next batch's buffers are sized from the last one's.
 	data []int
@@ -223,14 +227,14 @@ func (b *rowBuilder) add(f [][]byte) (Reason, int) {
 	return b.addObservation(n, f)
 }
 
+// addPatient validates a patient row. Workers run it in parallel, so it
+// writes nothing shared: the row's number is noted (b.noted) for the
+// in-order step, settlePatients, which finds duplicates and fills the
+// patient sets in file order.
 func (b *rowBuilder) addPatient(n uint64, f [][]byte) (Reason, int) {
-	st := b.st
-	if r := st.optedOutReason(n); r != ReasonNone {
-		st.countOptedOutPatient(n)
+	b.noted, b.noteNHS = true, n
+	if r := b.st.optedOutReason(n); r != ReasonNone {
 		return r, -1
-	}
-	if !st.seen.Add(n) {
-		return ReasonDuplicatePatient, 0
 	}
 	for i, v := range f {
 		if len(v) > MaxField {
@@ -274,7 +278,6 @@ func (b *rowBuilder) addPatient(n uint64, f [][]byte) (Reason, int) {
 			return ReasonInvalidDate, 8
 		}
 	}
-	st.kept.Add(n)
 	b.appendNHS(n)
 	b.str(1, given)
 	b.str(2, family)
