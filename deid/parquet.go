@@ -21,7 +21,7 @@ type Sink interface {
 
 // Parquet layout defaults.
 const (
-	DefaultRowGroupRows = 512 * 1024
+	DefaultRowGroupRows = 256 * 1024
 	DefaultPartRows     = 4 * 1024 * 1024
 	DefaultZstdLevel    = 1
 )
