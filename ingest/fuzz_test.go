@@ -3,6 +3,7 @@ package ingest
 import (
 	"bytes"
 	"context"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -126,5 +127,52 @@ func TestOrderedIDSet(t *testing.T) {
 	}
 	if s.Index(1000004) != -1 {
 		t.Fatal("an absent id has a place")
+	}
+}
+
+// FuzzPlainRecord checks that the SWAR path, whenever it takes a record,
+// splits it as the general path does.
+func FuzzPlainRecord(f *testing.F) {
+	for _, s := range []string{"a,b,c\nxxxxxxxxx", "abcdefgh,ijklmnop,\r\nqrstuvwxyz", `ab"c,d` + "\n12345678", "\n\n\n\n\n\n\n\n\n", ",,,,,,,,,,\r\n,,,,,,,,,"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) { checkPlainRecord(t, data) })
+}
+
+func checkPlainRecord(t *testing.T, data []byte) {
+	t.Helper()
+	fast, n := plainRecord(data, nil)
+	if n == 0 {
+		return
+	}
+	slow, _, m, lines, err := generalRecord(data, nil, nil)
+	if err != nil || m != n || lines != 1 || len(slow) != len(fast) {
+		t.Fatalf("%q: plain path took %d bytes, %d fields; general path %d bytes, %d lines, %d fields, %v", data, n, len(fast), m, lines, len(slow), err)
+	}
+	for i := range slow {
+		if !bytes.Equal(slow[i], fast[i]) {
+			t.Fatalf("%q: field %d is %q, general path %q", data, i, fast[i], slow[i])
+		}
+	}
+}
+
+// TestPlainRecord runs the comparison over random records of the bytes
+// that matter to CSV.
+func TestPlainRecord(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	const alphabet = "ab,,\n\r\"1 "
+	taken := 0
+	for range 200000 {
+		b := make([]byte, rng.IntN(40))
+		for i := range b {
+			b[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		if _, n := plainRecord(b, nil); n > 0 {
+			taken++
+		}
+		checkPlainRecord(t, b)
+	}
+	if taken < 10000 {
+		t.Fatalf("the plain path took only %d records", taken)
 	}
 }
