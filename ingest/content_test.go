@@ -14,7 +14,13 @@ import (
 // The batches carry the validated, normalised values.
 func TestBatchContent(t *testing.T) {
 	dir := writeExtract(t, map[string]string{
-		"patients.csv": headers["patients.csv"] + "943-476-5919, Alice ,Smith,1970-05-01,FEMALE,ls62ab,A,B86011,2024-02-29\n",
+		"patients.csv": headers["patients.csv"] + "943-476-5919, Alice ,Smith,1970-05-01,FEMALE,ls62ab,A,B86011,2024-02-29\n" +
+			"9876543210,Bob,Jones,1980-01-31,male,,,,\n" + "4010232137,Cy,Ray,1990-12-31,other,BD1 1HY,,B86012,\n",
+		"encounters.csv": headers["encounters.csv"] +
+			"E1,9434765919,GP,2022-01-02,2022-01-02,GP practice B86011\n" +
+			"E2,9434765919,inpatient,2022-02-01,,\n" +
+			"E3,9876543210,ae,2022-03-01,2022-03-02,\n" +
+			"E4,4010232137,outpatient,2022-04-01,,Leeds Teaching Hospitals\n",
 		"observations.csv": headers["observations.csv"] +
 			"9434765919,SNOMED,60621009,27.5,kg/m2,2023-04-05T10:00:00Z\n" +
 			"9434765919,snomed,827241000000103,,,2020-01-01\n" +
@@ -40,7 +46,17 @@ func TestBatchContent(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[ingest.Table][]string{
-		ingest.Patients: {"9434765919|Alice|Smith|1970-05-01|female|LS6 2AB|A|B86011|2024-02-29"},
+		ingest.Patients: {
+			"9434765919|Alice|Smith|1970-05-01|female|LS6 2AB|A|B86011|2024-02-29",
+			"9876543210|Bob|Jones|1980-01-31|male|(null)|(null)|(null)|(null)",
+			"4010232137|Cy|Ray|1990-12-31|other|BD1 1HY|(null)|B86012|(null)",
+		},
+		ingest.Encounters: {
+			"E1|9434765919|gp|2022-01-02|2022-01-02|GP practice B86011",
+			"E2|9434765919|inpatient|2022-02-01|(null)|(null)",
+			"E3|9876543210|ae|2022-03-01|2022-03-02|(null)",
+			"E4|4010232137|outpatient|2022-04-01|(null)|Leeds Teaching Hospitals",
+		},
 		ingest.Observations: {
 			"9434765919|snomed|60621009|27.5|kg/m2|2023-04-05",
 			"9434765919|snomed|827241000000103|(null)|(null)|2020-01-01",

@@ -463,7 +463,6 @@ func (r *run) table(ctx context.Context, t Table, workers int, emit Emit) error 
 		g.Go(func() error {
 			defer wg.Done()
 			rb := newRowBuilder(t, r.st, r.opts.Allocator)
-			defer rb.release()
 			for c := range chunks {
 				res := r.work(tr, rb, c)
 				select {
@@ -568,7 +567,7 @@ func (r *run) work(tr *tableReader, rb *rowBuilder, c *chunk) *result {
 			rb.noted = false
 			row := -1
 			if reason == ReasonNone {
-				row = rb.rb.Field(0).Len() - 1
+				row = rb.rows() - 1
 			}
 			res.patients = append(res.patients, patientNote{nhs: rb.noteNHS, reason: reason, row: row, q: qi, line: line, lines: lines})
 		}

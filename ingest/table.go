@@ -132,10 +132,11 @@ const MaxField = 4096
 // A rowBuilder validates rows of one table and appends the good ones to
 // Arrow builders. Each worker owns one; none is shared.
 type rowBuilder struct {
-	t  Table
-	st *state
-	rb *array.RecordBuilder
-	pc []byte // postcode scratch
+	t    Table
+	st   *state
+	mem  memory.Allocator
+	cols []column
+	pc   []byte // postcode scratch
 
 	// The last event row's patient and its fate: events come grouped by
 	// patient, so most rows skip the set look-ups.
@@ -149,14 +150,14 @@ type rowBuilder struct {
 	// A patient row with a valid number sets noted and noteNHS.
 	noted   bool
 	noteNHS uint64
-	// data[i] is the last batch's byte count of string column i: the
-	// next batch's buffers are sized from the last one's.
-	data []int
 }
 
 func newRowBuilder(t Table, st *state, mem memory.Allocator) *rowBuilder {
-	return &rowBuilder{t: t, st: st, rb: array.NewRecordBuilder(mem, buildSchemas[t])}
+	return &rowBuilder{t: t, st: st, mem: mem, cols: newColumns(buildSchemas[t])}
 }
+
+// rows returns the number of rows appended since the last flush.
+func (b *rowBuilder) rows() int { return b.cols[0].n }
 
 // buildSchemas are Schemas with each vocabulary column as its indices.
 var buildSchemas = func() (out [len(Schemas)]*arrow.Schema) {
@@ -278,15 +279,15 @@ func (b *rowBuilder) addPatient(n uint64, f [][]byte) (Reason, int) {
 			return ReasonInvalidDate, 8
 		}
 	}
-	b.appendNHS(n)
-	b.str(1, given)
-	b.str(2, family)
-	b.rb.Field(3).(*array.Date32Builder).Append(dob)
-	b.rb.Field(4).(*array.StringBuilder).Append(sex)
-	b.optStr(5, pc)
-	b.optStr(6, eth)
-	b.optStr(7, gp)
-	b.optDate(8, dod, hasDod)
+	b.cols[0].appendU64(n)
+	b.cols[1].appendStr(given)
+	b.cols[2].appendStr(family)
+	b.cols[3].appendDate(dob)
+	b.cols[4].appendString(sex)
+	b.cols[5].optStr(pc)
+	b.cols[6].optStr(eth)
+	b.cols[7].optStr(gp)
+	b.cols[8].optDate(dod, hasDod)
 	return ReasonNone, -1
 }
 
@@ -308,12 +309,12 @@ func (b *rowBuilder) addEncounter(n uint64, f [][]byte) (Reason, int) {
 	if r != ReasonNone {
 		return r, col
 	}
-	b.str(0, id)
-	b.appendNHSAt(1, n)
-	b.code(2, int8(typ))
-	b.rb.Field(3).(*array.Date32Builder).Append(start)
-	b.optDate(4, end, hasEnd)
-	b.optStr(5, trimSpace(f[5]))
+	b.cols[0].appendStr(id)
+	b.cols[1].appendU64(n)
+	b.cols[2].appendI8(int8(typ))
+	b.cols[3].appendDate(start)
+	b.cols[4].optDate(end, hasEnd)
+	b.cols[5].optStr(trimSpace(f[5]))
 	return ReasonNone, -1
 }
 
@@ -338,11 +339,11 @@ func (b *rowBuilder) addCondition(n uint64, f [][]byte) (Reason, int) {
 	if !ok {
 		return ReasonInvalidDate, 3
 	}
-	b.appendNHS(n)
-	b.code(1, system)
-	b.str(2, code)
-	b.rb.Field(3).(*array.Date32Builder).Append(onset)
-	b.optStr(4, trimSpace(f[4]))
+	b.cols[0].appendU64(n)
+	b.cols[1].appendI8(system)
+	b.cols[2].appendStr(code)
+	b.cols[3].appendDate(onset)
+	b.cols[4].optStr(trimSpace(f[4]))
 	return ReasonNone, -1
 }
 
@@ -358,11 +359,11 @@ func (b *rowBuilder) addMedication(n uint64, f [][]byte) (Reason, int) {
 	if r != ReasonNone {
 		return r, col
 	}
-	b.appendNHS(n)
-	b.code(1, codeDMD)
-	b.str(2, code)
-	b.rb.Field(3).(*array.Date32Builder).Append(start)
-	b.optDate(4, end, hasEnd)
+	b.cols[0].appendU64(n)
+	b.cols[1].appendI8(codeDMD)
+	b.cols[2].appendStr(code)
+	b.cols[3].appendDate(start)
+	b.cols[4].optDate(end, hasEnd)
 	return ReasonNone, -1
 }
 
@@ -387,16 +388,16 @@ func (b *rowBuilder) addObservation(n uint64, f [][]byte) (Reason, int) {
 	if !ok {
 		return ReasonInvalidDate, 5
 	}
-	b.appendNHS(n)
-	b.code(1, codeSNOMED)
-	b.str(2, code)
+	b.cols[0].appendU64(n)
+	b.cols[1].appendI8(codeSNOMED)
+	b.cols[2].appendStr(code)
 	if hasValue {
-		b.rb.Field(3).(*array.Float64Builder).Append(v)
+		b.cols[3].appendF64(v)
 	} else {
-		b.rb.Field(3).AppendNull()
+		b.cols[3].appendNull()
 	}
-	b.optStr(4, trimSpace(f[4]))
-	b.rb.Field(5).(*array.Date32Builder).Append(eff)
+	b.cols[4].optStr(trimSpace(f[4]))
+	b.cols[5].appendDate(eff)
 	return ReasonNone, -1
 }
 
@@ -424,73 +425,20 @@ func canonicalSex(b []byte) string {
 	return ""
 }
 
-func (b *rowBuilder) appendNHS(n uint64) { b.appendNHSAt(0, n) }
-
-func (b *rowBuilder) appendNHSAt(i int, n uint64) {
-	b.rb.Field(i).(*array.Uint64Builder).Append(n)
-}
-
-// code appends the index of a vocabulary value.
-func (b *rowBuilder) code(i int, k int8) { b.rb.Field(i).(*array.Int8Builder).Append(k) }
-
-func (b *rowBuilder) str(i int, v []byte) {
-	b.rb.Field(i).(*array.StringBuilder).BinaryBuilder.Append(v)
-}
-
-func (b *rowBuilder) optStr(i int, v []byte) {
-	if len(v) == 0 {
-		b.rb.Field(i).AppendNull()
-		return
-	}
-	b.str(i, v)
-}
-
-func (b *rowBuilder) optDate(i int, d arrow.Date32, ok bool) {
-	if !ok {
-		b.rb.Field(i).AppendNull()
-		return
-	}
-	b.rb.Field(i).(*array.Date32Builder).Append(d)
-}
-
 // flush returns the rows appended since the last flush as a record batch,
 // or nil when there are none.
 func (b *rowBuilder) flush() arrow.RecordBatch {
-	rows := b.rb.Field(0).Len()
+	rows := b.rows()
 	if rows == 0 {
 		return nil
 	}
-	if b.data == nil {
-		b.data = make([]int, len(b.rb.Fields()))
-	}
-	for i, f := range b.rb.Fields() {
-		if s, ok := f.(*array.StringBuilder); ok {
-			b.data[i] = s.DataLen()
-		}
-	}
-	rec := b.vocabularies(b.rb.NewRecordBatch())
-	b.rb.Reserve(rows)
-	for i, f := range b.rb.Fields() {
-		if s, ok := f.(*array.StringBuilder); ok {
-			// A quarter more: batches vary, and a batch that outgrows
-			// its buffer copies it whole into one twice the size.
-			s.ReserveData(b.data[i] + b.data[i]/4)
-		}
-	}
-	return rec
-}
-
-// vocabularies turns the index columns of a built batch into dictionary
-// arrays over their shared dictionaries.
-func (b *rowBuilder) vocabularies(rec arrow.RecordBatch) arrow.RecordBatch {
-	defer rec.Release()
-	cols := make([]arrow.Array, rec.NumCols())
-	for i, c := range rec.Columns() {
+	cols := make([]arrow.Array, len(b.cols))
+	for i := range b.cols {
+		cols[i] = b.cols[i].build(b.mem)
 		if Schemas[b.t].Field(i).Type == Vocabulary {
-			cols[i] = array.NewDictionaryArray(Vocabulary, c, vocabularyOf(b.t))
-		} else {
-			c.Retain()
-			cols[i] = c
+			idx := cols[i]
+			cols[i] = array.NewDictionaryArray(Vocabulary, idx, vocabularyOf(b.t))
+			idx.Release()
 		}
 	}
 	defer func() {
@@ -498,10 +446,8 @@ func (b *rowBuilder) vocabularies(rec arrow.RecordBatch) arrow.RecordBatch {
 			c.Release()
 		}
 	}()
-	return array.NewRecordBatch(Schemas[b.t], cols, rec.NumRows())
+	return array.NewRecordBatch(Schemas[b.t], cols, int64(rows))
 }
-
-func (b *rowBuilder) release() { b.rb.Release() }
 
 func (t Table) column(i int) string {
 	if i < 0 || i >= len(columns[t]) {
