@@ -48,6 +48,8 @@ type tableWriter struct {
 
 	pending     []arrow.RecordBatch // batches of the next row group
 	pendingRows int64
+
+	maxGroup, maxPart int64 // rows a row group, rows a part
 }
 
 // An aborter is a sink writer that can be dropped without committing its
@@ -92,13 +94,14 @@ func newTableWriter(ctx context.Context, sink Sink, table string, schema *arrow.
 		opts = append(opts, parquet.WithCompressionFor("patient_id", compress.Codecs.Uncompressed))
 	}
 	return &tableWriter{ctx: ctx, sink: sink, table: table, schema: schema, part: first, stride: stride,
+		maxGroup: DefaultRowGroupRows, maxPart: DefaultPartRows,
 		props:  parquet.NewWriterProperties(opts...),
 		aprops: pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema())}
 }
 
 // write appends a batch, whose columns have the table's types or are
 // dictionary arrays of them. Full row groups are written; a part closes
-// once it holds DefaultPartRows.
+// once it holds maxPart rows.
 func (w *tableWriter) write(rec arrow.RecordBatch) error {
 	if err := w.check(rec); err != nil {
 		return err
@@ -109,8 +112,8 @@ func (w *tableWriter) write(rec arrow.RecordBatch) error {
 	rec.Retain()
 	w.pending = append(w.pending, rec)
 	w.pendingRows += rec.NumRows()
-	for w.pendingRows >= DefaultRowGroupRows {
-		if err := w.flushRowGroup(DefaultRowGroupRows); err != nil {
+	for w.pendingRows >= w.maxGroup {
+		if err := w.flushRowGroup(w.maxGroup); err != nil {
 			return err
 		}
 	}
@@ -170,7 +173,7 @@ func (w *tableWriter) flushRowGroup(n int64) error {
 	w.pendingRows -= n
 	w.partRows += n
 	w.rows += n
-	if w.partRows >= DefaultPartRows {
+	if w.partRows >= w.maxPart {
 		if err := w.closePart(); err != nil {
 			return err
 		}
