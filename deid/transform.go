@@ -18,9 +18,10 @@ type transformer struct {
 	batch   map[ingest.Table]*arrow.Schema // schemas of the event batches
 	mem     memory.Allocator
 
-	lastNHS uint64 // cache: events come grouped by patient
-	lastPID [32]byte
-	lastSh  int32
+	lastNHS  uint64 // cache: events come grouped by patient
+	lastPID  [32]byte
+	lastSh   int32
+	haveLast bool // 0000000000 is a valid NHS number, so 0 is a number
 
 	// minDate and maxDate span the published event dates.
 	minDate, maxDate arrow.Date32
@@ -39,12 +40,12 @@ func (t *transformer) seen(d arrow.Date32) {
 
 func (t *transformer) patient(nhs uint64) []byte {
 	n := t.policy.PseudonymBytes
-	if nhs != t.lastNHS {
+	if !t.haveLast || nhs != t.lastNHS {
 		copy(t.lastPID[:n], t.ps.Patient(nhs))
 		if t.policy.EventDates == DatesShift {
 			t.lastSh = t.ps.Shift(nhs, t.policy.ShiftDays)
 		}
-		t.lastNHS = nhs
+		t.lastNHS, t.haveLast = nhs, true
 	}
 	return t.lastPID[:n]
 }
