@@ -89,6 +89,7 @@ func New(ctx context.Context, policy Policy, key *Key, sink Sink, mem memory.All
 	d := &Deidentifier{policy: policy, key: key, sink: sink, ctx: ctx, mem: mem, log: logger.With("component", "deid"),
 		names: newNames(), rows: map[ingest.Table]int64{}, schemas: Schemas(policy)}
 	d.tr = d.newTransformer()
+	d.tr.known = &knownPatients{}
 	n := runtime.GOMAXPROCS(0)
 	for i := 0; i < n; i++ {
 		w := &worker{d: d, id: i, tr: d.newTransformer(), in: make(chan job, 2)}
@@ -210,6 +211,10 @@ func (d *Deidentifier) flushPatients() error {
 	}
 	d.flushed = true
 	d.kanon = kanonymise(d.patients, d.policy.K)
+	d.tr.known.clip()
+	for _, w := range d.workers {
+		w.tr.known = d.tr.known // read only from now on; the events come after this
+	}
 	d.log.Info("k-anonymity", "k", d.policy.K, "patients", d.kanon.Patients, "generalised", d.kanon.Generalised, "suppressed", d.kanon.Suppressed)
 	// The patients are written in contiguous shares, one per worker (a
 	// part each), at once: nothing else runs meanwhile (the events wait

@@ -232,6 +232,7 @@ func (t *transformer) bufferPatients(rec arrow.RecordBatch, rows []patientRow, i
 	for i := 0; i < int(rec.NumRows()); i++ {
 		var r patientRow
 		copy(r.pid[:], t.ps.Patient(nhs.Value(i)))
+		t.known.add(nhs.Value(i), r.pid[:t.policy.PseudonymBytes])
 		b := dob.Value(i).ToTime()
 		r.yob, r.mob = int16(b.Year()), int8(b.Month())
 		age := ref.Year() - b.Year()

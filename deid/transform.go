@@ -1,6 +1,7 @@
 package deid
 
 import (
+	"slices"
 	"unsafe"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -23,6 +24,12 @@ type transformer struct {
 	lastSh   int32
 	haveLast bool // 0000000000 is a valid NHS number, so 0 is a number
 
+	known    *knownPatients // set once the patients are all in
+	next     int            // the guess of the next patient's place in known
+	galloped bool           // whether this batch has searched known far ahead
+	table    ingest.Table   // of the last batch
+	hits     int            // pseudonyms found in known (for tests)
+
 	// minDate and maxDate span the published event dates.
 	minDate, maxDate arrow.Date32
 	dated            bool
@@ -38,10 +45,61 @@ func (t *transformer) seen(d arrow.Date32) {
 	t.dated = true
 }
 
+// knownPatients are the patients table's kept patients in the order they
+// came, with their pseudonyms: an event row whose patient is found here
+// needs no HMAC. Each patient's events are in four tables, so this saves
+// four pseudonyms in five (0.5 CPU-s for a million patients). It holds
+// the NHS numbers in memory for the run only, as ingest's patient sets
+// do; nothing of it is written.
+type knownPatients struct {
+	nhs  []uint64
+	pids []byte // PseudonymBytes each
+}
+
+func (k *knownPatients) add(nhs uint64, pid []byte) {
+	k.nhs = append(k.nhs, nhs)
+	k.pids = append(k.pids, pid...)
+}
+
+// clip drops the slack that appending left: 24 bytes a patient are held
+// through the events.
+func (k *knownPatients) clip() {
+	k.nhs, k.pids = slices.Clone(k.nhs), slices.Clone(k.pids)
+}
+
+// find returns nhs's place in known, or -1. Extracts list events patient
+// by patient in the patients table's order, so the next few places are
+// looked at, and once a batch (which starts wherever the last batch of
+// another worker ended) far ahead; any other order falls back to the HMAC.
+func (t *transformer) find(nhs uint64) int {
+	// A batch is 4 MiB of CSV: up to ~150,000 patients of conditions.
+	const ahead, gallop = 8, 1 << 18
+	k := t.known
+	if k == nil {
+		return -1
+	}
+	limit := ahead
+	if !t.galloped {
+		limit, t.galloped = gallop, true
+	}
+	for i := t.next; i < min(t.next+limit, len(k.nhs)); i++ {
+		if k.nhs[i] == nhs {
+			t.next = i + 1
+			t.hits++
+			return i
+		}
+	}
+	return -1
+}
+
 func (t *transformer) patient(nhs uint64) []byte {
 	n := t.policy.PseudonymBytes
 	if !t.haveLast || nhs != t.lastNHS {
-		copy(t.lastPID[:n], t.ps.Patient(nhs))
+		if i := t.find(nhs); i >= 0 {
+			copy(t.lastPID[:n], t.known.pids[i*n:(i+1)*n])
+		} else {
+			copy(t.lastPID[:n], t.ps.Patient(nhs))
+		}
 		if t.policy.EventDates == DatesShift {
 			t.lastSh = t.ps.Shift(nhs, t.policy.ShiftDays)
 		}
@@ -72,6 +130,10 @@ func firstOfMonth(d arrow.Date32) arrow.Date32 {
 // pseudonyms and changed dates are built.
 func (t *transformer) event(tb ingest.Table, rec arrow.RecordBatch) arrow.RecordBatch {
 	n := int(rec.NumRows())
+	t.galloped = false
+	if tb != t.table {
+		t.table, t.next = tb, 0
+	}
 	schema := t.schemas[tb]
 	cols := make([]arrow.Array, 0, schema.NumFields())
 	defer func() {
