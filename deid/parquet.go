@@ -4,8 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 
 	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/apache/arrow-go/v18/parquet"
 	"github.com/apache/arrow-go/v18/parquet/compress"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
@@ -50,6 +54,7 @@ type tableWriter struct {
 	pendingRows int64
 
 	maxGroup, maxPart int64 // rows a row group, rows a part
+	mem               memory.Allocator
 }
 
 // An aborter is a sink writer that can be dropped without committing its
@@ -94,7 +99,7 @@ func newTableWriter(ctx context.Context, sink Sink, table string, schema *arrow.
 		opts = append(opts, parquet.WithCompressionFor("patient_id", compress.Codecs.Uncompressed))
 	}
 	return &tableWriter{ctx: ctx, sink: sink, table: table, schema: schema, part: first, stride: stride,
-		maxGroup: DefaultRowGroupRows, maxPart: DefaultPartRows,
+		maxGroup: DefaultRowGroupRows, maxPart: DefaultPartRows, mem: memory.DefaultAllocator,
 		props:  parquet.NewWriterProperties(opts...),
 		aprops: pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema())}
 }
@@ -147,11 +152,18 @@ func (w *tableWriter) flushRowGroup(n int64) error {
 		return fmt.Errorf("write %s part %d: %w", w.table, w.part, err)
 	}
 	chunks := make([]arrow.Array, len(w.pending))
-	for i := range w.schema.NumFields() {
+	for i, f := range w.schema.Fields() {
 		for k, rec := range w.pending {
 			chunks[k] = rec.Column(i)
 		}
-		col := arrow.NewChunked(chunks[0].DataType(), chunks)
+		var col *arrow.Chunked
+		if isDictionaryColumn(f.Name) && chunks[0].DataType().ID() == arrow.STRING {
+			d := dictionaryEncode(w.mem, chunks, n)
+			col = arrow.NewChunked(d.DataType(), []arrow.Array{d})
+			d.Release()
+		} else {
+			col = arrow.NewChunked(chunks[0].DataType(), chunks)
+		}
 		err := w.fw.WriteColumnChunked(col, 0, n)
 		col.Release()
 		if err != nil {
@@ -180,6 +192,50 @@ func (w *tableWriter) flushRowGroup(n int64) error {
 		w.part += w.stride
 	}
 	return nil
+}
+
+func isDictionaryColumn(name string) bool { return slices.Contains(dictionaryColumns, name) }
+
+// stringDictionary is the type of a row group's dictionary-encoded strings.
+var stringDictionary = &arrow.DictionaryType{IndexType: arrow.PrimitiveTypes.Int32, ValueType: arrow.BinaryTypes.String}
+
+// dictionaryEncode returns the first n rows of a string column's chunks as
+// one dictionary array, values in order of first appearance. pqarrow
+// would build the same dictionary itself, but its memo table allocates at
+// every value (a closure that captures it escapes; fixed upstream in
+// arrow-go#1310, not released): a Go map costs less than half as much.
+func dictionaryEncode(mem memory.Allocator, chunks []arrow.Array, n int64) arrow.Array {
+	ids := make(map[string]int32, 256)
+	vals := array.NewStringBuilder(mem)
+	defer vals.Release()
+	idx := array.NewInt32Builder(mem)
+	defer idx.Release()
+	idx.Reserve(int(n))
+	for _, c := range chunks {
+		s := c.(*array.String)
+		m := int(min(int64(s.Len()), n))
+		for i := range m {
+			if s.IsNull(i) {
+				idx.UnsafeAppendBoolToBitmap(false)
+				continue
+			}
+			v := s.Value(i)
+			k, ok := ids[v]
+			if !ok {
+				k = int32(len(ids))
+				ids[strings.Clone(v)] = k
+				vals.Append(v)
+			}
+			idx.UnsafeAppend(k)
+		}
+		if n -= int64(m); n == 0 {
+			break
+		}
+	}
+	dict, indices := vals.NewArray(), idx.NewArray()
+	defer dict.Release()
+	defer indices.Release()
+	return array.NewDictionaryArray(stringDictionary, indices, dict)
 }
 
 func (w *tableWriter) releasePending() {

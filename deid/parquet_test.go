@@ -37,8 +37,8 @@ func (s *memSink) Create(_ context.Context, table string, part int) (io.WriteClo
 
 // A table writer splits batches across row groups and parts at the set
 // sizes, and what it writes reads back row for row: a vocabulary column
-// (dictionary arrays) as strings, with the stored schema's types, and
-// nulls where they were.
+// (dictionary arrays) and a dictionary-encoded string column as strings,
+// with the stored schema's types, and nulls where they were.
 func TestTableWriterSplits(t *testing.T) {
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
 	defer mem.AssertSize(t, 0)
@@ -60,7 +60,7 @@ func TestTableWriterSplits(t *testing.T) {
 		for range n {
 			k := int8(row % 3)
 			idx.Append(k)
-			c := fmt.Sprint(1000 + row)
+			c := fmt.Sprint(1000 + row%13)
 			if row%7 == 0 {
 				code.AppendNull()
 				c = "(null)"
@@ -112,9 +112,13 @@ func TestTableWriterSplits(t *testing.T) {
 		if fmt.Sprint(groups) != fmt.Sprint(wantGroups[name]) {
 			t.Errorf("%s: row groups of %v rows, want %v", name, groups, wantGroups[name])
 		}
-		cc, _ := pf.MetaData().RowGroup(0).ColumnChunk(0)
-		if !cc.HasDictionaryPage() || cc.Encodings()[0] == parquet.Encodings.Plain {
-			t.Errorf("%s: code_system encoded %v, want dictionary", name, cc.Encodings())
+		for c, col := range []string{"code_system", "code"} { // a vocabulary, and strings encoded here
+			for g := range pf.NumRowGroups() {
+				cc, _ := pf.MetaData().RowGroup(g).ColumnChunk(c)
+				if !cc.HasDictionaryPage() || cc.Encodings()[0] == parquet.Encodings.Plain {
+					t.Errorf("%s row group %d: %s encoded %v, want dictionary", name, g, col, cc.Encodings())
+				}
+			}
 		}
 		fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: 1000}, memory.DefaultAllocator)
 		if err != nil {
