@@ -1,7 +1,6 @@
 package cohorts
 
 import (
-	"bytes"
 	"fmt"
 	"sync"
 	"testing"
@@ -9,9 +8,6 @@ import (
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
-	"github.com/apache/arrow-go/v18/arrow/memory"
-	"github.com/apache/arrow-go/v18/parquet/file"
-	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 
 	"github.com/nhs-hub/hub/catalog"
 	"github.com/nhs-hub/hub/governance"
@@ -69,39 +65,15 @@ func project(t *testing.T, s *Service, name string, eps, delta float64) {
 func tableRows(t *testing.T, l *catalog.Lake, m *catalog.Manifest, table string) []map[string]any {
 	t.Helper()
 	var out []map[string]any
-	for _, part := range m.Tables[table].Parts {
-		r, err := l.Store().Open(t.Context(), part.Path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var buf bytes.Buffer
-		buf.ReadFrom(r)
-		r.Close()
-		pf, err := file.NewParquetReader(bytes.NewReader(buf.Bytes()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: 1 << 16}, memory.DefaultAllocator)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tbl, err := fr.ReadTable(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		tr := array.NewTableReader(tbl, 1<<16)
-		for tr.Next() {
-			rec := tr.RecordBatch()
-			for i := 0; i < int(rec.NumRows()); i++ {
-				row := map[string]any{}
-				for c := 0; c < int(rec.NumCols()); c++ {
-					row[rec.ColumnName(c)] = value(rec.Column(c), i)
-				}
-				out = append(out, row)
+	for _, rec := range testlake.ReadTable(t, l, m, table) {
+		for i := 0; i < int(rec.NumRows()); i++ {
+			row := map[string]any{}
+			for c := 0; c < int(rec.NumCols()); c++ {
+				row[rec.ColumnName(c)] = value(rec.Column(c), i)
 			}
+			out = append(out, row)
 		}
-		tr.Release()
-		tbl.Release()
+		rec.Release()
 	}
 	return out
 }

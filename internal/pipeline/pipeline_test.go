@@ -16,15 +16,13 @@ import (
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
-	"github.com/apache/arrow-go/v18/arrow/memory"
-	"github.com/apache/arrow-go/v18/parquet/file"
-	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 	"github.com/nhs-hub/hub/catalog"
 	lakefile "github.com/nhs-hub/hub/catalog/file"
 	"github.com/nhs-hub/hub/deid"
 	"github.com/nhs-hub/hub/ingest"
 	"github.com/nhs-hub/hub/internal/pipeline"
 	"github.com/nhs-hub/hub/internal/synth"
+	"github.com/nhs-hub/hub/internal/testlake"
 )
 
 func key(t *testing.T, b byte) *deid.Key {
@@ -73,39 +71,6 @@ func policy() deid.Policy {
 	p := deid.DefaultPolicy()
 	p.ReferenceDate = "2025-01-01"
 	return p
-}
-
-// readTable reads every part of a table into records.
-func readTable(t *testing.T, lake *catalog.Lake, m *catalog.Manifest, table string) []arrow.RecordBatch {
-	t.Helper()
-	var out []arrow.RecordBatch
-	for _, part := range m.Tables[table].Parts {
-		r, err := lake.Store().Open(t.Context(), part.Path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, _ := io.ReadAll(r)
-		r.Close()
-		pf, err := file.NewParquetReader(bytes.NewReader(data))
-		if err != nil {
-			t.Fatal(err)
-		}
-		fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: 1 << 16}, memory.DefaultAllocator)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rr, err := fr.GetRecordReader(t.Context(), nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for rr.Next() {
-			rec := rr.RecordBatch()
-			rec.Retain()
-			out = append(out, rec)
-		}
-		rr.Release()
-	}
-	return out
 }
 
 // identifiers returns every identifiable value of the extract's patients.
@@ -159,7 +124,7 @@ func TestPublishHoldsNoIdentifier(t *testing.T) {
 	var all, patients, raw strings.Builder
 	read := map[string]int64{}
 	for table := range res.Manifest.Tables {
-		for _, rec := range readTable(t, f.lake, res.Manifest, table) {
+		for _, rec := range testlake.ReadTable(t, f.lake, res.Manifest, table) {
 			read[table] += rec.NumRows()
 			for c := 0; c < int(rec.NumCols()); c++ {
 				isDate := rec.Column(c).DataType().ID() == arrow.DATE32
@@ -223,7 +188,7 @@ func TestPublishHoldsNoIdentifier(t *testing.T) {
 // patientIDs returns the set of patient pseudonyms of a table.
 func patientIDs(t *testing.T, lake *catalog.Lake, m *catalog.Manifest, table string) map[string]bool {
 	ids := map[string]bool{}
-	for _, rec := range readTable(t, lake, m, table) {
+	for _, rec := range testlake.ReadTable(t, lake, m, table) {
 		col := rec.Column(rec.Schema().FieldIndices("patient_id")[0]).(*array.FixedSizeBinary)
 		for i := 0; i < col.Len(); i++ {
 			ids[string(col.Value(i))] = true
@@ -378,7 +343,7 @@ func TestEventDatePolicies(t *testing.T) {
 			t.Fatal(err)
 		}
 		out := map[string]enc{}
-		for _, rec := range readTable(t, f.lake, res.Manifest, "encounters") {
+		for _, rec := range testlake.ReadTable(t, f.lake, res.Manifest, "encounters") {
 			ids, pids := rec.Column(0).(*array.FixedSizeBinary), rec.Column(1).(*array.FixedSizeBinary)
 			start, end := rec.Column(3).(*array.Date32), rec.Column(4).(*array.Date32)
 			for i := 0; i < int(rec.NumRows()); i++ {

@@ -1,16 +1,21 @@
 // Package testlake publishes a synthetic dataset into a temporary local
-// lake for tests that need real Parquet: the cohort engine's and the
-// API's.
+// lake for tests that need real Parquet (the cohort engine's and the
+// API's), and reads published tables back.
 package testlake
 
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/apache/arrow-go/v18/parquet/file"
+	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 	"github.com/nhs-hub/hub/catalog"
 	lakefile "github.com/nhs-hub/hub/catalog/file"
 	"github.com/nhs-hub/hub/deid"
@@ -99,4 +104,45 @@ func Main(m *testing.M) {
 	code := m.Run()
 	RemoveShared()
 	os.Exit(code)
+}
+
+// ReadTable reads every part of a published table into records, in the
+// manifest's order; the caller releases them.
+func ReadTable(tb testing.TB, l *catalog.Lake, m *catalog.Manifest, table string) []arrow.RecordBatch {
+	tb.Helper()
+	var out []arrow.RecordBatch
+	for _, part := range m.Tables[table].Parts {
+		r, err := l.Store().Open(tb.Context(), part.Path)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		data, err := io.ReadAll(r)
+		r.Close()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		pf, err := file.NewParquetReader(bytes.NewReader(data))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: 1 << 16}, memory.DefaultAllocator)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		rr, err := fr.GetRecordReader(tb.Context(), nil, nil)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for rr.Next() {
+			rec := rr.RecordBatch()
+			rec.Retain()
+			out = append(out, rec)
+		}
+		err = rr.Err()
+		rr.Release()
+		if err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return out
 }
