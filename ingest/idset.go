@@ -31,10 +31,24 @@ func newIDSet(capacity int) *idSet {
 	return &idSet{slots: make([]uint64, size), mask: uint64(size - 1)}
 }
 
-// hashID spreads NHS numbers, whose low digits are far from uniform in
-// binary, over the table (Fibonacci hashing, top bits).
+// slot is where id's probe starts: bits 1 and up of its product with
+// 2^64/φ. They depend only on the number's low bits (this is not the
+// top-bits form of Fibonacci hashing), which suffices for NHS numbers,
+// whose low digits vary most.
 func (s *idSet) slot(id uint64) uint64 {
 	return (id * 0x9E3779B97F4A7C15) >> 1 & s.mask
+}
+
+// find returns the slot holding id, or the empty slot where it would go.
+func (s *idSet) find(id uint64) (uint64, bool) {
+	for i := s.slot(id); ; i = (i + 1) & s.mask {
+		switch s.slots[i] {
+		case 0:
+			return i, false
+		case id:
+			return i, true
+		}
+	}
 }
 
 // Add inserts id and reports whether it was absent. id must not be zero.
@@ -42,44 +56,32 @@ func (s *idSet) Add(id uint64) bool {
 	if (s.n+1)*4 > len(s.slots)*3 {
 		s.grow()
 	}
-	for i := s.slot(id); ; i = (i + 1) & s.mask {
-		switch s.slots[i] {
-		case 0:
-			s.slots[i] = id
-			if s.pos != nil {
-				s.pos[i] = uint32(len(s.order))
-				s.order = append(s.order, id)
-			}
-			s.n++
-			return true
-		case id:
-			return false
-		}
+	i, found := s.find(id)
+	if found {
+		return false
 	}
+	s.slots[i] = id
+	if s.pos != nil {
+		s.pos[i] = uint32(len(s.order))
+		s.order = append(s.order, id)
+	}
+	s.n++
+	return true
 }
 
 // Has reports whether id is in the set.
 func (s *idSet) Has(id uint64) bool {
-	for i := s.slot(id); ; i = (i + 1) & s.mask {
-		switch s.slots[i] {
-		case 0:
-			return false
-		case id:
-			return true
-		}
-	}
+	_, found := s.find(id)
+	return found
 }
 
 // Index returns id's place in the order of an ordered set, or -1.
 func (s *idSet) Index(id uint64) int {
-	for i := s.slot(id); ; i = (i + 1) & s.mask {
-		switch s.slots[i] {
-		case 0:
-			return -1
-		case id:
-			return int(s.pos[i])
-		}
+	i, found := s.find(id)
+	if !found {
+		return -1
 	}
+	return int(s.pos[i])
 }
 
 // Len returns the number of ids in the set.
@@ -91,19 +93,16 @@ func (s *idSet) grow() {
 	s.mask = uint64(len(s.slots) - 1)
 	if s.pos != nil {
 		s.pos = make([]uint32, len(s.slots))
-		for k, id := range s.order {
-			i := s.slot(id)
-			for s.slots[i] != 0 {
-				i = (i + 1) & s.mask
-			}
+		for k, id := range s.order { // keeps each id's place
+			i, _ := s.find(id)
 			s.slots[i], s.pos[i] = id, uint32(k)
 		}
 		return
 	}
-	s.n = 0
 	for _, id := range old {
 		if id != 0 {
-			s.Add(id)
+			i, _ := s.find(id)
+			s.slots[i] = id
 		}
 	}
 }
