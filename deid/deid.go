@@ -104,6 +104,11 @@ func (d *Deidentifier) newTransformer() *transformer {
 	return &transformer{policy: d.policy, ps: NewPseudonymiser(d.key, d.policy.Domain, d.policy.PseudonymBytes), schemas: d.schemas, mem: d.mem}
 }
 
+// tableWriter returns a writer of t's parts first, first+stride, ...
+func (d *Deidentifier) tableWriter(t ingest.Table, first, stride int) *tableWriter {
+	return newTableWriter(d.ctx, d.sink, d.mem, t.String(), d.schemas[t], first, stride)
+}
+
 func (d *Deidentifier) fail(err error) {
 	d.mu.Lock()
 	if d.err == nil {
@@ -146,7 +151,7 @@ func (w *worker) run() {
 		j.rec.Release()
 		if w.w == nil {
 			n := len(w.d.workers)
-			w.w = newTableWriter(w.d.ctx, w.d.sink, w.cur.String(), w.d.schemas[w.cur], w.id, n)
+			w.w = w.d.tableWriter(w.cur, w.id, n)
 		}
 		if err := w.w.write(out); err != nil {
 			w.d.fail(err)
@@ -225,7 +230,7 @@ func (d *Deidentifier) flushPatients() error {
 	writers := make([]*tableWriter, n)
 	var g errgroup.Group
 	for i := range writers {
-		w := newTableWriter(d.ctx, d.sink, ingest.Patients.String(), d.schemas[ingest.Patients], i, n)
+		w := d.tableWriter(ingest.Patients, i, n)
 		writers[i] = w
 		share := d.patients[len(d.patients)*i/n : len(d.patients)*(i+1)/n]
 		g.Go(func() error {
@@ -277,7 +282,7 @@ func (d *Deidentifier) Close() (*Report, error) {
 		if t != ingest.Patients && d.rows[t] == 0 {
 			// No rows: one empty part publishes the table's schema (the
 			// patients table always has its part from flushPatients).
-			w := newTableWriter(d.ctx, d.sink, t.String(), d.schemas[t], 0, 1)
+			w := d.tableWriter(t, 0, 1)
 			if err := w.close(true); err != nil {
 				return nil, err
 			}

@@ -53,8 +53,8 @@ type tableWriter struct {
 	pending     []arrow.RecordBatch // batches of the next row group
 	pendingRows int64
 
-	maxGroup, maxPart int64 // rows a row group, rows a part
-	mem               memory.Allocator
+	maxGroup, maxPart int64            // rows a row group, rows a part
+	mem               memory.Allocator // for the dictionaries it builds
 }
 
 // An aborter is a sink writer that can be dropped without committing its
@@ -72,7 +72,7 @@ func drop(w io.WriteCloser) {
 
 // newTableWriter writes parts first, first+stride, first+2*stride, ... so
 // that several writers of one table never share a part number.
-func newTableWriter(ctx context.Context, sink Sink, table string, schema *arrow.Schema, first, stride int) *tableWriter {
+func newTableWriter(ctx context.Context, sink Sink, mem memory.Allocator, table string, schema *arrow.Schema, first, stride int) *tableWriter {
 	opts := []parquet.WriterProperty{
 		parquet.WithCompression(compress.Codecs.Zstd),
 		parquet.WithCompressionLevel(DefaultZstdLevel),
@@ -99,7 +99,7 @@ func newTableWriter(ctx context.Context, sink Sink, table string, schema *arrow.
 		opts = append(opts, parquet.WithCompressionFor("patient_id", compress.Codecs.Uncompressed))
 	}
 	return &tableWriter{ctx: ctx, sink: sink, table: table, schema: schema, part: first, stride: stride,
-		maxGroup: DefaultRowGroupRows, maxPart: DefaultPartRows, mem: memory.DefaultAllocator,
+		maxGroup: DefaultRowGroupRows, maxPart: DefaultPartRows, mem: mem,
 		props:  parquet.NewWriterProperties(opts...),
 		aprops: pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema())}
 }

@@ -48,7 +48,7 @@ func TestTableWriterSplits(t *testing.T) {
 		{Name: "start_date", Type: arrow.FixedWidthTypes.Date32},
 	}, nil)
 	sink := &memSink{parts: map[string]*bytes.Buffer{}}
-	w := newTableWriter(t.Context(), sink, "conditions", schema, 0, 1)
+	w := newTableWriter(t.Context(), sink, mem, "conditions", schema, 0, 1)
 	w.maxGroup, w.maxPart = 70, 200
 
 	var want []string
