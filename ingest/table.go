@@ -130,7 +130,7 @@ var Schemas = [...]*arrow.Schema{
 const MaxField = 4096
 
 // A rowBuilder validates rows of one table and appends the good ones to
-// Arrow builders. Each worker owns one; none is shared.
+// its columns. Each worker owns one; none is shared.
 type rowBuilder struct {
 	t    Table
 	st   *state
@@ -153,25 +153,11 @@ type rowBuilder struct {
 }
 
 func newRowBuilder(t Table, st *state, mem memory.Allocator) *rowBuilder {
-	return &rowBuilder{t: t, st: st, mem: mem, cols: newColumns(buildSchemas[t])}
+	return &rowBuilder{t: t, st: st, mem: mem, cols: newColumns(t)}
 }
 
 // rows returns the number of rows appended since the last flush.
 func (b *rowBuilder) rows() int { return b.cols[0].n }
-
-// buildSchemas are Schemas with each vocabulary column as its indices.
-var buildSchemas = func() (out [len(Schemas)]*arrow.Schema) {
-	for t, s := range Schemas {
-		fields := s.Fields()
-		for i := range fields {
-			if fields[i].Type == Vocabulary {
-				fields[i].Type = Vocabulary.IndexType
-			}
-		}
-		out[t] = arrow.NewSchema(fields, nil)
-	}
-	return out
-}()
 
 // vocabularyOf returns the dictionary of t's vocabulary column.
 func vocabularyOf(t Table) *array.String {
@@ -435,11 +421,6 @@ func (b *rowBuilder) flush() arrow.RecordBatch {
 	cols := make([]arrow.Array, len(b.cols))
 	for i := range b.cols {
 		cols[i] = b.cols[i].build(b.mem)
-		if Schemas[b.t].Field(i).Type == Vocabulary {
-			idx := cols[i]
-			cols[i] = array.NewDictionaryArray(Vocabulary, idx, vocabularyOf(b.t))
-			idx.Release()
-		}
 	}
 	defer func() {
 		for _, c := range cols {
