@@ -393,7 +393,10 @@ func dateRange(s, e []byte, col int) (start, end arrow.Date32, hasEnd bool, r Re
 	if !ok {
 		return 0, 0, false, ReasonInvalidDate, col
 	}
-	if len(trimSpace(e)) > 0 {
+	if e = trimSpace(e); string(e) == string(trimSpace(s)) {
+		return start, start, true, ReasonNone, -1 // a one-day span: parsed already
+	}
+	if len(e) > 0 {
 		if end, ok = parseDate(e); !ok || end < start {
 			return 0, 0, false, ReasonInvalidDate, col + 1
 		}

@@ -23,37 +23,46 @@ func parseDate(b []byte) (arrow.Date32, bool) {
 	if len(b) != 10 || b[4] != '-' || b[7] != '-' {
 		return 0, false
 	}
-	y, ok1 := digits(b[0:4])
-	m, ok2 := digits(b[5:7])
-	d, ok3 := digits(b[8:10])
-	if !ok1 || !ok2 || !ok3 || y < minYear || y > maxYear || m < 1 || m > 12 || d < 1 || d > daysIn(y, m) {
+	// A digit minus '0' wraps to over 9 for anything else.
+	y0, y1, y2, y3 := b[0]-'0', b[1]-'0', b[2]-'0', b[3]-'0'
+	m0, m1, d0, d1 := b[5]-'0', b[6]-'0', b[8]-'0', b[9]-'0'
+	if y0 > 9 || y1 > 9 || y2 > 9 || y3 > 9 || m0 > 9 || m1 > 9 || d0 > 9 || d1 > 9 {
 		return 0, false
 	}
-	return arrow.Date32(daysFromCivil(y, m, d)), true
-}
-
-func digits(b []byte) (int, bool) {
-	n := 0
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int(c-'0')
+	y := int(y0)*1000 + int(y1)*100 + int(y2)*10 + int(y3)
+	m := int(m0)*10 + int(m1)
+	d := int(d0)*10 + int(d1)
+	if y < minYear || y > maxYear || m < 1 || m > 12 || d < 1 {
+		return 0, false
 	}
-	return n, true
+	leap := yearLeap[y-minYear]
+	if d > int(monthDays[leap][m]) {
+		return 0, false
+	}
+	return arrow.Date32(yearDays[y-minYear] + int32(monthStart[leap][m]) + int32(d) - 1), true
 }
 
-func daysIn(y, m int) int {
-	switch m {
-	case 2:
+// Calendar tables for parseDate: look-ups in place of the divisions of
+// daysFromCivil (0.2 CPU-s on the benchmark extract's 33 M dates).
+var (
+	yearDays   [maxYear - minYear + 1]int32 // days from 1970-01-01 to 1 January
+	yearLeap   [maxYear - minYear + 1]uint8 // 1 in a leap year
+	monthDays  = [2][13]uint8{{0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31}, {0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31}}
+	monthStart [2][13]uint16 // days from 1 January to the 1st of the month
+)
+
+func init() {
+	for y := minYear; y <= maxYear; y++ {
+		yearDays[y-minYear] = int32(daysFromCivil(y, 1, 1))
 		if y%4 == 0 && (y%100 != 0 || y%400 == 0) {
-			return 29
+			yearLeap[y-minYear] = 1
 		}
-		return 28
-	case 4, 6, 9, 11:
-		return 30
 	}
-	return 31
+	for leap := range monthStart {
+		for m := 2; m <= 12; m++ {
+			monthStart[leap][m] = monthStart[leap][m-1] + uint16(monthDays[leap][m-1])
+		}
+	}
 }
 
 // daysFromCivil returns days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -86,6 +95,19 @@ var (
 	}
 )
 
+// verhoeffStep[i][c][d] = verhoeffD[c][verhoeffP[i][d]]: one look-up a
+// digit instead of two dependent ones.
+var verhoeffStep = func() (t [8][10][10]byte) {
+	for i := range t {
+		for c := range t[i] {
+			for d := range t[i][c] {
+				t[i][c][d] = verhoeffD[c][verhoeffP[i][d]]
+			}
+		}
+	}
+	return t
+}()
+
 // validSCTID reports whether b is a well-formed SNOMED CT concept
 // identifier: 6 to 18 digits, no leading zero, a concept partition
 // identifier ("00" or "10") and a valid Verhoeff check digit. Membership of
@@ -97,11 +119,11 @@ func validSCTID(b []byte) bool {
 	}
 	c := byte(0)
 	for i := 0; i < n; i++ {
-		d := b[n-1-i]
-		if d < '0' || d > '9' {
+		d := b[n-1-i] - '0'
+		if d > 9 {
 			return false
 		}
-		c = verhoeffD[c][verhoeffP[i%8][d-'0']]
+		c = verhoeffStep[i%8][c][d]
 	}
 	if c != 0 {
 		return false

@@ -1,6 +1,11 @@
 package ingest
 
-import "testing"
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
 
 func TestParseDate(t *testing.T) {
 	tests := []struct {
@@ -24,6 +29,62 @@ func TestParseDate(t *testing.T) {
 		if ok != tt.ok || (ok && int32(got) != tt.want) {
 			t.Errorf("parseDate(%q) = %d, %v; want %d, %v", tt.in, got, ok, tt.want, tt.ok)
 		}
+	}
+}
+
+// Every date of the accepted years parses to the day count the time
+// package gives, and every day past a month's end is refused.
+func TestParseDateEveryDay(t *testing.T) {
+	for d := time.Date(minYear, 1, 1, 0, 0, 0, 0, time.UTC); d.Year() <= maxYear; d = d.AddDate(0, 0, 1) {
+		want := int32(d.Unix() / 86400)
+		got, ok := parseDate([]byte(d.Format("2006-01-02")))
+		if !ok || int32(got) != want {
+			t.Fatalf("parseDate(%s) = %d, %v; want %d", d.Format("2006-01-02"), got, ok, want)
+		}
+		if next := d.AddDate(0, 0, 1); next.Month() != d.Month() {
+			for day := d.Day() + 1; day <= 32; day++ {
+				s := fmt.Sprintf("%04d-%02d-%02d", d.Year(), d.Month(), day)
+				if _, ok := parseDate([]byte(s)); ok {
+					t.Fatalf("parseDate(%s) accepted a day past the month's end", s)
+				}
+			}
+		}
+	}
+	for _, s := range []string{"1889-12-31", "2101-01-01", "2023-00-10", "2023-01-00", "2023-1a-01", "2023-01-0/", "2023-01-0:", "+023-01-01"} {
+		if _, ok := parseDate([]byte(s)); ok {
+			t.Errorf("parseDate(%s) accepted", s)
+		}
+	}
+}
+
+// validSCTID's one-table Verhoeff check agrees with the two-table
+// definition on random digit strings.
+func TestVerhoeffStep(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	ref := func(b []byte) bool {
+		c := byte(0)
+		for i := range b {
+			c = verhoeffD[c][verhoeffP[i%8][b[len(b)-1-i]-'0']]
+		}
+		return c == 0
+	}
+	valid := 0
+	for range 200000 {
+		b := make([]byte, 6+r.IntN(13))
+		for i := range b {
+			b[i] = byte('0' + r.IntN(10))
+		}
+		b[0] = byte('1' + r.IntN(9))
+		b[len(b)-3], b[len(b)-2] = byte('0'+r.IntN(2)), '0'
+		if got, want := validSCTID(b), ref(b); got != want {
+			t.Fatalf("validSCTID(%s) = %v, want %v", b, got, want)
+		}
+		if ref(b) {
+			valid++
+		}
+	}
+	if valid < 10000 { // about one in ten passes the check digit
+		t.Fatalf("only %d of 200000 random identifiers valid; the test no longer exercises both answers", valid)
 	}
 }
 
