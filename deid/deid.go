@@ -271,9 +271,9 @@ func (d *Deidentifier) gatherPatients() {
 		for i := range p.rows {
 			r := &p.rows[i]
 			r.district, r.area, r.gp = remap[wi][r.district], remap[wi][r.area], remap[wi][r.gp]
-			k.add(p.nhs[i], r.pid[:n])
 		}
 		d.patients = append(d.patients, p.rows...)
+		k.nhs, k.pids = append(k.nhs, p.nhs...), append(k.pids, p.pids...)
 	}
 	for _, w := range d.workers {
 		w.parts, w.names = nil, nil
@@ -297,16 +297,19 @@ func (d *Deidentifier) flushPatients() error {
 	// on this), so one writer would leave a core idle. Shares are at
 	// least 512 patients; fewer make tiny parts for no gain.
 	const batch = 64 * 1024
-	n := min(len(d.workers), max(1, len(d.patients)/512))
-	writers := make([]*tableWriter, n)
+	parts := min(len(d.workers), max(1, len(d.patients)/512))
+	n := d.policy.PseudonymBytes
+	writers := make([]*tableWriter, parts)
 	var g errgroup.Group
 	for i := range writers {
-		w := d.tableWriter(ingest.Patients, i, n)
+		w := d.tableWriter(ingest.Patients, i, parts)
 		writers[i] = w
-		share := d.patients[len(d.patients)*i/n : len(d.patients)*(i+1)/n]
+		first := len(d.patients) * i / parts
+		share := d.patients[first : len(d.patients)*(i+1)/parts]
 		g.Go(func() error {
 			for from := 0; from < len(share); from += batch {
-				rec := d.tr.patientBatch(share[from:min(from+batch, len(share))], d.names)
+				to := min(from+batch, len(share))
+				rec := d.tr.patientBatch(share[from:to], d.tr.known.pids[(first+from)*n:(first+to)*n], d.names)
 				err := w.write(rec)
 				rec.Release()
 				if err != nil {
