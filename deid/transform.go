@@ -5,6 +5,7 @@ import (
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/bitutil"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/nhs-hub/hub/ingest"
 )
@@ -141,13 +142,12 @@ func (t *transformer) event(tb ingest.Table, rec arrow.RecordBatch) arrow.Record
 	}
 	nhs := rec.Column(nhsCol).(*array.Uint64)
 	pids := func() {
-		b := array.NewFixedSizeBinaryBuilder(t.mem, schema.Field(0).Type.(*arrow.FixedSizeBinaryType))
-		defer b.Release()
-		b.Reserve(n)
-		for _, v := range nhs.Uint64Values() {
-			b.Append(t.patient(v))
-		}
-		cols = append(cols, b.NewArray())
+		w := t.policy.PseudonymBytes
+		cols = append(cols, t.fixed(n, nil, 0, func(out []byte) {
+			for i, v := range nhs.Uint64Values() {
+				copy(out[i*w:(i+1)*w], t.patient(v))
+			}
+		}))
 	}
 	switch tb {
 	case ingest.Encounters:
@@ -200,17 +200,36 @@ func (t *transformer) batchSchema(tb ingest.Table, cols []arrow.Array) *arrow.Sc
 
 // tokens pseudonymises a column of encounter ids, nulls kept.
 func (t *transformer) tokens(ids *array.String) arrow.Array {
-	b := array.NewFixedSizeBinaryBuilder(t.mem, &arrow.FixedSizeBinaryType{ByteWidth: t.policy.PseudonymBytes})
-	defer b.Release()
-	b.Reserve(ids.Len())
-	for i := 0; i < ids.Len(); i++ {
-		if ids.IsNull(i) {
-			b.AppendNull()
-			continue
-		}
-		b.Append(t.ps.Token("encounter", unsafeBytes(ids.Value(i))))
+	var valid *memory.Buffer
+	if ids.NullN() > 0 {
+		valid = memory.NewResizableBuffer(t.mem)
+		valid.Resize(int(bitutil.BytesForBits(int64(ids.Len()))))
+		bitutil.CopyBitmap(ids.NullBitmapBytes(), ids.Data().Offset(), ids.Len(), valid.Bytes(), 0)
+		defer valid.Release()
 	}
-	return b.NewArray()
+	w := t.policy.PseudonymBytes
+	return t.fixed(ids.Len(), valid, ids.NullN(), func(out []byte) {
+		for i := 0; i < ids.Len(); i++ {
+			if ids.IsValid(i) {
+				copy(out[i*w:(i+1)*w], t.ps.Token("encounter", unsafeBytes(ids.Value(i))))
+			}
+		}
+	})
+}
+
+// fixed returns n pseudonyms that fill writes in place (value i at
+// out[i*PseudonymBytes:]), with the validity bitmap valid (nil for none)
+// holding nulls nulls. Filling a buffer once saves the builder's checks at
+// every value.
+func (t *transformer) fixed(n int, valid *memory.Buffer, nulls int, fill func(out []byte)) arrow.Array {
+	w := t.policy.PseudonymBytes
+	buf := memory.NewResizableBuffer(t.mem)
+	defer buf.Release()
+	buf.Resize(n * w)
+	fill(buf.Bytes())
+	data := array.NewData(&arrow.FixedSizeBinaryType{ByteWidth: w}, n, []*memory.Buffer{valid, buf}, nil, nulls, 0)
+	defer data.Release()
+	return array.MakeFromData(data)
 }
 
 // dates applies the policy to a column of event dates of the patients in
