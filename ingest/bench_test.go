@@ -75,6 +75,27 @@ func BenchmarkOptOutLookup(b *testing.B) {
 	}
 }
 
+// BenchmarkIDSetAdd builds the patients' sets as ingest does: a million
+// numbers in file order, from a small set that grows.
+func BenchmarkIDSetAdd(b *testing.B) {
+	for _, ordered := range []bool{false, true} {
+		b.Run(map[bool]string{false: "plain", true: "ordered"}[ordered], func(b *testing.B) {
+			for b.Loop() {
+				s := newIDSet(1 << 16)
+				if ordered {
+					s = newOrderedIDSet(1 << 16)
+				}
+				for n := uint64(1); n <= 1_000_000; n++ {
+					s.Add(9000000000 + n*11)
+				}
+				if s.Len() != 1_000_000 {
+					b.Fatal(s.Len())
+				}
+			}
+		})
+	}
+}
+
 func BenchmarkParseNHSNumber(b *testing.B) {
 	in := []byte("943 476 5919")
 	for i := 0; i < b.N; i++ {

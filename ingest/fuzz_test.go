@@ -127,6 +127,14 @@ func TestOrderedIDSet(t *testing.T) {
 	if s.Index(1000004) != -1 {
 		t.Fatal("an absent id has a place")
 	}
+	// 0000000000 passes Modulus 11: it is a number like any other.
+	if s.Has(0) || !s.Add(0) || s.Add(0) || !s.Has(0) || s.Index(0) != 100000 || s.Len() != 100001 {
+		t.Fatalf("0: has %v, index %d, len %d", s.Has(0), s.Index(0), s.Len())
+	}
+	p := newIDSet(4)
+	if !p.Add(0) || p.Add(0) || !p.Has(0) || p.Has(1) || p.Len() != 1 {
+		t.Fatalf("plain set: 0 has %v, len %d", p.Has(0), p.Len())
+	}
 }
 
 // FuzzPlainRecord checks that the SWAR path, whenever it takes a record,

@@ -252,3 +252,35 @@ func TestPatientsAcrossChunks(t *testing.T) {
 		}
 	}
 }
+
+// 0000000000 passes Modulus 11, so it is a patient like any other: its
+// duplicate row is caught and its events are kept. (The id sets once used
+// 0 for an empty slot, which lost both.)
+func TestPatientNumberZero(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]string{
+		"patients.csv": "nhs_number,given_name,family_name,date_of_birth,sex,postcode,ethnicity,gp_practice,date_of_death\n" +
+			"0000000000,Ann,Smith,1980-01-02,female,LS6 2AB,A,B86001,\n" +
+			"9434765919,Bob,Jones,1970-03-04,male,LS1 1AA,A,B86001,\n" +
+			"0000000000,Ann,Smith,1980-01-02,female,LS6 2AB,A,B86001,\n",
+		"encounters.csv": "encounter_id,nhs_number,type,start_date,end_date,organisation\n" +
+			"E1,0000000000,gp,2023-01-01,2023-01-01,x\nE2,9434765919,gp,2023-01-01,,x\nE3,0000000000,gp,2023-02-01,,x\n",
+		"conditions.csv":   "nhs_number,code_system,code,onset_date,encounter_id\n",
+		"medications.csv":  "nhs_number,code_system,code,start_date,end_date\n",
+		"observations.csv": "nhs_number,code_system,code,value,unit,effective_date\n",
+		"optouts.txt":      "",
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, rows := ingestDir(t, dir, 2)
+	p, e := rep.Tables["patients"], rep.Tables["encounters"]
+	if p.Kept != 2 || p.Quarantined != 1 || rows[ingest.Patients] != 2 {
+		t.Errorf("patients: kept %d, quarantined %d, emitted %d; want 2, 1 (the duplicate), 2", p.Kept, p.Quarantined, rows[ingest.Patients])
+	}
+	if e.Kept != 3 || rows[ingest.Encounters] != 3 {
+		t.Errorf("encounters: kept %d, emitted %d, reasons %v; want all 3", e.Kept, rows[ingest.Encounters], e.Reasons)
+	}
+}
