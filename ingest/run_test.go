@@ -283,4 +283,13 @@ func TestPatientNumberZero(t *testing.T) {
 	if e.Kept != 3 || rows[ingest.Encounters] != 3 {
 		t.Errorf("encounters: kept %d, emitted %d, reasons %v; want all 3", e.Kept, rows[ingest.Encounters], e.Reasons)
 	}
+	// On the opt-out list, it is left out with all its events.
+	if err := os.WriteFile(filepath.Join(dir, "optouts.txt"), []byte("0000000000\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rep, rows = ingestDir(t, dir, 2)
+	p, e = rep.Tables["patients"], rep.Tables["encounters"]
+	if p.Kept != 1 || p.OptedOut != 2 || e.Kept != 1 || e.OptedOut != 2 || rows[ingest.Encounters] != 1 {
+		t.Errorf("opted out: patients kept %d, opted out %d; encounters kept %d, opted out %d; want 1, 2, 1, 2", p.Kept, p.OptedOut, e.Kept, e.OptedOut)
+	}
 }
