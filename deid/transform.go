@@ -24,11 +24,8 @@ type transformer struct {
 	lastSh   int32
 	haveLast bool // 0000000000 is a valid NHS number, so 0 is a number
 
-	known    *knownPatients // set once the patients are all in
-	next     int            // the guess of the next patient's place in known
-	galloped bool           // whether this batch has searched known far ahead
-	table    ingest.Table   // of the last batch
-	hits     int            // pseudonyms found in known (for tests)
+	known *knownPatients // set once the patients are all in
+	hits  int            // pseudonyms found in known (for tests)
 
 	// minDate and maxDate span the published event dates.
 	minDate, maxDate arrow.Date32
@@ -46,11 +43,13 @@ func (t *transformer) seen(d arrow.Date32) {
 }
 
 // knownPatients are the patients table's kept patients in the order they
-// came, with their pseudonyms: an event row whose patient is found here
-// needs no HMAC. Each patient's events are in four tables, so this saves
-// four pseudonyms in five (0.5 CPU-s for a million patients). It holds
-// the NHS numbers in memory for the run only, as ingest's patient sets
-// do; nothing of it is written.
+// came, with their pseudonyms: an event row names its patient's place
+// here (ingest's patient_place column), so it needs no HMAC. Each
+// patient's events are in four tables, so this saves four pseudonyms in
+// five (0.5 CPU-s for a million patients). The NHS numbers check each
+// place, so a wrong one costs an HMAC, never a wrong pseudonym; they are
+// held in memory for the run only, as ingest's patient sets are, and
+// nothing of it is written.
 type knownPatients struct {
 	nhs  []uint64
 	pids []byte // PseudonymBytes each
@@ -61,36 +60,14 @@ func (k *knownPatients) add(nhs uint64, pid []byte) {
 	k.pids = append(k.pids, pid...)
 }
 
-// find returns nhs's place in known, or -1. Extracts list events patient
-// by patient in the patients table's order, so the next few places are
-// looked at, and once a batch (which starts wherever the last batch of
-// another worker ended) far ahead; any other order falls back to the HMAC.
-func (t *transformer) find(nhs uint64) int {
-	// A batch is 4 MiB of CSV: up to ~150,000 patients of conditions.
-	const ahead, gallop = 8, 1 << 18
-	k := t.known
-	if k == nil {
-		return -1
-	}
-	limit := ahead
-	if !t.galloped {
-		limit, t.galloped = gallop, true
-	}
-	for i := t.next; i < min(t.next+limit, len(k.nhs)); i++ {
-		if k.nhs[i] == nhs {
-			t.next = i + 1
-			t.hits++
-			return i
-		}
-	}
-	return -1
-}
-
-func (t *transformer) patient(nhs uint64) []byte {
+// patient returns the pseudonym of the patient nhs, whose place among the
+// known patients is place (or any wrong number); the slice is reused.
+func (t *transformer) patient(nhs uint64, place int) []byte {
 	n := t.policy.PseudonymBytes
 	if !t.haveLast || nhs != t.lastNHS {
-		if i := t.find(nhs); i >= 0 {
-			copy(t.lastPID[:n], t.known.pids[i*n:(i+1)*n])
+		if k := t.known; k != nil && place >= 0 && place < len(k.nhs) && k.nhs[place] == nhs {
+			copy(t.lastPID[:n], k.pids[place*n:(place+1)*n])
+			t.hits++
 		} else {
 			copy(t.lastPID[:n], t.ps.Patient(nhs))
 		}
@@ -124,10 +101,6 @@ func firstOfMonth(d arrow.Date32) arrow.Date32 {
 // pseudonyms and changed dates are built.
 func (t *transformer) event(tb ingest.Table, rec arrow.RecordBatch) arrow.RecordBatch {
 	n := int(rec.NumRows())
-	t.galloped = false
-	if tb != t.table {
-		t.table, t.next = tb, 0
-	}
 	schema := t.schemas[tb]
 	cols := make([]arrow.Array, 0, schema.NumFields())
 	defer func() {
@@ -141,11 +114,12 @@ func (t *transformer) event(tb ingest.Table, rec arrow.RecordBatch) arrow.Record
 		nhsCol = 1
 	}
 	nhs := rec.Column(nhsCol).(*array.Uint64)
+	places := rec.Column(int(rec.NumCols()) - 1).(*array.Uint32) // ingest's patient_place
 	pids := func() {
 		w := t.policy.PseudonymBytes
 		cols = append(cols, t.fixed(n, nil, 0, func(out []byte) {
 			for i, v := range nhs.Uint64Values() {
-				copy(out[i*w:(i+1)*w], t.patient(v))
+				copy(out[i*w:(i+1)*w], t.patient(v, int(places.Value(i))))
 			}
 		}))
 	}
@@ -154,7 +128,7 @@ func (t *transformer) event(tb ingest.Table, rec arrow.RecordBatch) arrow.Record
 		cols = append(cols, t.tokens(rec.Column(0).(*array.String)))
 		pids()
 		keep(2)
-		cols = append(cols, t.dates(nhs, rec.Column(3).(*array.Date32)), t.dates(nhs, rec.Column(4).(*array.Date32)))
+		cols = append(cols, t.dates(nhs, places, rec.Column(3).(*array.Date32)), t.dates(nhs, places, rec.Column(4).(*array.Date32)))
 		if t.policy.KeepOrganisation {
 			keep(5)
 		}
@@ -162,19 +136,19 @@ func (t *transformer) event(tb ingest.Table, rec arrow.RecordBatch) arrow.Record
 		pids()
 		keep(1)
 		keep(2)
-		cols = append(cols, t.dates(nhs, rec.Column(3).(*array.Date32)), t.tokens(rec.Column(4).(*array.String)))
+		cols = append(cols, t.dates(nhs, places, rec.Column(3).(*array.Date32)), t.tokens(rec.Column(4).(*array.String)))
 	case ingest.Medications:
 		pids()
 		keep(1)
 		keep(2)
-		cols = append(cols, t.dates(nhs, rec.Column(3).(*array.Date32)), t.dates(nhs, rec.Column(4).(*array.Date32)))
+		cols = append(cols, t.dates(nhs, places, rec.Column(3).(*array.Date32)), t.dates(nhs, places, rec.Column(4).(*array.Date32)))
 	case ingest.Observations:
 		pids()
 		keep(1)
 		keep(2)
 		keep(3)
 		keep(4)
-		cols = append(cols, t.dates(nhs, rec.Column(5).(*array.Date32)))
+		cols = append(cols, t.dates(nhs, places, rec.Column(5).(*array.Date32)))
 	}
 	return array.NewRecordBatch(t.batchSchema(tb, cols), cols, int64(n))
 }
@@ -233,8 +207,8 @@ func (t *transformer) fixed(n int, valid *memory.Buffer, nulls int, fill func(ou
 }
 
 // dates applies the policy to a column of event dates of the patients in
-// nhs, noting their span. Kept dates are the input array itself.
-func (t *transformer) dates(nhs *array.Uint64, col *array.Date32) arrow.Array {
+// nhs (at places among the known), noting their span. Kept dates are the input array itself.
+func (t *transformer) dates(nhs *array.Uint64, places *array.Uint32, col *array.Date32) arrow.Array {
 	vals := col.Date32Values()
 	if t.policy.EventDates == DatesKeep {
 		for i, d := range vals {
@@ -253,7 +227,7 @@ func (t *transformer) dates(nhs *array.Uint64, col *array.Date32) arrow.Array {
 			b.UnsafeAppendBoolToBitmap(false)
 			continue
 		}
-		t.patient(nhs.Value(i)) // the shift is the row's patient's
+		t.patient(nhs.Value(i), int(places.Value(i))) // the shift is the row's patient's
 		d = t.date(d)
 		t.seen(d)
 		b.UnsafeAppend(d)

@@ -24,7 +24,7 @@ func TestPatientZero(t *testing.T) {
 	tr := &transformer{policy: p, ps: NewPseudonymiser(k, p.Domain, p.PseudonymBytes)}
 	ref := NewPseudonymiser(k, p.Domain, p.PseudonymBytes)
 	for _, nhs := range []uint64{0, 0, 9434765919, 0} {
-		if got, want := tr.patient(nhs), ref.Patient(nhs); !bytes.Equal(got, want) {
+		if got, want := tr.patient(nhs, -1), ref.Patient(nhs); !bytes.Equal(got, want) {
 			t.Fatalf("patient %010d: pseudonym %x, want %x", nhs, got, want)
 		}
 		if got, want := tr.lastSh, ref.Shift(nhs, p.ShiftDays); got != want {
@@ -33,9 +33,9 @@ func TestPatientZero(t *testing.T) {
 	}
 }
 
-// Event rows take their patient's pseudonym from the known patients when
-// they follow the patients table's order, and from the HMAC otherwise: the
-// pseudonym is the same either way.
+// Event rows take their patient's pseudonym from the known patients at
+// the place ingest names, and from the HMAC when the place is wrong or the
+// patient unknown: the pseudonym is the same either way.
 func TestKnownPatients(t *testing.T) {
 	k, err := NewKey(bytes.Repeat([]byte{6}, 32))
 	if err != nil {
@@ -44,41 +44,37 @@ func TestKnownPatients(t *testing.T) {
 	p := DefaultPolicy()
 	ref := NewPseudonymiser(k, p.Domain, p.PseudonymBytes)
 	known := &knownPatients{}
-	for n := uint64(1); n <= 300000; n++ {
+	for n := uint64(0); n < 100000; n++ {
 		known.add(n*11, ref.Patient(n*11))
 	}
 	rng := rand.New(rand.NewPCG(6, 6))
-	orders := map[string][]uint64{}
-	for n := uint64(1); n <= 300000; n += uint64(1 + rng.IntN(3)) { // in order, some patients with no rows
-		orders["in order"] = append(orders["in order"], n*11)
+	type row struct {
+		nhs   uint64
+		place int
 	}
-	orders["shuffled"] = append([]uint64(nil), orders["in order"]...)
-	rng.Shuffle(len(orders["shuffled"]), func(i, j int) {
-		orders["shuffled"][i], orders["shuffled"][j] = orders["shuffled"][j], orders["shuffled"][i]
-	})
-	for n := uint64(0); n < 1000; n++ {
-		orders["unknown"] = append(orders["unknown"], n*11+5)
+	orders := map[string][]row{}
+	for n := 0; n < 100000; n += 1 + rng.IntN(3) { // some patients with no rows
+		orders["right places"] = append(orders["right places"], row{uint64(n) * 11, n})
+		orders["wrong places"] = append(orders["wrong places"], row{uint64(n) * 11, []int{n + 1, n - 1, -1, 1 << 30}[n%4]})
+		orders["unknown"] = append(orders["unknown"], row{uint64(n)*11 + 5, n})
 	}
-	for name, order := range orders {
+	for name, rows := range orders {
 		tr := &transformer{policy: p, ps: NewPseudonymiser(k, p.Domain, p.PseudonymBytes), known: known}
-		for i, nhs := range order {
-			if i%5000 == 0 {
-				tr.galloped = false // a new batch
-			}
-			if got, want := tr.patient(nhs), ref.Patient(nhs); !bytes.Equal(got, want) {
-				t.Fatalf("%s: patient %d: pseudonym %x, want %x", name, nhs, got, want)
+		for _, r := range rows {
+			if got, want := tr.patient(r.nhs, r.place), ref.Patient(r.nhs); !bytes.Equal(got, want) {
+				t.Fatalf("%s: patient %d at %d: pseudonym %x, want %x", name, r.nhs, r.place, got, want)
 			}
 		}
-		t.Logf("%s: %d of %d from the known patients", name, tr.hits, len(order))
-		if name == "in order" && tr.hits != len(order) {
-			t.Errorf("in order: only %d of %d pseudonyms came from the known patients", tr.hits, len(order))
+		if want := map[string]int{"right places": len(rows)}[name]; tr.hits != want {
+			t.Errorf("%s: %d of %d pseudonyms came from the known patients, want %d", name, tr.hits, len(rows), want)
 		}
 	}
 }
 
 // An event batch's patient and encounter pseudonyms are the HMACs of its
-// NHS numbers and encounter ids, row for row, and a null encounter id
-// stays null; also for a batch that is a slice, whose validity bitmap
+// NHS numbers and encounter ids, row for row, whether the patient's place
+// is right (the known pseudonym) or wrong (the HMAC), and a null encounter
+// id stays null; also for a batch that is a slice, whose validity bitmap
 // starts mid-byte.
 func TestEventPseudonyms(t *testing.T) {
 	k, err := NewKey(bytes.Repeat([]byte{7}, 32))
@@ -96,6 +92,10 @@ func TestEventPseudonyms(t *testing.T) {
 		enc string
 	}
 	var rows []row
+	known := &knownPatients{}
+	for k := range 334 {
+		known.add(uint64(9000000000+k*11), ref.Patient(uint64(9000000000+k*11)))
+	}
 	for i := range 1000 {
 		r := row{nhs: uint64(9000000000 + i/3*11)}
 		if i%4 != 1 {
@@ -111,12 +111,17 @@ func TestEventPseudonyms(t *testing.T) {
 		} else {
 			b.Field(4).(*array.StringBuilder).Append(r.enc)
 		}
+		place := uint32(i / 3)
+		if i/3%5 == 0 {
+			place++ // a wrong place: the HMAC, not a neighbour's pseudonym
+		}
+		b.Field(5).(*array.Uint32Builder).Append(place)
 	}
 	rec := b.NewRecordBatch()
 	defer rec.Release()
 	for _, from := range []int64{0, 3} {
 		in := rec.NewSlice(from, rec.NumRows())
-		tr := &transformer{policy: p, ps: NewPseudonymiser(k, p.Domain, p.PseudonymBytes), schemas: Schemas(p), mem: mem}
+		tr := &transformer{policy: p, ps: NewPseudonymiser(k, p.Domain, p.PseudonymBytes), schemas: Schemas(p), mem: mem, known: known}
 		out := tr.event(ingest.Conditions, in)
 		pid, eid := out.Column(0).(*array.FixedSizeBinary), out.Column(4).(*array.FixedSizeBinary)
 		if eid.NullN() == 0 {
@@ -135,6 +140,9 @@ func TestEventPseudonyms(t *testing.T) {
 			case r.enc != "" && !bytes.Equal(eid.Value(i), ref.Token("encounter", []byte(r.enc))):
 				t.Fatalf("slice from %d, row %d: encounter pseudonym %x, want %x", from, i, eid.Value(i), ref.Token("encounter", []byte(r.enc)))
 			}
+		}
+		if tr.hits == 0 || tr.hits >= 334 {
+			t.Errorf("slice from %d: %d pseudonyms from the known patients; want some, not all", from, tr.hits)
 		}
 		out.Release()
 		in.Release()

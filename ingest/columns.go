@@ -16,6 +16,7 @@ type column struct {
 	typ   arrow.DataType // of the values gathered: a vocabulary's indices
 	dict  *array.String  // a vocabulary column's shared dictionary
 	u64   []uint64
+	u32   []uint32
 	i32   []int32 // dates
 	f64   []float64
 	i8    []int8
@@ -37,6 +38,7 @@ func newColumns(t Table) []column {
 }
 
 func (c *column) appendU64(v uint64)        { c.u64 = append(c.u64, v); c.n++ }
+func (c *column) appendU32(v uint32)        { c.u32 = append(c.u32, v); c.n++ }
 func (c *column) appendDate(d arrow.Date32) { c.i32 = append(c.i32, int32(d)); c.n++ }
 func (c *column) appendF64(v float64)       { c.f64 = append(c.f64, v); c.n++ }
 func (c *column) appendI8(v int8)           { c.i8 = append(c.i8, v); c.n++ }
@@ -66,6 +68,8 @@ func (c *column) appendNull() {
 	switch c.typ.ID() {
 	case arrow.UINT64:
 		c.u64 = append(c.u64, 0)
+	case arrow.UINT32:
+		c.u32 = append(c.u32, 0)
 	case arrow.DATE32:
 		c.i32 = append(c.i32, 0)
 	case arrow.FLOAT64:
@@ -94,6 +98,8 @@ func (c *column) build(mem memory.Allocator) arrow.Array {
 	switch c.typ.ID() {
 	case arrow.UINT64:
 		bufs = append(bufs, copyOf(mem, arrow.Uint64Traits.CastToBytes(c.u64), 0))
+	case arrow.UINT32:
+		bufs = append(bufs, copyOf(mem, arrow.Uint32Traits.CastToBytes(c.u32), 0))
 	case arrow.DATE32:
 		bufs = append(bufs, copyOf(mem, arrow.Int32Traits.CastToBytes(c.i32), 0))
 	case arrow.FLOAT64:
@@ -112,7 +118,7 @@ func (c *column) build(mem memory.Allocator) arrow.Array {
 		}
 	}
 	defer data.Release()
-	c.u64, c.i32, c.f64, c.i8 = c.u64[:0], c.i32[:0], c.f64[:0], c.i8[:0]
+	c.u64, c.u32, c.i32, c.f64, c.i8 = c.u64[:0], c.u32[:0], c.i32[:0], c.f64[:0], c.i8[:0]
 	c.offs, c.data, c.nulls, c.n = c.offs[:1], c.data[:0], c.nulls[:0], 0
 	arr := array.MakeFromData(data)
 	if c.dict == nil {

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/nhs-hub/hub/ingest"
 	"github.com/nhs-hub/hub/internal/synth"
@@ -35,6 +36,7 @@ func ingestDir(t *testing.T, dir string, workers int) (*ingest.Report, map[inges
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
 	defer mem.AssertSize(t, 0)
 	rows := map[ingest.Table]int64{}
+	var patients []uint64 // emitted, in order
 	rep, err := ingest.Run(t.Context(), ingest.Dir(dir), ingest.Options{OptOuts: optouts, Workers: workers, Allocator: mem},
 		func(_ context.Context, tb ingest.Table, rec arrow.RecordBatch) error {
 			defer rec.Release()
@@ -42,6 +44,19 @@ func ingestDir(t *testing.T, dir string, workers int) (*ingest.Report, map[inges
 				t.Errorf("%s: batch schema differs", tb)
 			}
 			rows[tb] += rec.NumRows()
+			if tb == ingest.Patients {
+				patients = append(patients, rec.Column(0).(*array.Uint64).Uint64Values()...)
+				return nil
+			}
+			// Each event row's patient_place names its patient's row.
+			nhs := rec.Column(ingest.Schemas[tb].FieldIndices("nhs_number")[0]).(*array.Uint64)
+			place := rec.Column(int(rec.NumCols()) - 1).(*array.Uint32)
+			for i := range int(rec.NumRows()) {
+				if p := int(place.Value(i)); p >= len(patients) || patients[p] != nhs.Value(i) {
+					t.Errorf("%s row %d: patient_place %d does not name its patient", tb, i, p)
+					return nil
+				}
+			}
 			return nil
 		})
 	if err != nil {

@@ -80,6 +80,12 @@ var (
 	date     = arrow.FixedWidthTypes.Date32
 )
 
+// placeField, the last column of every event table's batches, is the
+// row's patient's place among the kept patients: the patients table's rows
+// in the order they were emitted, from 0. A consumer that keeps something
+// per patient finds it there without a look-up. It is never published.
+var placeField = field("patient_place", "the row's patient's place among the emitted patients rows, from 0", arrow.PrimitiveTypes.Uint32, false)
+
 // Schemas are the Arrow schemas of the identifiable batches ingest emits.
 var Schemas = [...]*arrow.Schema{
 	Patients: arrow.NewSchema([]arrow.Field{
@@ -100,6 +106,7 @@ var Schemas = [...]*arrow.Schema{
 		field("start_date", "start date", date, false),
 		field("end_date", "end date", date, true),
 		field("organisation", "organisation providing the encounter", str, true),
+		placeField,
 	}, nil),
 	Conditions: arrow.NewSchema([]arrow.Field{
 		nhsField,
@@ -107,6 +114,7 @@ var Schemas = [...]*arrow.Schema{
 		field("code", "SNOMED CT concept id or ICD-10 code", str, false),
 		field("onset_date", "onset or recorded date", date, false),
 		field("encounter_id", "encounter the condition was recorded in", str, true),
+		placeField,
 	}, nil),
 	Medications: arrow.NewSchema([]arrow.Field{
 		nhsField,
@@ -114,6 +122,7 @@ var Schemas = [...]*arrow.Schema{
 		field("code", "dm+d concept id (VMP/AMP)", str, false),
 		field("start_date", "start date", date, false),
 		field("end_date", "end date", date, true),
+		placeField,
 	}, nil),
 	Observations: arrow.NewSchema([]arrow.Field{
 		nhsField,
@@ -122,6 +131,7 @@ var Schemas = [...]*arrow.Schema{
 		field("value", "numeric value", arrow.PrimitiveTypes.Float64, true),
 		field("unit", "unit of the value (UCUM or as recorded)", str, true),
 		field("effective_date", "effective date", date, false),
+		placeField,
 	}, nil),
 }
 
@@ -142,6 +152,7 @@ type rowBuilder struct {
 	// patient, so most rows skip the set look-ups.
 	lastNHS    uint64
 	lastReason Reason
+	lastPlace  uint32   // the kept patient's place (see placeField)
 	haveLast   bool     // 0000000000 passes Modulus 11, so 0 is a number
 	lastRaw    [16]byte // the last number's field, when it fits
 	lastRawLen int      // -1 when it did not
@@ -189,6 +200,7 @@ func (b *rowBuilder) add(f [][]byte) (Reason, int) {
 		}
 		if !b.haveLast || n != b.lastNHS {
 			b.lastNHS, b.lastReason, b.haveLast = n, b.st.eventPatient(n, &b.next), true
+			b.lastPlace = uint32(b.next - 1) // eventPatient leaves next just past a kept patient
 		}
 		b.lastRawLen = -1
 		if len(raw) <= len(b.lastRaw) {
@@ -203,15 +215,22 @@ func (b *rowBuilder) add(f [][]byte) (Reason, int) {
 			return ReasonFieldTooLong, i
 		}
 	}
+	var r Reason
+	var col int
 	switch b.t {
 	case Encounters:
-		return b.addEncounter(n, f)
+		r, col = b.addEncounter(n, f)
 	case Conditions:
-		return b.addCondition(n, f)
+		r, col = b.addCondition(n, f)
 	case Medications:
-		return b.addMedication(n, f)
+		r, col = b.addMedication(n, f)
+	default:
+		r, col = b.addObservation(n, f)
 	}
-	return b.addObservation(n, f)
+	if r == ReasonNone {
+		b.cols[len(b.cols)-1].appendU32(b.lastPlace)
+	}
+	return r, col
 }
 
 // addPatient validates a patient row. Workers run it in parallel, so it
