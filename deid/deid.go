@@ -287,6 +287,9 @@ func (d *Deidentifier) flushPatients() error {
 	}
 	d.flushed = true
 	d.gatherPatients()
+	if err := d.failed(); err != nil {
+		return err // a worker dropped batches: the rows are not all there
+	}
 	d.kanon = kanonymise(d.patients, d.policy.K)
 	for _, w := range d.workers {
 		w.tr.known = d.tr.known // read only from now on; the events come after this
