@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -134,6 +135,56 @@ func TestOrderedIDSet(t *testing.T) {
 	p := newIDSet(4)
 	if !p.Add(0) || p.Add(0) || !p.Has(0) || p.Has(1) || p.Len() != 1 {
 		t.Fatalf("plain set: 0 has %v, len %d", p.Has(0), p.Len())
+	}
+}
+
+// Both kinds of id set agree with a map on random adds and look-ups
+// across many regrowths, at the ends of the range (0 and 9999999999) and
+// with ids that collide on their low bits.
+func TestIDSetAgainstMap(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	for _, ordered := range []bool{false, true} {
+		s := newIDSet(4)
+		if ordered {
+			s = newOrderedIDSet(4)
+		}
+		seen := map[uint64]int{}
+		var order []uint64
+		for i := range 300000 {
+			var id uint64
+			switch i % 4 {
+			case 0:
+				id = rng.Uint64N(10_000_000_000) // anywhere in the range
+			case 1:
+				id = rng.Uint64N(50000) // near 0, often again
+			case 2:
+				id = 9_999_999_999 - rng.Uint64N(50000) // near the top
+			default:
+				id = rng.Uint64N(1000) << 24 // equal low bits
+			}
+			_, had := seen[id]
+			if s.Has(id) != had {
+				t.Fatalf("ordered %v: Has(%d) = %v before adding, want %v", ordered, id, !had, had)
+			}
+			if s.Add(id) == had {
+				t.Fatalf("ordered %v: Add(%d) = %v, want %v", ordered, id, had, !had)
+			}
+			if !had {
+				seen[id] = len(order)
+				order = append(order, id)
+			}
+		}
+		if s.Len() != len(seen) {
+			t.Fatalf("ordered %v: Len %d, want %d", ordered, s.Len(), len(seen))
+		}
+		for id, k := range seen {
+			if !s.Has(id) || (ordered && s.Index(id) != k) {
+				t.Fatalf("ordered %v: id %d: has %v, index %d, want place %d", ordered, id, s.Has(id), s.Index(id), k)
+			}
+		}
+		if ordered && !slices.Equal(s.order, order) {
+			t.Fatalf("the order differs")
+		}
 	}
 }
 
