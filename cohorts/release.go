@@ -129,26 +129,16 @@ func release(q *Query, xs []exact) (*Answer, error) {
 				for k, key := range m.By {
 					cell.Key[key] = x.cellKeys[j][k]
 				}
-				v, lo, hi, err := noisyCount(n, eps)
-				if err != nil {
+				var err error
+				if cell.Value, cell.CILow, cell.CIHigh, cell.Suppressed, err = releaseCount(q, n, eps, threshold); err != nil {
 					return nil, err
-				}
-				if v < threshold {
-					cell.Suppressed = true
-				} else {
-					cell.Value, cell.CILow, cell.CIHigh = roundCount(q, float64(v), lo, hi)
 				}
 				r.Cells = append(r.Cells, cell)
 			}
 		case m.Kind == KindCount:
-			v, lo, hi, err := noisyCount(x.count, eps)
-			if err != nil {
+			var err error
+			if r.Value, r.CILow, r.CIHigh, r.Suppressed, err = releaseCount(q, x.count, eps, threshold); err != nil {
 				return nil, err
-			}
-			if v < threshold {
-				r.Suppressed = true
-			} else {
-				r.Value, r.CILow, r.CIHigh = roundCount(q, float64(v), lo, hi)
 			}
 		case m.Kind == KindSum:
 			v, lo, hi, err := noisySum(m, x, eps)
@@ -192,6 +182,21 @@ func noisyCount(n int64, eps float64) (v int64, lo, hi float64, err error) {
 		return 0, 0, 0, fmt.Errorf("interval: %w", err)
 	}
 	return max(v, 0), math.Max(ci.LowerBound, 0), math.Max(ci.UpperBound, 0), nil
+}
+
+// releaseCount releases a patient count or a public breakdown's cell:
+// noise, then suppression below threshold (value and interval nil), else
+// the optional rounding.
+func releaseCount(q *Query, n int64, eps float64, threshold int64) (v, lo, hi *float64, suppressed bool, err error) {
+	nv, l, h, err := noisyCount(n, eps)
+	if err != nil {
+		return nil, nil, nil, false, err
+	}
+	if nv < threshold {
+		return nil, nil, nil, true, nil
+	}
+	v, lo, hi = roundCount(q, float64(nv), l, h)
+	return v, lo, hi, false, nil
 }
 
 // roundCount applies the optional rounding to the nearest 5: the value to
