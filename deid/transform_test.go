@@ -11,14 +11,21 @@ import (
 	"github.com/nhs-hub/hub/ingest"
 )
 
+// testKey is a key of 32 bytes b.
+func testKey(t *testing.T, b byte) *Key {
+	t.Helper()
+	k, err := NewKey(bytes.Repeat([]byte{b}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 // 0000000000 passes Modulus 11: a worker whose first event row is that
 // patient's must still give it the patient's pseudonym, not the empty
 // cache's zero bytes.
 func TestPatientZero(t *testing.T) {
-	k, err := NewKey(bytes.Repeat([]byte{5}, 32))
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := testKey(t, 5)
 	p := DefaultPolicy()
 	p.EventDates, p.ShiftDays = DatesShift, 30
 	tr := &transformer{policy: p, ps: NewPseudonymiser(k, p.Domain, p.PseudonymBytes)}
@@ -37,10 +44,7 @@ func TestPatientZero(t *testing.T) {
 // the place ingest names, and from the HMAC when the place is wrong or the
 // patient unknown: the pseudonym is the same either way.
 func TestKnownPatients(t *testing.T) {
-	k, err := NewKey(bytes.Repeat([]byte{6}, 32))
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := testKey(t, 6)
 	p := DefaultPolicy()
 	ref := NewPseudonymiser(k, p.Domain, p.PseudonymBytes)
 	known := &knownPatients{}
@@ -77,10 +81,7 @@ func TestKnownPatients(t *testing.T) {
 // id stays null; also for a batch that is a slice, whose validity bitmap
 // starts mid-byte.
 func TestEventPseudonyms(t *testing.T) {
-	k, err := NewKey(bytes.Repeat([]byte{7}, 32))
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := testKey(t, 7)
 	p := DefaultPolicy()
 	ref := NewPseudonymiser(k, p.Domain, p.PseudonymBytes)
 	mem := memory.NewCheckedAllocator(memory.DefaultAllocator)
