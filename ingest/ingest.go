@@ -328,7 +328,6 @@ func (r *run) type1Pass(ctx context.Context) error {
 	}
 	defer tr.rc.Close()
 	r.progTable.Store("type 1 dissent scan")
-	codes := [][]byte{[]byte(CodeType1Dissent), []byte(CodeType1Withdrawn)}
 	chunks := make(chan *chunk, r.opts.Workers)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -354,9 +353,7 @@ func (r *run) type1Pass(ctx context.Context) error {
 	for range r.opts.Workers {
 		g.Go(func() error {
 			for c := range chunks {
-				if bytes.Contains(c.data, codes[0]) || bytes.Contains(c.data, codes[1]) {
-					r.type1Chunk(tr, c)
-				}
+				r.type1Chunk(tr, c)
 				r.progBytes.Store(c.in)
 				chunkPool.Put(c.buf)
 			}
@@ -390,7 +387,9 @@ func (r *run) type1Chunk(tr *tableReader, c *chunk) {
 			pos = end
 		}
 	}
-	r.type1Records(tr, c)
+	if bytes.Contains(c.data, []byte(CodeType1Dissent)) || bytes.Contains(c.data, []byte(CodeType1Withdrawn)) {
+		r.type1Records(tr, c) // record by record: a line may lie inside a quoted field
+	}
 }
 
 // type1Prefix is what the two type 1 codes begin with: one search finds
