@@ -273,7 +273,7 @@ func (d *Deidentifier) gatherPatients() {
 			r.district, r.area, r.gp = remap[wi][r.district], remap[wi][r.area], remap[wi][r.gp]
 		}
 		d.patients = append(d.patients, p.rows...)
-		k.nhs, k.pids = append(k.nhs, p.nhs...), append(k.pids, p.pids...)
+		k.add(p.nhs, p.pids)
 	}
 	for _, w := range d.workers {
 		w.parts, w.names = nil, nil

@@ -203,7 +203,7 @@ func kanonymise(rows []patientRow, k int) KAnonymity {
 	// the rows just raised can be in one next: a class that loses rows
 	// loses all of them (or is the suppressed class, never raised), and one
 	// that gains rows only grows. So after the first count, the passes
-	// touch those rows alone, not every patient again (0.23 → 0.07 s for a
+	// touch those rows alone, not every patient again (0.23 → 0.1 s for a
 	// million patients).
 	for len(raise) > 0 {
 		for _, i := range raise {

@@ -55,9 +55,10 @@ type knownPatients struct {
 	pids []byte // PseudonymBytes each
 }
 
-func (k *knownPatients) add(nhs uint64, pid []byte) {
-	k.nhs = append(k.nhs, nhs)
-	k.pids = append(k.pids, pid...)
+// add appends patients and their pseudonyms (PseudonymBytes each).
+func (k *knownPatients) add(nhs []uint64, pids []byte) {
+	k.nhs = append(k.nhs, nhs...)
+	k.pids = append(k.pids, pids...)
 }
 
 // patient returns the pseudonym of the patient nhs, whose place among the

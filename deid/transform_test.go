@@ -49,7 +49,7 @@ func TestKnownPatients(t *testing.T) {
 	ref := NewPseudonymiser(k, p.Domain, p.PseudonymBytes)
 	known := &knownPatients{}
 	for n := uint64(0); n < 100000; n++ {
-		known.add(n*11, ref.Patient(n*11))
+		known.add([]uint64{n * 11}, ref.Patient(n*11))
 	}
 	rng := rand.New(rand.NewPCG(6, 6))
 	type row struct {
@@ -95,7 +95,7 @@ func TestEventPseudonyms(t *testing.T) {
 	var rows []row
 	known := &knownPatients{}
 	for k := range 334 {
-		known.add(uint64(9000000000+k*11), ref.Patient(uint64(9000000000+k*11)))
+		known.add([]uint64{uint64(9000000000 + k*11)}, ref.Patient(uint64(9000000000+k*11)))
 	}
 	for i := range 1000 {
 		r := row{nhs: uint64(9000000000 + i/3*11)}
