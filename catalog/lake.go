@@ -64,6 +64,9 @@ type Provenance struct {
 	PseudonymDomain string `json:"pseudonym_domain"`
 	KeyFingerprint  string `json:"pseudonym_key_fingerprint"`
 	HubVersion      string `json:"hub_version,omitempty"`
+	// Overrides names each safety check the operator chose to pass by
+	// (e.g. "optouts_stale"), so a version published despite one says so.
+	Overrides []string `json:"overrides,omitempty"`
 }
 
 // Lake is the catalog over a Store.
@@ -274,6 +277,30 @@ func (p *Publication) Create(ctx context.Context, table string, k int) (io.Write
 		p.parts[table] = append(p.parts[table], Part{Path: path, Size: size, SHA256: sum})
 		p.mu.Unlock()
 	}}, nil
+}
+
+// Abandon removes what the publication wrote (its parts, then its
+// claim) without committing: a run that refuses to publish leaves nothing
+// in the lake. Parts still open must be aborted first. A failure is
+// returned; `hub catalog gc` removes whatever is left.
+func (p *Publication) Abandon(ctx context.Context) error {
+	prefix := versionPrefix(p.name, p.version)
+	files, err := p.lake.store.List(ctx, prefix)
+	if err != nil {
+		return fmt.Errorf("abandon %s@%d: %w", p.name, p.version, err)
+	}
+	for _, f := range files {
+		if f == prefix+"_claim" || f == prefix+"manifest.json" {
+			continue
+		}
+		if err := p.lake.store.Delete(ctx, f); err != nil {
+			return fmt.Errorf("abandon %s@%d: %w", p.name, p.version, err)
+		}
+	}
+	if err := p.lake.store.Delete(ctx, prefix+"_claim"); err != nil {
+		return fmt.Errorf("abandon %s@%d: %w", p.name, p.version, err)
+	}
+	return nil
 }
 
 // Commit writes the manifest, making the version visible. m's parts are

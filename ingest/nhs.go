@@ -7,13 +7,17 @@ var (
 	ErrNHSMissing    = errors.New("missing NHS number")
 	ErrNHSFormat     = errors.New("NHS number is not 10 digits")
 	ErrNHSCheckDigit = errors.New("NHS number fails the Modulus 11 check")
+	// ErrNHSPlaceholder is a number of ten equal digits (0000000000,
+	// 1111111111, ..., 9999999999): each passes Modulus 11, but systems
+	// use them as fillers for an unknown number, so they name no one.
+	ErrNHSPlaceholder = errors.New("NHS number is a placeholder (ten equal digits)")
 )
 
 // ParseNHSNumber parses an NHS number written as ten digits, optionally in
 // the 3-3-4 grouping separated by single spaces or hyphens ("943 476 5919",
 // "943-476-5919"), with surrounding blanks ignored. It checks the Modulus 11
-// check digit and returns the number as an integer. The input never appears
-// in the returned error.
+// check digit, refuses the placeholders of ten equal digits, and returns
+// the number as an integer. The input never appears in the returned error.
 func ParseNHSNumber(b []byte) (uint64, error) {
 	b = trimSpace(b)
 	if len(b) == 0 {
@@ -52,6 +56,9 @@ func ParseNHSNumber(b []byte) (uint64, error) {
 	}
 	if check == 10 || check != int(d[9]-'0') {
 		return 0, ErrNHSCheckDigit
+	}
+	if n%1111111111 == 0 {
+		return 0, ErrNHSPlaceholder
 	}
 	return n, nil
 }

@@ -63,7 +63,7 @@ func FuzzParseNHSNumber(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		n, err := ParseNHSNumber(b)
 		if err != nil {
-			if errors.Is(err, ErrNHSMissing) || errors.Is(err, ErrNHSFormat) || errors.Is(err, ErrNHSCheckDigit) {
+			if errors.Is(err, ErrNHSMissing) || errors.Is(err, ErrNHSFormat) || errors.Is(err, ErrNHSCheckDigit) || errors.Is(err, ErrNHSPlaceholder) {
 				return
 			}
 			t.Fatalf("unexpected error %v", err)

@@ -268,43 +268,42 @@ func TestPatientsAcrossChunks(t *testing.T) {
 	}
 }
 
-// 0000000000 passes Modulus 11, so it is a patient like any other: its
-// duplicate row is caught and its events are kept. (The id sets once used
-// 0 for an empty slot, which lost both.)
-func TestPatientNumberZero(t *testing.T) {
+// Ten equal digits pass Modulus 11 but are placeholders for an unknown
+// number: such a patient row is quarantined as invalid_nhs_number, so are
+// its events, and an opt-out list line of one is counted invalid.
+func TestPlaceholderNHSNumbers(t *testing.T) {
 	dir := t.TempDir()
 	files := map[string]string{
 		"patients.csv": "nhs_number,given_name,family_name,date_of_birth,sex,postcode,ethnicity,gp_practice,date_of_death\n" +
 			"0000000000,Ann,Smith,1980-01-02,female,LS6 2AB,A,B86001,\n" +
 			"9434765919,Bob,Jones,1970-03-04,male,LS1 1AA,A,B86001,\n" +
-			"0000000000,Ann,Smith,1980-01-02,female,LS6 2AB,A,B86001,\n",
+			"999 999 9999,Cat,Smith,1980-01-02,female,LS6 2AB,A,B86001,\n",
 		"encounters.csv": "encounter_id,nhs_number,type,start_date,end_date,organisation\n" +
-			"E1,0000000000,gp,2023-01-01,2023-01-01,x\nE2,9434765919,gp,2023-01-01,,x\nE3,0000000000,gp,2023-02-01,,x\n",
+			"E1,0000000000,gp,2023-01-01,2023-01-01,x\nE2,9434765919,gp,2023-01-01,,x\nE3,1111111111,gp,2023-02-01,,x\n",
 		"conditions.csv":   "nhs_number,code_system,code,onset_date,encounter_id\n",
 		"medications.csv":  "nhs_number,code_system,code,start_date,end_date\n",
 		"observations.csv": "nhs_number,code_system,code,value,unit,effective_date\n",
-		"optouts.txt":      "",
+		"optouts.txt":      "0000000000\n9434765919\n",
 	}
 	for name, body := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
+	for d := range 10 {
+		if _, err := ingest.ParseNHSNumber([]byte(strings.Repeat(string(rune('0'+d)), 10))); err != ingest.ErrNHSPlaceholder {
+			t.Errorf("%d repeated: err %v, want ErrNHSPlaceholder", d, err)
+		}
+	}
 	rep, rows := ingestDir(t, dir, 2)
 	p, e := rep.Tables["patients"], rep.Tables["encounters"]
-	if p.Kept != 2 || p.Quarantined != 1 || rows[ingest.Patients] != 2 {
-		t.Errorf("patients: kept %d, quarantined %d, emitted %d; want 2, 1 (the duplicate), 2", p.Kept, p.Quarantined, rows[ingest.Patients])
+	if p.Reasons["invalid_nhs_number"] != 2 || p.OptedOut != 1 || rows[ingest.Patients] != 0 {
+		t.Errorf("patients: reasons %v, opted out %d, emitted %d; want 2 invalid, 1 opted out, none", p.Reasons, p.OptedOut, rows[ingest.Patients])
 	}
-	if e.Kept != 3 || rows[ingest.Encounters] != 3 {
-		t.Errorf("encounters: kept %d, emitted %d, reasons %v; want all 3", e.Kept, rows[ingest.Encounters], e.Reasons)
+	if e.Reasons["invalid_nhs_number"] != 2 || e.OptedOut != 1 || rows[ingest.Encounters] != 0 {
+		t.Errorf("encounters: reasons %v, emitted %d; want 2 invalid, 1 opted out", e.Reasons, rows[ingest.Encounters])
 	}
-	// On the opt-out list, it is left out with all its events.
-	if err := os.WriteFile(filepath.Join(dir, "optouts.txt"), []byte("0000000000\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	rep, rows = ingestDir(t, dir, 2)
-	p, e = rep.Tables["patients"], rep.Tables["encounters"]
-	if p.Kept != 1 || p.OptedOut != 2 || e.Kept != 1 || e.OptedOut != 2 || rows[ingest.Encounters] != 1 {
-		t.Errorf("opted out: patients kept %d, opted out %d; encounters kept %d, opted out %d; want 1, 2, 1, 2", p.Kept, p.OptedOut, e.Kept, e.OptedOut)
+	if rep.OptOuts.Numbers != 1 || rep.OptOuts.Invalid != 1 {
+		t.Errorf("opt-out list: %d numbers, %d invalid; want 1, 1", rep.OptOuts.Numbers, rep.OptOuts.Invalid)
 	}
 }

@@ -8,15 +8,20 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/nhs-hub/hub/api"
+	"github.com/nhs-hub/hub/internal/pipeline"
 )
 
 // Exit codes: 0 done; 1 failed (I/O, a server error, a broken log);
 // 2 the command line was wrong; 3 the hub refused (a bad token, a missing
-// role, an exhausted budget, a bad query: HTTP 4xx).
+// role, an exhausted budget, a bad query: HTTP 4xx); 4 a publish failed a
+// safety check and wrote nothing.
 const (
 	exitFailed  = 1
 	exitUsage   = 2
 	exitRefused = 3
+	// exitNotPublished: a publish failed a safety check (pipeline.Check)
+	// and wrote nothing.
+	exitNotPublished = 4
 )
 
 // A usageError is a command line that cannot be run as written.
@@ -32,6 +37,8 @@ func exitCode(err error) int {
 		return exitUsage
 	case errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500:
 		return exitRefused
+	case errors.Is(err, pipeline.ErrRefused):
+		return exitNotPublished
 	}
 	return exitFailed
 }

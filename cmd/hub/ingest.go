@@ -5,9 +5,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/nhs-hub/hub/ingest"
+	"github.com/nhs-hub/hub/internal/pipeline"
 	"github.com/urfave/cli/v2"
 )
 
@@ -19,7 +24,12 @@ func ingestCommand() *cli.Command {
 			"by file, line and reason, drops every row of patients who opted out (National Data\n" +
 			"Opt-out list, type 1 dissent), de-identifies the rest in memory and publishes a new\n" +
 			"version of --dataset to --lake. With --check it stops after ingest and prints the report.\n" +
-			"The report and the quarantine list hold counts, line numbers and reasons, never a value.",
+			"The report and the quarantine list hold counts, line numbers and reasons, never a value.\n\n" +
+			"Publishing refuses (exit 4, nothing written) when the opt-out list is missing, unreadable,\n" +
+			"empty or older than --optouts-max-age, when more than --max-quarantine percent of a table\n" +
+			"is quarantined, or when no patient, or none of a table the previous version had, is kept.\n" +
+			"--override CHECK passes one check by; the manifest and the audit log record it.\n\n" +
+			"Example:\n  hub ingest --extract ./extract --optouts ndop.txt --dataset gp --key-file key",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "extract", Required: true, EnvVars: []string{"HUB_EXTRACT"}, Usage: "extract folder, or s3://bucket/prefix landing area"},
 			&cli.StringFlag{Name: "optouts", Required: true, EnvVars: []string{"HUB_OPTOUTS"}, Usage: "National Data Opt-out list, one NHS number a line (an empty file if none)"},
@@ -32,7 +42,10 @@ func ingestCommand() *cli.Command {
 			&cli.StringFlag{Name: "lake", Value: "./lake", EnvVars: []string{"HUB_LAKE"}, Usage: "the lake: a local folder or s3://bucket/prefix"},
 			&cli.StringFlag{Name: "key-file", EnvVars: []string{"HUB_PSEUDONYM_KEY_FILE"}, Usage: "file holding the pseudonymisation key (at least 32 random bytes, raw or hex)"},
 			&cli.StringFlag{Name: "policy", EnvVars: []string{"HUB_DEID_POLICY"}, Usage: "de-identification policy (JSON; default: the safe defaults in docs/deid-policy.md)"},
-			&cli.StringFlag{Name: "optouts-date", Usage: "date of the opt-out list (default: the file's modification date)"},
+			&cli.StringFlag{Name: "optouts-date", EnvVars: []string{"HUB_OPTOUTS_DATE"}, Usage: "date of the opt-out list, YYYY-MM-DD (default: the file's modification date)"},
+			&cli.StringFlag{Name: "optouts-max-age", Value: "31d", EnvVars: []string{"HUB_OPTOUTS_MAX_AGE"}, Usage: "refuse to publish with an opt-out list older than this (days as 31d, or a Go duration)"},
+			&cli.Float64Flag{Name: "max-quarantine", Value: 100 * pipeline.DefaultMaxQuarantine, EnvVars: []string{"HUB_MAX_QUARANTINE"}, Usage: "refuse to publish when more than this percentage of any table is quarantined"},
+			&cli.StringSliceFlag{Name: "override", Usage: "publish despite a failed safety check, recorded in the manifest and the audit log: " + checkNames()},
 			&cli.StringFlag{Name: "state", EnvVars: []string{"HUB_STATE"}, Usage: "record the publish in the audit log of this server state folder"},
 		}, s3Flags()...),
 		Action: func(c *cli.Context) error {
@@ -64,12 +77,12 @@ func ingestCommand() *cli.Command {
 func ingestOptions(c *cli.Context) (opts ingest.Options, done func(), err error) {
 	f, err := os.Open(c.String("optouts"))
 	if err != nil {
-		return opts, nil, fmt.Errorf("open opt-out list: %w", err)
+		return opts, nil, fmt.Errorf("open opt-out list: %w (ingest needs the current National Data Opt-out list; nothing was published)", err)
 	}
 	defer f.Close()
 	optouts, err := ingest.LoadOptOuts(c.Context, f)
 	if err != nil {
-		return opts, nil, err
+		return opts, nil, fmt.Errorf("%w (nothing was published)", err)
 	}
 	opts = ingest.Options{OptOuts: optouts, Workers: c.Int("workers"), Logger: logger(c)}
 	done = func() {}
@@ -115,4 +128,44 @@ func writeFileWith(path string, write func(io.Writer) error) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return f.Close()
+}
+
+// checkNames lists the safety checks that --override takes.
+func checkNames() string {
+	names := make([]string, len(pipeline.Checks))
+	for i, c := range pipeline.Checks {
+		names[i] = string(c)
+	}
+	return strings.Join(names, ", ")
+}
+
+// parseAge reads a maximum age: whole days as "31d", or a Go duration.
+func parseAge(s string) (time.Duration, error) {
+	if d, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(d)
+		if err != nil || n <= 0 {
+			return 0, usageError{fmt.Errorf("--optouts-max-age %q: want whole days such as 31d", s)}
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, usageError{fmt.Errorf("--optouts-max-age %q: want days such as 31d or a duration such as 720h", s)}
+	}
+	return d, nil
+}
+
+// overrides reads --override, refusing a name that is not a check.
+func overrides(c *cli.Context) ([]pipeline.Check, error) {
+	var out []pipeline.Check
+	for _, v := range c.StringSlice("override") {
+		for _, name := range strings.Split(v, ",") {
+			ch := pipeline.Check(strings.TrimSpace(name))
+			if !slices.Contains(pipeline.Checks, ch) {
+				return nil, usageError{fmt.Errorf("--override %q: not a check; the checks are %s", name, checkNames())}
+			}
+			out = append(out, ch)
+		}
+	}
+	return out, nil
 }

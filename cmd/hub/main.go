@@ -2,7 +2,8 @@
 // synthetic extracts, ingests them with the patient opt-out applied,
 // de-identifies and publishes them, serves the governed cohort API, and is
 // that API's command-line client. It wires packages together and holds no
-// business logic. Exit codes: 0 done, 1 failed, 2 usage, 3 refused.
+// business logic. Exit codes: 0 done, 1 failed, 2 usage, 3 refused, 4 not
+// published (a safety check failed).
 package main
 
 import (

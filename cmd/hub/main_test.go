@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/nhs-hub/hub/api"
 	"github.com/nhs-hub/hub/ingest"
@@ -182,5 +183,78 @@ func TestFullDiskMessage(t *testing.T) {
 	}
 	if out, _ := runHub(t, "catalog", "list", "--lake", lake); !strings.Contains(out, "no datasets") {
 		t.Errorf("a publish to a full disk left something listed: %s", out)
+	}
+}
+
+// Publishing refuses an opt-out list that is missing, unreadable, empty or
+// stale, exits 4 for a failed safety check, and leaves the lake empty;
+// --override passes a check by and the manifest records it.
+func TestPublishRefusesBadOptOuts(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "x")
+	if _, err := runHub(t, "synth", "--patients", "60", "--out", dir); err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "key")
+	os.WriteFile(keyFile, bytes.Repeat([]byte{3}, 32), 0o600)
+	empty := filepath.Join(t.TempDir(), "empty.txt")
+	os.WriteFile(empty, nil, 0o644)
+	lake := filepath.Join(t.TempDir(), "lake")
+	optouts := filepath.Join(dir, "optouts.txt")
+	publish := func(list string, extra ...string) (string, error) {
+		return runHub(t, append([]string{"ingest", "--extract", dir, "--optouts", list, "--dataset", "d", "--lake", lake, "--key-file", keyFile}, extra...)...)
+	}
+	for _, c := range []struct {
+		name, list string
+		extra      []string
+		want       string
+		code       int
+	}{
+		{"missing", filepath.Join(dir, "nope.txt"), nil, "open opt-out list", 1},
+		{"unreadable", dir, nil, "read opt-out list", 1},
+		{"empty", empty, nil, "--override optouts_empty", 4},
+		{"stale", optouts, []string{"--optouts-date", "2019-03-01"}, "--override optouts_stale", 4},
+		{"stale by a shorter maximum", optouts, []string{"--optouts-date", time.Now().AddDate(0, 0, -3).Format(time.DateOnly), "--optouts-max-age", "2d"}, "3 days old", 4},
+		{"bad override", optouts, []string{"--override", "everything"}, "not a check", 2},
+	} {
+		_, err := publish(c.list, c.extra...)
+		if err == nil || !strings.Contains(err.Error(), c.want) || exitCode(err) != c.code {
+			t.Errorf("%s: err = %v (exit %d), want %q and exit %d", c.name, err, exitCode(err), c.want, c.code)
+		}
+		if strings.Contains(fmt.Sprint(err), "999") {
+			t.Errorf("%s: the error names a number: %v", c.name, err)
+		}
+	}
+	if entries, _ := os.ReadDir(filepath.Join(lake, "datasets")); len(entries) != 0 {
+		t.Fatalf("a refused publish left %d datasets in the lake", len(entries))
+	}
+	if _, err := publish(optouts, "--optouts-date", "2019-03-01", "--override", "optouts_stale", "--json"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runHub(t, "catalog", "show", "--lake", lake, "--json", "d")
+	if err != nil || !strings.Contains(out, `"overrides"`) || !strings.Contains(out, "optouts_stale") {
+		t.Errorf("the manifest does not record the override: %v\n%s", err, out)
+	}
+}
+
+func TestS3Endpoint(t *testing.T) {
+	for _, c := range []struct {
+		in          string
+		tls, tlsSet bool
+		host        string
+		secure, bad bool
+	}{
+		{"127.0.0.1:9000", true, false, "127.0.0.1:9000", true, false},
+		{"127.0.0.1:9000", false, true, "127.0.0.1:9000", false, false},
+		{"http://127.0.0.1:9000", true, false, "127.0.0.1:9000", false, false},
+		{"https://s3.example.org", true, false, "s3.example.org", true, false},
+		{"https://s3.example.org/", false, false, "s3.example.org", true, false},
+		{"http://127.0.0.1:9000", true, true, "", false, true},
+		{"ftp://x", true, false, "", false, true},
+		{"http://127.0.0.1:9000/bucket", true, false, "", false, true},
+	} {
+		host, secure, err := s3Endpoint(c.in, c.tls, c.tlsSet)
+		if (err != nil) != c.bad || host != c.host || secure != c.secure {
+			t.Errorf("%s (tls %v set %v): %q %v %v; want %q %v, error %v", c.in, c.tls, c.tlsSet, host, secure, err, c.host, c.secure, c.bad)
+		}
 	}
 }

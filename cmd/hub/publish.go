@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"strings"
 	"syscall"
@@ -66,10 +67,26 @@ func publish(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	maxAge, err := parseAge(c.String("optouts-max-age"))
+	if err != nil {
+		return err
+	}
+	over, err := overrides(c)
+	if err != nil {
+		return err
+	}
 	res, err := pipeline.Run(c.Context, pipeline.Config{
 		Dataset: name, Source: src, SourceName: c.String("extract"),
 		Ingest: opts, OptOutDate: date, Policy: policy, Key: key, Lake: lake, Logger: logger(c),
+		OptOutMaxAge: maxAge, MaxQuarantine: c.Float64("max-quarantine") / 100, Overrides: over,
 	})
+	var refused *pipeline.RefusedError
+	if errors.As(err, &refused) {
+		if res != nil && res.Ingest != nil {
+			res.Ingest.WriteText(c.App.ErrWriter)
+		}
+		return fmt.Errorf("%w; nothing was published (fix the input, or pass --override %s to publish anyway, which the manifest and the audit log record)", err, refused.Check)
+	}
 	if errors.Is(err, syscall.ENOSPC) {
 		return fmt.Errorf("publish %s: %w (the lake's disk is full and nothing was published: free space, run `hub catalog gc %s` to remove the leftover parts, then run again)", name, err, name)
 	}
@@ -97,9 +114,9 @@ func publish(c *cli.Context) error {
 // AWS_SECRET_ACCESS_KEY), so they never show in a process list or --help.
 func s3Flags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "s3-endpoint", EnvVars: []string{"HUB_S3_ENDPOINT"}, Usage: "S3 endpoint host:port (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"},
+		&cli.StringFlag{Name: "s3-endpoint", EnvVars: []string{"HUB_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"}, Usage: "S3 endpoint: http://host:port or https://host, or host:port with --s3-tls (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"},
 		&cli.StringFlag{Name: "s3-region", EnvVars: []string{"HUB_S3_REGION", "AWS_REGION"}, Usage: "S3 region"},
-		&cli.BoolFlag{Name: "s3-tls", Value: true, EnvVars: []string{"HUB_S3_TLS"}, Usage: "use TLS to reach S3 (--s3-tls=false for a local MinIO)"},
+		&cli.BoolFlag{Name: "s3-tls", Value: true, EnvVars: []string{"HUB_S3_TLS"}, Usage: "use TLS for an endpoint given without a scheme (--s3-tls=false for a local MinIO)"},
 	}
 }
 
@@ -150,10 +167,14 @@ func openS3(c *cli.Context, loc string) (*s3.Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	if c.String("s3-endpoint") == "" {
-		return nil, fmt.Errorf("%s needs --s3-endpoint or HUB_S3_ENDPOINT", loc)
+	endpoint, tls, err := s3Endpoint(c.String("s3-endpoint"), c.Bool("s3-tls"), c.IsSet("s3-tls"))
+	if err != nil {
+		return nil, err
 	}
-	return s3.Open(c.Context, s3.Config{Endpoint: c.String("s3-endpoint"), Region: c.String("s3-region"), TLS: c.Bool("s3-tls"),
+	if endpoint == "" {
+		return nil, fmt.Errorf("%s needs --s3-endpoint (or HUB_S3_ENDPOINT, AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL)", loc)
+	}
+	return s3.Open(c.Context, s3.Config{Endpoint: endpoint, Region: c.String("s3-region"), TLS: tls,
 		AccessKey: os.Getenv("AWS_ACCESS_KEY_ID"), SecretKey: os.Getenv("AWS_SECRET_ACCESS_KEY"), Bucket: bucket, Prefix: prefix})
 }
 
@@ -183,4 +204,29 @@ func auditPublish(c *cli.Context, m *catalog.Manifest) error {
 	}
 	_, err = gov.Record(hostPrincipal(), governance.Entry{Action: governance.ActPublish, Dataset: m.Dataset, Version: m.Version, Data: data})
 	return err
+}
+
+// s3Endpoint splits an endpoint as the aws cli spells it
+// (http://127.0.0.1:9000, https://s3.example.org) into host and TLS; the
+// scheme decides TLS. Without a scheme, tls (--s3-tls) does.
+func s3Endpoint(endpoint string, tls, tlsSet bool) (string, bool, error) {
+	if !strings.Contains(endpoint, "://") {
+		return endpoint, tls, nil
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") || u.User != nil || u.RawQuery != "" {
+		return "", false, usageError{fmt.Errorf("--s3-endpoint %q: want scheme://host[:port] and nothing more", endpoint)}
+	}
+	var secure bool
+	switch u.Scheme {
+	case "https":
+		secure = true
+	case "http":
+	default:
+		return "", false, usageError{fmt.Errorf("--s3-endpoint %q: the scheme must be http or https", endpoint)}
+	}
+	if tlsSet && tls != secure {
+		return "", false, usageError{fmt.Errorf("--s3-endpoint %q and --s3-tls=%v disagree; drop --s3-tls", endpoint, tls)}
+	}
+	return u.Host, secure, nil
 }

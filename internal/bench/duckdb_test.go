@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/nhs-hub/hub/catalog"
 	lakefile "github.com/nhs-hub/hub/catalog/file"
@@ -30,7 +31,7 @@ func TestDuckDBReadsPublishedParquet(t *testing.T) {
 	optouts, _ := ingest.LoadOptOuts(t.Context(), f)
 	f.Close()
 	res, err := pipeline.Run(t.Context(), pipeline.Config{Dataset: "d", Source: ingest.Dir(dir),
-		Ingest: ingest.Options{OptOuts: optouts}, Policy: deid.DefaultPolicy(), Key: key, Lake: lake})
+		Ingest: ingest.Options{OptOuts: optouts}, OptOutDate: time.Now().Format(time.DateOnly), Policy: deid.DefaultPolicy(), Key: key, Lake: lake})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,8 +7,10 @@ package pipeline
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/nhs-hub/hub/catalog"
@@ -27,6 +29,15 @@ type Config struct {
 	Key        *deid.Key
 	Lake       *catalog.Lake
 	Logger     *slog.Logger
+
+	// The safety checks (see [Check]): the opt-out list's maximum age
+	// (0: DefaultOptOutMaxAge) and the largest share of a table that may
+	// be quarantined (0: DefaultMaxQuarantine), and the checks the
+	// operator chose to pass by. Now, when set, is the clock.
+	OptOutMaxAge  time.Duration
+	MaxQuarantine float64
+	Overrides     []Check
+	Now           func() time.Time
 }
 
 // Result is what a run published.
@@ -37,11 +48,20 @@ type Result struct {
 }
 
 // Run ingests, de-identifies and publishes one dataset version. On any
-// error nothing is committed; the claimed version's files are left for
+// error nothing is committed. A failed safety check returns a
+// [RefusedError] (with the reports, when ingest ran) and leaves nothing in
+// the lake; after other errors the claimed version's files are left for
 // `hub catalog gc`.
 func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if !catalog.ValidName(cfg.Dataset) {
+		return nil, fmt.Errorf("invalid dataset name %q: use lower-case letters, digits, - and _", cfg.Dataset)
+	}
+	g := newGuard(&cfg)
+	if err := g.optOuts(cfg.Ingest.OptOuts, cfg.OptOutDate); err != nil {
+		return nil, err
 	}
 	pub, err := cfg.Lake.Begin(ctx, cfg.Dataset)
 	if err != nil {
@@ -61,6 +81,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		d.Abort()
 		return nil, err
 	}
+	if err := g.output(ctx, cfg.Lake, cfg.Dataset, irep); err != nil {
+		if aerr := pub.Abandon(ctx); aerr != nil {
+			err = errors.Join(err, aerr)
+		}
+		return &Result{Ingest: irep, Deid: drep}, err
+	}
 	m := &catalog.Manifest{Tables: map[string]*catalog.TableManifest{}, Reports: map[string]json.RawMessage{}}
 	for t, s := range d.Schemas() {
 		m.Tables[t.String()] = &catalog.TableManifest{Rows: drep.Rows[t.String()], Schema: columns(s)}
@@ -72,6 +98,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		ExtractFormat: irep.Format, ExtractSource: cfg.SourceName, ExtractIdentity: irep.Identity(),
 		OptOutSHA256: irep.OptOuts.SHA256, OptOutDate: cfg.OptOutDate,
 		PolicyHash: drep.PolicyHash, PseudonymDomain: drep.Domain, KeyFingerprint: drep.KeyFingerprint,
+		Overrides: g.passed,
 	}
 	if m.Reports["ingest"], err = json.Marshal(irep); err != nil {
 		return nil, err

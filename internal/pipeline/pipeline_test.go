@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -64,7 +65,7 @@ func (f *fixture) config(t *testing.T, k *deid.Key, policy deid.Policy) pipeline
 		t.Fatal(err)
 	}
 	return pipeline.Config{Dataset: "test", Source: ingest.Dir(f.extract), SourceName: f.extract,
-		Ingest: ingest.Options{OptOuts: optouts}, Policy: policy, Key: k, Lake: f.lake}
+		Ingest: ingest.Options{OptOuts: optouts}, OptOutDate: time.Now().Format(time.DateOnly), Policy: policy, Key: k, Lake: f.lake}
 }
 
 func policy() deid.Policy {

@@ -289,10 +289,11 @@ func (g *gen) optOut(n uint64) {
 	g.truth.OptOuts.Numbers++
 }
 
-// extraOptOuts adds numbers of people outside the extract and, with
-// faults, junk lines.
+// extraOptOuts adds numbers of people outside the extract (at least one:
+// the national list is never empty, and the hub refuses an empty one) and,
+// with faults, junk lines.
 func (g *gen) extraOptOuts() {
-	for i := 0; i < g.opts.Patients/100; i++ {
+	for i := 0; i < max(1, g.opts.Patients/100); i++ {
 		g.optOut(nextNumber(&g.unknownBase))
 	}
 	if g.opts.FaultRate > 0 {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/memory"
@@ -58,7 +59,7 @@ func Publish(ctx context.Context, n int) (l *catalog.Lake, root string, err erro
 	policy.ReferenceDate = "2025-01-01"
 	l = catalog.NewLake(store)
 	_, err = pipeline.Run(ctx, pipeline.Config{Dataset: "gp", Source: ingest.Dir(extract), SourceName: "test",
-		Ingest: ingest.Options{OptOuts: optouts}, Policy: policy, Key: k, Lake: l})
+		Ingest: ingest.Options{OptOuts: optouts}, OptOutDate: time.Now().Format(time.DateOnly), Policy: policy, Key: k, Lake: l})
 	return l, root, err
 }
 
