@@ -94,7 +94,9 @@ func newTableWriter(ctx context.Context, sink Sink, mem memory.Allocator, table 
 		parquet.WithStatsFor("encounter_id", false), parquet.WithStatsFor("patient_id", false))
 	// Nor do the vocabularies' (three or four values), and computing them
 	// costs the dictionary path a distinct-values pass over every batch.
-	opts = append(opts, parquet.WithStatsFor("type", false), parquet.WithStatsFor("code_system", false))
+	for _, c := range []string{"type", "code_system", "class", "clinical_status", "verification_status"} {
+		opts = append(opts, parquet.WithStatsFor(c, false))
+	}
 	if table == "patients" {
 		opts = append(opts, parquet.WithCompressionFor("patient_id", compress.Codecs.Uncompressed))
 	}
@@ -157,11 +159,16 @@ func (w *tableWriter) flushRowGroup(n int64) error {
 			chunks[k] = rec.Column(i)
 		}
 		var col *arrow.Chunked
-		if isDictionaryColumn(f.Name) && chunks[0].DataType().ID() == arrow.STRING {
+		switch {
+		case chunks[0].DataType().ID() == arrow.DICTIONARY:
+			same, release := sameDictionary(chunks)
+			col = arrow.NewChunked(same[0].DataType(), same)
+			release()
+		case isDictionaryColumn(f.Name) && chunks[0].DataType().ID() == arrow.STRING:
 			d := dictionaryEncode(w.mem, chunks, n)
 			col = arrow.NewChunked(d.DataType(), []arrow.Array{d})
 			d.Release()
-		} else {
+		default:
 			col = arrow.NewChunked(chunks[0].DataType(), chunks)
 		}
 		err := w.fw.WriteColumnChunked(col, 0, n)
@@ -195,6 +202,38 @@ func (w *tableWriter) flushRowGroup(n int64) error {
 }
 
 func isDictionaryColumn(name string) bool { return slices.Contains(dictionaryColumns, name) }
+
+// sameDictionary gives every chunk of a vocabulary column the longest of
+// their dictionaries. An open vocabulary (code systems) grows as an
+// extract is read, and each of its snapshots extends the ones before with
+// the same indices, so the longest holds every chunk's values; Parquet
+// then writes one dictionary for the row group. The chunks returned are
+// released by release (a new Chunked retains what it keeps).
+func sameDictionary(chunks []arrow.Array) ([]arrow.Array, func()) {
+	first := chunks[0].Data().Dictionary()
+	longest, same := chunks[0].(*array.Dictionary).Dictionary(), true
+	for _, c := range chunks[1:] {
+		if c.Data().Dictionary() != first {
+			same = false
+		}
+		if d := c.(*array.Dictionary).Dictionary(); d.Len() > longest.Len() {
+			longest = d
+		}
+	}
+	if same {
+		return chunks, func() {}
+	}
+	out := make([]arrow.Array, len(chunks))
+	for i, c := range chunks {
+		d := c.(*array.Dictionary)
+		out[i] = array.NewDictionaryArray(d.DataType(), d.Indices(), longest)
+	}
+	return out, func() {
+		for _, c := range out {
+			c.Release()
+		}
+	}
+}
 
 // stringDictionary is the type of a row group's dictionary-encoded strings.
 var stringDictionary = &arrow.DictionaryType{IndexType: arrow.PrimitiveTypes.Int32, ValueType: arrow.BinaryTypes.String}

@@ -53,12 +53,16 @@ func TestTableWriterSplits(t *testing.T) {
 
 	var want []string
 	row := 0
-	for _, n := range []int{30, 50, 1, 120, 64, 35} { // 300 rows in batches across every boundary
-		idx := array.NewInt8Builder(mem)
+	// An open vocabulary grows as batches come: each batch's dictionary
+	// extends the ones before, and a row group mixes them.
+	vocab := []string{"snomed", "icd10", "dmd", "loinc", "http://example.org/a", "rxnorm", "http://example.org/b"}
+	for b, n := range []int{30, 50, 1, 120, 64, 35} { // 300 rows in batches across every boundary
+		dictLen := 2 + b
+		idx := array.NewInt16Builder(mem)
 		code := array.NewStringBuilder(mem)
 		date := array.NewDate32Builder(mem)
 		for range n {
-			k := int8(row % 3)
+			k := int16(row % dictLen)
 			idx.Append(k)
 			c := fmt.Sprint(1000 + row%13)
 			if row%7 == 0 {
@@ -68,12 +72,17 @@ func TestTableWriterSplits(t *testing.T) {
 				code.Append(c)
 			}
 			date.Append(arrow.Date32(19000 + row))
-			want = append(want, fmt.Sprintf("%s|%s|%s", ingest.CodeSystems.Value(int(k)), c, arrow.Date32(19000+row).FormattedString()))
+			want = append(want, fmt.Sprintf("%s|%s|%s", vocab[k], c, arrow.Date32(19000+row).FormattedString()))
 			row++
 		}
+		db := array.NewStringBuilder(memory.DefaultAllocator)
+		db.AppendValues(vocab[:dictLen], nil)
+		dict := db.NewArray()
+		db.Release()
 		ia := idx.NewArray()
-		cols := []arrow.Array{array.NewDictionaryArray(ingest.Vocabulary, ia, ingest.CodeSystems), code.NewArray(), date.NewArray()}
+		cols := []arrow.Array{array.NewDictionaryArray(ingest.Vocabulary, ia, dict), code.NewArray(), date.NewArray()}
 		ia.Release()
+		dict.Release()
 		fields := schema.Fields()
 		fields[0].Type = ingest.Vocabulary
 		rec := array.NewRecordBatch(arrow.NewSchema(fields, nil), cols, int64(n))

@@ -39,36 +39,54 @@ func Schemas(p Policy) map[ingest.Table]*arrow.Schema {
 	patients = append(patients, field("death_month", "month of death (first of the month)", date, true))
 	encounters := []arrow.Field{
 		eid(false), pid,
-		field("type", "encounter type: gp, outpatient, inpatient or ae", str, false),
+		field("type", "encounter type: gp, outpatient, inpatient or ae; null when the extract does not say", str, true),
 		field("start_date", "start date"+dateDoc, date, false),
 		field("end_date", "end date"+dateDoc, date, true),
 	}
 	if p.KeepOrganisation {
 		encounters = append(encounters, field("organisation", "organisation providing the encounter", str, true))
 	}
+	encounters = append(encounters, field("class", "encounter class (HL7 v3 ActCode in words): ambulatory, emergency, inpatient, home, virtual, ...", str, true))
+	codes := func(doc string) []arrow.Field {
+		return []arrow.Field{pid,
+			field("code_system", "code system: snomed, icd10, dmd, read2, ctv3, opcs4, loinc, rxnorm, cvx, ...; a system the hub does not know is its URI", str, false),
+			field("code", doc, str, false)}
+	}
+	registrations := []arrow.Field{pid}
+	if p.KeepGPPractice {
+		registrations = append(registrations, field("gp_practice", "ODS code of the GP practice registered with", str, false))
+	}
+	registrations = append(registrations,
+		field("start_date", "start of the registration"+dateDoc, date, false),
+		field("end_date", "end of the registration"+dateDoc+"; null while it lasts", date, true))
 	return map[ingest.Table]*arrow.Schema{
 		ingest.Patients:   arrow.NewSchema(patients, nil),
 		ingest.Encounters: arrow.NewSchema(encounters, nil),
-		ingest.Conditions: arrow.NewSchema([]arrow.Field{pid,
-			field("code_system", "snomed or icd10", str, false),
-			field("code", "SNOMED CT concept id or ICD-10 code", str, false),
+		ingest.Conditions: arrow.NewSchema(append(codes("condition code"),
 			field("onset_date", "onset or recorded date"+dateDoc, date, false),
-			eid(true)}, nil),
-		ingest.Medications: arrow.NewSchema([]arrow.Field{pid,
-			field("code_system", "dmd", str, false),
-			field("code", "dm+d concept id", str, false),
-			field("start_date", "start date"+dateDoc, date, false),
-			field("end_date", "end date"+dateDoc, date, true)}, nil),
-		ingest.Observations: arrow.NewSchema([]arrow.Field{pid,
-			field("code_system", "snomed", str, false),
-			field("code", "SNOMED CT concept id", str, false),
+			eid(true),
+			field("clinical_status", "active, recurrence, relapse, inactive, remission or resolved", str, true),
+			field("verification_status", "unconfirmed, provisional, differential or confirmed (refuted and entered-in-error are not published)", str, true)), nil),
+		ingest.Medications: arrow.NewSchema(append(codes("medication code (dm+d, RxNorm, ...)"),
+			field("start_date", "start date (a prescription's date of issue)"+dateDoc, date, false),
+			field("end_date", "end date"+dateDoc, date, true)), nil),
+		ingest.Observations: arrow.NewSchema(append(codes("observation code (a component's own code for a component row)"),
 			field("value", "numeric value", arrow.PrimitiveTypes.Float64, true),
 			field("unit", "unit of the value", str, true),
-			field("effective_date", "effective date"+dateDoc, date, false)}, nil),
+			field("effective_date", "effective date"+dateDoc, date, false),
+			field("value_code", "coded value (e.g. a SNOMED CT finding)", str, true)), nil),
+		ingest.Procedures: arrow.NewSchema(append(codes("procedure code (SNOMED CT, OPCS-4, ...)"),
+			field("performed_date", "date performed"+dateDoc, date, false),
+			field("end_date", "end of the period performed"+dateDoc, date, true),
+			eid(true)), nil),
+		ingest.Immunizations: arrow.NewSchema(append(codes("vaccine code (SNOMED CT, dm+d, CVX, ...)"),
+			field("occurrence_date", "date given"+dateDoc, date, false),
+			eid(true)), nil),
+		ingest.Registrations: arrow.NewSchema(registrations, nil),
 	}
 }
 
 // dictionaryColumns are the low-cardinality columns worth dictionary
 // encoding in Parquet; every other column is plain.
 var dictionaryColumns = []string{"age_band", "sex", "district", "postcode_area", "ethnicity_group", "ethnicity",
-	"gp_practice", "type", "code_system", "code", "unit"}
+	"gp_practice", "type", "code_system", "code", "unit", "class", "clinical_status", "verification_status", "value_code"}

@@ -124,32 +124,61 @@ func (t *transformer) event(tb ingest.Table, rec arrow.RecordBatch) arrow.Record
 			}
 		}))
 	}
+	dates := func(in int) { cols = append(cols, t.dates(nhs, places, rec.Column(in).(*array.Date32))) }
+	tokens := func(in int) { cols = append(cols, t.tokens(rec.Column(in).(*array.String))) }
 	switch tb {
 	case ingest.Encounters:
-		cols = append(cols, t.tokens(rec.Column(0).(*array.String)))
+		tokens(0)
 		pids()
 		keep(2)
-		cols = append(cols, t.dates(nhs, places, rec.Column(3).(*array.Date32)), t.dates(nhs, places, rec.Column(4).(*array.Date32)))
+		dates(3)
+		dates(4)
 		if t.policy.KeepOrganisation {
 			keep(5)
 		}
+		keep(6)
 	case ingest.Conditions:
 		pids()
 		keep(1)
 		keep(2)
-		cols = append(cols, t.dates(nhs, places, rec.Column(3).(*array.Date32)), t.tokens(rec.Column(4).(*array.String)))
+		dates(3)
+		tokens(4)
+		keep(5)
+		keep(6)
 	case ingest.Medications:
 		pids()
 		keep(1)
 		keep(2)
-		cols = append(cols, t.dates(nhs, places, rec.Column(3).(*array.Date32)), t.dates(nhs, places, rec.Column(4).(*array.Date32)))
+		dates(3)
+		dates(4)
 	case ingest.Observations:
 		pids()
 		keep(1)
 		keep(2)
 		keep(3)
 		keep(4)
-		cols = append(cols, t.dates(nhs, places, rec.Column(5).(*array.Date32)))
+		dates(5)
+		keep(6)
+	case ingest.Procedures:
+		pids()
+		keep(1)
+		keep(2)
+		dates(3)
+		dates(4)
+		tokens(5)
+	case ingest.Immunizations:
+		pids()
+		keep(1)
+		keep(2)
+		dates(3)
+		tokens(4)
+	case ingest.Registrations:
+		pids()
+		if t.policy.KeepGPPractice {
+			keep(1)
+		}
+		dates(2)
+		dates(3)
 	}
 	return array.NewRecordBatch(t.batchSchema(tb, cols), cols, int64(n))
 }

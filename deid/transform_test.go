@@ -116,7 +116,9 @@ func TestEventPseudonyms(t *testing.T) {
 		if i/3%5 == 0 {
 			place++ // a wrong place: the HMAC, not a neighbour's pseudonym
 		}
-		b.Field(5).(*array.Uint32Builder).Append(place)
+		b.Field(5).AppendNull()
+		b.Field(6).AppendNull()
+		b.Field(7).(*array.Uint32Builder).Append(place)
 	}
 	rec := b.NewRecordBatch()
 	defer rec.Release()

@@ -32,6 +32,8 @@ type chunk struct {
 	// unquoted is set when data holds no double quote, so that each of its
 	// lines is one record.
 	unquoted bool
+	// tr is the file the chunk comes from.
+	tr *tableReader
 }
 
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, 2*chunkSize); return &b }}

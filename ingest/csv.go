@@ -169,6 +169,8 @@ type csvHeader struct {
 var optionalColumns = map[string]bool{
 	"postcode": true, "ethnicity": true, "gp_practice": true, "date_of_death": true,
 	"end_date": true, "organisation": true, "encounter_id": true, "value": true, "unit": true,
+	"type": true, "class": true, "status": true, "clinical_status": true, "verification_status": true,
+	"value_code": true,
 }
 
 func parseHeader(t Table, rec [][]byte, file string) (*csvHeader, error) {
@@ -188,7 +190,7 @@ func parseHeader(t Table, rec [][]byte, file string) (*csvHeader, error) {
 		}
 	}
 	for i, c := range columns[t] {
-		required := !optionalColumns[c] || (t == Encounters && c == "encounter_id")
+		required := !optionalColumns[c] || (t == Encounters && c == "encounter_id") || (t == Registrations && c == "gp_practice")
 		if h.idx[i] < 0 && required {
 			return nil, fmt.Errorf("%s: header lacks required column %s (the extract contract is in docs/extract-contract.md)", file, c)
 		}

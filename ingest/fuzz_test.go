@@ -43,14 +43,31 @@ func FuzzFHIRLine(f *testing.F) {
 	f.Add([]byte(`{"resourceType":"Patient","identifier":[{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9434765919"}],"name":[{"family":"Smith","given":["A"]}],"gender":"female","birthDate":"1970-05-01"}`))
 	f.Add([]byte(`{"resourceType":"Observation","subject":{"identifier":{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9434765919"}},"code":{"coding":[{"system":"http://snomed.info/sct","code":"60621009"}]},"valueQuantity":{"value":1e400,"unit":"x"},"effectiveDateTime":"2023-01-01"}`))
 	f.Add([]byte(`[[[[`))
+	f.Add([]byte(`{"resourceType":"Observation","subject":{"reference":"urn:uuid:p1"},"code":{"coding":[{"system":"http://loinc.org","code":"85354-9"}]},"component":[{"code":{"coding":[{"system":"http://loinc.org","code":"8480-6"}]},"valueQuantity":{"value":120,"unit":"mm[Hg]"}}],"effectiveDateTime":"2023-01-01","status":"final"}`))
+	f.Add([]byte(`{"resourceType":"MedicationRequest","subject":{"reference":"Patient/p1"},"medicationReference":{"reference":"#m"},"contained":[{"resourceType":"Medication","id":"m","code":{"coding":[{"system":"http://www.nlm.nih.gov/research/umls/rxnorm","code":"314076"}]}}],"authoredOn":"2020-01-01","status":"active"}`))
+	f.Add([]byte(`{"resourceType":"Encounter","id":"e","class":[{"coding":[{"code":"AMB"}]}],"subject":{"reference":"Patient/p1"},"period":{"start":"2020-01-01"}}`))
 	f.Fuzz(func(t *testing.T, line []byte) {
 		st := newState(nil)
 		st.ndop = &OptOuts{set: newIDSet(16)}
+		st.refs[keyOf("p1")] = 9434765919
 		for _, tb := range Tables {
-			out := make([][]byte, len(columns[tb]))
-			if fhirFields(tb, line, out) {
-				b := newRowBuilder(tb, st, memory.DefaultAllocator)
-				b.add(out)
+			d := newFHIRDecoder(st, tb)
+			b := newRowBuilder(tb, st)
+			d.decode(tb, line, func(out [][]byte, ref *refKey) {
+				if len(out) != len(columns[tb]) {
+					t.Fatalf("%s: %d fields", tb, len(out))
+				}
+				fate := ReasonNone
+				if ref != nil && tb != Patients {
+					var n uint64
+					if n, fate = st.resolve(*ref); fate == ReasonNone {
+						out[nhsColumn[tb]] = appendNHS(nil, n)
+					}
+				}
+				b.add(out, fate, ref)
+			})
+			if rec := b.flush(memory.DefaultAllocator); rec != nil {
+				rec.Release()
 			}
 		}
 	})

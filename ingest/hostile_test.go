@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -71,6 +72,7 @@ func TestHostileInput(t *testing.T) {
 		wantErr string
 		table   string
 		reasons map[string]int64
+		nulled  map[string]int64 // optional fields left empty in kept rows
 		kept    int64
 	}{
 		{name: "header lacks a required column", files: map[string]string{"patients.csv": "nhs_number,given_name\n" + alice},
@@ -99,7 +101,9 @@ func TestHostileInput(t *testing.T) {
 			"9990000034,Di,Jones,1980-01-31,male,,Q,,\n" +
 			"9990000042,Ed,Jones,1980-01-31,male,,,12345,\n" +
 			"9990000050,Flo,Jones,1980-01-31,female,,,,1979-01-01\n"},
-			table: "patients", reasons: map[string]int64{"invalid_date": 2, "invalid_sex": 1, "missing_field": 1, "invalid_postcode": 1, "invalid_ethnicity": 1, "invalid_practice": 1}},
+			// A bad optional field is nulled and its row kept; a bad required one quarantines the row.
+			table: "patients", reasons: map[string]int64{"invalid_date": 1, "invalid_sex": 1, "missing_field": 1}, kept: 4,
+			nulled: map[string]int64{"invalid_postcode": 1, "invalid_ethnicity": 1, "invalid_practice": 1, "invalid_date": 1}},
 		{name: "opt-out wins before anything is read", files: map[string]string{"patients.csv": headers["patients.csv"] + "9434765919,,,garbage,robot,,,,\n" + bob},
 			optouts: "943 476 5919\njunk line\n", table: "patients", reasons: map[string]int64{"ndop": 1}, kept: 1},
 		{name: "type 1 dissent, latest entry wins", files: map[string]string{
@@ -138,8 +142,9 @@ func TestHostileInput(t *testing.T) {
 				"9990000018,snomed,44054006,2020-01-01,\n" +
 				"9434765919,snomed,44054007,2020-01-01,\n" +
 				"9434765919,icd10,E11.9,2020-01-01,\n" +
-				"9434765919,read,C10..,2020-01-01,\n"},
-			table: "conditions", reasons: map[string]int64{"patient_excluded": 1, "unknown_patient": 1, "invalid_code": 1, "invalid_code_system": 1}, kept: 2},
+				"9434765919,read,C10..,2020-01-01,\n" + // a system the hub does not know: kept as it is
+				"9434765919,,C10..,2020-01-01,\n"},
+			table: "conditions", reasons: map[string]int64{"patient_excluded": 1, "unknown_patient": 1, "invalid_code": 1, "invalid_code_system": 1}, kept: 3},
 		{name: "JSON nested 100,000 deep", files: map[string]string{"Patient.ndjson": deep + `{"resourceType":"Patient","identifier":[{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9434765919"}],"name":[{"family":"Smith","given":["Alice"]}],"gender":"female","birthDate":"1970-05-01"}` + "\n",
 			"Encounter.ndjson": "", "Condition.ndjson": "", "MedicationStatement.ndjson": "", "Observation.ndjson": "",
 			"patients.csv": "", "encounters.csv": "", "conditions.csv": "", "medications.csv": "", "observations.csv": ""},
@@ -171,6 +176,9 @@ func TestHostileInput(t *testing.T) {
 				if tr.Reasons[k] != v {
 					t.Errorf("reasons = %v, want %v", tr.Reasons, tt.reasons)
 				}
+			}
+			if fmt.Sprint(tr.Nulled) != fmt.Sprint(tt.nulled) {
+				t.Errorf("nulled fields = %v, want %v", tr.Nulled, tt.nulled)
 			}
 			if tt.kept >= 0 && tr.Kept != tt.kept {
 				t.Errorf("kept = %d, want %d", tr.Kept, tt.kept)

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -76,7 +75,7 @@ const (
 func (f Format) String() string { return [...]string{"csv", "fhir"}[f] }
 
 // ErrNoExtract is returned when a source holds no recognisable extract.
-var ErrNoExtract = errors.New("no extract found: expected patients.csv[.gz] or Patient.ndjson[.gz]")
+var ErrNoExtract = errors.New("no extract found: expected patients.csv[.gz], or a FHIR bulk export with Patient resources (Patient.ndjson, Patient.000.ndjson, 1.Patient.ndjson, ..., .gz too)")
 
 // Options configure [Run].
 type Options struct {
@@ -116,14 +115,27 @@ func Run(ctx context.Context, src Source, opts Options, emit Emit) (*Report, err
 		opts.OptOuts = &OptOuts{set: newIDSet(16)}
 	}
 	r := &run{src: src, opts: opts, st: newState(opts.OptOuts), log: opts.Logger.With("component", "ingest")}
-	if err := r.findFiles(ctx); err != nil {
+	ef, err := findFiles(ctx, src)
+	if err != nil {
 		return nil, err
 	}
-	rep := &Report{Format: r.format.String(), Tables: map[string]*TableReport{}, OptOuts: opts.OptOuts.Stats}
+	r.files, r.format = ef, ef.format
+	rep := &Report{Format: r.format.String(), Tables: map[string]*TableReport{}, OptOuts: opts.OptOuts.Stats, Manifest: ef.manifest}
 	r.rep = rep
+	for _, t := range Tables {
+		if len(ef.tables[t]) == 0 {
+			rep.Absent = append(rep.Absent, t.String())
+		}
+	}
+	if err := r.countNotIngested(ctx); err != nil {
+		return nil, err
+	}
 	if opts.Progress != nil {
 		stop := r.startProgress(opts.Progress)
 		defer stop()
+	}
+	if err := r.medicationPass(ctx); err != nil {
+		return nil, err
 	}
 	if err := r.type1Pass(ctx); err != nil {
 		return nil, err
@@ -145,6 +157,9 @@ func Run(ctx context.Context, src Source, opts Options, emit Emit) (*Report, err
 			rep.Patients = *pc
 		}
 	}
+	if vals := CodeSystems.Values(); len(vals) > len(CodeSystems.known) {
+		rep.CodeSystems = vals[len(CodeSystems.known):]
+	}
 	return rep, nil
 }
 
@@ -155,72 +170,92 @@ type run struct {
 	rep    *Report
 	log    *slog.Logger
 	format Format
-	files  [len(columns)]string
+	files  *extractFiles
 
 	progTable atomic.Value // string
 	progRows  atomic.Int64
 	progBytes atomic.Int64
-	progSize  atomic.Int64 // the current file's size, 0 if unknown
+	progSize  atomic.Int64 // the current table's size, 0 if unknown
 }
 
-func (r *run) findFiles(ctx context.Context) error {
-	exists := func(name string) (bool, error) {
-		f, err := r.src.Open(ctx, name)
-		if errors.Is(err, fs.ErrNotExist) {
-			return false, nil
-		}
-		if err != nil {
-			return false, fmt.Errorf("open %s: %w", name, err)
-		}
-		f.Close()
-		return true, nil
+// countNotIngested counts the resources of the FHIR types the hub does
+// not read, so that the report lists them.
+func (r *run) countNotIngested(ctx context.Context) error {
+	r.rep.OtherFiles = r.files.otherFiles
+	if len(r.files.notIngested) == 0 {
+		return nil
 	}
-	var found bool
-	for _, f := range []Format{CSV, FHIR} {
-		for _, t := range Tables {
-			base := t.String() + ".csv"
-			if f == FHIR {
-				base = t.FHIRResource() + ".ndjson"
+	r.rep.NotIngested = map[string]int64{}
+	for typ, names := range r.files.notIngested {
+		for _, name := range names {
+			n, err := countResources(ctx, r.src, name)
+			if err != nil {
+				return err
 			}
-			for _, name := range []string{base, base + ".gz"} {
-				ok, err := exists(name)
-				if err != nil {
-					return err
-				}
-				if ok {
-					r.files[t] = name
-					break
-				}
-			}
-			if t == Patients && r.files[t] == "" {
+			r.rep.NotIngested[typ] += n
+		}
+	}
+	return nil
+}
+
+// medicationPass reads the export's Medication resources, so that a
+// MedicationRequest's medicationReference finds its code. They are few
+// (one per product), and hold nothing identifiable.
+func (r *run) medicationPass(ctx context.Context) error {
+	for _, name := range r.files.medications {
+		tr, err := r.open(ctx, Medications, tableFile{name: name, resource: "Medication"}, false)
+		if err != nil {
+			return err
+		}
+		for {
+			c, err := tr.next()
+			if err == io.EOF {
 				break
 			}
-			if r.files[t] == "" {
-				return fmt.Errorf("the %s extract lacks its %s table (%s or %s.gz)", f, t, base, base)
+			if err != nil {
+				tr.rc.Close()
+				return fmt.Errorf("read %s: %w", name, err)
 			}
-			found = true
+			for line := range bytes.Lines(c.data) {
+				var m struct {
+					ResourceType string       `json:"resourceType"`
+					ID           string       `json:"id"`
+					Code         *fhirConcept `json:"code"`
+				}
+				if json.Unmarshal(line, &m) == nil && m.ResourceType == "Medication" && m.ID != "" && m.Code != nil {
+					r.st.medications[m.ID] = m.Code
+				}
+			}
+			chunkPool.Put(c.buf)
 		}
-		if found {
-			r.format = f
-			return nil
-		}
+		tr.rc.Close()
+		r.rep.NotIngested = addCount(r.rep.NotIngested, "Medication (read for medicationReference)", int64(len(r.st.medications)))
 	}
-	return ErrNoExtract
+	return nil
 }
 
-// tableReader yields the chunks of one table's file, header parsed.
+func addCount(m map[string]int64, k string, n int64) map[string]int64 {
+	if m == nil {
+		m = map[string]int64{}
+	}
+	m[k] = n
+	return m
+}
+
+// tableReader yields the chunks of one file of a table, header parsed.
 type tableReader struct {
-	t      Table
-	file   string
-	rc     io.ReadCloser
-	count  *countingReader
-	ch     *chunker
-	header *csvHeader
-	first  *chunk
+	t        Table
+	file     string
+	resource string // the file's FHIR resource type
+	rc       io.ReadCloser
+	count    *countingReader
+	ch       *chunker
+	header   *csvHeader
+	first    *chunk
 }
 
-func (r *run) open(ctx context.Context, t Table, hashed bool) (*tableReader, error) {
-	name := r.files[t]
+func (r *run) open(ctx context.Context, t Table, f tableFile, hashed bool) (*tableReader, error) {
+	name := f.name
 	rc, err := r.src.Open(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", name, err)
@@ -230,7 +265,7 @@ func (r *run) open(ctx context.Context, t Table, hashed bool) (*tableReader, err
 		rc.Close()
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	tr := &tableReader{t: t, file: name, rc: rc, count: count, ch: newChunker(stream, count, r.format == CSV)}
+	tr := &tableReader{t: t, file: name, resource: f.resource, rc: rc, count: count, ch: newChunker(stream, count, r.format == CSV)}
 	if r.format == FHIR {
 		return tr, nil
 	}
@@ -270,12 +305,15 @@ func (tr *tableReader) next() (*chunk, error) {
 	return tr.ch.next()
 }
 
-// records calls fn for each non-blank record of c with its first line,
-// the lines it spans and its fields in contract order (nil when the
-// record is malformed). The slices are reused between calls.
-func (tr *tableReader) records(c *chunk, fn func(line, lines int, f [][]byte)) {
+// records calls fn for each row of c with its first line, the lines it
+// spans, its fields in contract order (nil when the record is malformed)
+// and, in a FHIR export, the key of the Patient it names by reference (a
+// Patient's own id). A FHIR line of another resource type is malformed;
+// a resource that gives no row (an EpisodeOfCare that is not a GP
+// registration) is passed with other set. The slices are reused between
+// calls. resources, when set, counts the lines of each resource type.
+func (tr *tableReader) records(c *chunk, dec *fhirDecoder, resources map[string]int64, fn func(line, lines int, f [][]byte, ref *refKey, other bool)) {
 	data, line := c.data, c.line
-	proj := make([][]byte, len(columns[tr.t]))
 	if tr.header == nil { // NDJSON: a record a line
 		for len(data) > 0 {
 			i := bytes.IndexByte(data, '\n')
@@ -287,16 +325,28 @@ func (tr *tableReader) records(c *chunk, fn func(line, lines int, f [][]byte)) {
 			}
 			l = bytes.TrimSuffix(l, []byte{'\r'})
 			if len(bytes.TrimSpace(l)) > 0 {
-				if fhirFields(tr.t, l, proj) {
-					fn(line, 1, proj)
-				} else {
-					fn(line, 1, nil)
+				rows := 0
+				typ, ok := dec.decode(tr.t, l, func(f [][]byte, ref *refKey) {
+					rows++
+					fn(line, 1, f, ref, false)
+				})
+				switch {
+				case ok && resources != nil:
+					resources[typ]++
+				case !ok && typ != "" && slices.Contains(fhirTypes[tr.t], typ):
+					if resources != nil {
+						resources[typ]++
+					}
+					fn(line, 1, nil, nil, true)
+				case !ok:
+					fn(line, 1, nil, nil, false)
 				}
 			}
 			line++
 		}
 		return
 	}
+	proj := make([][]byte, len(columns[tr.t]))
 	var fields [][]byte
 	var scratch []byte
 	for len(data) > 0 {
@@ -310,50 +360,85 @@ func (tr *tableReader) records(c *chunk, fn func(line, lines int, f [][]byte)) {
 			continue // a blank line is not a row
 		}
 		if err != nil || len(fields) != tr.header.width {
-			fn(start, max(lines, 1), nil)
+			fn(start, max(lines, 1), nil, nil, false)
 			continue
 		}
 		tr.header.project(fields, proj)
-		fn(start, max(lines, 1), proj)
+		fn(start, max(lines, 1), proj, nil, false)
 	}
+}
+
+// chunks sends the chunks of every file of table t down out, numbered in
+// one sequence across the files, each taking a token first; done records
+// each file's report when it has been read whole.
+func (r *run) chunks(ctx context.Context, t Table, hashed bool, tokens chan struct{}, out chan<- *chunk, done func(*tableReader)) error {
+	defer close(out)
+	seq := 0
+	var base int64 // bytes of the files already read, for progress
+	for _, f := range r.files.tables[t] {
+		tr, err := r.open(ctx, t, f, hashed)
+		if err != nil {
+			return err
+		}
+		err = func() error {
+			defer tr.rc.Close()
+			for {
+				if tokens != nil {
+					select {
+					case tokens <- struct{}{}:
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+				}
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				c, err := tr.next()
+				if err == io.EOF {
+					if tokens != nil {
+						<-tokens
+					}
+					return nil
+				}
+				if err != nil {
+					return fmt.Errorf("read %s: %w", tr.file, err)
+				}
+				c.seq, c.tr, c.in = seq, tr, base+c.in
+				seq++
+				select {
+				case out <- c:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+		}()
+		if err != nil {
+			return err
+		}
+		base += tr.count.n
+		if done != nil {
+			done(tr)
+		}
+	}
+	return nil
 }
 
 // type1Pass gathers the type 1 dissent entries of the observations table
 // before any table is read, so that a patient's objection applies to every
 // table. Only records that contain one of the two codes are parsed.
 func (r *run) type1Pass(ctx context.Context) error {
-	tr, err := r.open(ctx, Observations, false)
-	if err != nil {
-		return err
+	if len(r.files.tables[Observations]) == 0 {
+		return nil
 	}
-	defer tr.rc.Close()
 	r.progTable.Store("type 1 dissent scan")
 	chunks := make(chan *chunk, r.opts.Workers)
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		defer close(chunks)
-		for {
-			if err := gctx.Err(); err != nil {
-				return err
-			}
-			c, err := tr.next()
-			if err == io.EOF {
-				return nil
-			}
-			if err != nil {
-				return fmt.Errorf("read %s: %w", tr.file, err)
-			}
-			select {
-			case chunks <- c:
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-		}
-	})
+	g.Go(func() error { return r.chunks(gctx, Observations, false, nil, chunks, nil) })
 	for range r.opts.Workers {
 		g.Go(func() error {
+			dec := newFHIRDecoder(r.st, Observations)
 			for c := range chunks {
-				r.type1Chunk(tr, c)
+				r.type1Chunk(c.tr, dec, c)
 				r.progBytes.Store(c.in)
 				chunkPool.Put(c.buf)
 			}
@@ -363,7 +448,7 @@ func (r *run) type1Pass(ctx context.Context) error {
 	return g.Wait()
 }
 
-func (r *run) type1Chunk(tr *tableReader, c *chunk) {
+func (r *run) type1Chunk(tr *tableReader, dec *fhirDecoder, c *chunk) {
 	if c.unquoted && tr.header != nil {
 		// Every record is one line: parse only the lines holding a code,
 		// not the whole chunk, though most chunks hold one (the pass took
@@ -383,12 +468,12 @@ func (r *run) type1Chunk(tr *tableReader, c *chunk) {
 			if k := bytes.IndexByte(data[i:], '\n'); k >= 0 {
 				end = i + k + 1
 			}
-			r.type1Records(tr, &chunk{data: data[start:end]})
+			r.type1Records(tr, dec, &chunk{data: data[start:end]})
 			pos = end
 		}
 	}
 	if bytes.Contains(c.data, []byte(CodeType1Dissent)) || bytes.Contains(c.data, []byte(CodeType1Withdrawn)) {
-		r.type1Records(tr, c) // record by record: a line may lie inside a quoted field
+		r.type1Records(tr, dec, c) // record by record: a line may lie inside a quoted field
 	}
 }
 
@@ -403,9 +488,10 @@ var type1Prefix = func() []byte {
 	return []byte(a[:n])
 }()
 
-// type1Records notes the type 1 dissent entries among c's records.
-func (r *run) type1Records(tr *tableReader, c *chunk) {
-	tr.records(c, func(_, _ int, f [][]byte) {
+// type1Records notes the type 1 dissent entries among c's records: by NHS
+// number, or in a FHIR export by the Patient the entry names.
+func (r *run) type1Records(tr *tableReader, dec *fhirDecoder, c *chunk) {
+	tr.records(c, dec, nil, func(_, _ int, f [][]byte, ref *refKey, _ bool) {
 		if f == nil {
 			return
 		}
@@ -414,12 +500,12 @@ func (r *run) type1Records(tr *tableReader, c *chunk) {
 		if !dissent && string(code) != CodeType1Withdrawn {
 			return
 		}
-		n, err := ParseNHSNumber(f[0])
-		if err != nil {
-			return
-		}
 		d, ok := parseDate(f[5])
-		r.st.noteType1(n, dissent, d, ok)
+		if n, err := ParseNHSNumber(f[0]); err == nil {
+			r.st.noteType1(n, dissent, d, ok)
+		} else if ref != nil {
+			r.st.noteType1Ref(*ref, dissent, d, ok)
+		}
 	})
 }
 
@@ -428,15 +514,22 @@ type result struct {
 	seq        int
 	rec        arrow.RecordBatch
 	counts     [numReasons]int64
+	nulled     [numReasons]int64
+	other      int64
+	resources  map[string]int64
 	quarantine []QuarantineEntry
 	in         int64
-	patients   []patientNote // patients table: rows with a valid number
+	file       string
+	patients   []patientNote // patients table: every row
 }
 
-// A patientNote is a patients-table row with a valid number, as a worker
-// decided it without knowing the rows of other chunks.
+// A patientNote is a patients-table row, as a worker decided it without
+// knowing the rows of other chunks.
 type patientNote struct {
 	nhs    uint64
+	ok     bool // nhs is a valid number
+	ref    refKey
+	hasRef bool
 	reason Reason
 	row    int // the row in the batch when kept, else -1
 	q      int // its quarantine entry when quarantined, else -1
@@ -448,18 +541,20 @@ type patientNote struct {
 const maxSamples = 20
 
 func (r *run) table(ctx context.Context, t Table, workers int, emit Emit) error {
-	tr, err := r.open(ctx, t, true)
-	if err != nil {
-		return err
-	}
-	defer tr.rc.Close()
-	rep := &TableReport{File: tr.file, Reasons: map[string]int64{}}
+	rep := &TableReport{Reasons: map[string]int64{}}
 	r.rep.Tables[t.String()] = rep
 	r.progRows.Store(0)
 	r.progBytes.Store(0)
 	var size int64
-	if sz, ok := r.src.(Sizer); ok && !strings.HasSuffix(tr.file, ".gz") {
-		size, _ = sz.Size(ctx, tr.file)
+	if sz, ok := r.src.(Sizer); ok {
+		for _, f := range r.files.tables[t] {
+			if strings.HasSuffix(f.name, ".gz") {
+				size = 0
+				break
+			}
+			n, _ := sz.Size(ctx, f.name)
+			size += n
+		}
 	}
 	r.progSize.Store(size)
 	r.progTable.Store(t.String())
@@ -470,39 +565,22 @@ func (r *run) table(ctx context.Context, t Table, workers int, emit Emit) error 
 	chunks := make(chan *chunk, workers)
 	results := make(chan *result, workers)
 	g, gctx := errgroup.WithContext(ctx)
+	var files []FileReport // written by the reader goroutine until g.Wait
 	g.Go(func() error {
-		defer close(chunks)
-		for {
-			select {
-			case tokens <- struct{}{}:
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-			if err := gctx.Err(); err != nil {
-				return err
-			}
-			c, err := tr.next()
-			if err == io.EOF {
-				return nil
-			}
-			if err != nil {
-				return fmt.Errorf("read %s: %w", tr.file, err)
-			}
-			select {
-			case chunks <- c:
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-		}
+		return r.chunks(gctx, t, true, tokens, chunks, func(tr *tableReader) {
+			sum := tr.count.h.Sum128().Bytes()
+			files = append(files, FileReport{Name: tr.file, Bytes: tr.count.n, XXH3: hex.EncodeToString(sum[:])})
+		})
 	})
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
 		g.Go(func() error {
 			defer wg.Done()
-			rb := newRowBuilder(t, r.st, r.opts.Allocator)
+			rb := newRowBuilder(t, r.st)
+			dec := newFHIRDecoder(r.st, t)
 			for c := range chunks {
-				res := r.work(tr, rb, c)
+				res := r.work(rb, dec, c)
 				select {
 				case results <- res:
 				case <-gctx.Done():
@@ -535,7 +613,7 @@ func (r *run) table(ctx context.Context, t Table, workers int, emit Emit) error 
 				next++
 				<-tokens
 				if t == Patients {
-					if err := r.settlePatients(tr, res); err != nil {
+					if err := r.settlePatients(res); err != nil {
 						return err
 					}
 				}
@@ -543,6 +621,21 @@ func (r *run) table(ctx context.Context, t Table, workers int, emit Emit) error 
 					if n > 0 {
 						rep.Add(Reason(reason), n)
 					}
+				}
+				for reason, n := range res.nulled {
+					if n > 0 {
+						if rep.Nulled == nil {
+							rep.Nulled = map[string]int64{}
+						}
+						rep.Nulled[Reason(reason).String()] += n
+					}
+				}
+				rep.OtherCodeSystems += res.other
+				for typ, n := range res.resources {
+					if rep.Resources == nil {
+						rep.Resources = map[string]int64{}
+					}
+					rep.Resources[typ] += n
 				}
 				for _, q := range res.quarantine {
 					if len(rep.Samples) < maxSamples {
@@ -573,27 +666,44 @@ func (r *run) table(ctx context.Context, t Table, workers int, emit Emit) error 
 		}
 		return err
 	}
-	rep.Bytes = tr.count.n
-	sum := tr.count.h.Sum128().Bytes()
-	rep.XXH3 = hex.EncodeToString(sum[:])
-	r.log.Info("table ingested", "table", t.String(), "read", rep.Read, "kept", rep.Kept,
+	rep.Files = files
+	r.log.Info("table ingested", "table", t.String(), "files", len(files), "read", rep.Read, "kept", rep.Kept,
 		"quarantined", rep.Quarantined, "opted_out", rep.OptedOut, "excluded", rep.Excluded,
 		"seconds", time.Since(start).Seconds())
 	return nil
 }
 
 // work validates one chunk's rows into a batch and counts their fates.
-func (r *run) work(tr *tableReader, rb *rowBuilder, c *chunk) *result {
-	res := &result{seq: c.seq, in: c.in}
+func (r *run) work(rb *rowBuilder, dec *fhirDecoder, c *chunk) *result {
+	tr := c.tr
+	res := &result{seq: c.seq, in: c.in, file: tr.file}
+	if tr.header == nil {
+		res.resources = map[string]int64{}
+	}
 	if q := c.skipped; q != nil {
 		q.Table, q.File = tr.t.String(), tr.file
 		res.counts[ReasonRecordTooLong]++
 		res.quarantine = append(res.quarantine, *q)
 	}
-	tr.records(c, func(line, lines int, f [][]byte) {
+	var nhs []byte // a referenced patient's number, written for the row
+	tr.records(c, dec, res.resources, func(line, lines int, f [][]byte, ref *refKey, other bool) {
 		reason, col := ReasonMalformedRow, -1
+		if other {
+			reason = ReasonNotRegistration
+		}
 		if f != nil {
-			reason, col = rb.add(f)
+			fate := ReasonNone
+			var own *refKey // a Patient's own id
+			if tr.t == Patients {
+				own = ref
+			} else if ref != nil && len(f[nhsColumn[tr.t]]) == 0 {
+				var n uint64
+				if n, fate = r.st.resolve(*ref); fate == ReasonNone {
+					nhs = appendNHS(nhs, n)
+					f[nhsColumn[tr.t]] = nhs
+				}
+			}
+			reason, col = rb.add(f, fate, own)
 		}
 		res.counts[reason]++
 		qi := -1
@@ -601,17 +711,27 @@ func (r *run) work(tr *tableReader, rb *rowBuilder, c *chunk) *result {
 			qi = len(res.quarantine)
 			res.quarantine = append(res.quarantine, quarantineEntry(tr, line, lines, reason, col))
 		}
+		if reason == ReasonNone {
+			for _, nf := range rb.nulled {
+				res.nulled[nf.reason]++
+				q := quarantineEntry(tr, line, lines, nf.reason, nf.col)
+				q.Nulled = true
+				res.quarantine = append(res.quarantine, q)
+			}
+		}
 		if rb.noted {
 			rb.noted = false
 			row := -1
 			if reason == ReasonNone {
 				row = rb.rows() - 1
 			}
-			res.patients = append(res.patients, patientNote{nhs: rb.noteNHS, reason: reason, row: row, q: qi, line: line, lines: lines})
+			res.patients = append(res.patients, patientNote{nhs: rb.noteNHS, ok: rb.noteOK, ref: rb.noteRef, hasRef: rb.hasRef,
+				reason: reason, row: row, q: qi, line: line, lines: lines})
 		}
 	})
 	chunkPool.Put(c.buf)
-	res.rec = rb.flush()
+	res.other, rb.other = rb.other, 0
+	res.rec = rb.flush(r.opts.Allocator)
 	return res
 }
 
@@ -626,22 +746,40 @@ func quarantineEntry(tr *tableReader, line, lines int, reason Reason, col int) Q
 // settlePatients takes a patients chunk's rows in file order, after every
 // earlier chunk's: a number seen before makes the row a duplicate, whatever
 // the worker decided (its kept row leaves the batch); the others fill the
-// patient sets.
-func (r *run) settlePatients(tr *tableReader, res *result) error {
+// patient sets. A FHIR Patient's id is kept with its fate, for the events
+// that name it by reference.
+func (r *run) settlePatients(res *result) error {
 	st := r.st
 	var drop []int
 	for _, p := range res.patients {
+		if p.hasRef {
+			st.noteRef(p)
+		}
+		if !p.ok {
+			continue
+		}
 		if p.reason.Outcome() == OptedOut {
-			st.countOptedOutPatient(p.nhs)
+			st.countOptedOutPatient(p.nhs, p.reason)
 			continue
 		}
 		if !st.seen.Add(p.nhs) {
 			res.counts[p.reason]--
 			res.counts[ReasonDuplicatePatient]++
-			q := quarantineEntry(tr, p.line, p.lines, ReasonDuplicatePatient, 0)
+			q := QuarantineEntry{Table: Patients.String(), File: res.file, Line: p.line, Reason: ReasonDuplicatePatient.String(), Field: "nhs_number"}
+			if p.lines > 1 {
+				q.Lines = p.lines
+			}
 			if p.q >= 0 {
 				res.quarantine[p.q] = q
 			} else {
+				// A kept row's nulled-field entries go with it.
+				res.quarantine = slices.DeleteFunc(res.quarantine, func(e QuarantineEntry) bool {
+					if e.Nulled && e.Line == p.line {
+						res.nulled[reasonNamed(e.Reason)]--
+						return true
+					}
+					return false
+				})
 				res.quarantine = append(res.quarantine, q)
 				drop = append(drop, p.row)
 			}

@@ -42,6 +42,16 @@ const (
 	// Excluded: the row is fine but its patient is not in the output.
 	ReasonUnknownPatient
 	ReasonPatientExcluded
+	// Excluded: the record says it did not happen or is wrong.
+	ReasonEnteredInError
+	ReasonRefuted
+	ReasonCancelled
+	ReasonNotDone
+	// Excluded: a type 1 dissent or withdrawal entry of a kept patient,
+	// which would tell that the patient once objected.
+	ReasonOptOutCode
+	// Excluded: an EpisodeOfCare that is not a GP registration.
+	ReasonNotRegistration
 	numReasons
 )
 
@@ -50,6 +60,17 @@ var reasonNames = [numReasons]string{
 	"field_too_long", "missing_field", "invalid_date", "invalid_code", "invalid_code_system",
 	"invalid_sex", "invalid_postcode", "invalid_ethnicity", "invalid_practice", "invalid_value",
 	"duplicate_patient", "ndop", "type1_dissent", "unknown_patient", "patient_excluded",
+	"entered_in_error", "refuted", "cancelled", "not_done", "optout_code", "not_gp_registration",
+}
+
+// reasonNamed returns the reason with the given name, or ReasonNone.
+func reasonNamed(name string) Reason {
+	for r, n := range reasonNames {
+		if n == name {
+			return Reason(r)
+		}
+	}
+	return ReasonNone
 }
 
 func (r Reason) String() string {
@@ -80,7 +101,7 @@ func (r Reason) Outcome() Outcome {
 		return Kept
 	case r == ReasonNDOP || r == ReasonType1Dissent:
 		return OptedOut
-	case r == ReasonUnknownPatient || r == ReasonPatientExcluded:
+	case r == ReasonUnknownPatient || r == ReasonPatientExcluded || r >= ReasonEnteredInError:
 		return Excluded
 	}
 	return Quarantined
@@ -95,21 +116,37 @@ type QuarantineEntry struct {
 	Lines  int    `json:"lines,omitempty"` // rows spanning several lines
 	Reason string `json:"reason"`
 	Field  string `json:"field,omitempty"`
+	// Nulled says that only the field was bad: it was left empty and the
+	// row was kept.
+	Nulled bool `json:"nulled,omitempty"`
+}
+
+// A FileReport names one file of a table and its content hash.
+type FileReport struct {
+	Name  string `json:"name"`
+	Bytes int64  `json:"bytes"`
+	XXH3  string `json:"xxh3_128"`
 }
 
 // TableReport counts the rows of one table. Read always equals
-// Kept+Quarantined+OptedOut+Excluded.
+// Kept+Quarantined+OptedOut+Excluded. A FHIR resource may give more than
+// one row (an observation's components), so Resources counts them apart.
 type TableReport struct {
-	File        string            `json:"file,omitempty"`
-	Bytes       int64             `json:"bytes,omitempty"`
-	XXH3        string            `json:"xxh3_128,omitempty"`
-	Read        int64             `json:"read"`
-	Kept        int64             `json:"kept"`
-	Quarantined int64             `json:"quarantined"`
-	OptedOut    int64             `json:"opted_out"`
-	Excluded    int64             `json:"excluded"`
-	Reasons     map[string]int64  `json:"reasons"`
-	Samples     []QuarantineEntry `json:"quarantine_samples,omitempty"`
+	Files       []FileReport     `json:"files"`
+	Resources   map[string]int64 `json:"resources,omitempty"`
+	Read        int64            `json:"read"`
+	Kept        int64            `json:"kept"`
+	Quarantined int64            `json:"quarantined"`
+	OptedOut    int64            `json:"opted_out"`
+	Excluded    int64            `json:"excluded"`
+	Reasons     map[string]int64 `json:"reasons"`
+	// Nulled counts the invalid optional fields left empty in kept
+	// rows, by reason.
+	Nulled map[string]int64 `json:"nulled_fields,omitempty"`
+	// OtherCodeSystems counts kept rows coded in a system the hub does
+	// not know (kept under its URI; Report.CodeSystems lists them).
+	OtherCodeSystems int64             `json:"other_code_systems,omitempty"`
+	Samples          []QuarantineEntry `json:"quarantine_samples,omitempty"`
 }
 
 // Add counts n rows with reason r (ReasonNone for kept rows).
@@ -150,6 +187,18 @@ type Report struct {
 	Patients PatientCounts           `json:"patients"`
 	OptOuts  OptOutStats             `json:"optouts"`
 	Type1    Type1Stats              `json:"type1_dissent"`
+	// Absent lists the tables the extract has no file for (they are
+	// published empty).
+	Absent []string `json:"absent_tables,omitempty"`
+	// NotIngested counts the resources of each FHIR type in the extract
+	// that the hub does not read.
+	NotIngested map[string]int64 `json:"not_ingested,omitempty"`
+	// OtherFiles are the extract's files that belong to no table.
+	OtherFiles []string `json:"other_files,omitempty"`
+	// CodeSystems lists the code systems met that the hub does not know.
+	CodeSystems []string `json:"other_code_system_uris,omitempty"`
+	// Manifest says whether the export's manifest.json named the files.
+	Manifest bool `json:"manifest,omitempty"`
 }
 
 // Type1Stats summarises the type 1 dissent entries found in the extract.
@@ -164,7 +213,9 @@ func (r *Report) Identity() string {
 	h := sha256.New()
 	for _, t := range Tables {
 		if tr := r.Tables[t.String()]; tr != nil {
-			fmt.Fprintf(h, "%s %s\n", tr.File, tr.XXH3)
+			for _, f := range tr.Files {
+				fmt.Fprintf(h, "%s %s\n", f.Name, f.XXH3)
+			}
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil))
@@ -193,22 +244,43 @@ func (r *Report) WriteText(w io.Writer) error {
 		r.Patients.Kept, r.Patients.OptedOut, r.Patients.OptedOutNDOP, r.Patients.OptedOutType1, r.Patients.ExcludedInvalid, r.Patients.Quarantined)
 	fmt.Fprintf(&b, "Opt-out list: %d numbers (%d invalid lines, %d repeats), sha256 %s\n", r.OptOuts.Numbers, r.OptOuts.Invalid, r.OptOuts.Repeated, r.OptOuts.SHA256)
 	fmt.Fprintf(&b, "Type 1 dissent in the extract: %d patients dissenting, %d withdrawn\n", r.Type1.Dissenting, r.Type1.Withdrawn)
+	if len(r.Absent) > 0 {
+		fmt.Fprintf(&b, "Not in the extract (published empty): %s\n", strings.Join(r.Absent, ", "))
+	}
+	if len(r.NotIngested) > 0 {
+		fmt.Fprintf(&b, "Present but not ingested:%s\n", counts(r.NotIngested))
+	}
+	if len(r.OtherFiles) > 0 {
+		fmt.Fprintf(&b, "Other files, not read: %s\n", strings.Join(r.OtherFiles, ", "))
+	}
+	if len(r.CodeSystems) > 0 {
+		fmt.Fprintf(&b, "Code systems kept under their URI: %s\n", strings.Join(r.CodeSystems, ", "))
+	}
 	for _, t := range Tables {
 		tr := r.Tables[t.String()]
-		if tr == nil || len(tr.Reasons) == 0 {
+		if tr == nil || len(tr.Reasons)+len(tr.Nulled) == 0 {
 			continue
 		}
-		keys := make([]string, 0, len(tr.Reasons))
-		for k := range tr.Reasons {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		fmt.Fprintf(&b, "\n%s:", t)
-		for _, k := range keys {
-			fmt.Fprintf(&b, " %s=%d", k, tr.Reasons[k])
+		fmt.Fprintf(&b, "\n%s:%s", t, counts(tr.Reasons))
+		if len(tr.Nulled) > 0 {
+			fmt.Fprintf(&b, "; fields nulled:%s", counts(tr.Nulled))
 		}
 	}
 	b.WriteString("\n")
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// counts writes " k=v" for each key of m in order.
+func counts(m map[string]int64) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, " %s=%d", k, m[k])
+	}
+	return b.String()
 }

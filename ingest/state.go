@@ -21,7 +21,24 @@ type state struct {
 
 	optedOut *idSet // distinct opted-out patients of the patients table
 	counts   PatientCounts
+
+	// A FHIR export's events name their patient by reference. type1Ref
+	// holds the type 1 entries of patients named so (gathered with type1,
+	// under mu); refs holds each Patient's id with its number and fate,
+	// written in file order as the patients table is settled and only
+	// read afterwards. Keys are hashes of the ids (see refKey).
+	type1Ref map[refKey]type1Entry
+	refs     map[refKey]uint64
+	// medications are the export's Medication resources by id.
+	medications map[string]*fhirConcept
 }
+
+// Flags in the high bits of a refs value (NHS numbers need 34 bits).
+const (
+	refExcluded uint64 = 1 << 63 // the Patient had no valid NHS number
+	refType1    uint64 = 1 << 62 // the Patient objected by type 1 dissent
+	refNumber   uint64 = 1<<62 - 1
+)
 
 // A type1Entry is a patient's latest type 1 dissent entry.
 type type1Entry struct {
@@ -35,7 +52,63 @@ const unknownDate = arrow.Date32(math.MaxInt32)
 
 func newState(ndop *OptOuts) *state {
 	return &state{ndop: ndop, type1: map[uint64]type1Entry{},
-		kept: newOrderedIDSet(1 << 16), seen: newIDSet(1 << 16), optedOut: newIDSet(1 << 10)}
+		kept: newOrderedIDSet(1 << 16), seen: newIDSet(1 << 16), optedOut: newIDSet(1 << 10),
+		type1Ref: map[refKey]type1Entry{}, refs: map[refKey]uint64{}, medications: map[string]*fhirConcept{}}
+}
+
+// noteType1Ref records a type 1 entry of the Patient with key k, as
+// noteType1 does for a number.
+func (s *state) noteType1Ref(k refKey, dissent bool, d arrow.Date32, dateOK bool) {
+	if !dateOK {
+		if !dissent {
+			return
+		}
+		d = unknownDate
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old, ok := s.type1Ref[k]
+	if !ok || d > old.date || (d == old.date && dissent) {
+		s.type1Ref[k] = type1Entry{date: d, dissent: dissent}
+	}
+}
+
+// type1ByRef reports whether the Patient with key k objected by entries
+// that named it by reference.
+func (s *state) type1ByRef(k refKey) bool {
+	e, ok := s.type1Ref[k]
+	return ok && e.dissent
+}
+
+// noteRef keeps a Patient's id with its number and fate; the first
+// Patient with an id keeps it.
+func (s *state) noteRef(p patientNote) {
+	if _, ok := s.refs[p.ref]; ok {
+		return
+	}
+	v := p.nhs
+	switch {
+	case !p.ok:
+		v = refExcluded
+	case p.reason == ReasonType1Dissent:
+		v |= refType1
+	}
+	s.refs[p.ref] = v
+}
+
+// resolve returns the number of the Patient with key k, or the fate of
+// an event row that names it: excluded, opted out or unknown.
+func (s *state) resolve(k refKey) (uint64, Reason) {
+	v, ok := s.refs[k]
+	switch {
+	case !ok:
+		return 0, ReasonUnknownPatient
+	case v&refExcluded != 0:
+		return 0, ReasonPatientExcluded
+	case v&refType1 != 0:
+		return 0, ReasonType1Dissent
+	}
+	return v & refNumber, ReasonNone
 }
 
 // noteType1 records one type 1 entry; the latest wins, and dissent wins a
@@ -79,7 +152,7 @@ func (s *state) optedOutReason(n uint64) Reason {
 	return ReasonNone
 }
 
-func (s *state) countOptedOutPatient(n uint64) {
+func (s *state) countOptedOutPatient(n uint64, r Reason) {
 	if !s.optedOut.Add(n) {
 		return
 	}
@@ -87,7 +160,7 @@ func (s *state) countOptedOutPatient(n uint64) {
 	if s.ndop.Has(n) {
 		s.counts.OptedOutNDOP++
 	}
-	if e, ok := s.type1[n]; ok && e.dissent {
+	if e, ok := s.type1[n]; ok && e.dissent || r == ReasonType1Dissent {
 		s.counts.OptedOutType1++
 	}
 }

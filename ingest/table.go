@@ -6,7 +6,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/memory"
 )
 
-// A Table is one of the five tables of an extract.
+// A Table is one of the tables of an extract.
 type Table uint8
 
 const (
@@ -15,63 +15,81 @@ const (
 	Conditions
 	Medications
 	Observations
+	Procedures
+	Immunizations
+	Registrations
 )
 
 // Tables lists the tables in the order ingest reads them.
-var Tables = []Table{Patients, Encounters, Conditions, Medications, Observations}
+var Tables = []Table{Patients, Encounters, Conditions, Medications, Observations, Procedures, Immunizations, Registrations}
+
+// csvRequired are the tables a CSV extract must hold (an empty table is a
+// header alone); the others may be left out. In a FHIR export only
+// Patient is required: servers write no file for a type they hold none of.
+var csvRequired = [len(columns)]bool{Patients: true, Encounters: true, Conditions: true, Medications: true, Observations: true}
 
 func (t Table) String() string {
-	return [...]string{"patients", "encounters", "conditions", "medications", "observations"}[t]
+	return [...]string{"patients", "encounters", "conditions", "medications", "observations", "procedures", "immunizations", "registrations"}[t]
 }
 
-// FHIRResource returns the FHIR R4 resource type that carries the table.
-func (t Table) FHIRResource() string {
-	return [...]string{"Patient", "Encounter", "Condition", "MedicationStatement", "Observation"}[t]
+// FHIRResources returns the FHIR R4 resource types that carry the table.
+func (t Table) FHIRResources() []string { return fhirTypes[t] }
+
+var fhirTypes = [...][]string{
+	Patients:      {"Patient"},
+	Encounters:    {"Encounter"},
+	Conditions:    {"Condition"},
+	Medications:   {"MedicationRequest", "MedicationStatement"},
+	Observations:  {"Observation"},
+	Procedures:    {"Procedure"},
+	Immunizations: {"Immunization"},
+	Registrations: {"EpisodeOfCare"},
 }
 
 // Columns returns the table's columns in the extract contract's order.
 func (t Table) Columns() []string { return columns[t] }
 
 var columns = [...][]string{
-	Patients:     {"nhs_number", "given_name", "family_name", "date_of_birth", "sex", "postcode", "ethnicity", "gp_practice", "date_of_death"},
-	Encounters:   {"encounter_id", "nhs_number", "type", "start_date", "end_date", "organisation"},
-	Conditions:   {"nhs_number", "code_system", "code", "onset_date", "encounter_id"},
-	Medications:  {"nhs_number", "code_system", "code", "start_date", "end_date"},
-	Observations: {"nhs_number", "code_system", "code", "value", "unit", "effective_date"},
+	Patients:      {"nhs_number", "given_name", "family_name", "date_of_birth", "sex", "postcode", "ethnicity", "gp_practice", "date_of_death"},
+	Encounters:    {"encounter_id", "nhs_number", "type", "start_date", "end_date", "organisation", "class", "status"},
+	Conditions:    {"nhs_number", "code_system", "code", "onset_date", "encounter_id", "clinical_status", "verification_status"},
+	Medications:   {"nhs_number", "code_system", "code", "start_date", "end_date", "status"},
+	Observations:  {"nhs_number", "code_system", "code", "value", "unit", "effective_date", "value_code", "status"},
+	Procedures:    {"nhs_number", "code_system", "code", "performed_date", "end_date", "encounter_id", "status"},
+	Immunizations: {"nhs_number", "code_system", "code", "occurrence_date", "encounter_id", "status"},
+	Registrations: {"nhs_number", "gp_practice", "start_date", "end_date"},
 }
 
 // nhsColumn is the index of nhs_number in each table's columns.
-var nhsColumn = [...]int{Patients: 0, Encounters: 1, Conditions: 0, Medications: 0, Observations: 0}
+var nhsColumn = [len(columns)]int{Encounters: 1}
+
+// statusColumn is the index of each event table's status column, whose
+// values say whether the record stands (see statusReason); -1 for none.
+var statusColumn = [...]int{Patients: -1, Encounters: 7, Conditions: 6, Medications: 5, Observations: 7, Procedures: 6, Immunizations: 5, Registrations: -1}
 
 func field(name, doc string, typ arrow.DataType, nullable bool) arrow.Field {
 	return arrow.Field{Name: name, Type: typ, Nullable: nullable,
 		Metadata: arrow.NewMetadata([]string{"description"}, []string{doc})}
 }
 
-// Closed vocabularies (encounter types and code systems) are emitted as
-// dictionary arrays whose dictionary is one shared array: a row stores an
-// index, and Parquet writes the indices as they are rather than hashing
-// every value again (measured: 12 against 71 ns a value).
-var (
-	// EncounterTypes is the dictionary of the encounter type column.
-	EncounterTypes = vocabulary("gp", "outpatient", "inpatient", "ae")
-	// CodeSystems is the dictionary of the code_system columns.
-	CodeSystems = vocabulary("snomed", "icd10", "dmd")
-	// Vocabulary is the type of their columns.
-	Vocabulary = &arrow.DictionaryType{IndexType: arrow.PrimitiveTypes.Int8, ValueType: arrow.BinaryTypes.String}
-)
+// Vocabulary is the type of the vocabulary columns (see [Vocab]).
+var Vocabulary = VocabType
 
-const (
-	codeSNOMED int8 = iota
-	codeICD10
-	codeDMD
-)
-
-func vocabulary(values ...string) *array.String {
-	b := array.NewStringBuilder(memory.DefaultAllocator)
-	defer b.Release()
-	b.AppendValues(values, nil)
-	return b.NewStringArray()
+// vocabOf returns the vocabulary of a table's column, or nil.
+func vocabOf(name string) *Vocab {
+	switch name {
+	case "type":
+		return EncounterTypes
+	case "class":
+		return EncounterClasses
+	case "code_system":
+		return CodeSystems
+	case "clinical_status":
+		return ClinicalStatuses
+	case "verification_status":
+		return VerificationStatuses
+	}
+	return nil
 }
 
 var (
@@ -85,6 +103,21 @@ var (
 // in the order they were emitted, from 0. A consumer that keeps something
 // per patient finds it there without a look-up. It is never published.
 var placeField = field("patient_place", "the row's patient's place among the emitted patients rows, from 0", arrow.PrimitiveTypes.Uint32, false)
+
+func codeFields(doc string) []arrow.Field {
+	return []arrow.Field{
+		field("code_system", "code system: snomed, icd10, dmd, read2, ctv3, opcs4, loinc, rxnorm, cvx, ...; a system the hub does not know is its URI", Vocabulary, false),
+		field("code", doc, str, false),
+	}
+}
+
+func fields(groups ...[]arrow.Field) []arrow.Field {
+	var out []arrow.Field
+	for _, g := range groups {
+		out = append(out, g...)
+	}
+	return out
+}
 
 // Schemas are the Arrow schemas of the identifiable batches ingest emits.
 var Schemas = [...]*arrow.Schema{
@@ -102,35 +135,48 @@ var Schemas = [...]*arrow.Schema{
 	Encounters: arrow.NewSchema([]arrow.Field{
 		field("encounter_id", "encounter identifier, unique within the extract", str, false),
 		nhsField,
-		field("type", "encounter type: gp, outpatient, inpatient or ae", Vocabulary, false),
+		field("type", "encounter type: gp, outpatient, inpatient or ae; null when the extract does not say", Vocabulary, true),
 		field("start_date", "start date", date, false),
 		field("end_date", "end date", date, true),
 		field("organisation", "organisation providing the encounter", str, true),
+		field("class", "encounter class (HL7 v3 ActCode in words): ambulatory, emergency, inpatient, home, virtual, ...", Vocabulary, true),
 		placeField,
 	}, nil),
-	Conditions: arrow.NewSchema([]arrow.Field{
-		nhsField,
-		field("code_system", "snomed or icd10", Vocabulary, false),
-		field("code", "SNOMED CT concept id or ICD-10 code", str, false),
-		field("onset_date", "onset or recorded date", date, false),
+	Conditions: arrow.NewSchema(fields([]arrow.Field{nhsField}, codeFields("condition code"), []arrow.Field{
+		field("onset_date", "onset date, or the date recorded when the onset is not given", date, false),
 		field("encounter_id", "encounter the condition was recorded in", str, true),
+		field("clinical_status", "active, recurrence, relapse, inactive, remission or resolved", Vocabulary, true),
+		field("verification_status", "unconfirmed, provisional, differential or confirmed", Vocabulary, true),
 		placeField,
-	}, nil),
-	Medications: arrow.NewSchema([]arrow.Field{
-		nhsField,
-		field("code_system", "dmd", Vocabulary, false),
-		field("code", "dm+d concept id (VMP/AMP)", str, false),
-		field("start_date", "start date", date, false),
+	}), nil),
+	Medications: arrow.NewSchema(fields([]arrow.Field{nhsField}, codeFields("medication code (dm+d, RxNorm, ...)"), []arrow.Field{
+		field("start_date", "start date (a prescription's date of issue)", date, false),
 		field("end_date", "end date", date, true),
 		placeField,
-	}, nil),
-	Observations: arrow.NewSchema([]arrow.Field{
-		nhsField,
-		field("code_system", "snomed", Vocabulary, false),
-		field("code", "SNOMED CT concept id", str, false),
+	}), nil),
+	Observations: arrow.NewSchema(fields([]arrow.Field{nhsField}, codeFields("observation code (a component's own code for a component row)"), []arrow.Field{
 		field("value", "numeric value", arrow.PrimitiveTypes.Float64, true),
 		field("unit", "unit of the value (UCUM or as recorded)", str, true),
 		field("effective_date", "effective date", date, false),
+		field("value_code", "coded value (e.g. a SNOMED CT finding)", str, true),
+		placeField,
+	}), nil),
+	Procedures: arrow.NewSchema(fields([]arrow.Field{nhsField}, codeFields("procedure code (SNOMED CT, OPCS-4, ...)"), []arrow.Field{
+		field("performed_date", "date performed (start of the period when it spans days)", date, false),
+		field("end_date", "end of the period performed", date, true),
+		field("encounter_id", "encounter the procedure was part of", str, true),
+		placeField,
+	}), nil),
+	Immunizations: arrow.NewSchema(fields([]arrow.Field{nhsField}, codeFields("vaccine code (SNOMED CT, dm+d, CVX, ...)"), []arrow.Field{
+		field("occurrence_date", "date given", date, false),
+		field("encounter_id", "encounter the vaccine was given in", str, true),
+		placeField,
+	}), nil),
+	Registrations: arrow.NewSchema([]arrow.Field{
+		nhsField,
+		field("gp_practice", "ODS code of the GP practice registered with", str, false),
+		field("start_date", "start of the registration", date, false),
+		field("end_date", "end of the registration; null while it lasts", date, true),
 		placeField,
 	}, nil),
 }
@@ -144,7 +190,6 @@ const MaxField = 4096
 type rowBuilder struct {
 	t    Table
 	st   *state
-	mem  memory.Allocator
 	cols []column
 	pc   []byte // postcode scratch
 
@@ -153,35 +198,59 @@ type rowBuilder struct {
 	lastNHS    uint64
 	lastReason Reason
 	lastPlace  uint32   // the kept patient's place (see placeField)
-	haveLast   bool     // 0000000000 passes Modulus 11, so 0 is a number
+	haveLast   bool     // whether lastNHS holds a number
 	lastRaw    [16]byte // the last number's field, when it fits
 	lastRawLen int      // -1 when it did not
 	next       int      // the next kept patient's place, a guess
 
-	// A patient row with a valid number sets noted and noteNHS.
+	// A patients row sets noted, with its number when valid (noteOK) and
+	// its FHIR id's key when it has one (noteRef).
 	noted   bool
+	noteOK  bool
 	noteNHS uint64
+	noteRef refKey
+	hasRef  bool
+
+	// nulled lists the optional fields of the last row that were invalid
+	// and so left empty; the row itself was kept.
+	nulled []fieldNote
+	// other counts kept rows whose code system the hub does not know.
+	other int64
 }
 
-func newRowBuilder(t Table, st *state, mem memory.Allocator) *rowBuilder {
-	return &rowBuilder{t: t, st: st, mem: mem, cols: newColumns(t)}
+// A fieldNote is an optional field nulled for a reason.
+type fieldNote struct {
+	col    int
+	reason Reason
+}
+
+func newRowBuilder(t Table, st *state) *rowBuilder {
+	return &rowBuilder{t: t, st: st, cols: newColumns(t)}
 }
 
 // rows returns the number of rows appended since the last flush.
 func (b *rowBuilder) rows() int { return b.cols[0].n }
 
-// vocabularyOf returns the dictionary of t's vocabulary column.
-func vocabularyOf(t Table) *array.String {
-	if t == Encounters {
-		return EncounterTypes
-	}
-	return CodeSystems
-}
+// null notes that optional field col was invalid and left empty.
+func (b *rowBuilder) null(col int, r Reason) { b.nulled = append(b.nulled, fieldNote{col, r}) }
 
 // add decides the fate of one row whose fields are in contract order. It
 // returns the reason the row is not kept (ReasonNone when it was appended)
-// and, for validation failures, the offending column.
-func (b *rowBuilder) add(f [][]byte) (Reason, int) {
+// and, for validation failures, the offending column. fate, when not
+// ReasonNone, is the row's patient's fate already decided by resolving a
+// FHIR reference (opted out, excluded or unknown); ref is the row's
+// patients-table key when it has one (a FHIR Patient's id).
+func (b *rowBuilder) add(f [][]byte, fate Reason, ref *refKey) (Reason, int) {
+	b.nulled = b.nulled[:0]
+	if b.t == Patients {
+		b.noted, b.noteOK, b.hasRef = true, false, ref != nil
+		if ref != nil {
+			b.noteRef = *ref
+		}
+	}
+	if fate != ReasonNone {
+		return fate, -1
+	}
 	raw := f[nhsColumn[b.t]]
 	var n uint64
 	if b.haveLast && len(raw) == b.lastRawLen && string(raw) == string(b.lastRaw[:len(raw)]) {
@@ -196,7 +265,7 @@ func (b *rowBuilder) add(f [][]byte) (Reason, int) {
 			return ReasonInvalidNHSNumber, nhsColumn[b.t]
 		}
 		if b.t == Patients {
-			return b.addPatient(n, f)
+			return b.addPatient(n, f, ref)
 		}
 		if !b.haveLast || n != b.lastNHS {
 			b.lastNHS, b.lastReason, b.haveLast = n, b.st.eventPatient(n, &b.next), true
@@ -210,9 +279,14 @@ func (b *rowBuilder) add(f [][]byte) (Reason, int) {
 	if r := b.lastReason; r != ReasonNone {
 		return r, -1
 	}
-	for i, v := range f {
+	for i, v := range f[:len(columns[b.t])] {
 		if len(v) > MaxField {
 			return ReasonFieldTooLong, i
+		}
+	}
+	if c := statusColumn[b.t]; c >= 0 {
+		if r := statusReason(trimSpace(f[c])); r != ReasonNone {
+			return r, c
 		}
 	}
 	var r Reason
@@ -224,8 +298,14 @@ func (b *rowBuilder) add(f [][]byte) (Reason, int) {
 		r, col = b.addCondition(n, f)
 	case Medications:
 		r, col = b.addMedication(n, f)
-	default:
+	case Observations:
 		r, col = b.addObservation(n, f)
+	case Procedures:
+		r, col = b.addProcedure(n, f)
+	case Immunizations:
+		r, col = b.addImmunization(n, f)
+	default:
+		r, col = b.addRegistration(n, f)
 	}
 	if r == ReasonNone {
 		b.cols[len(b.cols)-1].appendU32(b.lastPlace)
@@ -233,16 +313,38 @@ func (b *rowBuilder) add(f [][]byte) (Reason, int) {
 	return r, col
 }
 
+// statusReason says whether a record's status means it did not happen or
+// is wrong (FHIR R4 status codes of every event resource, and a
+// condition's verification status); ReasonNone when it stands.
+func statusReason(s []byte) Reason {
+	switch {
+	case len(s) == 0:
+		return ReasonNone
+	case equalFold(s, "entered-in-error"):
+		return ReasonEnteredInError
+	case equalFold(s, "refuted"):
+		return ReasonRefuted
+	case equalFold(s, "cancelled"), equalFold(s, "revoked"):
+		return ReasonCancelled
+	case equalFold(s, "not-done"), equalFold(s, "not-taken"), equalFold(s, "draft"):
+		return ReasonNotDone
+	}
+	return ReasonNone
+}
+
 // addPatient validates a patient row. Workers run it in parallel, so it
 // writes nothing shared: the row's number is noted (b.noted) for the
 // in-order step, settlePatients, which finds duplicates and fills the
 // patient sets in file order.
-func (b *rowBuilder) addPatient(n uint64, f [][]byte) (Reason, int) {
-	b.noted, b.noteNHS = true, n
+func (b *rowBuilder) addPatient(n uint64, f [][]byte, ref *refKey) (Reason, int) {
+	b.noteOK, b.noteNHS = true, n
 	if r := b.st.optedOutReason(n); r != ReasonNone {
 		return r, -1
 	}
-	for i, v := range f {
+	if ref != nil && b.st.type1ByRef(*ref) {
+		return ReasonType1Dissent, -1
+	}
+	for i, v := range f[:len(columns[Patients])] {
 		if len(v) > MaxField {
 			return ReasonFieldTooLong, i
 		}
@@ -264,24 +366,28 @@ func (b *rowBuilder) addPatient(n uint64, f [][]byte) (Reason, int) {
 	}
 	var pc []byte
 	if v := trimSpace(f[5]); len(v) > 0 {
-		if b.pc, ok = normalisePostcode(b.pc, v); !ok {
-			return ReasonInvalidPostcode, 5
+		if b.pc, ok = normalisePostcode(b.pc, v); ok {
+			pc = b.pc
+		} else {
+			b.null(5, ReasonInvalidPostcode)
 		}
-		pc = b.pc
 	}
 	eth := trimSpace(f[6])
 	if len(eth) > 0 && !validEthnicity(eth) {
-		return ReasonInvalidEthnicity, 6
+		eth = nil
+		b.null(6, ReasonInvalidEthnicity)
 	}
 	gp := trimSpace(f[7])
 	if len(gp) > 0 && !validODS(gp) {
-		return ReasonInvalidPractice, 7
+		gp = nil
+		b.null(7, ReasonInvalidPractice)
 	}
 	var dod arrow.Date32
 	hasDod := len(trimSpace(f[8])) > 0
 	if hasDod {
 		if dod, ok = parseDate(f[8]); !ok || dod < dob {
-			return ReasonInvalidDate, 8
+			hasDod = false
+			b.null(8, ReasonInvalidDate)
 		}
 	}
 	b.cols[0].appendU64(n)
@@ -296,105 +402,155 @@ func (b *rowBuilder) addPatient(n uint64, f [][]byte) (Reason, int) {
 	return ReasonNone, -1
 }
 
+// optVocab appends an optional vocabulary value, nulling (and noting) one
+// that is not in the vocabulary.
+func (b *rowBuilder) optVocab(c *column, v *Vocab, raw []byte, col int) {
+	raw = trimSpace(raw)
+	if len(raw) == 0 {
+		c.appendNull()
+		return
+	}
+	i, ok := v.index(raw)
+	if !ok {
+		c.appendNull()
+		b.null(col, ReasonInvalidCode)
+		return
+	}
+	c.appendI16(i)
+}
+
 func (b *rowBuilder) addEncounter(n uint64, f [][]byte) (Reason, int) {
 	id := trimSpace(f[0])
 	if len(id) == 0 {
 		return ReasonMissingField, 0
 	}
-	typ := -1
-	for k := range EncounterTypes.Len() {
-		if equalFold(trimSpace(f[2]), EncounterTypes.Value(k)) {
-			typ = k
+	typ, hasType := int16(0), false
+	if v := trimSpace(f[2]); len(v) > 0 {
+		if typ, hasType = EncounterTypes.index(v); !hasType {
+			return ReasonInvalidCode, 2
 		}
 	}
-	if typ < 0 {
-		return ReasonInvalidCode, 2
-	}
-	start, end, hasEnd, r, col := dateRange(f[3], f[4], 3)
+	start, end, hasEnd, r, col := b.dateRange(f[3], f[4], 3)
 	if r != ReasonNone {
 		return r, col
 	}
 	b.cols[0].appendStr(id)
 	b.cols[1].appendU64(n)
-	b.cols[2].appendI8(int8(typ))
+	if hasType {
+		b.cols[2].appendI16(typ)
+	} else {
+		b.cols[2].appendNull()
+	}
 	b.cols[3].appendDate(start)
 	b.cols[4].optDate(end, hasEnd)
 	b.cols[5].optStr(trimSpace(f[5]))
+	class := trimSpace(f[6])
+	if c, ok := classCodes[string(class)]; ok {
+		class = []byte(c)
+	}
+	b.optVocab(&b.cols[6], EncounterClasses, class, 6)
 	return ReasonNone, -1
 }
 
-func (b *rowBuilder) addCondition(n uint64, f [][]byte) (Reason, int) {
-	sys, code := trimSpace(f[1]), trimSpace(f[2])
-	var system int8
-	switch {
-	case equalFold(sys, "snomed"):
-		system = codeSNOMED
+// code checks a row's code system and code: any system is kept (the URI
+// of one the hub does not know), and the codes of SNOMED CT, dm+d and
+// ICD-10 are checked for form. want, when not -1, is the only system the
+// table takes.
+func (b *rowBuilder) code(sysRaw, codeRaw []byte, sysCol int) (int16, []byte, Reason, int) {
+	sys := codeSystemName(trimSpace(sysRaw))
+	code := trimSpace(codeRaw)
+	if len(sys) == 0 {
+		return 0, nil, ReasonInvalidCodeSystem, sysCol
+	}
+	if len(code) == 0 {
+		return 0, nil, ReasonMissingField, sysCol + 1
+	}
+	i, ok := CodeSystems.index(sys)
+	if !ok {
+		return 0, nil, ReasonInvalidCodeSystem, sysCol
+	}
+	switch i {
+	case codeSNOMED, codeDMD:
 		if !validSCTID(code) {
-			return ReasonInvalidCode, 2
+			return 0, nil, ReasonInvalidCode, sysCol + 1
 		}
-	case equalFold(sys, "icd10"):
-		system = codeICD10
+	case codeICD10:
 		if !validICD10(code) {
-			return ReasonInvalidCode, 2
+			return 0, nil, ReasonInvalidCode, sysCol + 1
 		}
-	default:
-		return ReasonInvalidCodeSystem, 1
+	}
+	if int(i) >= len(CodeSystems.known) {
+		b.other++
+	}
+	return i, code, ReasonNone, -1
+}
+
+func (b *rowBuilder) addCondition(n uint64, f [][]byte) (Reason, int) {
+	system, code, r, col := b.code(f[1], f[2], 1)
+	if r != ReasonNone {
+		return r, col
 	}
 	onset, ok := parseDate(f[3])
 	if !ok {
 		return ReasonInvalidDate, 3
 	}
 	b.cols[0].appendU64(n)
-	b.cols[1].appendI8(system)
+	b.cols[1].appendI16(system)
 	b.cols[2].appendStr(code)
 	b.cols[3].appendDate(onset)
 	b.cols[4].optStr(trimSpace(f[4]))
+	b.optVocab(&b.cols[5], ClinicalStatuses, f[5], 5)
+	b.optVocab(&b.cols[6], VerificationStatuses, f[6], 6)
 	return ReasonNone, -1
 }
 
 func (b *rowBuilder) addMedication(n uint64, f [][]byte) (Reason, int) {
-	if !equalFold(trimSpace(f[1]), "dmd") {
-		return ReasonInvalidCodeSystem, 1
+	system, code, r, col := b.code(f[1], f[2], 1)
+	if r != ReasonNone {
+		return r, col
 	}
-	code := trimSpace(f[2])
-	if !validSCTID(code) {
-		return ReasonInvalidCode, 2
-	}
-	start, end, hasEnd, r, col := dateRange(f[3], f[4], 3)
+	start, end, hasEnd, r, col := b.dateRange(f[3], f[4], 3)
 	if r != ReasonNone {
 		return r, col
 	}
 	b.cols[0].appendU64(n)
-	b.cols[1].appendI8(codeDMD)
+	b.cols[1].appendI16(system)
 	b.cols[2].appendStr(code)
 	b.cols[3].appendDate(start)
 	b.cols[4].optDate(end, hasEnd)
 	return ReasonNone, -1
 }
 
+// isOptOutCode reports whether a SNOMED CT code records type 1 dissent or
+// its withdrawal: such a row says that the patient once objected, so it
+// is never published, even for a patient who is kept.
+func isOptOutCode(system int16, code []byte) bool {
+	return system == codeSNOMED && len(code) == len(CodeType1Dissent) &&
+		(string(code) == CodeType1Dissent || string(code) == CodeType1Withdrawn)
+}
+
 func (b *rowBuilder) addObservation(n uint64, f [][]byte) (Reason, int) {
-	if !equalFold(trimSpace(f[1]), "snomed") {
-		return ReasonInvalidCodeSystem, 1
+	system, code, r, col := b.code(f[1], f[2], 1)
+	if r != ReasonNone {
+		return r, col
 	}
-	code := trimSpace(f[2])
-	if !validSCTID(code) {
-		return ReasonInvalidCode, 2
-	}
-	var v float64
-	raw := trimSpace(f[3])
-	hasValue := len(raw) > 0
-	if hasValue {
-		var ok bool
-		if v, ok = parseValue(raw); !ok {
-			return ReasonInvalidValue, 3
-		}
+	if isOptOutCode(system, code) {
+		return ReasonOptOutCode, 2
 	}
 	eff, ok := parseDate(f[5])
 	if !ok {
 		return ReasonInvalidDate, 5
 	}
+	var v float64
+	raw := trimSpace(f[3])
+	hasValue := len(raw) > 0
+	if hasValue {
+		if v, hasValue = parseValue(raw); !hasValue {
+			b.null(3, ReasonInvalidValue)
+		}
+	}
 	b.cols[0].appendU64(n)
-	b.cols[1].appendI8(codeSNOMED)
+	b.cols[1].appendI16(system)
 	b.cols[2].appendStr(code)
 	if hasValue {
 		b.cols[3].appendF64(v)
@@ -403,11 +559,67 @@ func (b *rowBuilder) addObservation(n uint64, f [][]byte) (Reason, int) {
 	}
 	b.cols[4].optStr(trimSpace(f[4]))
 	b.cols[5].appendDate(eff)
+	b.cols[6].optStr(trimSpace(f[6]))
 	return ReasonNone, -1
 }
 
-// dateRange parses a required start and an optional end no earlier than it.
-func dateRange(s, e []byte, col int) (start, end arrow.Date32, hasEnd bool, r Reason, bad int) {
+func (b *rowBuilder) addProcedure(n uint64, f [][]byte) (Reason, int) {
+	system, code, r, col := b.code(f[1], f[2], 1)
+	if r != ReasonNone {
+		return r, col
+	}
+	start, end, hasEnd, r, col := b.dateRange(f[3], f[4], 3)
+	if r != ReasonNone {
+		return r, col
+	}
+	b.cols[0].appendU64(n)
+	b.cols[1].appendI16(system)
+	b.cols[2].appendStr(code)
+	b.cols[3].appendDate(start)
+	b.cols[4].optDate(end, hasEnd)
+	b.cols[5].optStr(trimSpace(f[5]))
+	return ReasonNone, -1
+}
+
+func (b *rowBuilder) addImmunization(n uint64, f [][]byte) (Reason, int) {
+	system, code, r, col := b.code(f[1], f[2], 1)
+	if r != ReasonNone {
+		return r, col
+	}
+	d, ok := parseDate(f[3])
+	if !ok {
+		return ReasonInvalidDate, 3
+	}
+	b.cols[0].appendU64(n)
+	b.cols[1].appendI16(system)
+	b.cols[2].appendStr(code)
+	b.cols[3].appendDate(d)
+	b.cols[4].optStr(trimSpace(f[4]))
+	return ReasonNone, -1
+}
+
+func (b *rowBuilder) addRegistration(n uint64, f [][]byte) (Reason, int) {
+	gp := trimSpace(f[1])
+	if len(gp) == 0 {
+		return ReasonMissingField, 1
+	}
+	if !validODS(gp) {
+		return ReasonInvalidPractice, 1
+	}
+	start, end, hasEnd, r, col := b.dateRange(f[2], f[3], 2)
+	if r != ReasonNone {
+		return r, col
+	}
+	b.cols[0].appendU64(n)
+	b.cols[1].appendStr(gp)
+	b.cols[2].appendDate(start)
+	b.cols[3].optDate(end, hasEnd)
+	return ReasonNone, -1
+}
+
+// dateRange parses a required start and an optional end no earlier than
+// it; an end that cannot be read, or comes before the start, is nulled.
+func (b *rowBuilder) dateRange(s, e []byte, col int) (start, end arrow.Date32, hasEnd bool, r Reason, bad int) {
 	start, ok := parseDate(s)
 	if !ok {
 		return 0, 0, false, ReasonInvalidDate, col
@@ -417,7 +629,8 @@ func dateRange(s, e []byte, col int) (start, end arrow.Date32, hasEnd bool, r Re
 	}
 	if len(e) > 0 {
 		if end, ok = parseDate(e); !ok || end < start {
-			return 0, 0, false, ReasonInvalidDate, col + 1
+			b.null(col+1, ReasonInvalidDate)
+			return start, 0, false, ReasonNone, -1
 		}
 		hasEnd = true
 	}
@@ -435,14 +648,14 @@ func canonicalSex(b []byte) string {
 
 // flush returns the rows appended since the last flush as a record batch,
 // or nil when there are none.
-func (b *rowBuilder) flush() arrow.RecordBatch {
+func (b *rowBuilder) flush(mem memory.Allocator) arrow.RecordBatch {
 	rows := b.rows()
 	if rows == 0 {
 		return nil
 	}
 	cols := make([]arrow.Array, len(b.cols))
 	for i := range b.cols {
-		cols[i] = b.cols[i].build(b.mem)
+		cols[i] = b.cols[i].build(mem)
 	}
 	defer func() {
 		for _, c := range cols {

@@ -124,7 +124,7 @@ func TestRefusesWhatIsMostlyQuarantinedOrEmptied(t *testing.T) {
 	cfg.Ingest.OptOuts = emptyOptOuts(t, "9434765919\n")
 	patients := "9000000009,Ann,Smith,1980-01-02,female,LS6 2AB,A,B86001,\n" +
 		"9000000017,Bob,Jones,1970-03-04,male,LS1 1AA,A,B86001,\n"
-	encounters := "E1,9000000009,gp,2023-01-01,,x\nE2,9000000017,gp,2023-01-02,,x\n"
+	encounters := "E1,9000000009,gp,2023-01-01,,x,AMB,finished\nE2,9000000017,gp,2023-01-02,,x,,\n"
 
 	// Every patient row is bad: nothing would be published.
 	dir := t.TempDir()

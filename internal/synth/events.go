@@ -190,8 +190,15 @@ func (g *gen) events(p *person, idx int, consent [][2]any) {
 		obs(obsCholesterol, 0.3, 5.0)
 	}
 	// Consent entries: never spoiled, so the truth stays exact.
+	// A kept patient's consent rows are not published either: they say
+	// the patient once objected.
 	for _, c := range consent {
-		g.emit(ingest.Observations, p, []string{p.nhsText, "snomed", c[0].(string), "", "", day(c[1].(time.Time))}, 5, 2, 4, false)
+		fate := eventFate(p, noFault)
+		if fate == ingest.ReasonNone {
+			fate = ingest.ReasonOptOutCode
+		}
+		g.truth.Tables[ingest.Observations.String()].Add(fate, 1)
+		g.w.write(ingest.Observations, []string{p.nhsText, "snomed", c[0].(string), "", "", day(c[1].(time.Time))})
 	}
 	// Events for a patient the extract does not hold.
 	if g.opts.FaultRate > 0 && r.Float64() < g.opts.FaultRate {

@@ -68,7 +68,7 @@ func Generate(ctx context.Context, dir string, opts Options) (*Truth, error) {
 		return nil, fmt.Errorf("create extract folder: %w", err)
 	}
 	g := &gen{opts: opts, truth: &Truth{Tables: map[string]*ingest.TableReport{}}}
-	for _, t := range ingest.Tables {
+	for _, t := range tables {
 		g.truth.Tables[t.String()] = &ingest.TableReport{Reasons: map[string]int64{}}
 	}
 	var err error

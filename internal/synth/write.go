@@ -19,23 +19,41 @@ var (
 	exp  = math.Exp
 )
 
+// tables are the tables the generator writes, with the columns and FHIR
+// resource type it writes each in.
+var tables = []ingest.Table{ingest.Patients, ingest.Encounters, ingest.Conditions, ingest.Medications, ingest.Observations}
+
+var (
+	tableColumns = map[ingest.Table][]string{
+		ingest.Patients:     ingest.Patients.Columns(),
+		ingest.Encounters:   {"encounter_id", "nhs_number", "type", "start_date", "end_date", "organisation"},
+		ingest.Conditions:   {"nhs_number", "code_system", "code", "onset_date", "encounter_id"},
+		ingest.Medications:  {"nhs_number", "code_system", "code", "start_date", "end_date"},
+		ingest.Observations: {"nhs_number", "code_system", "code", "value", "unit", "effective_date"},
+	}
+	tableResource = map[ingest.Table]string{ingest.Patients: "Patient", ingest.Encounters: "Encounter",
+		ingest.Conditions: "Condition", ingest.Medications: "MedicationStatement", ingest.Observations: "Observation"}
+)
+
+const numTables = 8
+
 // writers hold one open file per table.
 type writers struct {
 	format ingest.Format
-	files  [5]*os.File
-	gz     [5]*gzip.Writer
-	bw     [5]*bufio.Writer
-	crlf   [5]bool
-	ids    [5]int
+	files  [numTables]*os.File
+	gz     [numTables]*gzip.Writer
+	bw     [numTables]*bufio.Writer
+	crlf   [numTables]bool
+	ids    [numTables]int
 	line   []byte
 }
 
 func newWriters(dir string, f ingest.Format, gz, faults bool) (*writers, error) {
 	w := &writers{format: f}
-	for _, t := range ingest.Tables {
+	for _, t := range tables {
 		name := t.String() + ".csv"
 		if f == ingest.FHIR {
-			name = t.FHIRResource() + ".ndjson"
+			name = tableResource[t] + ".ndjson"
 		}
 		if gz {
 			name += ".gz"
@@ -57,7 +75,7 @@ func newWriters(dir string, f ingest.Format, gz, faults bool) (*writers, error) 
 		}
 		w.crlf[t] = faults && (t == ingest.Conditions || t == ingest.Patients)
 		if f == ingest.CSV {
-			cols := t.Columns()
+			cols := tableColumns[t]
 			if t == ingest.Patients {
 				// Column order is free and header case is not significant.
 				cols = append([]string{"NHS_Number"}, cols[1:]...)
@@ -127,12 +145,12 @@ func (w *writers) close() error {
 // fhirLine appends one FHIR R4 resource for a row in contract order.
 func fhirLine(b []byte, t ingest.Table, id int, f []string) []byte {
 	b = append(b, `{"resourceType":"`...)
-	b = append(b, t.FHIRResource()...)
+	b = append(b, tableResource[t]...)
 	b = append(b, `","id":`...)
 	if t == ingest.Encounters {
 		b = jsonString(b, f[0])
 	} else {
-		b = jsonString(b, strings.ToLower(t.FHIRResource()[:3])+"-"+strconv.Itoa(id))
+		b = jsonString(b, strings.ToLower(tableResource[t][:3])+"-"+strconv.Itoa(id))
 	}
 	subject := func(b []byte, nhs string) []byte {
 		if nhs == "" {
