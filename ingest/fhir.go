@@ -91,15 +91,17 @@ type fhirPeriod struct {
 }
 
 type fhirQuantity struct {
-	Value json.Number `json:"value"`
-	Unit  string      `json:"unit"`
-	Code  string      `json:"code"`
+	// Value is kept raw: a string where a number belongs is an invalid
+	// value (nulled), not a malformed resource.
+	Value json.RawMessage `json:"value"`
+	Unit  string          `json:"unit"`
+	Code  string          `json:"code"`
 }
 
 type fhirValue struct {
-	ValueQuantity        *fhirQuantity `json:"valueQuantity"`
-	ValueCodeableConcept *fhirConcept  `json:"valueCodeableConcept"`
-	ValueInteger         json.Number   `json:"valueInteger"`
+	ValueQuantity        *fhirQuantity   `json:"valueQuantity"`
+	ValueCodeableConcept *fhirConcept    `json:"valueCodeableConcept"`
+	ValueInteger         json.RawMessage `json:"valueInteger"`
 }
 
 // fhirResource holds the elements of the resource types that the extract
@@ -380,12 +382,19 @@ func (d *fhirDecoder) patient(r *fhirResource, set func(int, string)) {
 	}
 	set(3, r.BirthDate)
 	set(4, r.Gender)
-	// The home address that has not ended, else the first.
-	addr := -1
+	// The home address that has not ended, else one that has not, else
+	// the first home address, else the first.
+	addr, best := -1, -1
 	for i, a := range r.Address {
-		current := a.Period == nil || a.Period.End == ""
-		if addr < 0 || (a.Use == "home" && current && r.Address[addr].Use != "home") {
-			addr = i
+		score := 0
+		if a.Period == nil || a.Period.End == "" {
+			score += 2
+		}
+		if a.Use == "home" {
+			score++
+		}
+		if score > best {
+			addr, best = i, score
 		}
 	}
 	if addr >= 0 {
@@ -485,18 +494,31 @@ func setCode(out [][]byte, i int, c *fhirConcept) {
 func setValue(out [][]byte, v *fhirValue) {
 	switch {
 	case v.ValueQuantity != nil:
-		out[3] = []byte(v.ValueQuantity.Value)
+		out[3] = rawValue(v.ValueQuantity.Value)
 		unit := v.ValueQuantity.Unit
 		if unit == "" {
 			unit = v.ValueQuantity.Code
 		}
 		out[4] = []byte(unit)
-	case v.ValueInteger != "":
-		out[3] = []byte(v.ValueInteger)
+	case len(v.ValueInteger) > 0:
+		out[3] = rawValue(v.ValueInteger)
 	}
 	if v.ValueCodeableConcept != nil {
 		out[6] = []byte(firstCode(v.ValueCodeableConcept))
 	}
+}
+
+// rawValue returns a JSON number's text, or a string's contents (which
+// then fail as a value), or nothing for null.
+func rawValue(raw json.RawMessage) []byte {
+	raw = bytes.TrimSpace(raw)
+	if string(raw) == "null" {
+		return nil
+	}
+	if len(raw) >= 2 && raw[0] == '"' {
+		return bytes.Trim(raw, `"`)
+	}
+	return raw
 }
 
 // appendNHS writes n as ten digits.

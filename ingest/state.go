@@ -131,12 +131,18 @@ func (s *state) noteType1(n uint64, dissent bool, d arrow.Date32, dateOK bool) {
 
 func (s *state) type1Stats() Type1Stats {
 	var st Type1Stats
-	for _, e := range s.type1 {
+	count := func(e type1Entry) {
 		if e.dissent {
 			st.Dissenting++
 		} else {
 			st.Withdrawn++
 		}
+	}
+	for _, e := range s.type1 {
+		count(e)
+	}
+	for _, e := range s.type1Ref {
+		count(e)
 	}
 	return st
 }
