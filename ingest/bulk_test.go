@@ -231,3 +231,33 @@ func TestBulkFileNames(t *testing.T) {
 		}
 	}
 }
+
+// A type 1 dissent that names one Patient resource by reference opts out
+// the person, whatever other Patient resource carries the same NHS number
+// and whichever comes first: entries by reference are turned into NHS
+// numbers before any table is read.
+func TestType1ByReferenceCoversEveryRecordOfTheNumber(t *testing.T) {
+	files := map[string]string{
+		"Patient.000.ndjson": lines(fhirPatient("old", "9434765919", "1970-05-01"), fhirPatient("p9", "9876543210", "1970-05-01")),
+		"Patient.001.ndjson": lines(fhirPatient("new", "9434765919", "1970-05-01")),
+		"Encounter.000.ndjson": lines(
+			`{"resourceType":"Encounter","id":"e1","status":"finished","subject":{"reference":"Patient/old"},"period":{"start":"2023-01-01"}}`,
+			`{"resourceType":"Encounter","id":"e2","status":"finished","subject":{"identifier":{"system":"https://fhir.nhs.uk/Id/nhs-number","value":"9434765919"}},"period":{"start":"2023-01-01"}}`,
+			`{"resourceType":"Encounter","id":"e3","status":"finished","subject":{"reference":"Patient/p9"},"period":{"start":"2023-01-01"}}`),
+		"Observation.000.ndjson": lines(
+			`{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://snomed.info/sct","code":"827241000000103"}]},"subject":{"reference":"Patient/new"},"effectiveDateTime":"2021-01-01"}`),
+	}
+	rep, got, err := runBulk(t, files, "9990000026\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got[ingest.Patients]) != 1 || !strings.HasPrefix(got[ingest.Patients][0], "9876543210|") {
+		t.Errorf("patients published: %q", got[ingest.Patients])
+	}
+	if e := rep.Tables["encounters"]; e.Reasons["type1_dissent"] != 2 || len(got[ingest.Encounters]) != 1 {
+		t.Errorf("encounters: reasons %v, published %q", e.Reasons, got[ingest.Encounters])
+	}
+	if rep.Type1.Dissenting != 1 || rep.Patients.OptedOutType1 != 1 {
+		t.Errorf("type 1 %+v, patients %+v", rep.Type1, rep.Patients)
+	}
+}

@@ -445,7 +445,75 @@ func (r *run) type1Pass(ctx context.Context) error {
 			return nil
 		})
 	}
-	return g.Wait()
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	return r.type1Numbers(ctx)
+}
+
+// type1Numbers finds the NHS numbers of the Patients that type 1 entries
+// named by reference, so that every table decides them by number: a
+// second Patient resource with the same number (another id) is opted out
+// too, whichever of the two comes first. It reads the Patient files'
+// ids and identifiers only, and only when there is such an entry.
+func (r *run) type1Numbers(ctx context.Context) error {
+	if len(r.st.type1Ref) == 0 {
+		return nil
+	}
+	r.progTable.Store("type 1 dissent: patients")
+	type numbered struct {
+		k refKey
+		n uint64
+	}
+	var (
+		mu    sync.Mutex
+		found []numbered
+	)
+	chunks := make(chan *chunk, r.opts.Workers)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return r.chunks(gctx, Patients, false, nil, chunks, nil) })
+	for range r.opts.Workers {
+		g.Go(func() error {
+			for c := range chunks {
+				for line := range bytes.Lines(c.data) {
+					var p struct {
+						ResourceType string           `json:"resourceType"`
+						ID           string           `json:"id"`
+						Identifier   []fhirIdentifier `json:"identifier"`
+					}
+					if json.Unmarshal(line, &p) != nil || p.ResourceType != "Patient" || p.ID == "" {
+						continue
+					}
+					k := keyOf(p.ID)
+					if _, ok := r.st.type1Ref[k]; !ok {
+						continue
+					}
+					for _, id := range p.Identifier {
+						if isNHSSystem(id.System) {
+							if n, err := ParseNHSNumber([]byte(id.Value)); err == nil {
+								mu.Lock()
+								found = append(found, numbered{k, n})
+								mu.Unlock()
+							}
+							break
+						}
+					}
+				}
+				chunkPool.Put(c.buf)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	for _, f := range found {
+		e := r.st.type1Ref[f.k]
+		r.st.mergeType1(f.n, type1Entry{date: e.date, dissent: e.dissent})
+		e.merged = true
+		r.st.type1Ref[f.k] = e
+	}
+	return nil
 }
 
 func (r *run) type1Chunk(tr *tableReader, dec *fhirDecoder, c *chunk) {
@@ -759,7 +827,7 @@ func (r *run) settlePatients(res *result) error {
 			continue
 		}
 		if p.reason.Outcome() == OptedOut {
-			st.countOptedOutPatient(p.nhs, p.reason)
+			st.countOptedOutPatient(p.nhs)
 			continue
 		}
 		if !st.seen.Add(p.nhs) {

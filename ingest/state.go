@@ -33,17 +33,15 @@ type state struct {
 	medications map[string]*fhirConcept
 }
 
-// Flags in the high bits of a refs value (NHS numbers need 34 bits).
-const (
-	refExcluded uint64 = 1 << 63 // the Patient had no valid NHS number
-	refType1    uint64 = 1 << 62 // the Patient objected by type 1 dissent
-	refNumber   uint64 = 1<<62 - 1
-)
+// refExcluded, a refs value, marks a Patient without a valid NHS number
+// (NHS numbers need 34 bits).
+const refExcluded uint64 = 1 << 63
 
 // A type1Entry is a patient's latest type 1 dissent entry.
 type type1Entry struct {
 	date    arrow.Date32
 	dissent bool
+	merged  bool // an entry by reference, since merged into the entries by number
 }
 
 // unknownDate orders a dissent entry whose date cannot be read after every
@@ -73,11 +71,15 @@ func (s *state) noteType1Ref(k refKey, dissent bool, d arrow.Date32, dateOK bool
 	}
 }
 
-// type1ByRef reports whether the Patient with key k objected by entries
-// that named it by reference.
-func (s *state) type1ByRef(k refKey) bool {
-	e, ok := s.type1Ref[k]
-	return ok && e.dissent
+// mergeType1 adds a type 1 entry gathered by reference to the entries by
+// number, once the Patient's number is known.
+func (s *state) mergeType1(n uint64, e type1Entry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old, ok := s.type1[n]
+	if !ok || e.date > old.date || (e.date == old.date && e.dissent) {
+		s.type1[n] = e
+	}
 }
 
 // noteRef keeps a Patient's id with its number and fate; the first
@@ -87,11 +89,8 @@ func (s *state) noteRef(p patientNote) {
 		return
 	}
 	v := p.nhs
-	switch {
-	case !p.ok:
+	if !p.ok {
 		v = refExcluded
-	case p.reason == ReasonType1Dissent:
-		v |= refType1
 	}
 	s.refs[p.ref] = v
 }
@@ -103,12 +102,10 @@ func (s *state) resolve(k refKey) (uint64, Reason) {
 	switch {
 	case !ok:
 		return 0, ReasonUnknownPatient
-	case v&refExcluded != 0:
+	case v == refExcluded:
 		return 0, ReasonPatientExcluded
-	case v&refType1 != 0:
-		return 0, ReasonType1Dissent
 	}
-	return v & refNumber, ReasonNone
+	return v, ReasonNone
 }
 
 // noteType1 records one type 1 entry; the latest wins, and dissent wins a
@@ -142,7 +139,9 @@ func (s *state) type1Stats() Type1Stats {
 		count(e)
 	}
 	for _, e := range s.type1Ref {
-		count(e)
+		if !e.merged {
+			count(e) // a Patient without a valid number
+		}
 	}
 	return st
 }
@@ -158,7 +157,7 @@ func (s *state) optedOutReason(n uint64) Reason {
 	return ReasonNone
 }
 
-func (s *state) countOptedOutPatient(n uint64, r Reason) {
+func (s *state) countOptedOutPatient(n uint64) {
 	if !s.optedOut.Add(n) {
 		return
 	}
@@ -166,7 +165,7 @@ func (s *state) countOptedOutPatient(n uint64, r Reason) {
 	if s.ndop.Has(n) {
 		s.counts.OptedOutNDOP++
 	}
-	if e, ok := s.type1[n]; ok && e.dissent || r == ReasonType1Dissent {
+	if e, ok := s.type1[n]; ok && e.dissent {
 		s.counts.OptedOutType1++
 	}
 }

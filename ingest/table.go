@@ -265,7 +265,7 @@ func (b *rowBuilder) add(f [][]byte, fate Reason, ref *refKey) (Reason, int) {
 			return ReasonInvalidNHSNumber, nhsColumn[b.t]
 		}
 		if b.t == Patients {
-			return b.addPatient(n, f, ref)
+			return b.addPatient(n, f)
 		}
 		if !b.haveLast || n != b.lastNHS {
 			b.lastNHS, b.lastReason, b.haveLast = n, b.st.eventPatient(n, &b.next), true
@@ -336,13 +336,10 @@ func statusReason(s []byte) Reason {
 // writes nothing shared: the row's number is noted (b.noted) for the
 // in-order step, settlePatients, which finds duplicates and fills the
 // patient sets in file order.
-func (b *rowBuilder) addPatient(n uint64, f [][]byte, ref *refKey) (Reason, int) {
+func (b *rowBuilder) addPatient(n uint64, f [][]byte) (Reason, int) {
 	b.noteOK, b.noteNHS = true, n
 	if r := b.st.optedOutReason(n); r != ReasonNone {
 		return r, -1
-	}
-	if ref != nil && b.st.type1ByRef(*ref) {
-		return ReasonType1Dissent, -1
 	}
 	for i, v := range f[:len(columns[Patients])] {
 		if len(v) > MaxField {
