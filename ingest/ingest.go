@@ -114,7 +114,7 @@ func Run(ctx context.Context, src Source, opts Options, emit Emit) (*Report, err
 	if opts.OptOuts == nil {
 		opts.OptOuts = &OptOuts{set: newIDSet(16)}
 	}
-	r := &run{src: src, opts: opts, st: newState(opts.OptOuts), log: opts.Logger.With("component", "ingest")}
+	r := &run{src: src, opts: opts, st: newState(opts.OptOuts), log: opts.Logger.With("component", "ingest"), otherSystems: map[int16]bool{}}
 	ef, err := findFiles(ctx, src)
 	if err != nil {
 		return nil, err
@@ -157,8 +157,11 @@ func Run(ctx context.Context, src Source, opts Options, emit Emit) (*Report, err
 			rep.Patients = *pc
 		}
 	}
-	if vals := CodeSystems.Values(); len(vals) > len(CodeSystems.known) {
-		rep.CodeSystems = vals[len(CodeSystems.known):]
+	vals := CodeSystems.Values()
+	for i := range vals {
+		if r.otherSystems[int16(i)] {
+			rep.CodeSystems = append(rep.CodeSystems, vals[i])
+		}
 	}
 	return rep, nil
 }
@@ -171,6 +174,10 @@ type run struct {
 	log    *slog.Logger
 	format Format
 	files  *extractFiles
+	// otherSystems are the code systems met that the hub does not know
+	// (indices in CodeSystems, which outlives the run); written by the
+	// ordered emitters.
+	otherSystems map[int16]bool
 
 	progTable atomic.Value // string
 	progRows  atomic.Int64
@@ -579,16 +586,17 @@ func (r *run) type1Records(tr *tableReader, dec *fhirDecoder, c *chunk) {
 
 // result is what a worker makes of one chunk.
 type result struct {
-	seq        int
-	rec        arrow.RecordBatch
-	counts     [numReasons]int64
-	nulled     [numReasons]int64
-	other      int64
-	resources  map[string]int64
-	quarantine []QuarantineEntry
-	in         int64
-	file       string
-	patients   []patientNote // patients table: every row
+	seq          int
+	rec          arrow.RecordBatch
+	counts       [numReasons]int64
+	nulled       [numReasons]int64
+	other        int64
+	otherSystems map[int16]bool
+	resources    map[string]int64
+	quarantine   []QuarantineEntry
+	in           int64
+	file         string
+	patients     []patientNote // patients table: every row
 }
 
 // A patientNote is a patients-table row, as a worker decided it without
@@ -699,6 +707,9 @@ func (r *run) table(ctx context.Context, t Table, workers int, emit Emit) error 
 					}
 				}
 				rep.OtherCodeSystems += res.other
+				for i := range res.otherSystems {
+					r.otherSystems[i] = true
+				}
 				for typ, n := range res.resources {
 					if rep.Resources == nil {
 						rep.Resources = map[string]int64{}
@@ -799,6 +810,7 @@ func (r *run) work(rb *rowBuilder, dec *fhirDecoder, c *chunk) *result {
 	})
 	chunkPool.Put(c.buf)
 	res.other, rb.other = rb.other, 0
+	res.otherSystems, rb.otherSystems = rb.otherSystems, nil
 	res.rec = rb.flush(r.opts.Allocator)
 	return res
 }

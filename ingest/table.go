@@ -214,8 +214,10 @@ type rowBuilder struct {
 	// nulled lists the optional fields of the last row that were invalid
 	// and so left empty; the row itself was kept.
 	nulled []fieldNote
-	// other counts kept rows whose code system the hub does not know.
-	other int64
+	// other counts kept rows whose code system the hub does not know,
+	// and otherSystems names those systems (indices in CodeSystems).
+	other        int64
+	otherSystems map[int16]bool
 }
 
 // A fieldNote is an optional field nulled for a reason.
@@ -456,11 +458,11 @@ func (b *rowBuilder) addEncounter(n uint64, f [][]byte) (Reason, int) {
 func (b *rowBuilder) code(sysRaw, codeRaw []byte, sysCol int) (int16, []byte, Reason, int) {
 	sys := codeSystemName(trimSpace(sysRaw))
 	code := trimSpace(codeRaw)
-	if len(sys) == 0 {
-		return 0, nil, ReasonInvalidCodeSystem, sysCol
-	}
 	if len(code) == 0 {
 		return 0, nil, ReasonMissingField, sysCol + 1
+	}
+	if len(sys) == 0 {
+		return 0, nil, ReasonInvalidCodeSystem, sysCol
 	}
 	i, ok := CodeSystems.index(sys)
 	if !ok {
@@ -478,6 +480,10 @@ func (b *rowBuilder) code(sysRaw, codeRaw []byte, sysCol int) (int16, []byte, Re
 	}
 	if int(i) >= len(CodeSystems.known) {
 		b.other++
+		if b.otherSystems == nil {
+			b.otherSystems = map[int16]bool{}
+		}
+		b.otherSystems[i] = true
 	}
 	return i, code, ReasonNone, -1
 }

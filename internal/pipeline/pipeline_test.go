@@ -104,12 +104,15 @@ func isName(s string) bool { return !strings.ContainsAny(s, "0123456789") }
 
 // vocabulary lists the closed vocabularies of published columns.
 var vocabulary = map[string]string{
-	"sex":             "|male|female|other|unknown|(null)|",
-	"age_band":        "|0-4|5-9|10-14|15-19|20-24|25-29|30-34|35-39|40-44|45-49|50-54|55-59|60-64|65-69|70-74|75-79|80-84|85-89|90+|(null)|",
-	"ethnicity_group": "|White|Mixed|Asian|Black|Other|Not stated|(null)|",
-	"ethnicity":       "|A|B|C|D|E|F|G|H|J|K|L|M|N|P|R|S|Z|(null)|",
-	"type":            "|gp|outpatient|inpatient|ae|",
-	"code_system":     "|snomed|icd10|dmd|",
+	"sex":                 "|male|female|other|unknown|(null)|",
+	"age_band":            "|0-4|5-9|10-14|15-19|20-24|25-29|30-34|35-39|40-44|45-49|50-54|55-59|60-64|65-69|70-74|75-79|80-84|85-89|90+|(null)|",
+	"ethnicity_group":     "|White|Mixed|Asian|Black|Other|Not stated|(null)|",
+	"ethnicity":           "|A|B|C|D|E|F|G|H|J|K|L|M|N|P|R|S|Z|(null)|",
+	"type":                "|gp|outpatient|inpatient|ae|",
+	"class":               "|ambulatory|emergency|inpatient|(null)|",
+	"code_system":         "|snomed|icd10|dmd|loinc|opcs4|" + synth.LocalCodeSystem + "|",
+	"clinical_status":     "|(null)|",
+	"verification_status": "|(null)|",
 }
 
 func TestPublishHoldsNoIdentifier(t *testing.T) {

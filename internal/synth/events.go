@@ -61,7 +61,29 @@ func (g *gen) emit(t ingest.Table, p *person, row []string, dateCol, codeCol, lo
 		row[longCol] = longText(4097 + g.rng.IntN(8000))
 	}
 	g.truth.Tables[t.String()].Add(eventFate(p, f), 1)
-	g.w.write(t, row)
+	g.w.write(t, fill(t, row), g.ref(p, row[nhsCol]))
+}
+
+// ref returns the Patient id an event row of p names in a FHIR extract:
+// none (the NHS number instead) when the row's number is spoilt or p's
+// own record has no valid number, as such an extract would carry it.
+func (g *gen) ref(p *person, nhs string) string {
+	if nhs != p.nhsText || (p.status == statusAbsent && !p.ghost) {
+		return ""
+	}
+	return p.id
+}
+
+// fill pads a row to its table's columns; an encounter gets its class.
+func fill(t ingest.Table, row []string) []string {
+	cols := len(t.Columns())
+	for len(row) < cols {
+		row = append(row, "")
+	}
+	if t == ingest.Encounters && row[6] == "" {
+		row[6] = map[string]string{"gp": "AMB", "outpatient": "AMB", "inpatient": "IMP", "ae": "EMER"}[row[2]]
+	}
+	return row
 }
 
 // spoilCode turns a valid code into one ingest must reject.
@@ -198,11 +220,13 @@ func (g *gen) events(p *person, idx int, consent [][2]any) {
 			fate = ingest.ReasonOptOutCode
 		}
 		g.truth.Tables[ingest.Observations.String()].Add(fate, 1)
-		g.w.write(ingest.Observations, []string{p.nhsText, "snomed", c[0].(string), "", "", day(c[1].(time.Time))})
+		g.w.write(ingest.Observations, fill(ingest.Observations, []string{p.nhsText, "snomed", c[0].(string), "", "", day(c[1].(time.Time))}), g.ref(p, p.nhsText))
 	}
+	g.extras(p, idx, start, end, age, inpatient)
 	// Events for a patient the extract does not hold.
 	if g.opts.FaultRate > 0 && r.Float64() < g.opts.FaultRate {
-		ghost := &person{status: statusAbsent}
+		g.ghosts++
+		ghost := &person{status: statusAbsent, ghost: true, id: "ghost-" + strconv.Itoa(g.ghosts)}
 		ghost.nhsText = padNHS(nextNumber(&g.unknownBase))
 		c := conditions[r.IntN(len(conditions))]
 		g.emit(ingest.Conditions, ghost, []string{ghost.nhsText, "snomed", c.snomed, day(g.dateBetween(start, end)), ""}, 3, 2, 4, false)

@@ -20,6 +20,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/nhs-hub/hub/ingest"
@@ -34,6 +35,9 @@ type Options struct {
 	FaultRate float64
 	// Gzip compresses every table file.
 	Gzip bool
+	// PartRows is how many resources a FHIR part file holds
+	// (0: DefaultPartRows).
+	PartRows int
 	// Progress, when set, receives a progress line now and then.
 	Progress io.Writer
 }
@@ -72,7 +76,7 @@ func Generate(ctx context.Context, dir string, opts Options) (*Truth, error) {
 		g.truth.Tables[t.String()] = &ingest.TableReport{Reasons: map[string]int64{}}
 	}
 	var err error
-	if g.w, err = newWriters(dir, opts.Format, opts.Gzip, opts.FaultRate > 0); err != nil {
+	if g.w, err = newWriters(dir, opts.Format, opts.Gzip, opts.FaultRate > 0, opts.PartRows); err != nil {
 		return nil, err
 	}
 	of, err := os.Create(filepath.Join(dir, "optouts.txt"))
@@ -82,6 +86,9 @@ func Generate(ctx context.Context, dir string, opts Options) (*Truth, error) {
 	}
 	g.optouts = bufio.NewWriterSize(of, 1<<16)
 	g.rng = rand.New(rand.NewPCG(opts.Seed, 0x5eed))
+	// The tables and rows added since the first five tables draw from a
+	// stream of their own, so that those tables stay as they were.
+	g.more = rand.New(rand.NewPCG(opts.Seed, 0x6eed))
 	g.base = 999000000
 	g.unknownBase = 990000000
 
@@ -133,6 +140,8 @@ type gen struct {
 	w           *writers
 	optouts     *bufio.Writer
 	rng         *rand.Rand
+	more        *rand.Rand // for what extras.go adds
+	ghosts      int
 	base        uint64 // next patient NHS number base (nine digits)
 	unknownBase uint64
 	row         [9]string
@@ -176,6 +185,9 @@ const (
 )
 
 type person struct {
+	id       string // the FHIR Patient id
+	ghost    bool   // events of a patient the extract does not hold
+	practice string
 	nhs      uint64
 	nhsText  string
 	female   bool
@@ -192,7 +204,7 @@ func (g *gen) maybeFault() bool { return g.opts.FaultRate > 0 && g.rng.Float64()
 
 func (g *gen) patient(i int) {
 	r := g.rng
-	p := &person{nhs: nextNumber(&g.base)}
+	p := &person{nhs: nextNumber(&g.base), id: "pat-" + strconv.Itoa(i)}
 	p.nhsText = fmt.Sprintf("%010d", p.nhs)
 	p.female = r.Float64() < 0.51
 	age := g.age()
@@ -344,6 +356,7 @@ func (g *gen) patientRow(p *person, f fault) {
 	row[5] = g.postcode()
 	row[6] = g.ethnicity()
 	row[7] = practices[r.IntN(len(practices))]
+	p.practice = row[7]
 	row[8] = ""
 	if !p.dod.IsZero() {
 		row[8] = p.dod.Format(time.DateOnly)
@@ -384,7 +397,7 @@ func (g *gen) patientRow(p *person, f fault) {
 		p.status = statusSeen
 	}
 	tt.Add(reason, 1)
-	g.w.write(ingest.Patients, row)
+	g.w.write(ingest.Patients, row, p.id)
 	g.countPatient(p, reason)
 
 	if f == faultDuplicate {
@@ -395,7 +408,7 @@ func (g *gen) patientRow(p *person, f fault) {
 			dup = o
 		}
 		tt.Add(dup, 1)
-		g.w.write(ingest.Patients, row)
+		g.w.write(ingest.Patients, row, p.id+"-dup")
 	}
 }
 
