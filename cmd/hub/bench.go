@@ -36,6 +36,12 @@ func benchCommand() *cli.Command {
 			&cli.IntFlag{Name: "requests", Value: 10, Usage: "requests per client and query (with --cohorts)"},
 		},
 		Subcommands: []*cli.Command{{
+			Name: "duckdb-fhir-pipeline", Hidden: true, Usage: "run the DuckDB FHIR pipeline baseline (used by hub bench --pipeline --format fhir)",
+			Flags: []cli.Flag{&cli.StringFlag{Name: "extract", Required: true}, &cli.StringFlag{Name: "out", Required: true}},
+			Action: func(c *cli.Context) error {
+				return bench.DuckDBFHIRPipeline(c.Context, c.String("extract"), c.String("out"), "bench-key-0123456789abcdef0123456789")
+			},
+		}, {
 			Name: "duckdb-pipeline", Hidden: true, Usage: "run the DuckDB pipeline baseline (used by hub bench --pipeline)",
 			Flags: []cli.Flag{&cli.StringFlag{Name: "extract", Required: true}, &cli.StringFlag{Name: "out", Required: true}},
 			Action: func(c *cli.Context) error {
