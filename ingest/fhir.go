@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"bytes"
-	json "github.com/goccy/go-json"
 	"strconv"
 	"strings"
 
@@ -39,144 +38,71 @@ const (
 // that ingest holds 16 bytes a patient, never the id itself.
 type refKey [16]byte
 
-func keyOf(id string) refKey { return xxh3.HashString128(id).Bytes() }
+func keyOf(id []byte) refKey { return xxh3.Hash128(id).Bytes() }
 
 // patientRefID returns the id a reference names a Patient by:
 // Patient/ID, urn:uuid:ID, an absolute URL ending in Patient/ID, any of
 // them with /_history/N after.
-func patientRefID(ref string) (string, bool) {
-	if id, ok := strings.CutPrefix(ref, "urn:uuid:"); ok {
-		return id, id != ""
+func patientRefID(ref []byte) ([]byte, bool) {
+	if id, ok := bytes.CutPrefix(ref, []byte("urn:uuid:")); ok {
+		return id, len(id) > 0
 	}
-	if i := strings.Index(ref, "/_history/"); i >= 0 {
+	if i := bytes.Index(ref, []byte("/_history/")); i >= 0 {
 		ref = ref[:i]
 	}
-	i := strings.LastIndex(ref, "Patient/")
+	i := bytes.LastIndex(ref, []byte("Patient/"))
 	if i < 0 || (i > 0 && ref[i-1] != '/') {
-		return "", false
+		return nil, false
 	}
 	id := ref[i+len("Patient/"):]
-	return id, id != "" && !strings.ContainsAny(id, "/?")
+	return id, len(id) > 0 && bytes.IndexAny(id, "/?") < 0
 }
 
-type fhirIdentifier struct {
-	System    string          `json:"system"`
-	Value     string          `json:"value"`
-	Extension []fhirExtension `json:"extension"`
+// A coding is a code and its system, as text.
+type coding struct{ system, code string }
+
+// A component is an observation component's code and value.
+type component struct {
+	sys, code, value, unit, valueCode []byte
 }
 
-type fhirCoding struct {
-	System string `json:"system"`
-	Code   string `json:"code"`
+// A containedMed is a Medication contained in a resource.
+type containedMed struct {
+	id, sys, code []byte
 }
 
-type fhirConcept struct {
-	Coding []fhirCoding `json:"coding"`
+// fhirRes holds what ingest reads of one resource, as slices of its line
+// (or unescaped copies); the rest of the resource is skipped. One walk of
+// the line fills it: each byte is looked at once.
+type fhirRes struct {
+	typ, id, status               []byte
+	nhs                           []byte // a Patient's NHS number
+	subjectNHS, ref               []byte // an event's patient: by NHS number, or the id a reference names
+	given, family                 []byte
+	nameScore, addrScore          int
+	birthDate, gender, postcode   []byte
+	ethnicity, gp, deceased       []byte
+	class, hubType                []byte
+	registration                  bool
+	start, end                    []byte // period
+	provider, ods                 []byte
+	sys, code                     []byte // code, vaccineCode or medicationCodeableConcept
+	clinical, verification        []byte
+	onset, onsetStart, recorded   []byte
+	encounter, medRef             []byte
+	contained                     []containedMed
+	authoredOn, effective         []byte
+	effStart, effEnd, effInstant  []byte
+	dateAsserted, issued          []byte
+	value, unit, valueCode        []byte
+	comps                         []component
+	performed, perfStart, perfEnd []byte
+	occurrence                    []byte
 }
 
-type fhirExtension struct {
-	URL                  string       `json:"url"`
-	ValueCodeableConcept *fhirConcept `json:"valueCodeableConcept"`
-}
-
-type fhirRef struct {
-	Reference  string          `json:"reference"`
-	Identifier *fhirIdentifier `json:"identifier"`
-	Display    string          `json:"display"`
-}
-
-type fhirPeriod struct {
-	Start string `json:"start"`
-	End   string `json:"end"`
-}
-
-type fhirQuantity struct {
-	// Value is kept raw: a string where a number belongs is an invalid
-	// value (nulled), not a malformed resource.
-	Value json.RawMessage `json:"value"`
-	Unit  string          `json:"unit"`
-	Code  string          `json:"code"`
-}
-
-type fhirValue struct {
-	ValueQuantity        *fhirQuantity   `json:"valueQuantity"`
-	ValueCodeableConcept *fhirConcept    `json:"valueCodeableConcept"`
-	ValueInteger         json.RawMessage `json:"valueInteger"`
-}
-
-// fhirResource holds the elements of the resource types that the extract
-// contract reads; everything else in a resource is ignored.
-type fhirResource struct {
-	ResourceType string           `json:"resourceType"`
-	ID           string           `json:"id"`
-	Status       string           `json:"status"`
-	Identifier   []fhirIdentifier `json:"identifier"`
-
-	// Patient
-	Name []struct {
-		Use    string   `json:"use"`
-		Family string   `json:"family"`
-		Given  []string `json:"given"`
-	} `json:"name"`
-	BirthDate string `json:"birthDate"`
-	Gender    string `json:"gender"`
-	Address   []struct {
-		Use        string      `json:"use"`
-		PostalCode string      `json:"postalCode"`
-		Period     *fhirPeriod `json:"period"`
-	} `json:"address"`
-	Extension           []fhirExtension `json:"extension"`
-	GeneralPractitioner []fhirRef       `json:"generalPractitioner"`
-	DeceasedDateTime    string          `json:"deceasedDateTime"`
-
-	// The patient an event belongs to.
-	Subject *fhirRef `json:"subject"`
-	Patient *fhirRef `json:"patient"`
-
-	// Encounter, EpisodeOfCare
-	Class                json.RawMessage `json:"class"` // R4: a Coding; R5: CodeableConcepts
-	Type                 []fhirConcept   `json:"type"`
-	Period               *fhirPeriod     `json:"period"`
-	ServiceProvider      *fhirRef        `json:"serviceProvider"`
-	ManagingOrganization *fhirRef        `json:"managingOrganization"`
-
-	// Condition, Observation, Procedure
-	Code               *fhirConcept `json:"code"`
-	ClinicalStatus     *fhirConcept `json:"clinicalStatus"`
-	VerificationStatus *fhirConcept `json:"verificationStatus"`
-	OnsetDateTime      string       `json:"onsetDateTime"`
-	OnsetPeriod        *fhirPeriod  `json:"onsetPeriod"`
-	RecordedDate       string       `json:"recordedDate"`
-	Encounter          *fhirRef     `json:"encounter"`
-	Context            *fhirRef     `json:"context"`
-
-	// MedicationRequest, MedicationStatement
-	MedicationCodeableConcept *fhirConcept `json:"medicationCodeableConcept"`
-	MedicationReference       *fhirRef     `json:"medicationReference"`
-	Contained                 []struct {
-		ResourceType string       `json:"resourceType"`
-		ID           string       `json:"id"`
-		Code         *fhirConcept `json:"code"`
-	} `json:"contained"`
-	AuthoredOn        string      `json:"authoredOn"`
-	EffectiveDateTime string      `json:"effectiveDateTime"`
-	EffectivePeriod   *fhirPeriod `json:"effectivePeriod"`
-	EffectiveInstant  string      `json:"effectiveInstant"`
-	DateAsserted      string      `json:"dateAsserted"`
-	Issued            string      `json:"issued"`
-
-	// Observation
-	fhirValue
-	Component []struct {
-		Code *fhirConcept `json:"code"`
-		fhirValue
-	} `json:"component"`
-
-	// Procedure, Immunization
-	PerformedDateTime  string       `json:"performedDateTime"`
-	PerformedPeriod    *fhirPeriod  `json:"performedPeriod"`
-	VaccineCode        *fhirConcept `json:"vaccineCode"`
-	OccurrenceDateTime string       `json:"occurrenceDateTime"`
+func (r *fhirRes) reset() {
+	contained, comps := r.contained[:0], r.comps[:0]
+	*r = fhirRes{contained: contained, comps: comps}
 }
 
 // A fhirDecoder turns NDJSON lines into rows of contract fields. Each
@@ -184,10 +110,372 @@ type fhirResource struct {
 type fhirDecoder struct {
 	st  *state
 	out [][]byte
+	r   fhirRes
 }
 
 func newFHIRDecoder(st *state, t Table) *fhirDecoder {
 	return &fhirDecoder{st: st, out: make([][]byte, len(columns[t]))}
+}
+
+// strAt reads the string at b[i] into *dst.
+func strAt(b []byte, i int, dst *[]byte) (int, error) {
+	v, end, err := stringAt(b, i)
+	*dst = v
+	return end, err
+}
+
+// fields2 reads two string members of the object at b[i].
+func fields2(b []byte, i int, k1, k2 string, v1, v2 *[]byte) (int, error) {
+	return objectAt(b, i, func(key []byte, vi int) (int, error) {
+		switch string(key) {
+		case k1:
+			return strAt(b, vi, v1)
+		case k2:
+			return strAt(b, vi, v2)
+		}
+		return skipValue(b, vi)
+	})
+}
+
+// conceptAt reads a CodeableConcept: the first coding in a system the hub
+// knows, else the first coding. With firstOnly, the first coding.
+func conceptAt(b []byte, i int, firstOnly bool, sys, code *[]byte) (int, error) {
+	first, known := true, false
+	return objectAt(b, i, func(key []byte, vi int) (int, error) {
+		if string(key) != "coding" {
+			return skipValue(b, vi)
+		}
+		return arrayAt(b, vi, func(ci int) (int, error) {
+			var s, c []byte
+			end, err := fields2(b, ci, "system", "code", &s, &c)
+			if err != nil || known || (firstOnly && !first) {
+				return end, err
+			}
+			_, k := codeSystemURIs[string(s)]
+			if first || k {
+				*sys, *code, first, known = s, c, false, k || firstOnly
+			}
+			return end, nil
+		})
+	})
+}
+
+// valueAt reads a number (or a string, which then fails as a value).
+func valueAt(b []byte, i int, dst *[]byte) (int, error) {
+	end, err := skipValue(b, i)
+	if err == nil {
+		*dst = jsonValue(b[i:end])
+	}
+	return end, err
+}
+
+// quantityAt reads a Quantity's value and unit (its code when no unit).
+func quantityAt(b []byte, i int, value, unit *[]byte) (int, error) {
+	var code []byte
+	end, err := objectAt(b, i, func(key []byte, vi int) (int, error) {
+		switch string(key) {
+		case "value":
+			return valueAt(b, vi, value)
+		case "unit":
+			return strAt(b, vi, unit)
+		case "code":
+			return strAt(b, vi, &code)
+		}
+		return skipValue(b, vi)
+	})
+	if *unit == nil {
+		*unit = code
+	}
+	return end, err
+}
+
+// member reads one member of a resource into r.
+func (r *fhirRes) member(b []byte, key []byte, vi int) (int, error) {
+	var ignore []byte
+	switch string(key) {
+	case "resourceType":
+		return strAt(b, vi, &r.typ)
+	case "id":
+		return strAt(b, vi, &r.id)
+	case "status":
+		return strAt(b, vi, &r.status)
+	case "identifier":
+		return arrayAt(b, vi, func(ii int) (int, error) {
+			var sys, val []byte
+			end, err := fields2(b, ii, "system", "value", &sys, &val)
+			if r.nhs == nil && isNHSSystem(string(sys)) {
+				r.nhs = val
+			}
+			return end, err
+		})
+	case "name":
+		return arrayAt(b, vi, func(ni int) (int, error) {
+			var use, family, given []byte
+			end, err := objectAt(b, ni, func(k []byte, i int) (int, error) {
+				switch string(k) {
+				case "use":
+					return strAt(b, i, &use)
+				case "family":
+					return strAt(b, i, &family)
+				case "given":
+					done := false
+					return arrayAt(b, i, func(gi int) (int, error) {
+						if done {
+							return skipValue(b, gi)
+						}
+						done = true
+						return strAt(b, gi, &given)
+					})
+				}
+				return skipValue(b, i)
+			})
+			// The official (or usual) name; an old or maiden one only
+			// when it is all there is.
+			score := 1
+			switch string(use) {
+			case "official":
+				score = 3
+			case "usual":
+				score = 2
+			}
+			if score > r.nameScore {
+				r.nameScore, r.given, r.family = score, given, family
+			}
+			return end, err
+		})
+	case "birthDate":
+		return strAt(b, vi, &r.birthDate)
+	case "gender":
+		return strAt(b, vi, &r.gender)
+	case "address":
+		return arrayAt(b, vi, func(ai int) (int, error) {
+			var use, postcode []byte
+			ended := false
+			end, err := objectAt(b, ai, func(k []byte, i int) (int, error) {
+				switch string(k) {
+				case "use":
+					return strAt(b, i, &use)
+				case "postalCode":
+					return strAt(b, i, &postcode)
+				case "period":
+					var s, e []byte
+					end, err := fields2(b, i, "start", "end", &s, &e)
+					ended = e != nil
+					return end, err
+				}
+				return skipValue(b, i)
+			})
+			// The home address that has not ended, else one that has
+			// not, else the first home address, else the first.
+			score := 1
+			if !ended {
+				score += 2
+			}
+			if string(use) == "home" {
+				score++
+			}
+			if score > r.addrScore {
+				r.addrScore, r.postcode = score, postcode
+			}
+			return end, err
+		})
+	case "extension":
+		return arrayAt(b, vi, func(ei int) (int, error) {
+			var url, code []byte
+			end, err := objectAt(b, ei, func(k []byte, i int) (int, error) {
+				switch string(k) {
+				case "url":
+					return strAt(b, i, &url)
+				case "valueCodeableConcept":
+					return conceptAt(b, i, true, &ignore, &code)
+				}
+				return skipValue(b, i)
+			})
+			if string(url) == ExtEthnicCategory {
+				r.ethnicity = code
+			}
+			return end, err
+		})
+	case "generalPractitioner":
+		return arrayAt(b, vi, func(gi int) (int, error) {
+			return objectAt(b, gi, func(k []byte, i int) (int, error) {
+				if string(k) != "identifier" {
+					return skipValue(b, i)
+				}
+				var sys, val []byte
+				end, err := fields2(b, i, "system", "value", &sys, &val)
+				if r.gp == nil && string(sys) == SystemODS {
+					r.gp = val
+				}
+				return end, err
+			})
+		})
+	case "deceasedDateTime":
+		return strAt(b, vi, &r.deceased)
+	case "subject", "patient":
+		if r.ref != nil || r.subjectNHS != nil {
+			return skipValue(b, vi) // the first of subject and patient
+		}
+		return objectAt(b, vi, func(k []byte, i int) (int, error) {
+			switch string(k) {
+			case "reference":
+				var ref []byte
+				end, err := strAt(b, i, &ref)
+				if id, ok := patientRefID(ref); ok {
+					r.ref = id
+				}
+				return end, err
+			case "identifier":
+				var sys, val []byte
+				end, err := fields2(b, i, "system", "value", &sys, &val)
+				if isNHSSystem(string(sys)) {
+					r.subjectNHS = val
+				}
+				return end, err
+			}
+			return skipValue(b, i)
+		})
+	case "class":
+		if b[vi] == '{' { // R4: a Coding
+			return fields2(b, vi, "code", "", &r.class, &ignore)
+		}
+		done := false
+		return arrayAt(b, vi, func(ci int) (int, error) { // R5: CodeableConcepts
+			if done {
+				return skipValue(b, ci)
+			}
+			done = true
+			return conceptAt(b, ci, true, &ignore, &r.class)
+		})
+	case "type":
+		// Encounter.type (the contract's type) or EpisodeOfCare.type (a
+		// GP registration).
+		return arrayAt(b, vi, func(ti int) (int, error) {
+			return objectAt(b, ti, func(k []byte, i int) (int, error) {
+				if string(k) != "coding" {
+					return skipValue(b, i)
+				}
+				return arrayAt(b, i, func(ci int) (int, error) {
+					var sys, code []byte
+					end, err := fields2(b, ci, "system", "code", &sys, &code)
+					switch {
+					case string(sys) == SystemEncounterType:
+						r.hubType = code
+					case string(sys) == SystemRegistrationType || bytes.HasSuffix(sys, []byte("RegistrationType")) || bytes.HasSuffix(sys, []byte("RegistrationType-1")):
+						r.registration = true
+					}
+					return end, err
+				})
+			})
+		})
+	case "period":
+		return fields2(b, vi, "start", "end", &r.start, &r.end)
+	case "serviceProvider":
+		return fields2(b, vi, "display", "", &r.provider, &ignore)
+	case "managingOrganization":
+		return objectAt(b, vi, func(k []byte, i int) (int, error) {
+			if string(k) != "identifier" {
+				return skipValue(b, i)
+			}
+			var sys, val []byte
+			end, err := fields2(b, i, "system", "value", &sys, &val)
+			if string(sys) == SystemODS {
+				r.ods = val
+			}
+			return end, err
+		})
+	case "code", "vaccineCode", "medicationCodeableConcept":
+		return conceptAt(b, vi, false, &r.sys, &r.code)
+	case "clinicalStatus":
+		return conceptAt(b, vi, true, &ignore, &r.clinical)
+	case "verificationStatus":
+		return conceptAt(b, vi, true, &ignore, &r.verification)
+	case "onsetDateTime":
+		return strAt(b, vi, &r.onset)
+	case "onsetPeriod":
+		return fields2(b, vi, "start", "", &r.onsetStart, &ignore)
+	case "recordedDate":
+		return strAt(b, vi, &r.recorded)
+	case "encounter":
+		end, err := fields2(b, vi, "reference", "", &r.encounter, &ignore)
+		r.encounter = encounterID(r.encounter)
+		return end, err
+	case "medicationReference":
+		return fields2(b, vi, "reference", "", &r.medRef, &ignore)
+	case "contained":
+		return arrayAt(b, vi, func(ci int) (int, error) {
+			var m containedMed
+			var typ []byte
+			end, err := objectAt(b, ci, func(k []byte, i int) (int, error) {
+				switch string(k) {
+				case "resourceType":
+					return strAt(b, i, &typ)
+				case "id":
+					return strAt(b, i, &m.id)
+				case "code":
+					return conceptAt(b, i, false, &m.sys, &m.code)
+				}
+				return skipValue(b, i)
+			})
+			if string(typ) == "Medication" {
+				r.contained = append(r.contained, m)
+			}
+			return end, err
+		})
+	case "authoredOn":
+		return strAt(b, vi, &r.authoredOn)
+	case "effectiveDateTime":
+		return strAt(b, vi, &r.effective)
+	case "effectivePeriod":
+		return fields2(b, vi, "start", "end", &r.effStart, &r.effEnd)
+	case "effectiveInstant":
+		return strAt(b, vi, &r.effInstant)
+	case "dateAsserted":
+		return strAt(b, vi, &r.dateAsserted)
+	case "issued":
+		return strAt(b, vi, &r.issued)
+	case "valueQuantity":
+		return quantityAt(b, vi, &r.value, &r.unit)
+	case "valueInteger":
+		return valueAt(b, vi, &r.value)
+	case "valueCodeableConcept":
+		return conceptAt(b, vi, true, &ignore, &r.valueCode)
+	case "component":
+		return arrayAt(b, vi, func(ci int) (int, error) {
+			var c component
+			end, err := objectAt(b, ci, func(k []byte, i int) (int, error) {
+				switch string(k) {
+				case "code":
+					return conceptAt(b, i, false, &c.sys, &c.code)
+				case "valueQuantity":
+					return quantityAt(b, i, &c.value, &c.unit)
+				case "valueInteger":
+					return valueAt(b, i, &c.value)
+				case "valueCodeableConcept":
+					return conceptAt(b, i, true, &ignore, &c.valueCode)
+				}
+				return skipValue(b, i)
+			})
+			r.comps = append(r.comps, c)
+			return end, err
+		})
+	case "performedDateTime":
+		return strAt(b, vi, &r.performed)
+	case "performedPeriod":
+		return fields2(b, vi, "start", "end", &r.perfStart, &r.perfEnd)
+	case "occurrenceDateTime":
+		return strAt(b, vi, &r.occurrence)
+	}
+	return skipValue(b, vi)
+}
+
+// scan reads a line's resource into d.r; false when it is not JSON.
+func (d *fhirDecoder) scan(line []byte) bool {
+	r := &d.r
+	r.reset()
+	i := skipWS(line, 0)
+	end, err := walkObject(line, i, func(key []byte, vi int) (int, error) { return r.member(line, key, vi) })
+	return err == nil && skipWS(line, end) == len(line)
 }
 
 // decode calls row for each row that one NDJSON line of table t gives (an
@@ -197,328 +485,141 @@ func newFHIRDecoder(st *state, t Table) *fhirDecoder {
 // Patient, the key of its own id. It returns the line's resource type
 // and false for a line that is not JSON, or not of one of t's types.
 func (d *fhirDecoder) decode(t Table, line []byte, row func(f [][]byte, ref *refKey)) (string, bool) {
-	var r fhirResource
-	if err := json.Unmarshal(line, &r); err != nil {
+	if !d.scan(line) {
 		return "", false
 	}
+	r := &d.r
+	typ := string(r.typ)
 	ok := false
-	for _, typ := range fhirTypes[t] {
-		ok = ok || r.ResourceType == typ
+	for _, tt := range fhirTypes[t] {
+		ok = ok || typ == tt
 	}
 	if !ok {
-		return r.ResourceType, false
+		return typ, false
 	}
 	out := d.out
 	for i := range out {
 		out[i] = nil
 	}
-	set := func(i int, s string) { out[i] = []byte(s) }
 	var ref *refKey
-	if t != Patients {
-		p := r.Subject
-		if p == nil {
-			p = r.Patient
+	var key refKey
+	if t == Patients {
+		if len(r.id) > 0 {
+			key = keyOf(r.id)
+			ref = &key
 		}
-		if p != nil {
-			if p.Identifier != nil && isNHSSystem(p.Identifier.System) {
-				set(nhsColumn[t], p.Identifier.Value)
-			} else if id, ok := patientRefID(p.Reference); ok {
-				k := keyOf(id)
-				ref = &k
-			}
-		}
+	} else if r.subjectNHS != nil {
+		out[nhsColumn[t]] = r.subjectNHS
+	} else if r.ref != nil {
+		key = keyOf(r.ref)
+		ref = &key
 	}
 	switch t {
 	case Patients:
-		d.patient(&r, set)
-		if r.ID != "" {
-			k := keyOf(r.ID)
-			ref = &k
-		}
+		out[0], out[1], out[2], out[3], out[4] = r.nhs, r.given, r.family, r.birthDate, r.gender
+		out[5], out[6], out[7], out[8] = r.postcode, r.ethnicity, r.gp, r.deceased
 	case Encounters:
-		set(0, r.ID)
-		for _, c := range r.Type {
-			for _, cd := range c.Coding {
-				if cd.System == SystemEncounterType {
-					set(2, cd.Code)
-				}
-			}
-		}
-		if r.Period != nil {
-			set(3, r.Period.Start)
-			set(4, r.Period.End)
-		}
-		if r.ServiceProvider != nil {
-			set(5, r.ServiceProvider.Display)
-		}
-		set(6, encounterClass(r.Class))
-		set(7, r.Status)
+		out[0], out[2], out[3], out[4], out[5], out[6], out[7] = r.id, r.hubType, r.start, r.end, r.provider, r.class, r.status
 	case Conditions:
-		setCode(out, 1, r.Code)
+		out[1], out[2] = r.sys, r.code
 		switch {
-		case r.OnsetDateTime != "":
-			set(3, r.OnsetDateTime)
-		case r.OnsetPeriod != nil && r.OnsetPeriod.Start != "":
-			set(3, r.OnsetPeriod.Start)
+		case r.onset != nil:
+			out[3] = r.onset
+		case r.onsetStart != nil:
+			out[3] = r.onsetStart
 		default:
-			set(3, r.RecordedDate)
+			out[3] = r.recorded
 		}
-		set(4, encounterID(r.Encounter))
-		set(5, firstCode(r.ClinicalStatus))
-		set(6, firstCode(r.VerificationStatus))
+		out[4], out[5], out[6] = r.encounter, r.clinical, r.verification
 	case Medications:
-		concept := r.MedicationCodeableConcept
-		if concept == nil && r.MedicationReference != nil {
-			concept = d.medication(&r)
+		out[1], out[2] = r.sys, r.code
+		if r.code == nil && r.medRef != nil {
+			out[1], out[2] = d.medication(string(r.medRef))
 		}
-		setCode(out, 1, concept)
-		if r.ResourceType == "MedicationRequest" {
-			set(3, r.AuthoredOn)
+		if typ == "MedicationRequest" {
+			out[3] = r.authoredOn
 		} else {
 			switch {
-			case r.EffectivePeriod != nil && r.EffectivePeriod.Start != "":
-				set(3, r.EffectivePeriod.Start)
-				set(4, r.EffectivePeriod.End)
-			case r.EffectiveDateTime != "":
-				set(3, r.EffectiveDateTime)
+			case r.effStart != nil:
+				out[3], out[4] = r.effStart, r.effEnd
+			case r.effective != nil:
+				out[3] = r.effective
 			default:
-				set(3, r.DateAsserted)
+				out[3] = r.dateAsserted
 			}
 		}
-		set(5, r.Status)
+		out[5] = r.status
 	case Observations:
-		setCode(out, 1, r.Code)
+		out[1], out[2] = r.sys, r.code
 		switch {
-		case r.EffectiveDateTime != "":
-			set(5, r.EffectiveDateTime)
-		case r.EffectivePeriod != nil && r.EffectivePeriod.Start != "":
-			set(5, r.EffectivePeriod.Start)
-		case r.EffectiveInstant != "":
-			set(5, r.EffectiveInstant)
+		case r.effective != nil:
+			out[5] = r.effective
+		case r.effStart != nil:
+			out[5] = r.effStart
+		case r.effInstant != nil:
+			out[5] = r.effInstant
 		default:
-			set(5, r.Issued)
+			out[5] = r.issued
 		}
-		set(7, r.Status)
-		setValue(out, &r.fhirValue)
+		out[3], out[4], out[6], out[7] = r.value, r.unit, r.valueCode, r.status
 		row(out, ref)
-		for i := range r.Component {
-			c := &r.Component[i]
-			for _, k := range []int{1, 2, 3, 4, 6} {
-				out[k] = nil
-			}
-			setCode(out, 1, c.Code)
-			setValue(out, &c.fhirValue)
+		for _, c := range r.comps {
+			out[1], out[2], out[3], out[4], out[6] = c.sys, c.code, c.value, c.unit, c.valueCode
 			row(out, ref)
 		}
-		return r.ResourceType, true
+		return typ, true
 	case Procedures:
-		setCode(out, 1, r.Code)
-		switch {
-		case r.PerformedDateTime != "":
-			set(3, r.PerformedDateTime)
-		case r.PerformedPeriod != nil:
-			set(3, r.PerformedPeriod.Start)
-			set(4, r.PerformedPeriod.End)
+		out[1], out[2] = r.sys, r.code
+		if r.performed != nil {
+			out[3] = r.performed
+		} else {
+			out[3], out[4] = r.perfStart, r.perfEnd
 		}
-		set(5, encounterID(r.Encounter))
-		set(6, r.Status)
+		out[5], out[6] = r.encounter, r.status
 	case Immunizations:
-		setCode(out, 1, r.VaccineCode)
-		set(3, r.OccurrenceDateTime)
-		set(4, encounterID(r.Encounter))
-		set(5, r.Status)
+		out[1], out[2], out[3], out[4], out[5] = r.sys, r.code, r.occurrence, r.encounter, r.status
 	case Registrations:
-		if !isRegistration(r.Type) {
-			return r.ResourceType, false
+		if !r.registration {
+			return typ, false
 		}
-		if o := r.ManagingOrganization; o != nil && o.Identifier != nil && o.Identifier.System == SystemODS {
-			set(1, o.Identifier.Value)
-		}
-		if r.Period != nil {
-			set(2, r.Period.Start)
-			set(3, r.Period.End)
-		}
+		out[1], out[2], out[3] = r.ods, r.start, r.end
 	}
 	row(out, ref)
-	return r.ResourceType, true
-}
-
-func isNHSSystem(s string) bool { return s == SystemNHSNumber || s == SystemNHSNumberOld }
-
-// isRegistration reports whether an EpisodeOfCare's types mark it a GP
-// registration.
-func isRegistration(types []fhirConcept) bool {
-	for _, c := range types {
-		for _, cd := range c.Coding {
-			if cd.System == SystemRegistrationType || strings.HasSuffix(cd.System, "RegistrationType") || strings.HasSuffix(cd.System, "RegistrationType-1") {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-func (d *fhirDecoder) patient(r *fhirResource, set func(int, string)) {
-	for _, id := range r.Identifier {
-		if isNHSSystem(id.System) {
-			set(0, id.Value)
-			break
-		}
-	}
-	// The official (or usual) name; an old or maiden one only when it is
-	// all there is.
-	best := -1
-	for i, n := range r.Name {
-		if best < 0 || (n.Use == "official" || n.Use == "usual") && r.Name[best].Use != "official" {
-			best = i
-		}
-	}
-	if best >= 0 {
-		n := r.Name[best]
-		if len(n.Given) > 0 {
-			set(1, n.Given[0])
-		}
-		set(2, n.Family)
-	}
-	set(3, r.BirthDate)
-	set(4, r.Gender)
-	// The home address that has not ended, else one that has not, else
-	// the first home address, else the first.
-	addr, best := -1, -1
-	for i, a := range r.Address {
-		score := 0
-		if a.Period == nil || a.Period.End == "" {
-			score += 2
-		}
-		if a.Use == "home" {
-			score++
-		}
-		if score > best {
-			addr, best = i, score
-		}
-	}
-	if addr >= 0 {
-		set(5, r.Address[addr].PostalCode)
-	}
-	for _, e := range r.Extension {
-		if e.URL == ExtEthnicCategory {
-			set(6, firstCode(e.ValueCodeableConcept))
-		}
-	}
-	for _, gp := range r.GeneralPractitioner {
-		if gp.Identifier != nil && gp.Identifier.System == SystemODS {
-			set(7, gp.Identifier.Value)
-			break
-		}
-	}
-	set(8, r.DeceasedDateTime)
+	return typ, true
 }
 
 // medication resolves a medicationReference to the code of a contained
 // Medication (#id) or of one the export holds.
-func (d *fhirDecoder) medication(r *fhirResource) *fhirConcept {
-	ref := r.MedicationReference.Reference
+func (d *fhirDecoder) medication(ref string) (system, code []byte) {
 	if id, ok := strings.CutPrefix(ref, "#"); ok {
-		for _, c := range r.Contained {
-			if c.ResourceType == "Medication" && c.ID == id {
-				return c.Code
+		for _, m := range d.r.contained {
+			if string(m.id) == id {
+				return m.sys, m.code
 			}
 		}
-		return nil
+		return nil, nil
 	}
-	if id, ok := strings.CutPrefix(ref, "urn:uuid:"); ok {
-		return d.st.medications[id]
-	}
-	if i := strings.LastIndex(ref, "Medication/"); i >= 0 {
-		return d.st.medications[ref[i+len("Medication/"):]]
-	}
-	return nil
-}
-
-// encounterClass returns an Encounter's class code: R4's class is a
-// Coding, R5's a list of CodeableConcepts.
-func encounterClass(raw json.RawMessage) string {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 {
-		return ""
-	}
-	if raw[0] == '{' {
-		var c fhirCoding
-		if json.Unmarshal(raw, &c) == nil {
-			return c.Code
+	id, ok := strings.CutPrefix(ref, "urn:uuid:")
+	if !ok {
+		i := strings.LastIndex(ref, "Medication/")
+		if i < 0 {
+			return nil, nil
 		}
-		return ""
+		id = ref[i+len("Medication/"):]
 	}
-	var cs []fhirConcept
-	if json.Unmarshal(raw, &cs) == nil && len(cs) > 0 {
-		return firstCode(&cs[0])
+	if c, ok := d.st.medications[id]; ok {
+		return []byte(c.system), []byte(c.code)
 	}
-	return ""
+	return nil, nil
 }
 
-func encounterID(ref *fhirRef) string {
-	if ref == nil {
-		return ""
-	}
-	id := ref.Reference
-	if i := strings.LastIndex(id, "Encounter/"); i >= 0 {
-		return id[i+len("Encounter/"):]
-	}
-	return strings.TrimPrefix(id, "urn:uuid:")
-}
+func isNHSSystem(s string) bool { return s == SystemNHSNumber || s == SystemNHSNumberOld }
 
-func firstCode(c *fhirConcept) string {
-	if c == nil || len(c.Coding) == 0 {
-		return ""
+func encounterID(ref []byte) []byte {
+	if i := bytes.LastIndex(ref, []byte("Encounter/")); i >= 0 {
+		return ref[i+len("Encounter/"):]
 	}
-	return c.Coding[0].Code
-}
-
-// setCode puts a concept's code system and code at out[i] and out[i+1]:
-// the first coding in a system the hub knows, else the first coding.
-func setCode(out [][]byte, i int, c *fhirConcept) {
-	if c == nil || len(c.Coding) == 0 {
-		return
-	}
-	pick := c.Coding[0]
-	for _, cd := range c.Coding {
-		if _, ok := codeSystemURIs[cd.System]; ok {
-			pick = cd
-			break
-		}
-	}
-	out[i], out[i+1] = []byte(pick.System), []byte(pick.Code)
-}
-
-// setValue puts an observation's value, unit and coded value in place.
-func setValue(out [][]byte, v *fhirValue) {
-	switch {
-	case v.ValueQuantity != nil:
-		out[3] = rawValue(v.ValueQuantity.Value)
-		unit := v.ValueQuantity.Unit
-		if unit == "" {
-			unit = v.ValueQuantity.Code
-		}
-		out[4] = []byte(unit)
-	case len(v.ValueInteger) > 0:
-		out[3] = rawValue(v.ValueInteger)
-	}
-	if v.ValueCodeableConcept != nil {
-		out[6] = []byte(firstCode(v.ValueCodeableConcept))
-	}
-}
-
-// rawValue returns a JSON number's text, or a string's contents (which
-// then fail as a value), or nothing for null.
-func rawValue(raw json.RawMessage) []byte {
-	raw = bytes.TrimSpace(raw)
-	if string(raw) == "null" {
-		return nil
-	}
-	if len(raw) >= 2 && raw[0] == '"' {
-		return bytes.Trim(raw, `"`)
-	}
-	return raw
+	return bytes.TrimPrefix(ref, []byte("urn:uuid:"))
 }
 
 // appendNHS writes n as ten digits.

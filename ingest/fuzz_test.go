@@ -49,7 +49,7 @@ func FuzzFHIRLine(f *testing.F) {
 	f.Fuzz(func(t *testing.T, line []byte) {
 		st := newState(nil)
 		st.ndop = &OptOuts{set: newIDSet(16)}
-		st.refs[keyOf("p1")] = 9434765919
+		st.refs[keyOf([]byte("p1"))] = 9434765919
 		for _, tb := range Tables {
 			d := newFHIRDecoder(st, tb)
 			b := newRowBuilder(tb, st)

@@ -223,15 +223,12 @@ func (r *run) medicationPass(ctx context.Context) error {
 				tr.rc.Close()
 				return fmt.Errorf("read %s: %w", name, err)
 			}
+			dec := newFHIRDecoder(r.st, Medications)
 			for line := range bytes.Lines(c.data) {
-				var m struct {
-					ResourceType string       `json:"resourceType"`
-					ID           string       `json:"id"`
-					Code         *fhirConcept `json:"code"`
+				if !dec.scan(bytes.TrimSpace(line)) || string(dec.r.typ) != "Medication" || len(dec.r.id) == 0 || len(dec.r.code) == 0 {
+					continue
 				}
-				if json.Unmarshal(line, &m) == nil && m.ResourceType == "Medication" && m.ID != "" && m.Code != nil {
-					r.st.medications[m.ID] = m.Code
-				}
+				r.st.medications[string(dec.r.id)] = coding{string(dec.r.sys), string(dec.r.code)}
 			}
 			chunkPool.Put(c.buf)
 		}
@@ -482,28 +479,19 @@ func (r *run) type1Numbers(ctx context.Context) error {
 	for range r.opts.Workers {
 		g.Go(func() error {
 			for c := range chunks {
+				dec := newFHIRDecoder(r.st, Patients)
 				for line := range bytes.Lines(c.data) {
-					var p struct {
-						ResourceType string           `json:"resourceType"`
-						ID           string           `json:"id"`
-						Identifier   []fhirIdentifier `json:"identifier"`
-					}
-					if json.Unmarshal(line, &p) != nil || p.ResourceType != "Patient" || p.ID == "" {
+					if !dec.scan(bytes.TrimSpace(line)) || string(dec.r.typ) != "Patient" || len(dec.r.id) == 0 {
 						continue
 					}
-					k := keyOf(p.ID)
+					k := keyOf(dec.r.id)
 					if _, ok := r.st.type1Ref[k]; !ok {
 						continue
 					}
-					for _, id := range p.Identifier {
-						if isNHSSystem(id.System) {
-							if n, err := ParseNHSNumber([]byte(id.Value)); err == nil {
-								mu.Lock()
-								found = append(found, numbered{k, n})
-								mu.Unlock()
-							}
-							break
-						}
+					if n, err := ParseNHSNumber(dec.r.nhs); err == nil {
+						mu.Lock()
+						found = append(found, numbered{k, n})
+						mu.Unlock()
 					}
 				}
 				chunkPool.Put(c.buf)

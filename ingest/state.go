@@ -30,7 +30,7 @@ type state struct {
 	type1Ref map[refKey]type1Entry
 	refs     map[refKey]uint64
 	// medications are the export's Medication resources by id.
-	medications map[string]*fhirConcept
+	medications map[string]coding
 }
 
 // refExcluded, a refs value, marks a Patient without a valid NHS number
@@ -51,7 +51,7 @@ const unknownDate = arrow.Date32(math.MaxInt32)
 func newState(ndop *OptOuts) *state {
 	return &state{ndop: ndop, type1: map[uint64]type1Entry{},
 		kept: newOrderedIDSet(1 << 16), seen: newIDSet(1 << 16), optedOut: newIDSet(1 << 10),
-		type1Ref: map[refKey]type1Entry{}, refs: map[refKey]uint64{}, medications: map[string]*fhirConcept{}}
+		type1Ref: map[refKey]type1Entry{}, refs: map[refKey]uint64{}, medications: map[string]coding{}}
 }
 
 // noteType1Ref records a type 1 entry of the Patient with key k, as
