@@ -100,7 +100,7 @@ bench-go:
 
 # A short run of every fuzz target.
 fuzz:
-	for f in FuzzParseNHSNumber FuzzCSVRecord FuzzPlainRecord FuzzFHIRLine FuzzLoadOptOuts; do \
+	for f in FuzzParseNHSNumber FuzzCSVRecord FuzzPlainRecord FuzzFHIRLine FuzzJSONScan FuzzLoadOptOuts; do \
 		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 20s ./ingest || exit 1; done
 
 lint:
