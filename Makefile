@@ -86,9 +86,11 @@ demo: build
 bench: build bench-go
 	$(BIN) bench --patients $${BENCH_PATIENTS:-1000000}
 
-# ingest → deid → publish (local lake and MinIO) against a DuckDB pipeline.
+# ingest → deid → publish (local lake and MinIO) against a DuckDB pipeline,
+# for the CSV extract and then the same patients as a FHIR bulk export.
 bench-pipeline: build minio
 	$(BIN) bench --pipeline --runs $${BENCH_RUNS:-2} --patients $${BENCH_PATIENTS:-1000000}
+	$(BIN) bench --pipeline --format fhir --runs $${BENCH_RUNS:-2} --patients $${BENCH_PATIENTS:-1000000}
 
 # Cohort query latency (p50/p99, 16 clients) through the service against
 # the same SQL run directly by DuckDB, on 1 M patients.

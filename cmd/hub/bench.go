@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -31,6 +32,7 @@ func benchCommand() *cli.Command {
 			&cli.StringFlag{Name: "cache", Value: ".cache/bench", Usage: "where benchmark extracts are kept between runs"},
 			&cli.IntFlag{Name: "runs", Value: 1, Usage: "runs of each side; the fastest counts"},
 			&cli.BoolFlag{Name: "pipeline", Usage: "measure ingest → deid → publish (local lake, and MinIO when bin/minio exists) against a DuckDB pipeline"},
+			&cli.StringFlag{Name: "format", Value: "csv", Usage: "the extract's format, csv or fhir (fhir: with --pipeline, against DuckDB read_ndjson)"},
 			&cli.BoolFlag{Name: "cohorts", Usage: "measure cohort query latency through the service against the same SQL run directly by DuckDB"},
 			&cli.IntFlag{Name: "clients", Value: 16, Usage: "concurrent clients (with --cohorts)"},
 			&cli.IntFlag{Name: "requests", Value: 10, Usage: "requests per client and query (with --cohorts)"},
@@ -96,18 +98,26 @@ func child(c *cli.Context, env []string, args ...string) (measure, error) {
 
 func runBench(c *cli.Context) error {
 	n := c.Int("patients")
-	dir := filepath.Join(c.String("cache"), fmt.Sprintf("csv-%d-%d", n, c.Uint64("seed")))
+	format, err := parseFormat(c.String("format"))
+	if err != nil {
+		return err
+	}
+	if format == ingest.FHIR && !c.Bool("pipeline") {
+		return usageError{fmt.Errorf("--format fhir is measured with --pipeline")}
+	}
+	dir := filepath.Join(c.String("cache"), fmt.Sprintf("%s-v%d-%d-%d", format, synth.Version, n, c.Uint64("seed")))
 	if _, err := os.Stat(filepath.Join(dir, "truth.json")); err != nil {
 		fmt.Fprintf(c.App.ErrWriter, "bench: synthesising %d patients into %s (once; cached)\n", n, dir)
 		// A clean extract, so that the baseline's read_csv accepts every file.
-		if _, err := synth.Generate(c.Context, dir, synth.Options{Patients: n, Seed: c.Uint64("seed"), Format: ingest.CSV}); err != nil {
+		if _, err := synth.Generate(c.Context, dir, synth.Options{Patients: n, Seed: c.Uint64("seed"), Format: format}); err != nil {
 			return err
 		}
 	}
 	var size int64
-	for _, t := range ingest.Tables {
-		if st, err := os.Stat(filepath.Join(dir, t.String()+".csv")); err == nil {
-			size += st.Size()
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if info, err := e.Info(); err == nil && (strings.HasSuffix(e.Name(), ".csv") || strings.HasSuffix(e.Name(), ".ndjson")) {
+			size += info.Size()
 		}
 	}
 	best := func(env []string, args ...string) (measure, error) {
@@ -124,7 +134,7 @@ func runBench(c *cli.Context) error {
 		return b, nil
 	}
 	if c.Bool("pipeline") {
-		return benchPipeline(c, dir, size, best)
+		return benchPipeline(c, dir, format, size, best)
 	}
 	if c.Bool("cohorts") {
 		return benchCohorts(c, dir)
@@ -166,7 +176,7 @@ func runBench(c *cli.Context) error {
 
 // benchPipeline measures ingest → deid → publish to the local lake and to
 // MinIO against the DuckDB pipeline baseline, in one run.
-func benchPipeline(c *cli.Context, dir string, size int64, best func([]string, ...string) (measure, error)) error {
+func benchPipeline(c *cli.Context, dir string, format ingest.Format, size int64, best func([]string, ...string) (measure, error)) error {
 	raw, err := os.ReadFile(filepath.Join(dir, "truth.json"))
 	if err != nil {
 		return err
@@ -225,17 +235,21 @@ func benchPipeline(c *cli.Context, dir string, size int64, best func([]string, .
 	fmt.Fprintln(c.App.ErrWriter, "bench: DuckDB pipeline baseline")
 	out := filepath.Join(tmp, "duck")
 	os.MkdirAll(out, 0o755)
-	duck, err := best(nil, "bench", "duckdb-pipeline", "--extract", dir, "--out", out)
+	baseline, baseName := "duckdb-pipeline", "DuckDB read_csv, anti-join, sha256, COPY"
+	if format == ingest.FHIR {
+		baseline, baseName = "duckdb-fhir-pipeline", "DuckDB read_ndjson, joins, sha256, COPY"
+	}
+	duck, err := best(nil, "bench", baseline, "--extract", dir, "--out", out)
 	if err != nil {
 		return err
 	}
 	w := c.App.Writer
-	fmt.Fprintf(w, "extract: %d rows, %.0f MB of CSV\n\n", rows, float64(size)/1e6)
+	fmt.Fprintf(w, "extract: %d rows, %.0f MB of %s\n\n", rows, float64(size)/1e6, map[ingest.Format]string{ingest.CSV: "CSV", ingest.FHIR: "NDJSON"}[format])
 	fmt.Fprintf(w, "%-42s %9s %12s %12s %10s\n", "", "seconds", "rows/s", "peak RSS MB", "vs DuckDB")
 	base := float64(rows) / duck.seconds
 	for _, r := range results {
 		fmt.Fprintf(w, "%-42s %9.2f %12.0f %12.0f %9.2fx\n", r.name, r.m.seconds, float64(rows)/r.m.seconds, r.m.rssMB, float64(rows)/r.m.seconds/base)
 	}
-	fmt.Fprintf(w, "%-42s %9.2f %12.0f %12.0f %9.2fx\n", "DuckDB read_csv, anti-join, sha256, COPY", duck.seconds, base, duck.rssMB, 1.0)
+	fmt.Fprintf(w, "%-42s %9.2f %12.0f %12.0f %9.2fx\n", baseName, duck.seconds, base, duck.rssMB, 1.0)
 	return nil
 }

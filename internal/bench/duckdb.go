@@ -6,6 +6,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -33,7 +34,7 @@ func DuckDBIngest(ctx context.Context, dir string) (read, kept int64, err error)
 		quote(filepath.Join(dir, "optouts.txt"))+`, header = false, columns = {'nhs': 'VARCHAR'})`); err != nil {
 		return 0, 0, fmt.Errorf("load opt-outs: %w", err)
 	}
-	for _, t := range []string{"patients", "encounters", "conditions", "medications", "observations"} {
+	for _, t := range tablesIn(dir) {
 		src := quote(filepath.Join(dir, t+".csv"))
 		var n int64
 		if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM read_csv(`+src+`, header = true, all_varchar = true)`).Scan(&n); err != nil {
@@ -83,7 +84,7 @@ func DuckDBPipeline(ctx context.Context, dir, out, key string) (read int64, err 
 			FROM ` + src("patients") + ` t JOIN pid ON CAST(t.nhs_number AS VARCHAR) = pid.nhs)
 			TO ` + q(filepath.Join(out, "patients.parquet")) + ` (FORMAT parquet, COMPRESSION zstd)`,
 	}
-	for _, t := range []string{"encounters", "conditions", "medications", "observations"} {
+	for _, t := range tablesIn(dir)[1:] {
 		stmts = append(stmts, `COPY (SELECT pid.patient_id, t.* EXCLUDE (nhs_number) FROM `+src(t)+` t
 			JOIN pid ON CAST(t.nhs_number AS VARCHAR) = pid.nhs) TO `+q(filepath.Join(out, t+".parquet"))+` (FORMAT parquet, COMPRESSION zstd)`)
 	}
@@ -92,7 +93,7 @@ func DuckDBPipeline(ctx context.Context, dir, out, key string) (read int64, err 
 			return 0, fmt.Errorf("duckdb pipeline: %w", err)
 		}
 	}
-	for _, t := range []string{"patients", "encounters", "conditions", "medications", "observations"} {
+	for _, t := range tablesIn(dir) {
 		var n int64
 		if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM `+src(t)).Scan(&n); err != nil {
 			return 0, err
@@ -100,4 +101,15 @@ func DuckDBPipeline(ctx context.Context, dir, out, key string) (read int64, err 
 		read += n
 	}
 	return read, nil
+}
+
+// tablesIn lists the CSV tables of an extract, patients first.
+func tablesIn(dir string) []string {
+	var out []string
+	for _, t := range []string{"patients", "encounters", "conditions", "medications", "observations", "procedures", "immunizations", "registrations"} {
+		if _, err := os.Stat(filepath.Join(dir, t+".csv")); err == nil {
+			out = append(out, t)
+		}
+	}
+	return out
 }

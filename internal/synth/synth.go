@@ -26,6 +26,11 @@ import (
 	"github.com/nhs-hub/hub/ingest"
 )
 
+// Version changes whenever the generator writes a different extract for
+// the same options, so that cached extracts (the benchmarks') are made
+// anew.
+const Version = 2
+
 // Options configure [Generate].
 type Options struct {
 	Patients int
