@@ -261,3 +261,59 @@ func TestType1ByReferenceCoversEveryRecordOfTheNumber(t *testing.T) {
 		t.Errorf("type 1 %+v, patients %+v", rep.Type1, rep.Patients)
 	}
 }
+
+// The NHS number's verification status (UK Core) is counted for the
+// report; a Patient is ingested whatever it says.
+func TestNHSNumberVerificationCounted(t *testing.T) {
+	withStatus := func(id, nhs, code string) string {
+		return `{"resourceType":"Patient","id":"` + id + `","identifier":[{"extension":[{"url":"https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus","valueCodeableConcept":{"coding":[{"system":"https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland","code":"` + code + `"}]}}],"system":"https://fhir.nhs.uk/Id/nhs-number","value":"` + nhs + `"}],"name":[{"family":"Smith","given":["Ann"]}],"gender":"female","birthDate":"1970-01-01"}`
+	}
+	rep, got, err := runBulk(t, map[string]string{"Patient.ndjson": lines(withStatus("a", "9434765919", "01"), withStatus("b", "9876543210", "02"),
+		withStatus("c", "4010232137", "01"), fhirPatient("d", "9990000018", "1970-01-01"))}, "9990000026\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := rep.Tables["patients"].NHSVerification; v["01"] != 2 || v["02"] != 1 || len(v) != 2 || len(got[ingest.Patients]) != 4 {
+		t.Errorf("verification %v, %d patients kept", v, len(got[ingest.Patients]))
+	}
+}
+
+// Patient.link: a replaced Patient is not published and its events are
+// its successor's; an opt-out of either number is an opt-out of both.
+func TestPatientLinks(t *testing.T) {
+	linked := func(id, nhs, typ, other string) string {
+		p := fhirPatient(id, nhs, "1970-05-01")
+		return p[:len(p)-1] + `,"link":[{"other":{"reference":"Patient/` + other + `"},"type":"` + typ + `"}]}`
+	}
+	enc := func(id, patient string) string {
+		return `{"resourceType":"Encounter","id":"` + id + `","status":"finished","subject":{"reference":"Patient/` + patient + `"},"period":{"start":"2023-01-01"}}`
+	}
+	files := map[string]string{
+		"Patient.000.ndjson": lines(linked("old", "9434765919", "replaced-by", "new"), fhirPatient("new", "9876543210", "1970-05-01"),
+			fhirPatient("tmp", "", "1980-01-01"), linked("c", "4010232137", "replaces", "tmp")),
+		"Encounter.000.ndjson": lines(enc("e1", "old"), enc("e2", "new"), enc("e3", "tmp"), enc("e4", "c")),
+	}
+	rep, got, err := runBulk(t, files, "9990000026\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, e := rep.Tables["patients"], rep.Tables["encounters"]
+	// tmp has no NHS number, which decides first; its events are still c's.
+	if p.Reasons["replaced_patient"] != 1 || p.Reasons["missing_nhs_number"] != 1 || len(got[ingest.Patients]) != 2 || e.Kept != 4 {
+		t.Errorf("patients: reasons %v, kept %q; encounters kept %d, reasons %v", p.Reasons, got[ingest.Patients], e.Kept, e.Reasons)
+	}
+	for _, row := range got[ingest.Encounters] {
+		if !strings.Contains(row, "|9876543210|") && !strings.Contains(row, "|4010232137|") {
+			t.Errorf("encounter %q is not the successor's", row)
+		}
+	}
+	// The old record's number is on the opt-out list: the successor is out too.
+	rep, got, err = runBulk(t, files, "9434765919\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, e = rep.Tables["patients"], rep.Tables["encounters"]
+	if p.OptedOut != 2 || len(got[ingest.Patients]) != 1 || e.OptedOut != 2 || e.Kept != 2 {
+		t.Errorf("opt-out through a link: patients opted out %d, kept %q; encounters opted out %d, kept %d", p.OptedOut, got[ingest.Patients], e.OptedOut, e.Kept)
+	}
+}

@@ -44,6 +44,9 @@ func keyOf(id []byte) refKey { return xxh3.Hash128(id).Bytes() }
 // Patient/ID, urn:uuid:ID, an absolute URL ending in Patient/ID, any of
 // them with /_history/N after.
 func patientRefID(ref []byte) ([]byte, bool) {
+	if id, ok := bytes.CutPrefix(ref, []byte("Patient/")); ok && bytes.IndexByte(id, '/') < 0 && bytes.IndexByte(id, '?') < 0 {
+		return id, len(id) > 0 // the common form, first
+	}
 	if id, ok := bytes.CutPrefix(ref, []byte("urn:uuid:")); ok {
 		return id, len(id) > 0
 	}
@@ -71,12 +74,18 @@ type containedMed struct {
 	id, sys, code []byte
 }
 
+// A link is a Patient's link to another.
+type link struct {
+	other      []byte // the other Patient's id
+	replacedBy bool   // this one is replaced by the other, else replaces it
+}
+
 // fhirRes holds what ingest reads of one resource, as slices of its line
 // (or unescaped copies); the rest of the resource is skipped. One walk of
 // the line fills it: each byte is looked at once.
 type fhirRes struct {
 	typ, id, status               []byte
-	nhs                           []byte // a Patient's NHS number
+	nhs, verification             []byte // a Patient's NHS number and its verification status (UK Core)
 	subjectNHS, ref               []byte // an event's patient: by NHS number, or the id a reference names
 	given, family                 []byte
 	nameScore, addrScore          int
@@ -87,7 +96,7 @@ type fhirRes struct {
 	start, end                    []byte // period
 	provider, ods                 []byte
 	sys, code                     []byte // code, vaccineCode or medicationCodeableConcept
-	clinical, verification        []byte
+	clinical, verified            []byte // a condition's statuses
 	onset, onsetStart, recorded   []byte
 	encounter, medRef             []byte
 	contained                     []containedMed
@@ -98,11 +107,12 @@ type fhirRes struct {
 	comps                         []component
 	performed, perfStart, perfEnd []byte
 	occurrence                    []byte
+	links                         []link
 }
 
 func (r *fhirRes) reset() {
-	contained, comps := r.contained[:0], r.comps[:0]
-	*r = fhirRes{contained: contained, comps: comps}
+	contained, comps, links := r.contained[:0], r.comps[:0], r.links[:0]
+	*r = fhirRes{contained: contained, comps: comps, links: links}
 }
 
 // A fhirDecoder turns NDJSON lines into rows of contract fields. Each
@@ -111,6 +121,9 @@ type fhirDecoder struct {
 	st  *state
 	out [][]byte
 	r   fhirRes
+	// verified counts Patients by their NHS number's verification
+	// status code (01 verified, 02 not traced, ...), for the report.
+	verified map[string]int64
 }
 
 func newFHIRDecoder(st *state, t Table) *fhirDecoder {
@@ -140,7 +153,10 @@ func fields2(b []byte, i int, k1, k2 string, v1, v2 *[]byte) (int, error) {
 // conceptAt reads a CodeableConcept: the first coding in a system the hub
 // knows, else the first coding. With firstOnly, the first coding.
 func conceptAt(b []byte, i int, firstOnly bool, sys, code *[]byte) (int, error) {
-	first, known := true, false
+	// The first coding is taken; a later one replaces it only when the
+	// first's system is not known and the later one's is, so a concept of
+	// one coding (most) costs no look-up.
+	n, done := 0, false
 	return objectAt(b, i, func(key []byte, vi int) (int, error) {
 		if string(key) != "coding" {
 			return skipValue(b, vi)
@@ -148,16 +164,27 @@ func conceptAt(b []byte, i int, firstOnly bool, sys, code *[]byte) (int, error) 
 		return arrayAt(b, vi, func(ci int) (int, error) {
 			var s, c []byte
 			end, err := fields2(b, ci, "system", "code", &s, &c)
-			if err != nil || known || (firstOnly && !first) {
+			if err != nil || done {
 				return end, err
 			}
-			_, k := codeSystemURIs[string(s)]
-			if first || k {
-				*sys, *code, first, known = s, c, false, k || firstOnly
+			n++
+			switch {
+			case n == 1:
+				*sys, *code = s, c
+				done = firstOnly
+			case n == 2 && knownSystem(*sys):
+				done = true
+			case knownSystem(s):
+				*sys, *code, done = s, c, true
 			}
 			return end, nil
 		})
 	})
+}
+
+func knownSystem(s []byte) bool {
+	_, ok := codeSystemURIs[string(s)]
+	return ok
 }
 
 // valueAt reads a number (or a string, which then fails as a value).
@@ -201,10 +228,35 @@ func (r *fhirRes) member(b []byte, key []byte, vi int) (int, error) {
 		return strAt(b, vi, &r.status)
 	case "identifier":
 		return arrayAt(b, vi, func(ii int) (int, error) {
-			var sys, val []byte
-			end, err := fields2(b, ii, "system", "value", &sys, &val)
+			var sys, val, verification []byte
+			end, err := objectAt(b, ii, func(k []byte, i int) (int, error) {
+				switch string(k) {
+				case "system":
+					return strAt(b, i, &sys)
+				case "value":
+					return strAt(b, i, &val)
+				case "extension":
+					return arrayAt(b, i, func(ei int) (int, error) {
+						var url, code []byte
+						end, err := objectAt(b, ei, func(k []byte, i int) (int, error) {
+							switch string(k) {
+							case "url":
+								return strAt(b, i, &url)
+							case "valueCodeableConcept":
+								return conceptAt(b, i, true, &ignore, &code)
+							}
+							return skipValue(b, i)
+						})
+						if string(url) == ExtNHSNumberVerification {
+							verification = code
+						}
+						return end, err
+					})
+				}
+				return skipValue(b, i)
+			})
 			if r.nhs == nil && isNHSSystem(string(sys)) {
-				r.nhs = val
+				r.nhs, r.verification = val, verification
 			}
 			return end, err
 		})
@@ -389,7 +441,7 @@ func (r *fhirRes) member(b []byte, key []byte, vi int) (int, error) {
 	case "clinicalStatus":
 		return conceptAt(b, vi, true, &ignore, &r.clinical)
 	case "verificationStatus":
-		return conceptAt(b, vi, true, &ignore, &r.verification)
+		return conceptAt(b, vi, true, &ignore, &r.verified)
 	case "onsetDateTime":
 		return strAt(b, vi, &r.onset)
 	case "onsetPeriod":
@@ -465,6 +517,23 @@ func (r *fhirRes) member(b []byte, key []byte, vi int) (int, error) {
 		return fields2(b, vi, "start", "end", &r.perfStart, &r.perfEnd)
 	case "occurrenceDateTime":
 		return strAt(b, vi, &r.occurrence)
+	case "link":
+		return arrayAt(b, vi, func(li int) (int, error) {
+			var typ, other []byte
+			end, err := objectAt(b, li, func(k []byte, i int) (int, error) {
+				switch string(k) {
+				case "type":
+					return strAt(b, i, &typ)
+				case "other":
+					return fields2(b, i, "reference", "", &other, &ignore)
+				}
+				return skipValue(b, i)
+			})
+			if id, ok := patientRefID(other); ok && (string(typ) == "replaced-by" || string(typ) == "replaces") {
+				r.links = append(r.links, link{id, string(typ) == "replaced-by"})
+			}
+			return end, err
+		})
 	}
 	return skipValue(b, vi)
 }
@@ -489,13 +558,14 @@ func (d *fhirDecoder) decode(t Table, line []byte, row func(f [][]byte, ref *ref
 		return "", false
 	}
 	r := &d.r
-	typ := string(r.typ)
-	ok := false
+	typ := ""
 	for _, tt := range fhirTypes[t] {
-		ok = ok || typ == tt
+		if string(r.typ) == tt {
+			typ = tt // no copy of the line's bytes a resource
+		}
 	}
-	if !ok {
-		return typ, false
+	if typ == "" {
+		return string(r.typ), false
 	}
 	out := d.out
 	for i := range out {
@@ -516,6 +586,12 @@ func (d *fhirDecoder) decode(t Table, line []byte, row func(f [][]byte, ref *ref
 	}
 	switch t {
 	case Patients:
+		if r.verification != nil {
+			if d.verified == nil {
+				d.verified = map[string]int64{}
+			}
+			d.verified[string(r.verification)]++
+		}
 		out[0], out[1], out[2], out[3], out[4] = r.nhs, r.given, r.family, r.birthDate, r.gender
 		out[5], out[6], out[7], out[8] = r.postcode, r.ethnicity, r.gp, r.deceased
 	case Encounters:
@@ -530,7 +606,7 @@ func (d *fhirDecoder) decode(t Table, line []byte, row func(f [][]byte, ref *ref
 		default:
 			out[3] = r.recorded
 		}
-		out[4], out[5], out[6] = r.encounter, r.clinical, r.verification
+		out[4], out[5], out[6] = r.encounter, r.clinical, r.verified
 	case Medications:
 		out[1], out[2] = r.sys, r.code
 		if r.code == nil && r.medRef != nil {
@@ -616,6 +692,9 @@ func (d *fhirDecoder) medication(ref string) (system, code []byte) {
 func isNHSSystem(s string) bool { return s == SystemNHSNumber || s == SystemNHSNumberOld }
 
 func encounterID(ref []byte) []byte {
+	if id, ok := bytes.CutPrefix(ref, []byte("Encounter/")); ok {
+		return id
+	}
 	if i := bytes.LastIndex(ref, []byte("Encounter/")); i >= 0 {
 		return ref[i+len("Encounter/"):]
 	}

@@ -49,7 +49,7 @@ func FuzzFHIRLine(f *testing.F) {
 	f.Fuzz(func(t *testing.T, line []byte) {
 		st := newState(nil)
 		st.ndop = &OptOuts{set: newIDSet(16)}
-		st.refs[keyOf([]byte("p1"))] = 9434765919
+		st.noteRef(patientNote{nhs: 9434765919, ok: true, ref: keyOf([]byte("p1"))})
 		for _, tb := range Tables {
 			d := newFHIRDecoder(st, tb)
 			b := newRowBuilder(tb, st)
@@ -60,7 +60,8 @@ func FuzzFHIRLine(f *testing.F) {
 				fate := ReasonNone
 				if ref != nil && tb != Patients {
 					var n uint64
-					if n, fate = st.resolve(*ref); fate == ReasonNone {
+					next := 0
+					if n, fate = st.resolve(*ref, &next); fate == ReasonNone {
 						out[nhsColumn[tb]] = appendNHS(nil, n)
 					}
 				}

@@ -140,6 +140,9 @@ func Run(ctx context.Context, src Source, opts Options, emit Emit) (*Report, err
 	if err := r.type1Pass(ctx); err != nil {
 		return nil, err
 	}
+	if err := r.patientPrePass(ctx); err != nil {
+		return nil, err
+	}
 	rep.Type1 = r.st.type1Stats()
 	for _, t := range Tables {
 		if err := ctx.Err(); err != nil {
@@ -149,6 +152,7 @@ func Run(ctx context.Context, src Source, opts Options, emit Emit) (*Report, err
 			return nil, err
 		}
 		if t == Patients {
+			r.st.followLinks()
 			pc := &r.st.counts
 			pc.Kept = int64(r.st.kept.Len())
 			pc.Quarantined = int64(r.st.seen.Len() - r.st.kept.Len())
@@ -449,22 +453,24 @@ func (r *run) type1Pass(ctx context.Context) error {
 			return nil
 		})
 	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	return r.type1Numbers(ctx)
+	return g.Wait()
 }
 
-// type1Numbers finds the NHS numbers of the Patients that type 1 entries
-// named by reference, so that every table decides them by number: a
-// second Patient resource with the same number (another id) is opted out
-// too, whichever of the two comes first. It reads the Patient files'
-// ids and identifiers only, and only when there is such an entry.
-func (r *run) type1Numbers(ctx context.Context) error {
-	if len(r.st.type1Ref) == 0 {
+// patientPrePass reads what of the Patient files must be known before
+// any table is: the NHS numbers of the Patients that type 1 entries named
+// by reference, so that every table decides them by number (a second
+// Patient resource with the same number and another id is opted out too,
+// whichever comes first); and the links between Patients (replaced-by,
+// replaces), so that a replaced Patient is not published, its events
+// are its successor's, and an opt-out of either is an opt-out of both.
+// It decodes only the lines that can matter: none, in an export without
+// such entries and links.
+func (r *run) patientPrePass(ctx context.Context) error {
+	if r.format != FHIR {
 		return nil
 	}
-	r.progTable.Store("type 1 dissent: patients")
+	needType1 := len(r.st.type1Ref) > 0
+	r.progTable.Store("patients: type 1 dissent and links")
 	type numbered struct {
 		k refKey
 		n uint64
@@ -472,34 +478,33 @@ func (r *run) type1Numbers(ctx context.Context) error {
 	var (
 		mu    sync.Mutex
 		found []numbered
+		links []patientLink
+		nums  = map[refKey]uint64{} // link ends' numbers
 	)
-	chunks := make(chan *chunk, r.opts.Workers)
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return r.chunks(gctx, Patients, false, nil, chunks, nil) })
-	for range r.opts.Workers {
-		g.Go(func() error {
-			for c := range chunks {
-				dec := newFHIRDecoder(r.st, Patients)
-				for line := range bytes.Lines(c.data) {
-					if !dec.scan(bytes.TrimSpace(line)) || string(dec.r.typ) != "Patient" || len(dec.r.id) == 0 {
-						continue
-					}
-					k := keyOf(dec.r.id)
-					if _, ok := r.st.type1Ref[k]; !ok {
-						continue
-					}
-					if n, err := ParseNHSNumber(dec.r.nhs); err == nil {
-						mu.Lock()
-						found = append(found, numbered{k, n})
-						mu.Unlock()
-					}
-				}
-				chunkPool.Put(c.buf)
-			}
-			return nil
-		})
+	hasLinks := func(b []byte) bool {
+		return bytes.Contains(b, []byte(`"replaced-by"`)) || bytes.Contains(b, []byte(`"replaces"`))
 	}
-	if err := g.Wait(); err != nil {
+	err := r.eachPatientLine(ctx, func(c *chunk) bool {
+		return needType1 || hasLinks(c.data)
+	}, func(line []byte) bool {
+		return hasLinks(line) || (needType1 && r.st.mayName(line))
+	}, func(dec *fhirDecoder) {
+		k := keyOf(dec.r.id)
+		n, err := ParseNHSNumber(dec.r.nhs)
+		_, t1 := r.st.type1Ref[k]
+		if !t1 && len(dec.r.links) == 0 {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if t1 && err == nil {
+			found = append(found, numbered{k, n})
+		}
+		for _, l := range dec.r.links {
+			links = append(links, patientLink{k, keyOf(l.other), l.replacedBy})
+		}
+	})
+	if err != nil {
 		return err
 	}
 	for _, f := range found {
@@ -508,14 +513,65 @@ func (r *run) type1Numbers(ctx context.Context) error {
 		e.merged = true
 		r.st.type1Ref[f.k] = e
 	}
+	if len(links) == 0 {
+		return nil
+	}
+	// The numbers of every Patient a link names.
+	ends := map[refKey]bool{}
+	for _, l := range links {
+		ends[l.from], ends[l.to] = true, true
+	}
+	err = r.eachPatientLine(ctx, func(*chunk) bool { return true }, func([]byte) bool { return true }, func(dec *fhirDecoder) {
+		k := keyOf(dec.r.id)
+		if !ends[k] {
+			return
+		}
+		if n, err := ParseNHSNumber(dec.r.nhs); err == nil {
+			mu.Lock()
+			nums[k] = n
+			mu.Unlock()
+		}
+	})
+	if err != nil {
+		return err
+	}
+	r.st.linkPatients(links, nums)
 	return nil
 }
 
+// eachPatientLine decodes, on every worker, the Patient lines of the
+// chunks that want says to read that wantLine says to, and calls fn with
+// each.
+func (r *run) eachPatientLine(ctx context.Context, want func(*chunk) bool, wantLine func([]byte) bool, fn func(*fhirDecoder)) error {
+	chunks := make(chan *chunk, r.opts.Workers)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return r.chunks(gctx, Patients, false, nil, chunks, nil) })
+	for range r.opts.Workers {
+		g.Go(func() error {
+			dec := newFHIRDecoder(r.st, Patients)
+			for c := range chunks {
+				if want(c) {
+					for line := range bytes.Lines(c.data) {
+						if wantLine(line) && dec.scan(bytes.TrimSpace(line)) && string(dec.r.typ) == "Patient" && len(dec.r.id) > 0 {
+							fn(dec)
+						}
+					}
+				}
+				chunkPool.Put(c.buf)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
 func (r *run) type1Chunk(tr *tableReader, dec *fhirDecoder, c *chunk) {
-	if c.unquoted && tr.header != nil {
-		// Every record is one line: parse only the lines holding a code,
-		// not the whole chunk, though most chunks hold one (the pass took
-		// 0.35 CPU-s on the benchmark extract, now 0.2).
+	if (c.unquoted && tr.header != nil) || tr.header == nil {
+		// Every record is one line (NDJSON's always are): parse only the
+		// lines holding a code, not the whole chunk, though most chunks
+		// hold one (the pass took 0.35 CPU-s on the benchmark extract,
+		// now 0.2; on the FHIR export, decoding every line of the
+		// observations was 2 CPU-s).
 		data, pos := c.data, 0 // data[pos:] is left to search
 		for {
 			i := bytes.Index(data[pos:], type1Prefix)
@@ -580,6 +636,7 @@ type result struct {
 	nulled       [numReasons]int64
 	other        int64
 	otherSystems map[int16]bool
+	verified     map[string]int64
 	resources    map[string]int64
 	quarantine   []QuarantineEntry
 	in           int64
@@ -695,6 +752,12 @@ func (r *run) table(ctx context.Context, t Table, workers int, emit Emit) error 
 					}
 				}
 				rep.OtherCodeSystems += res.other
+				for code, n := range res.verified {
+					if rep.NHSVerification == nil {
+						rep.NHSVerification = map[string]int64{}
+					}
+					rep.NHSVerification[code] += n
+				}
 				for i := range res.otherSystems {
 					r.otherSystems[i] = true
 				}
@@ -753,6 +816,13 @@ func (r *run) work(rb *rowBuilder, dec *fhirDecoder, c *chunk) *result {
 		res.quarantine = append(res.quarantine, *q)
 	}
 	var nhs []byte // a referenced patient's number, written for the row
+	// Events come grouped by patient: the same reference as the row
+	// before needs no look-up (a random read of a map the size of the
+	// patients table).
+	var lastKey refKey
+	var lastN uint64
+	var lastFate Reason
+	haveLast := false
 	tr.records(c, dec, res.resources, func(line, lines int, f [][]byte, ref *refKey, other bool) {
 		reason, col := ReasonMalformedRow, -1
 		if other {
@@ -764,9 +834,14 @@ func (r *run) work(rb *rowBuilder, dec *fhirDecoder, c *chunk) *result {
 			if tr.t == Patients {
 				own = ref
 			} else if ref != nil && len(f[nhsColumn[tr.t]]) == 0 {
-				var n uint64
-				if n, fate = r.st.resolve(*ref); fate == ReasonNone {
-					nhs = appendNHS(nhs, n)
+				if !haveLast || *ref != lastKey {
+					lastN, lastFate = r.st.resolve(*ref, &rb.nextRef)
+					lastKey, haveLast = *ref, true
+					if lastFate == ReasonNone {
+						nhs = appendNHS(nhs, lastN)
+					}
+				}
+				if fate = lastFate; fate == ReasonNone {
 					f[nhsColumn[tr.t]] = nhs
 				}
 			}
@@ -799,6 +874,7 @@ func (r *run) work(rb *rowBuilder, dec *fhirDecoder, c *chunk) *result {
 	chunkPool.Put(c.buf)
 	res.other, rb.other = rb.other, 0
 	res.otherSystems, rb.otherSystems = rb.otherSystems, nil
+	res.verified, dec.verified = dec.verified, nil
 	res.rec = rb.flush(r.opts.Allocator)
 	return res
 }
@@ -823,8 +899,8 @@ func (r *run) settlePatients(res *result) error {
 		if p.hasRef {
 			st.noteRef(p)
 		}
-		if !p.ok {
-			continue
+		if !p.ok || p.reason == ReasonReplacedPatient {
+			continue // a replaced Patient's number is its successor's
 		}
 		if p.reason.Outcome() == OptedOut {
 			st.countOptedOutPatient(p.nhs)

@@ -52,6 +52,9 @@ const (
 	ReasonOptOutCode
 	// Excluded: an EpisodeOfCare that is not a GP registration.
 	ReasonNotRegistration
+	// Excluded: a Patient that another replaces (Patient.link); its
+	// events are its successor's.
+	ReasonReplacedPatient
 	numReasons
 )
 
@@ -60,7 +63,7 @@ var reasonNames = [numReasons]string{
 	"field_too_long", "missing_field", "invalid_date", "invalid_code", "invalid_code_system",
 	"invalid_sex", "invalid_postcode", "invalid_ethnicity", "invalid_practice", "invalid_value",
 	"duplicate_patient", "ndop", "type1_dissent", "unknown_patient", "patient_excluded",
-	"entered_in_error", "refuted", "cancelled", "not_done", "optout_code", "not_gp_registration",
+	"entered_in_error", "refuted", "cancelled", "not_done", "optout_code", "not_gp_registration", "replaced_patient",
 }
 
 // reasonNamed returns the reason with the given name, or ReasonNone.
@@ -145,8 +148,14 @@ type TableReport struct {
 	Nulled map[string]int64 `json:"nulled_fields,omitempty"`
 	// OtherCodeSystems counts kept rows coded in a system the hub does
 	// not know (kept under its URI; Report.CodeSystems lists them).
-	OtherCodeSystems int64             `json:"other_code_systems,omitempty"`
-	Samples          []QuarantineEntry `json:"quarantine_samples,omitempty"`
+	OtherCodeSystems int64 `json:"other_code_systems,omitempty"`
+	// NHSVerification counts FHIR Patients by the verification status of
+	// their NHS number (UK Core: 01 present and verified, 02 present but
+	// not traced, 03 trace required, 04 trace attempted, no or several
+	// matches, ...). They are ingested whatever the status; the counts
+	// tell how far the numbers, and so the opt-out, can be trusted.
+	NHSVerification map[string]int64  `json:"nhs_number_verification,omitempty"`
+	Samples         []QuarantineEntry `json:"quarantine_samples,omitempty"`
 }
 
 // Add counts n rows with reason r (ReasonNone for kept rows).

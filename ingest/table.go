@@ -202,6 +202,7 @@ type rowBuilder struct {
 	lastRaw    [16]byte // the last number's field, when it fits
 	lastRawLen int      // -1 when it did not
 	next       int      // the next kept patient's place, a guess
+	nextRef    int      // the next Patient's place in the refs order, a guess
 
 	// A patients row sets noted, with its number when valid (noteOK) and
 	// its FHIR id's key when it has one (noteRef).
@@ -210,6 +211,11 @@ type rowBuilder struct {
 	noteNHS uint64
 	noteRef refKey
 	hasRef  bool
+
+	// The last code system and its index.
+	lastSys    []byte
+	lastSysIdx int16
+	haveSys    bool
 
 	// nulled lists the optional fields of the last row that were invalid
 	// and so left empty; the row itself was kept.
@@ -267,7 +273,7 @@ func (b *rowBuilder) add(f [][]byte, fate Reason, ref *refKey) (Reason, int) {
 			return ReasonInvalidNHSNumber, nhsColumn[b.t]
 		}
 		if b.t == Patients {
-			return b.addPatient(n, f)
+			return b.addPatient(n, f, ref)
 		}
 		if !b.haveLast || n != b.lastNHS {
 			b.lastNHS, b.lastReason, b.haveLast = n, b.st.eventPatient(n, &b.next), true
@@ -338,10 +344,13 @@ func statusReason(s []byte) Reason {
 // writes nothing shared: the row's number is noted (b.noted) for the
 // in-order step, settlePatients, which finds duplicates and fills the
 // patient sets in file order.
-func (b *rowBuilder) addPatient(n uint64, f [][]byte) (Reason, int) {
+func (b *rowBuilder) addPatient(n uint64, f [][]byte, ref *refKey) (Reason, int) {
 	b.noteOK, b.noteNHS = true, n
 	if r := b.st.optedOutReason(n); r != ReasonNone {
 		return r, -1
+	}
+	if ref != nil && b.st.replaced[*ref] {
+		return ReasonReplacedPatient, -1
 	}
 	for i, v := range f[:len(columns[Patients])] {
 		if len(v) > MaxField {
@@ -456,17 +465,24 @@ func (b *rowBuilder) addEncounter(n uint64, f [][]byte) (Reason, int) {
 // ICD-10 are checked for form. want, when not -1, is the only system the
 // table takes.
 func (b *rowBuilder) code(sysRaw, codeRaw []byte, sysCol int) (int16, []byte, Reason, int) {
-	sys := codeSystemName(trimSpace(sysRaw))
 	code := trimSpace(codeRaw)
 	if len(code) == 0 {
 		return 0, nil, ReasonMissingField, sysCol + 1
 	}
-	if len(sys) == 0 {
-		return 0, nil, ReasonInvalidCodeSystem, sysCol
-	}
-	i, ok := CodeSystems.index(sys)
-	if !ok {
-		return 0, nil, ReasonInvalidCodeSystem, sysCol
+	raw := trimSpace(sysRaw)
+	var i int16
+	if b.haveSys && string(raw) == string(b.lastSys) {
+		i = b.lastSysIdx // rows of a table mostly share their system
+	} else {
+		sys := codeSystemName(raw)
+		if len(sys) == 0 {
+			return 0, nil, ReasonInvalidCodeSystem, sysCol
+		}
+		var ok bool
+		if i, ok = CodeSystems.index(sys); !ok {
+			return 0, nil, ReasonInvalidCodeSystem, sysCol
+		}
+		b.lastSys, b.lastSysIdx, b.haveSys = append(b.lastSys[:0], raw...), i, true
 	}
 	switch i {
 	case codeSNOMED, codeDMD:
