@@ -212,6 +212,13 @@ type rowBuilder struct {
 	noteRef refKey
 	hasRef  bool
 
+	// The last value of each vocabulary column and its index.
+	lastVocab [9]struct {
+		raw      []byte
+		i        int16
+		ok, have bool
+	}
+
 	// The last code system and its index.
 	lastSys    []byte
 	lastSysIdx int16
@@ -411,20 +418,25 @@ func (b *rowBuilder) addPatient(n uint64, f [][]byte, ref *refKey) (Reason, int)
 }
 
 // optVocab appends an optional vocabulary value, nulling (and noting) one
-// that is not in the vocabulary.
+// that is not in the vocabulary. The column's last value and its index
+// are kept: rows mostly repeat them.
 func (b *rowBuilder) optVocab(c *column, v *Vocab, raw []byte, col int) {
 	raw = trimSpace(raw)
 	if len(raw) == 0 {
 		c.appendNull()
 		return
 	}
-	i, ok := v.index(raw)
-	if !ok {
+	last := &b.lastVocab[col]
+	if !last.have || string(raw) != string(last.raw) {
+		i, ok := v.index(raw)
+		last.raw, last.i, last.ok, last.have = append(last.raw[:0], raw...), i, ok, true
+	}
+	if !last.ok {
 		c.appendNull()
 		b.null(col, ReasonInvalidCode)
 		return
 	}
-	c.appendI16(i)
+	c.appendI16(last.i)
 }
 
 func (b *rowBuilder) addEncounter(n uint64, f [][]byte) (Reason, int) {
@@ -452,11 +464,7 @@ func (b *rowBuilder) addEncounter(n uint64, f [][]byte) (Reason, int) {
 	b.cols[3].appendDate(start)
 	b.cols[4].optDate(end, hasEnd)
 	b.cols[5].optStr(trimSpace(f[5]))
-	class := trimSpace(f[6])
-	if c, ok := classCodes[string(class)]; ok {
-		class = []byte(c)
-	}
-	b.optVocab(&b.cols[6], EncounterClasses, class, 6)
+	b.optVocab(&b.cols[6], EncounterClasses, f[6], 6)
 	return ReasonNone, -1
 }
 

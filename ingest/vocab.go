@@ -22,8 +22,9 @@ import (
 // snapshot extends every earlier one with the same indices, so a writer
 // may give a row group's batches the longest of their dictionaries.
 type Vocab struct {
-	known []string // fixed at creation, read without a lock
-	open  bool
+	known   []string          // fixed at creation, read without a lock
+	aliases map[string]string // other names of known values (codes)
+	open    bool
 
 	mu    sync.Mutex
 	extra map[string]int16 // values appended, guarded by mu
@@ -58,12 +59,16 @@ func (v *Vocab) Values() []string {
 // handed out before the call.
 func (v *Vocab) Dictionary() *array.String { return v.dict.Load() }
 
-// lookup returns the index of a known value, ignoring ASCII case.
+// lookup returns the index of a known value, or of the value an alias
+// names, ignoring ASCII case.
 func (v *Vocab) lookup(b []byte) (int16, bool) {
 	for i, s := range v.known {
 		if equalFoldLower(b, s) {
 			return int16(i), true
 		}
+	}
+	if name, ok := v.aliases[string(b)]; ok {
+		return v.lookup([]byte(name))
 	}
 	return 0, false
 }
@@ -122,8 +127,12 @@ var (
 	EncounterTypes = newVocab(false, "gp", "outpatient", "inpatient", "ae")
 	// EncounterClasses are the HL7 v3 ActEncounterCode classes, named
 	// in words (classCodes maps the codes).
-	EncounterClasses = newVocab(false, "ambulatory", "emergency", "field", "home", "inpatient", "inpatient-acute",
-		"inpatient-nonacute", "observation", "pre-admission", "short-stay", "virtual")
+	EncounterClasses = func() *Vocab {
+		v := newVocab(false, "ambulatory", "emergency", "field", "home", "inpatient", "inpatient-acute",
+			"inpatient-nonacute", "observation", "pre-admission", "short-stay", "virtual")
+		v.aliases = classCodes
+		return v
+	}()
 	// CodeSystems starts with the short names of the code systems the hub
 	// knows (codeSystemURIs maps their URIs); a system it does not know is
 	// kept as its URI, appended as it is met.

@@ -161,6 +161,24 @@ func (s storeSource) Open(ctx context.Context, name string) (io.ReadCloser, erro
 	return s.st.Open(ctx, name)
 }
 
+// List returns the files at the top of the landing area, so that a bulk
+// export's numbered parts and manifest are found there as in a folder.
+func (s storeSource) List(ctx context.Context) ([]string, error) {
+	all, err := s.st.List(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, p := range all {
+		if p != "" && !strings.Contains(p, "/") {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+var _ ingest.Lister = storeSource{}
+
 // openS3 opens the bucket and prefix of an s3:// URL with the S3 flags.
 func openS3(c *cli.Context, loc string) (*s3.Store, error) {
 	bucket, prefix, err := s3.ParseURL(loc)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,6 +50,68 @@ func TestPublishS3ToS3(t *testing.T) {
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "wrong")
 	if _, err := runHub(t, "catalog", "list", "--lake", lake); err == nil || !strings.Contains(err.Error(), "check the access key") {
 		t.Fatalf("wrong secret: %v", err)
+	}
+}
+
+// A bulk FHIR export in numbered parts, dropped in an S3 landing area, is
+// found there as in a folder; the endpoint is given as the aws cli spells
+// it, the scheme saying TLS or not.
+func TestPublishBulkExportFromS3(t *testing.T) {
+	srv := miniotest.Start(t)
+	bucket := srv.Bucket(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
+	t.Setenv("AWS_ENDPOINT_URL", "http://"+srv.Endpoint)
+
+	dir := filepath.Join(t.TempDir(), "x")
+	if _, err := runHub(t, "synth", "--patients", "400", "--format", "fhir", "--part-rows", "500", "--out", dir); err != nil {
+		t.Fatal(err)
+	}
+	landing, err := s3.Open(t.Context(), s3.Config{Endpoint: srv.Endpoint, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, Bucket: bucket, Prefix: "landing/bulk"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(dir)
+	parts := 0
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "Encounter.") {
+			parts++
+		}
+		if err := upload(t.Context(), landing, filepath.Join(dir, e.Name()), e.Name()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if parts < 2 {
+		t.Fatalf("%d encounter parts; the test wants several", parts)
+	}
+	keyFile := filepath.Join(t.TempDir(), "key")
+	os.WriteFile(keyFile, []byte(strings.Repeat("k", 32)), 0o600)
+	out, err := runHub(t, "ingest", "--extract", "s3://"+bucket+"/landing/bulk", "--optouts", filepath.Join(dir, "optouts.txt"), "--check", "--json")
+	if err != nil {
+		t.Fatalf("ingest: %v\n%s", err, out)
+	}
+	var rep struct {
+		Format string
+		Tables map[string]struct {
+			Files []struct{ Name string }
+			Kept  int64
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Format != "fhir" || len(rep.Tables["encounters"].Files) != parts || rep.Tables["encounters"].Kept == 0 || rep.Tables["registrations"].Kept == 0 {
+		t.Errorf("report: format %s, encounters %+v, registrations kept %d", rep.Format, rep.Tables["encounters"], rep.Tables["registrations"].Kept)
+	}
+	// The explicit flag, scheme and all, does the same; a TLS flag that
+	// contradicts the scheme is refused.
+	if _, err := runHub(t, "ingest", "--extract", "s3://"+bucket+"/landing/bulk", "--optouts", filepath.Join(dir, "optouts.txt"), "--check",
+		"--s3-endpoint", "http://"+srv.Endpoint); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runHub(t, "ingest", "--extract", "s3://"+bucket+"/landing/bulk", "--optouts", filepath.Join(dir, "optouts.txt"), "--check",
+		"--s3-endpoint", "http://"+srv.Endpoint, "--s3-tls"); err == nil || exitCode(err) != 2 {
+		t.Fatalf("a TLS flag against an http endpoint: %v", err)
 	}
 }
 

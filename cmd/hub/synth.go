@@ -14,9 +14,11 @@ func synthCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "synth",
 		Usage: "write a synthetic LHCRE extract, opt-out list and ground truth",
-		Description: "Writes patients, encounters, conditions, medications and observations (CSV or FHIR R4\n" +
-			"bulk NDJSON), optouts.txt (the National Data Opt-out list) and truth.json (what ingest\n" +
-			"must report) into --out. Deterministic for a seed. Every patient is synthetic.",
+		Description: "Writes patients, encounters, conditions, medications, observations, procedures,\n" +
+			"immunisations and GP registrations (CSV, or a FHIR R4 bulk export in numbered parts whose\n" +
+			"events name their patient by reference), optouts.txt (the National Data Opt-out list) and\n" +
+			"truth.json (what ingest must report) into --out. Deterministic for a seed. Every patient\n" +
+			"is synthetic.\n\nExample:\n  hub synth --patients 10000 --format fhir --out ./extract",
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "patients", Value: 1000, Usage: "number of patients"},
 			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "random seed; the same seed gives the same extract"},
@@ -24,6 +26,7 @@ func synthCommand() *cli.Command {
 			&cli.StringFlag{Name: "out", Required: true, Usage: "folder to write the extract into"},
 			&cli.Float64Flag{Name: "fault-rate", Value: 0.01, Usage: "share of rows given a realistic fault (0 for a clean extract)"},
 			&cli.BoolFlag{Name: "gzip", Usage: "gzip-compress the table files"},
+			&cli.IntFlag{Name: "part-rows", Usage: "resources a FHIR part file holds before the next (default 250000)"},
 			jsonFlag(),
 		},
 		Action: func(c *cli.Context) error {
@@ -37,7 +40,7 @@ func synthCommand() *cli.Command {
 			}
 			truth, err := synth.Generate(c.Context, c.String("out"), synth.Options{
 				Patients: c.Int("patients"), Seed: c.Uint64("seed"), Format: format,
-				FaultRate: c.Float64("fault-rate"), Gzip: c.Bool("gzip"), Progress: progress,
+				FaultRate: c.Float64("fault-rate"), Gzip: c.Bool("gzip"), Progress: progress, PartRows: c.Int("part-rows"),
 			})
 			if err != nil {
 				return err
