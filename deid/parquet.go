@@ -94,7 +94,7 @@ func newTableWriter(ctx context.Context, sink Sink, mem memory.Allocator, table 
 		parquet.WithStatsFor("encounter_id", false), parquet.WithStatsFor("patient_id", false))
 	// Nor do the vocabularies' (three or four values), and computing them
 	// costs the dictionary path a distinct-values pass over every batch.
-	for _, c := range []string{"type", "code_system", "class", "clinical_status", "verification_status"} {
+	for _, c := range []string{"type", "code_system", "class", "clinical_status", "verification_status", "type_system"} {
 		opts = append(opts, parquet.WithStatsFor(c, false))
 	}
 	if table == "patients" {

@@ -46,7 +46,11 @@ func Schemas(p Policy) map[ingest.Table]*arrow.Schema {
 	if p.KeepOrganisation {
 		encounters = append(encounters, field("organisation", "organisation providing the encounter", str, true))
 	}
-	encounters = append(encounters, field("class", "encounter class (HL7 v3 ActCode in words): ambulatory, emergency, inpatient, home, virtual, ...", str, true))
+	encounters = append(encounters, field("class", "encounter class (HL7 v3 ActCode in words): ambulatory, emergency, inpatient, home, virtual, ...", str, true),
+		field("type_system", "code system of type_code", str, true),
+		field("type_code", "the encounter's type as a code (e.g. SNOMED CT), where the extract gives one", str, true),
+		field("admission_source", "where the patient came from, as coded", str, true),
+		field("discharge_disposition", "where the patient went, as coded", str, true))
 	codes := func(doc string) []arrow.Field {
 		return []arrow.Field{pid,
 			field("code_system", "code system: snomed, icd10, dmd, read2, ctv3, opcs4, loinc, rxnorm, cvx, ...; a system the hub does not know is its URI", str, false),
@@ -89,4 +93,5 @@ func Schemas(p Policy) map[ingest.Table]*arrow.Schema {
 // dictionaryColumns are the low-cardinality columns worth dictionary
 // encoding in Parquet; every other column is plain.
 var dictionaryColumns = []string{"age_band", "sex", "district", "postcode_area", "ethnicity_group", "ethnicity",
-	"gp_practice", "type", "code_system", "code", "unit", "class", "clinical_status", "verification_status", "value_code"}
+	"gp_practice", "type", "code_system", "code", "unit", "class", "clinical_status", "verification_status", "value_code",
+	"type_system", "type_code", "admission_source", "discharge_disposition"}

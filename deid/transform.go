@@ -136,7 +136,9 @@ func (t *transformer) event(tb ingest.Table, rec arrow.RecordBatch) arrow.Record
 		if t.policy.KeepOrganisation {
 			keep(5)
 		}
-		keep(6)
+		for c := 6; c <= 10; c++ {
+			keep(c)
+		}
 	case ingest.Conditions:
 		pids()
 		keep(1)

@@ -64,7 +64,7 @@ func TestBulkExportAsServersWriteIt(t *testing.T) {
 		"Patient.001.ndjson": lines(fhirPatient("p3", "9876543210", "1990-02-03"), fhirPatient("p4", "4010232137", "1960-07-08"),
 			fhirPatient("p5", "9990000018", "1950-01-01")),
 		"1.Encounter.ndjson": lines(
-			`{"resourceType":"Encounter","id":"e1","status":"finished","class":{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"EMER"},"subject":{"reference":"Patient/p1"},"period":{"start":"2023-01-01T10:00:00+01:00","end":"2023-01-02"}}`,
+			`{"resourceType":"Encounter","id":"e1","status":"finished","class":{"system":"http://terminology.hl7.org/CodeSystem/v3-ActCode","code":"EMER"},"type":[{"coding":[{"system":"http://snomed.info/sct","code":"50849002","display":"Emergency room admission"}]}],"hospitalization":{"admitSource":{"coding":[{"code":"emd"}]},"dischargeDisposition":{"coding":[{"code":"home"}]}},"subject":{"reference":"Patient/p1"},"period":{"start":"2023-01-01T10:00:00+01:00","end":"2023-01-02"}}`,
 			`{"resourceType":"Encounter","id":"e2","status":"cancelled","class":{"code":"AMB"},"subject":{"reference":"urn:uuid:p1"},"period":{"start":"2023-02-01"}}`,
 			`{"resourceType":"Encounter","id":"e3","status":"finished","class":[{"coding":[{"code":"VR"}]}],"subject":{"reference":"https://lhcre.example.nhs.uk/fhir/Patient/p3/_history/2"},"period":{"start":"2023-03-01","end":"2022-01-01"}}`,
 			`{"resourceType":"Encounter","id":"e4","status":"finished","class":{"code":"AMB"},"subject":{"reference":"Patient/p2"},"period":{"start":"2023-03-01"}}`,
@@ -131,8 +131,8 @@ func TestBulkExportAsServersWriteIt(t *testing.T) {
 		"9876543210|Ann|Smith|1990-02-03|female|LS6 2AB|(null)|(null)|(null)",
 		"9990000018|Ann|Smith|1950-01-01|female|LS6 2AB|(null)|(null)|(null)")
 	check(ingest.Encounters, map[string]int64{"cancelled": 1, "patient_excluded": 1, "unknown_patient": 1, "type1_dissent": 1},
-		"e1|9434765919|(null)|2023-01-01|2023-01-02|(null)|emergency|0",
-		"e3|9876543210|(null)|2023-03-01|(null)|(null)|virtual|1")
+		"e1|9434765919|(null)|2023-01-01|2023-01-02|(null)|emergency|snomed|50849002|emd|home|0",
+		"e3|9876543210|(null)|2023-03-01|(null)|(null)|virtual|(null)|(null)|(null)|(null)|1")
 	if n := rep.Tables["encounters"].Nulled["invalid_date"]; n != 1 {
 		t.Errorf("encounters: an end before the start is nulled, got %v", rep.Tables["encounters"].Nulled)
 	}

@@ -62,6 +62,9 @@ func (c *column) optDate(d arrow.Date32, ok bool) {
 	c.appendDate(d)
 }
 
+// isNull reports whether row k is null.
+func (c *column) isNull(k int) bool { return len(c.nulls) > 0 && c.nulls[len(c.nulls)-1] == k }
+
 // appendNull appends a null, its value slot zero.
 func (c *column) appendNull() {
 	c.nulls = append(c.nulls, c.n)

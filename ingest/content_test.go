@@ -53,11 +53,11 @@ func TestBatchContent(t *testing.T) {
 			"4010232137|Cy|Ray|1990-12-31|other|BD1 1HY|(null)|B86012|(null)",
 		},
 		ingest.Encounters: {
-			"E1|9434765919|gp|2022-01-02|2022-01-02|GP practice B86011|(null)|0",
-			"E2|9434765919|inpatient|2022-02-01|(null)|(null)|(null)|0",
-			"E3|9876543210|ae|2022-03-01|2022-03-02|(null)|(null)|1",
-			"E4|4010232137|outpatient|2022-04-01|(null)|Leeds Teaching Hospitals|(null)|2",
-			"E5|9434765919|gp|2022-05-01|(null)|(null)|(null)|0",
+			"E1|9434765919|gp|2022-01-02|2022-01-02|GP practice B86011|(null)|(null)|(null)|(null)|(null)|0",
+			"E2|9434765919|inpatient|2022-02-01|(null)|(null)|(null)|(null)|(null)|(null)|(null)|0",
+			"E3|9876543210|ae|2022-03-01|2022-03-02|(null)|(null)|(null)|(null)|(null)|(null)|1",
+			"E4|4010232137|outpatient|2022-04-01|(null)|Leeds Teaching Hospitals|(null)|(null)|(null)|(null)|(null)|2",
+			"E5|9434765919|gp|2022-05-01|(null)|(null)|(null)|(null)|(null)|(null)|(null)|0",
 		},
 		// Alice's dissent and its withdrawal are not published: they say
 		// that she once objected.

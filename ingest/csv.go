@@ -170,7 +170,7 @@ var optionalColumns = map[string]bool{
 	"postcode": true, "ethnicity": true, "gp_practice": true, "date_of_death": true,
 	"end_date": true, "organisation": true, "encounter_id": true, "value": true, "unit": true,
 	"type": true, "class": true, "status": true, "clinical_status": true, "verification_status": true,
-	"value_code": true,
+	"value_code": true, "type_system": true, "type_code": true, "admission_source": true, "discharge_disposition": true,
 }
 
 func parseHeader(t Table, rec [][]byte, file string) (*csvHeader, error) {

@@ -92,6 +92,8 @@ type fhirRes struct {
 	birthDate, gender, postcode   []byte
 	ethnicity, gp, deceased       []byte
 	class, hubType                []byte
+	typeSys, typeCode             []byte // the first Encounter.type coding in another system
+	admitSource, discharge        []byte
 	registration                  bool
 	start, end                    []byte // period
 	provider, ods                 []byte
@@ -413,6 +415,8 @@ func (r *fhirRes) member(b []byte, key []byte, vi int) (int, error) {
 					switch {
 					case string(sys) == SystemEncounterType:
 						r.hubType = code
+					case r.typeCode == nil && len(code) > 0 && string(r.typ) != "EpisodeOfCare":
+						r.typeSys, r.typeCode = sys, code
 					case string(sys) == SystemRegistrationType || bytes.HasSuffix(sys, []byte("RegistrationType")) || bytes.HasSuffix(sys, []byte("RegistrationType-1")):
 						r.registration = true
 					}
@@ -422,6 +426,16 @@ func (r *fhirRes) member(b []byte, key []byte, vi int) (int, error) {
 		})
 	case "period":
 		return fields2(b, vi, "start", "end", &r.start, &r.end)
+	case "hospitalization":
+		return objectAt(b, vi, func(k []byte, i int) (int, error) {
+			switch string(k) {
+			case "admitSource":
+				return conceptAt(b, i, true, &ignore, &r.admitSource)
+			case "dischargeDisposition":
+				return conceptAt(b, i, true, &ignore, &r.discharge)
+			}
+			return skipValue(b, i)
+		})
 	case "serviceProvider":
 		return fields2(b, vi, "display", "", &r.provider, &ignore)
 	case "managingOrganization":
@@ -596,6 +610,7 @@ func (d *fhirDecoder) decode(t Table, line []byte, row func(f [][]byte, ref *ref
 		out[5], out[6], out[7], out[8] = r.postcode, r.ethnicity, r.gp, r.deceased
 	case Encounters:
 		out[0], out[2], out[3], out[4], out[5], out[6], out[7] = r.id, r.hubType, r.start, r.end, r.provider, r.class, r.status
+		out[8], out[9], out[10], out[11] = r.typeSys, r.typeCode, r.admitSource, r.discharge
 	case Conditions:
 		out[1], out[2] = r.sys, r.code
 		switch {

@@ -163,7 +163,7 @@ func syntheaExport(t *testing.T, syntheaDir string) {
 					}
 				}
 			}
-			for _, name := range []string{"code_system", "class"} {
+			for _, name := range []string{"code_system", "class", "type_system"} {
 				if idx := rec.Schema().FieldIndices(name); len(idx) > 0 {
 					if values[tb] == nil {
 						values[tb] = map[string]map[string]int{}
@@ -261,5 +261,8 @@ func syntheaExport(t *testing.T, syntheaDir string) {
 	}
 	if classes := values[ingest.Encounters]["class"]; rows[ingest.Encounters] > 0 && (classes["(null)"] != 0 || classes["ambulatory"] == 0) {
 		t.Errorf("encounter classes %v", classes)
+	}
+	if types := values[ingest.Encounters]["type_system"]; rows[ingest.Encounters] > 0 && types["snomed"] != int(rows[ingest.Encounters]) {
+		t.Errorf("encounter types coded in %v, want every one in SNOMED CT", types)
 	}
 }

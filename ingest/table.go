@@ -51,7 +51,7 @@ func (t Table) Columns() []string { return columns[t] }
 
 var columns = [...][]string{
 	Patients:      {"nhs_number", "given_name", "family_name", "date_of_birth", "sex", "postcode", "ethnicity", "gp_practice", "date_of_death"},
-	Encounters:    {"encounter_id", "nhs_number", "type", "start_date", "end_date", "organisation", "class", "status"},
+	Encounters:    {"encounter_id", "nhs_number", "type", "start_date", "end_date", "organisation", "class", "status", "type_system", "type_code", "admission_source", "discharge_disposition"},
 	Conditions:    {"nhs_number", "code_system", "code", "onset_date", "encounter_id", "clinical_status", "verification_status"},
 	Medications:   {"nhs_number", "code_system", "code", "start_date", "end_date", "status"},
 	Observations:  {"nhs_number", "code_system", "code", "value", "unit", "effective_date", "value_code", "status"},
@@ -82,7 +82,7 @@ func vocabOf(name string) *Vocab {
 		return EncounterTypes
 	case "class":
 		return EncounterClasses
-	case "code_system":
+	case "code_system", "type_system":
 		return CodeSystems
 	case "clinical_status":
 		return ClinicalStatuses
@@ -140,6 +140,10 @@ var Schemas = [...]*arrow.Schema{
 		field("end_date", "end date", date, true),
 		field("organisation", "organisation providing the encounter", str, true),
 		field("class", "encounter class (HL7 v3 ActCode in words): ambulatory, emergency, inpatient, home, virtual, ...", Vocabulary, true),
+		field("type_system", "code system of type_code", Vocabulary, true),
+		field("type_code", "the encounter's type as a code (e.g. SNOMED CT), where the extract gives one", str, true),
+		field("admission_source", "where the patient came from, as coded (FHIR hospitalization.admitSource)", str, true),
+		field("discharge_disposition", "where the patient went, as coded (FHIR hospitalization.dischargeDisposition)", str, true),
 		placeField,
 	}, nil),
 	Conditions: arrow.NewSchema(fields([]arrow.Field{nhsField}, codeFields("condition code"), []arrow.Field{
@@ -213,7 +217,7 @@ type rowBuilder struct {
 	hasRef  bool
 
 	// The last value of each vocabulary column and its index.
-	lastVocab [9]struct {
+	lastVocab [12]struct {
 		raw      []byte
 		i        int16
 		ok, have bool
@@ -465,6 +469,20 @@ func (b *rowBuilder) addEncounter(n uint64, f [][]byte) (Reason, int) {
 	b.cols[4].optDate(end, hasEnd)
 	b.cols[5].optStr(trimSpace(f[5]))
 	b.optVocab(&b.cols[6], EncounterClasses, f[6], 6)
+	// The type as a code: kept with its system, or both nulled.
+	if code := trimSpace(f[9]); len(code) > 0 {
+		b.optVocab(&b.cols[7], CodeSystems, codeSystemName(trimSpace(f[8])), 8)
+		if b.cols[7].isNull(b.cols[7].n - 1) {
+			b.cols[8].appendNull()
+		} else {
+			b.cols[8].appendStr(code)
+		}
+	} else {
+		b.cols[7].appendNull()
+		b.cols[8].appendNull()
+	}
+	b.cols[9].optStr(trimSpace(f[10]))
+	b.cols[10].optStr(trimSpace(f[11]))
 	return ReasonNone, -1
 }
 
