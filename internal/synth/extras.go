@@ -64,7 +64,11 @@ func (g *gen) extras(p *person, idx int, start, end time.Time, age float64, inpa
 
 	// Registrations: the current practice since some date, and for a
 	// quarter of patients the one before.
-	since := g.moreDate(maxTime(p.dob, time.Date(1990, 1, 1, 0, 0, 0, 0, time.UTC)), RefDate.AddDate(0, -1, 0))
+	until := RefDate.AddDate(0, -1, 0)
+	if !p.dod.IsZero() && p.dod.Before(until) {
+		until = p.dod
+	}
+	since := g.moreDate(maxTime(p.dob, time.Date(1990, 1, 1, 0, 0, 0, 0, time.UTC)), until)
 	if r.Float64() < 0.25 && since.Sub(p.dob) > 400*24*time.Hour {
 		from := g.moreDate(maxTime(p.dob, since.AddDate(-20, 0, 0)), since.AddDate(0, 0, -30))
 		prev := practices[r.IntN(len(practices))]
