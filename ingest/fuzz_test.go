@@ -53,7 +53,12 @@ func FuzzFHIRLine(f *testing.F) {
 		for _, tb := range Tables {
 			d := newFHIRDecoder(st, tb)
 			b := newRowBuilder(tb, st)
-			d.decode(tb, line, func(out [][]byte, ref *refKey) {
+			d.decode(tb, line, func(out [][]byte, raw []byte) {
+				var ref *refKey
+				if raw != nil {
+					k := keyOf(raw)
+					ref = &k
+				}
 				if len(out) != len(columns[tb]) {
 					t.Fatalf("%s: %d fields", tb, len(out))
 				}

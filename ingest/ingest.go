@@ -320,7 +320,7 @@ func (tr *tableReader) next() (*chunk, error) {
 // a resource that gives no row (an EpisodeOfCare that is not a GP
 // registration) is passed with other set. The slices are reused between
 // calls. resources, when set, counts the lines of each resource type.
-func (tr *tableReader) records(c *chunk, dec *fhirDecoder, resources map[string]int64, fn func(line, lines int, f [][]byte, ref *refKey, other bool)) {
+func (tr *tableReader) records(c *chunk, dec *fhirDecoder, resources *[2]int64, fn func(line, lines int, f [][]byte, ref []byte, other bool)) {
 	data, line := c.data, c.line
 	if tr.header == nil { // NDJSON: a record a line
 		for len(data) > 0 {
@@ -333,20 +333,21 @@ func (tr *tableReader) records(c *chunk, dec *fhirDecoder, resources map[string]
 			}
 			l = bytes.TrimSuffix(l, []byte{'\r'})
 			if len(bytes.TrimSpace(l)) > 0 {
-				rows := 0
-				typ, ok := dec.decode(tr.t, l, func(f [][]byte, ref *refKey) {
-					rows++
+				typ, ok := dec.decode(tr.t, l, func(f [][]byte, ref []byte) {
 					fn(line, 1, f, ref, false)
 				})
+				k := slices.Index(fhirTypes[tr.t], typ)
 				switch {
-				case ok && resources != nil:
-					resources[typ]++
-				case !ok && typ != "" && slices.Contains(fhirTypes[tr.t], typ):
+				case ok:
 					if resources != nil {
-						resources[typ]++
+						resources[k]++
+					}
+				case k >= 0:
+					if resources != nil {
+						resources[k]++
 					}
 					fn(line, 1, nil, nil, true)
-				case !ok:
+				default:
 					fn(line, 1, nil, nil, false)
 				}
 			}
@@ -610,7 +611,7 @@ var type1Prefix = func() []byte {
 // type1Records notes the type 1 dissent entries among c's records: by NHS
 // number, or in a FHIR export by the Patient the entry names.
 func (r *run) type1Records(tr *tableReader, dec *fhirDecoder, c *chunk) {
-	tr.records(c, dec, nil, func(_, _ int, f [][]byte, ref *refKey, _ bool) {
+	tr.records(c, dec, nil, func(_, _ int, f [][]byte, ref []byte, _ bool) {
 		if f == nil {
 			return
 		}
@@ -623,7 +624,7 @@ func (r *run) type1Records(tr *tableReader, dec *fhirDecoder, c *chunk) {
 		if n, err := ParseNHSNumber(f[0]); err == nil {
 			r.st.noteType1(n, dissent, d, ok)
 		} else if ref != nil {
-			r.st.noteType1Ref(*ref, dissent, d, ok)
+			r.st.noteType1Ref(keyOf(ref), dissent, d, ok)
 		}
 	})
 }
@@ -637,7 +638,7 @@ type result struct {
 	other        int64
 	otherSystems map[int16]bool
 	verified     map[string]int64
-	resources    map[string]int64
+	resources    [2]int64 // FHIR resources read, by their place in the table's types
 	quarantine   []QuarantineEntry
 	in           int64
 	file         string
@@ -761,11 +762,13 @@ func (r *run) table(ctx context.Context, t Table, workers int, emit Emit) error 
 				for i := range res.otherSystems {
 					r.otherSystems[i] = true
 				}
-				for typ, n := range res.resources {
-					if rep.Resources == nil {
-						rep.Resources = map[string]int64{}
+				for k, n := range res.resources {
+					if n > 0 {
+						if rep.Resources == nil {
+							rep.Resources = map[string]int64{}
+						}
+						rep.Resources[fhirTypes[t][k]] += n
 					}
-					rep.Resources[typ] += n
 				}
 				for _, q := range res.quarantine {
 					if len(rep.Samples) < maxSamples {
@@ -807,8 +810,9 @@ func (r *run) table(ctx context.Context, t Table, workers int, emit Emit) error 
 func (r *run) work(rb *rowBuilder, dec *fhirDecoder, c *chunk) *result {
 	tr := c.tr
 	res := &result{seq: c.seq, in: c.in, file: tr.file}
+	var resources *[2]int64
 	if tr.header == nil {
-		res.resources = map[string]int64{}
+		resources = &res.resources
 	}
 	if q := c.skipped; q != nil {
 		q.Table, q.File = tr.t.String(), tr.file
@@ -819,11 +823,11 @@ func (r *run) work(rb *rowBuilder, dec *fhirDecoder, c *chunk) *result {
 	// Events come grouped by patient: the same reference as the row
 	// before needs no look-up (a random read of a map the size of the
 	// patients table).
-	var lastKey refKey
+	var lastRef []byte // copied: the line it came from is gone by the next row of another chunk
 	var lastN uint64
 	var lastFate Reason
 	haveLast := false
-	tr.records(c, dec, res.resources, func(line, lines int, f [][]byte, ref *refKey, other bool) {
+	tr.records(c, dec, resources, func(line, lines int, f [][]byte, ref []byte, other bool) {
 		reason, col := ReasonMalformedRow, -1
 		if other {
 			reason = ReasonNotRegistration
@@ -832,11 +836,14 @@ func (r *run) work(rb *rowBuilder, dec *fhirDecoder, c *chunk) *result {
 			fate := ReasonNone
 			var own *refKey // a Patient's own id
 			if tr.t == Patients {
-				own = ref
+				if ref != nil {
+					k := keyOf(ref)
+					own = &k
+				}
 			} else if ref != nil && len(f[nhsColumn[tr.t]]) == 0 {
-				if !haveLast || *ref != lastKey {
-					lastN, lastFate = r.st.resolve(*ref, &rb.nextRef)
-					lastKey, haveLast = *ref, true
+				if !haveLast || string(ref) != string(lastRef) {
+					lastN, lastFate = r.st.resolve(keyOf(ref), &rb.nextRef)
+					lastRef, haveLast = append(lastRef[:0], ref...), true
 					if lastFate == ReasonNone {
 						nhs = appendNHS(nhs, lastN)
 					}

@@ -87,7 +87,7 @@ func FuzzJSONScan(f *testing.F) {
 		st.ndop = &OptOuts{set: newIDSet(16)}
 		for _, tb := range Tables {
 			d := newFHIRDecoder(st, tb)
-			d.decode(tb, line, func([][]byte, *refKey) {})
+			d.decode(tb, line, func([][]byte, []byte) {})
 		}
 	})
 }
