@@ -214,6 +214,27 @@ func knownSystem(s []byte) bool {
 	return ok
 }
 
+// extensionAt reads an array of extensions: the coded value of the one
+// with the given url goes to dst.
+func extensionAt(b []byte, i int, url string, dst *[]byte) (int, error) {
+	return arrayAt(b, i, func(ei int) (int, error) {
+		var u, code, ignore []byte
+		end, err := objectAt(b, ei, func(k []byte, i int) (int, error) {
+			switch string(k) {
+			case "url":
+				return strAt(b, i, &u)
+			case "valueCodeableConcept":
+				return conceptAt(b, i, true, &ignore, &code)
+			}
+			return skipValue(b, i)
+		})
+		if string(u) == url {
+			*dst = code
+		}
+		return end, err
+	})
+}
+
 // valueAt reads a number (or a string, which then fails as a value).
 func valueAt(b []byte, i int, dst *[]byte) (int, error) {
 	end, err := skipValue(b, i)
@@ -263,22 +284,7 @@ func (r *fhirRes) member(b []byte, key []byte, vi int) (int, error) {
 				case "value":
 					return strAt(b, i, &val)
 				case "extension":
-					return arrayAt(b, i, func(ei int) (int, error) {
-						var url, code []byte
-						end, err := objectAt(b, ei, func(k []byte, i int) (int, error) {
-							switch string(k) {
-							case "url":
-								return strAt(b, i, &url)
-							case "valueCodeableConcept":
-								return conceptAt(b, i, true, &ignore, &code)
-							}
-							return skipValue(b, i)
-						})
-						if string(url) == ExtNHSNumberVerification {
-							verification = code
-						}
-						return end, err
-					})
+					return extensionAt(b, i, ExtNHSNumberVerification, &verification)
 				}
 				return skipValue(b, i)
 			})
@@ -359,22 +365,7 @@ func (r *fhirRes) member(b []byte, key []byte, vi int) (int, error) {
 			return end, err
 		})
 	case "extension":
-		return arrayAt(b, vi, func(ei int) (int, error) {
-			var url, code []byte
-			end, err := objectAt(b, ei, func(k []byte, i int) (int, error) {
-				switch string(k) {
-				case "url":
-					return strAt(b, i, &url)
-				case "valueCodeableConcept":
-					return conceptAt(b, i, true, &ignore, &code)
-				}
-				return skipValue(b, i)
-			})
-			if string(url) == ExtEthnicCategory {
-				r.ethnicity = code
-			}
-			return end, err
-		})
+		return extensionAt(b, vi, ExtEthnicCategory, &r.ethnicity)
 	case "generalPractitioner":
 		return arrayAt(b, vi, func(gi int) (int, error) {
 			return objectAt(b, gi, func(k []byte, i int) (int, error) {

@@ -155,90 +155,6 @@ func skipBlock(b []byte, i int) (int, error) {
 	return 0, errJSON
 }
 
-// eachMember calls fn with the raw key and value of each member of the
-// object b (blanks around it allowed), and returns errJSON when b is not
-// one.
-func eachMember(b []byte, fn func(key, val []byte)) error {
-	i := skipWS(b, 0)
-	if i >= len(b) || b[i] != '{' {
-		return errJSON
-	}
-	i = skipWS(b, i+1)
-	if i < len(b) && b[i] == '}' {
-		return trailing(b, i+1)
-	}
-	for {
-		if i >= len(b) || b[i] != '"' {
-			return errJSON
-		}
-		kEnd, err := stringEnd(b, i+1)
-		if err != nil {
-			return err
-		}
-		key := b[i+1 : kEnd-1]
-		i = skipWS(b, kEnd)
-		if i >= len(b) || b[i] != ':' {
-			return errJSON
-		}
-		i = skipWS(b, i+1)
-		vEnd, err := skipValue(b, i)
-		if err != nil {
-			return err
-		}
-		fn(key, b[i:vEnd])
-		i = skipWS(b, vEnd)
-		if i >= len(b) {
-			return errJSON
-		}
-		switch b[i] {
-		case ',':
-			i = skipWS(b, i+1)
-		case '}':
-			return trailing(b, i+1)
-		default:
-			return errJSON
-		}
-	}
-}
-
-// eachElement calls fn with each raw element of the array b.
-func eachElement(b []byte, fn func(val []byte)) error {
-	i := skipWS(b, 0)
-	if i >= len(b) || b[i] != '[' {
-		return errJSON
-	}
-	i = skipWS(b, i+1)
-	if i < len(b) && b[i] == ']' {
-		return trailing(b, i+1)
-	}
-	for {
-		vEnd, err := skipValue(b, i)
-		if err != nil {
-			return err
-		}
-		fn(b[i:vEnd])
-		i = skipWS(b, vEnd)
-		if i >= len(b) {
-			return errJSON
-		}
-		switch b[i] {
-		case ',':
-			i = skipWS(b, i+1)
-		case ']':
-			return trailing(b, i+1)
-		default:
-			return errJSON
-		}
-	}
-}
-
-func trailing(b []byte, i int) error {
-	if skipWS(b, i) != len(b) {
-		return errJSON
-	}
-	return nil
-}
-
 // jsonString returns the contents of the JSON string val, unescaped (into
 // a new slice, only when it holds an escape), or nil when val is not a
 // string.
@@ -302,19 +218,26 @@ func walkObject(b []byte, i int, fn func(key []byte, vi int) (int, error)) (int,
 		if err != nil {
 			return 0, err
 		}
-		i = skipWS(b, vEnd)
-		if i >= len(b) {
-			return 0, errJSON
-		}
-		switch b[i] {
-		case ',':
-			i = skipWS(b, i+1)
-		case '}':
-			return i + 1, nil
-		default:
-			return 0, errJSON
+		var done bool
+		if i, done, err = afterValue(b, vEnd, '}'); done || err != nil {
+			return i, err
 		}
 	}
+}
+
+// afterValue moves past what follows a member or element ending at b[i]:
+// a comma (to the next one), or the closing bracket, when done is set.
+func afterValue(b []byte, i int, closing byte) (next int, done bool, err error) {
+	i = skipWS(b, i)
+	switch {
+	case i >= len(b):
+		return 0, false, errJSON
+	case b[i] == ',':
+		return skipWS(b, i+1), false, nil
+	case b[i] == closing:
+		return i + 1, true, nil
+	}
+	return 0, false, errJSON
 }
 
 // walkArray walks the array at b[i] as walkObject walks an object.
@@ -334,17 +257,9 @@ func walkArray(b []byte, i int, fn func(vi int) (int, error)) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		i = skipWS(b, vEnd)
-		if i >= len(b) {
-			return 0, errJSON
-		}
-		switch b[i] {
-		case ',':
-			i = skipWS(b, i+1)
-		case ']':
-			return i + 1, nil
-		default:
-			return 0, errJSON
+		var done bool
+		if i, done, err = afterValue(b, vEnd, ']'); done || err != nil {
+			return i, err
 		}
 	}
 }

@@ -131,18 +131,33 @@ func newState(ndop *OptOuts) *state {
 // noteType1Ref records a type 1 entry of the Patient with key k, as
 // noteType1 does for a number.
 func (s *state) noteType1Ref(k refKey, dissent bool, d arrow.Date32, dateOK bool) {
+	if e, ok := type1Of(dissent, d, dateOK); ok {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if old, had := s.type1Ref[k]; e.supersedes(old, had) {
+			s.type1Ref[k] = e
+		}
+	}
+}
+
+// type1Of makes the entry for a dissent or a withdrawal on a date, and
+// false when it is to be ignored: a withdrawal whose date is unreadable
+// cannot be shown to come after the dissent; a dissent whose date is
+// unreadable counts as the latest (when in doubt, the patient objected).
+func type1Of(dissent bool, d arrow.Date32, dateOK bool) (type1Entry, bool) {
 	if !dateOK {
 		if !dissent {
-			return
+			return type1Entry{}, false
 		}
 		d = unknownDate
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	old, ok := s.type1Ref[k]
-	if !ok || d > old.date || (d == old.date && dissent) {
-		s.type1Ref[k] = type1Entry{date: d, dissent: dissent}
-	}
+	return type1Entry{date: d, dissent: dissent}, true
+}
+
+// supersedes reports whether e replaces old (absent unless had): the
+// latest entry wins, and a dissent wins a tie.
+func (e type1Entry) supersedes(old type1Entry, had bool) bool {
+	return !had || e.date > old.date || (e.date == old.date && e.dissent)
 }
 
 // mayName reports whether a Patient line may be one that type 1 entries
@@ -184,8 +199,7 @@ func (s *state) mayName(line []byte) bool {
 func (s *state) mergeType1(n uint64, e type1Entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	old, ok := s.type1[n]
-	if !ok || e.date > old.date || (e.date == old.date && e.dissent) {
+	if old, had := s.type1[n]; e.supersedes(old, had) {
 		s.type1[n] = e
 	}
 }
@@ -240,20 +254,10 @@ func (s *state) resolve(k refKey, next *int) (uint64, Reason) {
 }
 
 // noteType1 records one type 1 entry; the latest wins, and dissent wins a
-// tie. A withdrawal with an unreadable date is ignored, since it cannot be
-// shown to come after the dissent.
+// tie (see type1Of for unreadable dates).
 func (s *state) noteType1(n uint64, dissent bool, d arrow.Date32, dateOK bool) {
-	if !dateOK {
-		if !dissent {
-			return
-		}
-		d = unknownDate
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	old, ok := s.type1[n]
-	if !ok || d > old.date || (d == old.date && dissent) {
-		s.type1[n] = type1Entry{date: d, dissent: dissent}
+	if e, ok := type1Of(dissent, d, dateOK); ok {
+		s.mergeType1(n, e)
 	}
 }
 

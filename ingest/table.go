@@ -531,18 +531,9 @@ func (b *rowBuilder) code(sysRaw, codeRaw []byte, sysCol int) (int16, []byte, Re
 }
 
 func (b *rowBuilder) addCondition(n uint64, f [][]byte) (Reason, int) {
-	system, code, r, col := b.code(f[1], f[2], 1)
-	if r != ReasonNone {
+	if r, col := b.addCoded(n, f, false); r != ReasonNone {
 		return r, col
 	}
-	onset, ok := parseDate(f[3])
-	if !ok {
-		return ReasonInvalidDate, 3
-	}
-	b.cols[0].appendU64(n)
-	b.cols[1].appendI16(system)
-	b.cols[2].appendStr(code)
-	b.cols[3].appendDate(onset)
 	b.cols[4].optStr(trimSpace(f[4]))
 	b.optVocab(&b.cols[5], ClinicalStatuses, f[5], 5)
 	b.optVocab(&b.cols[6], VerificationStatuses, f[6], 6)
@@ -550,19 +541,34 @@ func (b *rowBuilder) addCondition(n uint64, f [][]byte) (Reason, int) {
 }
 
 func (b *rowBuilder) addMedication(n uint64, f [][]byte) (Reason, int) {
+	return b.addCoded(n, f, true)
+}
+
+// addCoded validates and appends the columns a coded event table begins
+// with: nhs_number, code_system, code, a date and, with span, its end.
+// It appends only once every one is valid, and what the caller appends
+// after it cannot fail.
+func (b *rowBuilder) addCoded(n uint64, f [][]byte, span bool) (Reason, int) {
 	system, code, r, col := b.code(f[1], f[2], 1)
 	if r != ReasonNone {
 		return r, col
 	}
-	start, end, hasEnd, r, col := b.dateRange(f[3], f[4], 3)
-	if r != ReasonNone {
-		return r, col
+	var start, end arrow.Date32
+	var hasEnd, ok bool
+	if span {
+		if start, end, hasEnd, r, col = b.dateRange(f[3], f[4], 3); r != ReasonNone {
+			return r, col
+		}
+	} else if start, ok = parseDate(f[3]); !ok {
+		return ReasonInvalidDate, 3
 	}
 	b.cols[0].appendU64(n)
 	b.cols[1].appendI16(system)
 	b.cols[2].appendStr(code)
 	b.cols[3].appendDate(start)
-	b.cols[4].optDate(end, hasEnd)
+	if span {
+		b.cols[4].optDate(end, hasEnd)
+	}
 	return ReasonNone, -1
 }
 
@@ -609,36 +615,17 @@ func (b *rowBuilder) addObservation(n uint64, f [][]byte) (Reason, int) {
 }
 
 func (b *rowBuilder) addProcedure(n uint64, f [][]byte) (Reason, int) {
-	system, code, r, col := b.code(f[1], f[2], 1)
-	if r != ReasonNone {
+	if r, col := b.addCoded(n, f, true); r != ReasonNone {
 		return r, col
 	}
-	start, end, hasEnd, r, col := b.dateRange(f[3], f[4], 3)
-	if r != ReasonNone {
-		return r, col
-	}
-	b.cols[0].appendU64(n)
-	b.cols[1].appendI16(system)
-	b.cols[2].appendStr(code)
-	b.cols[3].appendDate(start)
-	b.cols[4].optDate(end, hasEnd)
 	b.cols[5].optStr(trimSpace(f[5]))
 	return ReasonNone, -1
 }
 
 func (b *rowBuilder) addImmunization(n uint64, f [][]byte) (Reason, int) {
-	system, code, r, col := b.code(f[1], f[2], 1)
-	if r != ReasonNone {
+	if r, col := b.addCoded(n, f, false); r != ReasonNone {
 		return r, col
 	}
-	d, ok := parseDate(f[3])
-	if !ok {
-		return ReasonInvalidDate, 3
-	}
-	b.cols[0].appendU64(n)
-	b.cols[1].appendI16(system)
-	b.cols[2].appendStr(code)
-	b.cols[3].appendDate(d)
 	b.cols[4].optStr(trimSpace(f[4]))
 	return ReasonNone, -1
 }
