@@ -58,7 +58,7 @@ func patientRefID(ref []byte) ([]byte, bool) {
 		return nil, false
 	}
 	id := ref[i+len("Patient/"):]
-	return id, len(id) > 0 && bytes.IndexAny(id, "/?") < 0
+	return id, len(id) > 0 && !bytes.ContainsAny(id, "/?")
 }
 
 // A coding is a code and its system, as text.

@@ -48,7 +48,6 @@ type writers struct {
 	part     [numTables]int
 	rows     [numTables]int // in the open part
 	line     []byte
-	medFile  *os.File // FHIR Medication resources
 }
 
 func newWriters(dir string, f ingest.Format, gz, faults bool, partRows int) (*writers, error) {
