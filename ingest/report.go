@@ -272,7 +272,10 @@ func (r *Report) WriteText(w io.Writer) error {
 		}
 		fmt.Fprintf(&b, "\n%s:%s", t, counts(tr.Reasons))
 		if len(tr.Nulled) > 0 {
-			fmt.Fprintf(&b, "; fields nulled:%s", counts(tr.Nulled))
+			if len(tr.Reasons) > 0 {
+				b.WriteString(";")
+			}
+			fmt.Fprintf(&b, " fields nulled:%s", counts(tr.Nulled))
 		}
 	}
 	b.WriteString("\n")
