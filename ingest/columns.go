@@ -26,12 +26,12 @@ type column struct {
 	n     int
 }
 
-func newColumns(t Table) []column {
+func newColumns(t Table, st *state) []column {
 	cols := make([]column, Schemas[t].NumFields())
 	for i, f := range Schemas[t].Fields() {
 		cols[i] = column{typ: f.Type, offs: []int32{0}}
 		if f.Type == Vocabulary {
-			cols[i].typ, cols[i].vocab = Vocabulary.IndexType, vocabOf(f.Name)
+			cols[i].typ, cols[i].vocab = Vocabulary.IndexType, vocabOf(f.Name, st)
 		}
 	}
 	return cols

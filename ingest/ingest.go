@@ -161,7 +161,7 @@ func Run(ctx context.Context, src Source, opts Options, emit Emit) (*Report, err
 			rep.Patients = *pc
 		}
 	}
-	vals := CodeSystems.Values()
+	vals := r.st.codeSystems.Values()
 	for i := range vals {
 		if r.otherSystems[int16(i)] {
 			rep.CodeSystems = append(rep.CodeSystems, vals[i])
@@ -179,7 +179,7 @@ type run struct {
 	format Format
 	files  *extractFiles
 	// otherSystems are the code systems met that the hub does not know
-	// (indices in CodeSystems, which outlives the run); written by the
+	// (indices in the run's vocabulary); written by the
 	// ordered emitters.
 	otherSystems map[int16]bool
 

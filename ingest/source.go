@@ -233,16 +233,9 @@ func manifestFiles(ctx context.Context, src Source, present []string) ([]string,
 	}
 	var out []string
 	for i, o := range m.Output {
-		u, err := url.Parse(o.URL)
-		if err != nil || o.URL == "" {
-			return nil, fmt.Errorf("manifest.json: output %d has no usable url", i)
-		}
-		name := path.Base(u.Path)
-		p, ok := parsePart(name)
-		if !ok || p.base != o.Type {
-			// Servers may serve files by opaque URLs; the download keeps
-			// them as TYPE.K.ndjson.
-			name = fmt.Sprintf("%s.%03d.ndjson", o.Type, i)
+		name, err := BulkFileName(o.Type, o.URL, i)
+		if err != nil {
+			return nil, fmt.Errorf("manifest.json: output %d: %w", i, err)
 		}
 		switch {
 		case slices.Contains(present, name):
@@ -259,6 +252,26 @@ func manifestFiles(ctx context.Context, src Source, present []string) ([]string,
 		}
 	}
 	return out, nil
+}
+
+// BulkFileName is the name under which a download keeps output file i of
+// a Bulk Data manifest, of resource type typ at url: the URL's own name
+// when it is a part name of that type (Patient.000.ndjson), else
+// TYPE.K.ndjson (servers may serve files by opaque URLs). Ingest looks
+// for the files of a manifest.json by these names.
+func BulkFileName(typ, rawURL string, i int) (string, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil || rawURL == "" {
+		return "", errors.New("no usable url")
+	}
+	if !isResourceType(typ) {
+		return "", fmt.Errorf("type %q is not a resource type", typ)
+	}
+	name := path.Base(u.Path)
+	if p, ok := parsePart(name); ok && p.base == typ {
+		return name, nil
+	}
+	return fmt.Sprintf("%s.%03d.ndjson", typ, i), nil
 }
 
 // probeFiles finds the tables of a source that cannot list its files by

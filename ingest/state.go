@@ -33,6 +33,8 @@ type state struct {
 	refOrder []refEntry        // the Patients in file order
 	// medications are the export's Medication resources by id.
 	medications map[string]coding
+	// codeSystems is the run's code system vocabulary.
+	codeSystems *Vocab
 
 	// Links between Patients, known before any table is read: replaced
 	// holds the Patients that another replaces; alias each one's
@@ -125,7 +127,7 @@ const unknownDate = arrow.Date32(math.MaxInt32)
 func newState(ndop *OptOuts) *state {
 	return &state{ndop: ndop, type1: map[uint64]type1Entry{},
 		kept: newOrderedIDSet(1 << 16), seen: newIDSet(1 << 16), optedOut: newIDSet(1 << 10),
-		type1Ref: map[refKey]type1Entry{}, refs: map[refKey]uint32{}, medications: map[string]coding{}}
+		type1Ref: map[refKey]type1Entry{}, refs: map[refKey]uint32{}, medications: map[string]coding{}, codeSystems: newCodeSystems()}
 }
 
 // noteType1Ref records a type 1 entry of the Patient with key k, as

@@ -75,15 +75,16 @@ func field(name, doc string, typ arrow.DataType, nullable bool) arrow.Field {
 // Vocabulary is the type of the vocabulary columns (see [Vocab]).
 var Vocabulary = VocabType
 
-// vocabOf returns the vocabulary of a table's column, or nil.
-func vocabOf(name string) *Vocab {
+// vocabOf returns the vocabulary of a table's column, or nil; code
+// systems are the run's (st's).
+func vocabOf(name string, st *state) *Vocab {
 	switch name {
 	case "type":
 		return EncounterTypes
 	case "class":
 		return EncounterClasses
 	case "code_system", "type_system":
-		return CodeSystems
+		return st.codeSystems
 	case "clinical_status":
 		return ClinicalStatuses
 	case "verification_status":
@@ -232,7 +233,7 @@ type rowBuilder struct {
 	// and so left empty; the row itself was kept.
 	nulled []fieldNote
 	// other counts kept rows whose code system the hub does not know,
-	// and otherSystems names those systems (indices in CodeSystems).
+	// and otherSystems names those systems (indices in the run's).
 	other        int64
 	otherSystems map[int16]bool
 }
@@ -244,7 +245,7 @@ type fieldNote struct {
 }
 
 func newRowBuilder(t Table, st *state) *rowBuilder {
-	return &rowBuilder{t: t, st: st, cols: newColumns(t)}
+	return &rowBuilder{t: t, st: st, cols: newColumns(t, st)}
 }
 
 // rows returns the number of rows appended since the last flush.
@@ -471,7 +472,7 @@ func (b *rowBuilder) addEncounter(n uint64, f [][]byte) (Reason, int) {
 	b.optVocab(&b.cols[6], EncounterClasses, f[6], 6)
 	// The type as a code: kept with its system, or both nulled.
 	if code := trimSpace(f[9]); len(code) > 0 {
-		b.optVocab(&b.cols[7], CodeSystems, codeSystemName(trimSpace(f[8])), 8)
+		b.optVocab(&b.cols[7], b.st.codeSystems, codeSystemName(trimSpace(f[8])), 8)
 		if b.cols[7].isNull(b.cols[7].n - 1) {
 			b.cols[8].appendNull()
 		} else {
@@ -505,7 +506,7 @@ func (b *rowBuilder) code(sysRaw, codeRaw []byte, sysCol int) (int16, []byte, Re
 			return 0, nil, ReasonInvalidCodeSystem, sysCol
 		}
 		var ok bool
-		if i, ok = CodeSystems.index(sys); !ok {
+		if i, ok = b.st.codeSystems.index(sys); !ok {
 			return 0, nil, ReasonInvalidCodeSystem, sysCol
 		}
 		b.lastSys, b.lastSysIdx, b.haveSys = append(b.lastSys[:0], raw...), i, true
@@ -520,7 +521,7 @@ func (b *rowBuilder) code(sysRaw, codeRaw []byte, sysCol int) (int16, []byte, Re
 			return 0, nil, ReasonInvalidCode, sysCol + 1
 		}
 	}
-	if int(i) >= len(CodeSystems.known) {
+	if int(i) >= len(KnownCodeSystems) {
 		b.other++
 		if b.otherSystems == nil {
 			b.otherSystems = map[int16]bool{}

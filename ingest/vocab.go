@@ -133,14 +133,21 @@ var (
 		v.aliases = classCodes
 		return v
 	}()
-	// CodeSystems starts with the short names of the code systems the hub
-	// knows (codeSystemURIs maps their URIs); a system it does not know is
-	// kept as its URI, appended as it is met.
-	CodeSystems = newVocab(true, "snomed", "icd10", "dmd", "read2", "ctv3", "opcs4", "loinc", "rxnorm", "cvx", "atc", "icd9", "emis", "nhs-dictionary")
+	// KnownCodeSystems are the short names of the code systems the hub
+	// knows (codeSystemURIs maps their URIs), the start of every run's
+	// code system vocabulary (see newCodeSystems).
+	KnownCodeSystems = []string{"snomed", "icd10", "dmd", "read2", "ctv3", "opcs4", "loinc", "rxnorm", "cvx", "atc", "icd9", "emis", "nhs-dictionary"}
 	// ClinicalStatuses and VerificationStatuses are a condition's.
 	ClinicalStatuses     = newVocab(false, "active", "recurrence", "relapse", "inactive", "remission", "resolved")
 	VerificationStatuses = newVocab(false, "unconfirmed", "provisional", "differential", "confirmed")
 )
+
+// newCodeSystems returns a run's code system vocabulary: the known ones,
+// then each system the extract uses that the hub does not know, kept as
+// its URI in the order it is met. It is a run's own, so that a dataset's
+// Parquet dictionaries hold only its extract's systems, the same however
+// many runs a process makes before.
+func newCodeSystems() *Vocab { return newVocab(true, KnownCodeSystems...) }
 
 // Indices of the code systems whose codes are checked for form.
 const (

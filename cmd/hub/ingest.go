@@ -31,7 +31,8 @@ func ingestCommand() *cli.Command {
 			"--override CHECK passes one check by; the manifest and the audit log record it.\n\n" +
 			"Example:\n  hub ingest --extract ./extract --optouts ndop.txt --dataset gp --key-file key",
 		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "extract", Required: true, EnvVars: []string{"HUB_EXTRACT"}, Usage: "extract folder, or s3://bucket/prefix landing area"},
+			&cli.StringFlag{Name: "extract", Required: true, EnvVars: []string{"HUB_EXTRACT"}, Usage: "extract folder, s3://bucket/prefix landing area, or a FHIR server's base URL (https://HOST/fhir, or .../Group/ID) to pull a Bulk Data export from"},
+			&cli.StringFlag{Name: "landing", EnvVars: []string{"HUB_LANDING"}, Usage: "with an --extract URL: the folder to keep the pulled export in (the same folder resumes a pull)"},
 			&cli.StringFlag{Name: "optouts", Required: true, EnvVars: []string{"HUB_OPTOUTS"}, Usage: "National Data Opt-out list, one NHS number a line (an empty file if none)"},
 			&cli.BoolFlag{Name: "check", Usage: "run ingest alone and print the report"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},

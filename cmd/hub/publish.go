@@ -18,6 +18,7 @@ import (
 	"github.com/nhs-hub/hub/deid"
 	"github.com/nhs-hub/hub/governance"
 	"github.com/nhs-hub/hub/ingest"
+	"github.com/nhs-hub/hub/ingest/bulkdata"
 	"github.com/nhs-hub/hub/internal/pipeline"
 	"github.com/urfave/cli/v2"
 )
@@ -141,6 +142,9 @@ func openLake(c *cli.Context) (*catalog.Lake, error) {
 // landing area that the LHCRE drops extracts into.
 func extractSource(c *cli.Context) (ingest.Source, error) {
 	loc := c.String("extract")
+	if strings.HasPrefix(loc, "http://") || strings.HasPrefix(loc, "https://") {
+		return pullExtract(c, loc)
+	}
 	if !strings.HasPrefix(loc, "s3://") {
 		if _, err := os.Stat(loc); err != nil {
 			return nil, fmt.Errorf("extract folder: %w", err)
@@ -247,4 +251,31 @@ func s3Endpoint(endpoint string, tls, tlsSet bool) (string, bool, error) {
 		return "", false, usageError{fmt.Errorf("--s3-endpoint %q and --s3-tls=%v disagree; drop --s3-tls", endpoint, tls)}
 	}
 	return u.Host, secure, nil
+}
+
+// exportTypes are the resource types a pull asks for: those the extract
+// contract reads.
+var exportTypes = []string{"Patient", "Encounter", "Condition", "MedicationRequest", "MedicationStatement", "Medication",
+	"Observation", "Procedure", "Immunization", "EpisodeOfCare"}
+
+// pullExtract runs (or resumes) a Bulk Data export from the FHIR server
+// at base into --landing, and returns that folder as the extract.
+func pullExtract(c *cli.Context, base string) (ingest.Source, error) {
+	dir := c.String("landing")
+	if dir == "" {
+		return nil, usageError{fmt.Errorf("a pull from %s needs --landing DIR: the folder that keeps the raw export (the version's provenance); run again with the same folder to resume", base)}
+	}
+	var progress io.Writer
+	if isTerminal(os.Stderr) {
+		progress = os.Stderr
+	}
+	st, err := bulkdata.Pull(c.Context, bulkdata.Config{Base: base, Types: exportTypes, Dir: dir, Progress: progress, Logger: logger(c)})
+	if progress != nil {
+		fmt.Fprint(progress, "\r\033[K")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pull %s: %w", base, err)
+	}
+	fmt.Fprintf(c.App.ErrWriter, "pulled %d files of the export of %s (transaction time %s) into %s\n", len(st.Files), base, st.TransactionTime, dir)
+	return ingest.Dir(dir), nil
 }

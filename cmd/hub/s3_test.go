@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/nhs-hub/hub/catalog/s3"
+	"github.com/nhs-hub/hub/internal/bulktest"
 	"github.com/nhs-hub/hub/internal/miniotest"
 )
 
@@ -128,4 +130,62 @@ func upload(ctx context.Context, st *s3.Store, path, name string) error {
 		return err
 	}
 	return w.Close()
+}
+
+// hub ingest --extract URL pulls a Bulk Data export from a FHIR server (a
+// strict test server: no real one can be installed here) into --landing
+// and publishes the same version as ingesting the same files from a
+// folder: the same rows and the same Parquet bytes, pseudonyms included.
+func TestPublishPulledExport(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "x")
+	if _, err := runHub(t, "synth", "--patients", "300", "--format", "fhir", "--part-rows", "500", "--out", dir); err != nil {
+		t.Fatal(err)
+	}
+	srv := bulktest.New(t, dir)
+	keyFile := filepath.Join(t.TempDir(), "key")
+	os.WriteFile(keyFile, []byte(strings.Repeat("k", 32)), 0o600)
+	lake := filepath.Join(t.TempDir(), "lake")
+	landing := filepath.Join(t.TempDir(), "landing")
+	base := []string{"ingest", "--optouts", filepath.Join(dir, "optouts.txt"), "--lake", lake, "--key-file", keyFile, "--json"}
+	if _, err := runHub(t, append(base, "--extract", srv.Base(), "--dataset", "pulled")...); err == nil || exitCode(err) != 2 {
+		t.Fatalf("a pull without --landing: %v", err)
+	}
+	if out, err := runHub(t, append(base, "--extract", srv.Base(), "--landing", landing, "--dataset", "pulled")...); err != nil {
+		t.Fatalf("pull: %v\n%s", err, out)
+	}
+	if out, err := runHub(t, append(base, "--extract", dir, "--dataset", "folder")...); err != nil {
+		t.Fatalf("folder: %v\n%s", err, out)
+	}
+	show := func(name string) map[string]struct {
+		Rows  int64
+		Parts []struct{ SHA256 string }
+	} {
+		out, err := runHub(t, "catalog", "show", "--lake", lake, "--json", name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m struct {
+			Tables map[string]struct {
+				Rows  int64
+				Parts []struct{ SHA256 string }
+			}
+		}
+		if err := json.Unmarshal([]byte(out), &m); err != nil {
+			t.Fatal(err)
+		}
+		return m.Tables
+	}
+	pulled, folder := show("pulled"), show("folder")
+	if len(pulled) != len(folder) || len(pulled) < 8 {
+		t.Fatalf("%d tables pulled, %d from the folder", len(pulled), len(folder))
+	}
+	for name, f := range folder {
+		p := pulled[name]
+		if p.Rows != f.Rows || fmt.Sprint(p.Parts) != fmt.Sprint(f.Parts) {
+			t.Errorf("%s: pulled %d rows %v, folder %d rows %v", name, p.Rows, p.Parts, f.Rows, f.Parts)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(landing, "pull.json")); err != nil {
+		t.Errorf("the landing folder keeps no pull state: %v", err)
+	}
 }

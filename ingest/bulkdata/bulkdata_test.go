@@ -1,0 +1,188 @@
+package bulkdata_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/nhs-hub/hub/ingest"
+	"github.com/nhs-hub/hub/ingest/bulkdata"
+	"github.com/nhs-hub/hub/internal/bulktest"
+	"github.com/nhs-hub/hub/internal/synth"
+)
+
+// export writes a synthetic FHIR export in small parts.
+func export(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if _, err := synth.Generate(t.Context(), dir, synth.Options{Patients: 300, Seed: 3, FaultRate: 0.02, Format: ingest.FHIR, PartRows: 400}); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// ingestDir ingests a folder and returns its report as JSON, the file
+// names and hashes left out (they differ between the two folders only by
+// the pulled manifest's OperationOutcome file).
+func ingestDir(t *testing.T, dir string, optouts string) (*ingest.Report, int64) {
+	t.Helper()
+	o, err := ingest.LoadOptOuts(t.Context(), strings.NewReader(optouts))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows int64
+	rep, err := ingest.Run(t.Context(), ingest.Dir(dir), ingest.Options{OptOuts: o}, func(_ context.Context, _ ingest.Table, rec arrow.RecordBatch) error {
+		rows += rec.NumRows()
+		rec.Release()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep, rows
+}
+
+func TestPullThenIngest(t *testing.T) {
+	src := export(t)
+	srv := bulktest.New(t, src)
+	srv.Cut = "Encounter.000.ndjson" // dropped mid-file once: retried
+	srv.Errors = []string{`{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing","diagnostics":"Observation/o1: invalid"}]}`}
+	landing := filepath.Join(t.TempDir(), "pull")
+	var progress bytes.Buffer
+	st, err := bulkdata.Pull(t.Context(), bulkdata.Config{Base: srv.Base(), Dir: landing, Poll: time.Millisecond, Progress: &progress,
+		Types: []string{"Patient", "Encounter", "Condition", "MedicationRequest", "Medication", "Observation", "Procedure", "Immunization", "EpisodeOfCare"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Complete || st.TransactionTime != "2026-12-01T00:00:00Z" || srv.Kicks != 1 || !srv.Deleted["job-1"] {
+		t.Errorf("state %+v, %d kick-offs, deleted %v", st, srv.Kicks, srv.Deleted)
+	}
+	if srv.Gets["Encounter.000.ndjson"] != 2 {
+		t.Errorf("the cut file was fetched %d times, want 2", srv.Gets["Encounter.000.ndjson"])
+	}
+	if !strings.Contains(progress.String(), "% done") {
+		t.Errorf("X-Progress not shown: %q", progress.String())
+	}
+	for _, f := range st.Files {
+		b, err := os.ReadFile(filepath.Join(landing, f.Name))
+		if err != nil || int64(len(b)) != f.Bytes || len(f.SHA256) != 64 {
+			t.Errorf("%s: %d bytes on disk, %d recorded, %v", f.Name, len(b), f.Bytes, err)
+		}
+		if orig, err := os.ReadFile(filepath.Join(src, f.Name)); err == nil && !bytes.Equal(orig, b) {
+			t.Errorf("%s differs from the server's file", f.Name)
+		}
+	}
+	// The pulled folder ingests as the server's folder does.
+	optouts, _ := os.ReadFile(filepath.Join(src, "optouts.txt"))
+	a, arows := ingestDir(t, src, string(optouts))
+	b, brows := ingestDir(t, landing, string(optouts))
+	if arows != brows || arows == 0 {
+		t.Errorf("rows kept: %d from the folder, %d from the pull", arows, brows)
+	}
+	for name, ta := range a.Tables {
+		tb := b.Tables[name]
+		if ta.Read != tb.Read || ta.Kept != tb.Kept || len(ta.Files) != len(tb.Files) {
+			t.Errorf("%s: read %d/%d kept %d/%d files %d/%d", name, ta.Read, tb.Read, ta.Kept, tb.Kept, len(ta.Files), len(tb.Files))
+		}
+	}
+	if !b.Manifest || b.NotIngested["OperationOutcome"] != 1 {
+		t.Errorf("pulled folder: manifest %v, not ingested %v", b.Manifest, b.NotIngested)
+	}
+	// A pull already complete is not asked again.
+	if _, err := bulkdata.Pull(t.Context(), bulkdata.Config{Base: srv.Base(), Dir: landing, Types: []string{"Patient", "Encounter", "Condition", "MedicationRequest", "Medication", "Observation", "Procedure", "Immunization", "EpisodeOfCare"}}); err != nil || srv.Kicks != 1 {
+		t.Errorf("a complete pull ran again: %v, %d kick-offs", err, srv.Kicks)
+	}
+}
+
+// A pull killed mid-download resumes its job and fetches only the files it
+// does not have whole.
+func TestPullResumes(t *testing.T) {
+	src := export(t)
+	srv := bulktest.New(t, src)
+	srv.Hold, srv.HoldOn = make(chan struct{}), "Observation.001.ndjson"
+	landing := filepath.Join(t.TempDir(), "pull")
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() {
+		_, err := bulkdata.Pull(ctx, bulkdata.Config{Base: srv.Base(), Dir: landing, Poll: time.Millisecond, Parallel: 1})
+		done <- err
+	}()
+	// Wait until the held file is asked for, then kill the pull.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		srv.Mu.Lock()
+		asked := srv.Gets["Observation.001.ndjson"] > 0
+		srv.Mu.Unlock()
+		if asked || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	srv.Mu.Lock()
+	close(srv.Hold)
+	srv.Mu.Unlock()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("killed pull: %v", err)
+	}
+	before := map[string]int{}
+	srv.Mu.Lock()
+	for k, v := range srv.Gets {
+		before[k] = v
+	}
+	srv.Hold = nil
+	srv.Mu.Unlock()
+	st, err := bulkdata.Pull(t.Context(), bulkdata.Config{Base: srv.Base(), Dir: landing, Poll: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srv.Kicks != 1 {
+		t.Errorf("%d kick-offs: the resumed pull did not take up its job", srv.Kicks)
+	}
+	refetched := 0
+	for name, n := range srv.Gets {
+		if n > 1 {
+			refetched++
+			if name != "Observation.001.ndjson" {
+				t.Errorf("%s fetched %d times, though it was whole", name, n)
+			}
+		}
+	}
+	if refetched != 1 || !st.Complete {
+		t.Errorf("%d files fetched again (want the one cut), complete %v", refetched, st.Complete)
+	}
+	entries, _ := os.ReadDir(landing)
+	for _, e := range entries {
+		if strings.Contains(e.Name(), ".part-") {
+			t.Errorf("a partial download was left: %s", e.Name())
+		}
+	}
+}
+
+func TestPullErrors(t *testing.T) {
+	src := export(t)
+	for _, c := range []struct {
+		name  string
+		types []string
+		fail  int
+		want  string
+	}{
+		{"unknown type", []string{"Nonsense"}, 0, "400 Bad Request: not-supported: _type Nonsense"},
+		{"failed export", nil, 500, "gave up after retries"},
+		{"lost job", nil, 404, "404 Not Found"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			srv := bulktest.New(t, src)
+			srv.Fail = c.fail
+			_, err := bulkdata.Pull(t.Context(), bulkdata.Config{Base: srv.Base(), Dir: t.TempDir(), Types: c.types, Poll: time.Millisecond, Retries: 2})
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err = %v, want %q", err, c.want)
+			}
+		})
+	}
+}
