@@ -7,6 +7,7 @@
 package ingest
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/hex"
@@ -199,6 +200,11 @@ func (r *run) countNotIngested(ctx context.Context) error {
 	r.rep.NotIngested = map[string]int64{}
 	for typ, names := range r.files.notIngested {
 		for _, name := range names {
+			if typ == "OperationOutcome" {
+				if err := r.exportErrors(ctx, name); err != nil {
+					return err
+				}
+			}
 			n, err := countResources(ctx, r.src, name)
 			if err != nil {
 				return err
@@ -207,6 +213,52 @@ func (r *run) countNotIngested(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// exportErrors counts the issues of an export's error file (the
+// OperationOutcomes a server lists under the manifest's error) by issue
+// code. Their diagnostics may name records, so only the codes are kept.
+func (r *run) exportErrors(ctx context.Context, name string) error {
+	rc, err := r.src.Open(ctx, name)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", name, err)
+	}
+	defer rc.Close()
+	stream, _, err := openStream(rc, strings.HasSuffix(name, ".gz"), false)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	br := bufio.NewReaderSize(stream, 1<<20)
+	for {
+		line, err := readLine(br, MaxRecord)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil && err != errLineTooLong {
+			return fmt.Errorf("read %s: %w", name, err)
+		}
+		var oo struct {
+			Issue []struct {
+				Code string `json:"code"`
+			} `json:"issue"`
+		}
+		if r.rep.ExportErrors == nil {
+			r.rep.ExportErrors = map[string]int64{}
+		}
+		if err != nil || json.Unmarshal(line, &oo) != nil || len(oo.Issue) == 0 {
+			if len(bytes.TrimSpace(line)) > 0 || err != nil {
+				r.rep.ExportErrors["unreadable"]++
+			}
+			continue
+		}
+		for _, is := range oo.Issue {
+			code := is.Code
+			if code == "" || len(code) > 40 {
+				code = "unknown"
+			}
+			r.rep.ExportErrors[code]++
+		}
+	}
 }
 
 // medicationPass reads the export's Medication resources, so that a

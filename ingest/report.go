@@ -208,6 +208,9 @@ type Report struct {
 	CodeSystems []string `json:"other_code_system_uris,omitempty"`
 	// Manifest says whether the export's manifest.json named the files.
 	Manifest bool `json:"manifest,omitempty"`
+	// ExportErrors counts the issues of the export's error files
+	// (OperationOutcome) by issue code.
+	ExportErrors map[string]int64 `json:"export_errors,omitempty"`
 }
 
 // Type1Stats summarises the type 1 dissent entries found in the extract.
@@ -258,6 +261,9 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	if len(r.NotIngested) > 0 {
 		fmt.Fprintf(&b, "Present but not ingested:%s\n", counts(r.NotIngested))
+	}
+	if len(r.ExportErrors) > 0 {
+		fmt.Fprintf(&b, "The server reported errors in the export:%s\n", counts(r.ExportErrors))
 	}
 	if len(r.OtherFiles) > 0 {
 		fmt.Fprintf(&b, "Other files, not read: %s\n", strings.Join(r.OtherFiles, ", "))

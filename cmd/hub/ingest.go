@@ -33,6 +33,8 @@ func ingestCommand() *cli.Command {
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "extract", Required: true, EnvVars: []string{"HUB_EXTRACT"}, Usage: "extract folder, s3://bucket/prefix landing area, or a FHIR server's base URL (https://HOST/fhir, or .../Group/ID) to pull a Bulk Data export from"},
 			&cli.StringFlag{Name: "landing", EnvVars: []string{"HUB_LANDING"}, Usage: "with an --extract URL: the folder to keep the pulled export in (the same folder resumes a pull)"},
+			&cli.StringFlag{Name: "fhir-client-id", EnvVars: []string{"HUB_FHIR_CLIENT_ID"}, Usage: "with an --extract URL: the hub's client id at the server (SMART Backend Services)"},
+			&cli.StringFlag{Name: "fhir-key-file", EnvVars: []string{"HUB_FHIR_KEY_FILE"}, Usage: "with an --extract URL: the private key that `hub fhir keygen` wrote"},
 			&cli.StringFlag{Name: "optouts", Required: true, EnvVars: []string{"HUB_OPTOUTS"}, Usage: "National Data Opt-out list, one NHS number a line (an empty file if none)"},
 			&cli.BoolFlag{Name: "check", Usage: "run ingest alone and print the report"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},

@@ -265,11 +265,15 @@ func pullExtract(c *cli.Context, base string) (ingest.Source, error) {
 	if dir == "" {
 		return nil, usageError{fmt.Errorf("a pull from %s needs --landing DIR: the folder that keeps the raw export (the version's provenance); run again with the same folder to resume", base)}
 	}
+	auth, err := fhirAuth(c)
+	if err != nil {
+		return nil, err
+	}
 	var progress io.Writer
 	if isTerminal(os.Stderr) {
 		progress = os.Stderr
 	}
-	st, err := bulkdata.Pull(c.Context, bulkdata.Config{Base: base, Types: exportTypes, Dir: dir, Progress: progress, Logger: logger(c)})
+	st, err := bulkdata.Pull(c.Context, bulkdata.Config{Base: base, Types: exportTypes, Dir: dir, Auth: auth, Progress: progress, Logger: logger(c)})
 	if progress != nil {
 		fmt.Fprint(progress, "\r\033[K")
 	}

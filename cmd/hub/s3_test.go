@@ -11,6 +11,8 @@ import (
 
 	"github.com/nhs-hub/hub/catalog/s3"
 	"github.com/nhs-hub/hub/internal/bulktest"
+
+	jose "github.com/go-jose/go-jose/v4"
 	"github.com/nhs-hub/hub/internal/miniotest"
 )
 
@@ -187,5 +189,34 @@ func TestPublishPulledExport(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(landing, "pull.json")); err != nil {
 		t.Errorf("the landing folder keeps no pull state: %v", err)
+	}
+
+	// The same from a server that asks for SMART Backend Services, with a
+	// key that `hub fhir keygen` made and whose JWKS the server registered.
+	secure := bulktest.New(t, dir)
+	keyPEM := filepath.Join(t.TempDir(), "fhir.pem")
+	jwks, err := runHub(t, "fhir", "keygen", "--out", keyPEM, "--alg", "RS384")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal([]byte(jwks), &set); err != nil {
+		t.Fatalf("keygen printed no JWKS: %v\n%s", err, jwks)
+	}
+	secure.Auth = &bulktest.Auth{ClientID: "hub", JWKS: set}
+	if out, err := runHub(t, append(base, "--extract", secure.Base(), "--landing", t.TempDir(), "--dataset", "secure")...); err == nil {
+		t.Fatalf("a pull without credentials from a server that asks for them: %s", out)
+	}
+	if out, err := runHub(t, append(base, "--extract", secure.Base(), "--landing", filepath.Join(t.TempDir(), "s"), "--dataset", "secure",
+		"--fhir-client-id", "hub", "--fhir-key-file", keyPEM)...); err != nil {
+		t.Fatalf("a pull with SMART Backend Services: %v\n%s", err, out)
+	}
+	for name, f := range show("secure") {
+		if g := folder[name]; g.Rows != f.Rows || fmt.Sprint(g.Parts) != fmt.Sprint(f.Parts) {
+			t.Errorf("%s: the authorised pull differs from the folder", name)
+		}
+	}
+	if secure.Issued == 0 {
+		t.Error("no token was issued")
 	}
 }

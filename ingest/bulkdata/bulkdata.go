@@ -9,8 +9,8 @@
 // does not have whole. Every file's SHA-256 is recorded there: the raw
 // export is the provenance of the version ingest publishes from it.
 //
-// Authorisation (SMART Backend Services) is not built yet: the client
-// pulls from servers that ask for none.
+// A server that asks for authorisation is given an access token got with
+// SMART Backend Services (smart.go); one that asks for none, none.
 package bulkdata
 
 import (
@@ -64,6 +64,8 @@ type Config struct {
 	// Poll is the wait when a server gives no Retry-After (0:
 	// DefaultPoll).
 	Poll time.Duration
+	// Auth, when set, authorises the pull with SMART Backend Services.
+	Auth *Auth
 	// Progress, when set, receives a line now and then.
 	Progress io.Writer
 	Logger   *slog.Logger
@@ -125,6 +127,7 @@ var ErrTooManyRetries = errors.New("gave up after retries")
 
 type puller struct {
 	cfg    Config
+	ts     *tokenSource // nil without Auth
 	log    *slog.Logger
 	state  State
 	mu     sync.Mutex // guards state.Files while files download
@@ -153,6 +156,12 @@ func Pull(ctx context.Context, cfg Config) (*State, error) {
 		return nil, fmt.Errorf("create landing folder: %w", err)
 	}
 	p := &puller{cfg: cfg, log: cfg.Logger.With("component", "bulkdata")}
+	if cfg.Auth != nil {
+		if cfg.Auth.ClientID == "" || cfg.Auth.Key == nil {
+			return nil, errors.New("SMART Backend Services need a client id and a key")
+		}
+		p.ts = &tokenSource{auth: *cfg.Auth, base: cfg.Base, client: cfg.Client}
+	}
 	if err := p.load(); err != nil {
 		return nil, err
 	}
@@ -237,7 +246,7 @@ func (p *puller) manifest(ctx context.Context) (*Manifest, error) {
 		p.state = State{}
 	}
 	p.state.Request = p.request()
-	resp, err := p.do(ctx, "kick-off", func() (*http.Request, error) {
+	resp, err := p.do(ctx, "kick-off", true, func() (*http.Request, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.state.Request, nil)
 		if err == nil {
 			req.Header.Set("Accept", "application/fhir+json")
@@ -268,7 +277,7 @@ func (p *puller) manifest(ctx context.Context) (*Manifest, error) {
 // the server no longer knows (404 or 410), which a resumed pull restarts.
 func (p *puller) poll(ctx context.Context) (m *Manifest, gone bool, err error) {
 	for {
-		resp, err := p.do(ctx, "status", func() (*http.Request, error) {
+		resp, err := p.do(ctx, "status", true, func() (*http.Request, error) {
 			req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.state.Status, nil)
 			if err == nil {
 				req.Header.Set("Accept", "application/json")
@@ -361,12 +370,14 @@ func (p *puller) whole(f File) bool {
 // fetch downloads one file to a temporary name, hashing it, and renames
 // it into place when whole.
 func (p *puller) fetch(ctx context.Context, f File, token bool) (File, error) {
-	if token {
-		return f, fmt.Errorf("download %s: the server requires an access token, and SMART Backend Services are not supported yet", f.Name)
+	if token && p.ts == nil {
+		return f, fmt.Errorf("download %s: the server requires an access token for its files; pull with SMART Backend Services (--fhir-client-id and --fhir-key-file)", f.Name)
 	}
 	path := filepath.Join(p.cfg.Dir, f.Name)
 	for attempt := 0; ; attempt++ {
-		resp, err := p.do(ctx, "download "+f.Name, func() (*http.Request, error) {
+		// The token goes only where the manifest says it is needed: a
+		// file may be served from another host.
+		resp, err := p.do(ctx, "download "+f.Name, token, func() (*http.Request, error) {
 			req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.URL, nil)
 			if err == nil {
 				req.Header.Set("Accept", "application/fhir+ndjson")
@@ -434,6 +445,12 @@ func (p *puller) deleteJob(ctx context.Context) {
 	if err != nil {
 		return
 	}
+	if p.ts != nil {
+		if err := p.ts.authorize(ctx, req, false); err != nil {
+			p.log.Warn("delete the export job", "err", err)
+			return
+		}
+	}
 	resp, err := p.cfg.Client.Do(req)
 	if err != nil {
 		p.log.Warn("delete the export job", "err", err)
@@ -446,16 +463,30 @@ func (p *puller) deleteJob(ctx context.Context) {
 // (the server's Retry-After when it gives one), at most cfg.Retries
 // times. Any other 4xx is returned as a ServerError with the
 // OperationOutcome's diagnostics.
-func (p *puller) do(ctx context.Context, op string, newReq func() (*http.Request, error)) (*http.Response, error) {
+func (p *puller) do(ctx context.Context, op string, auth bool, newReq func() (*http.Request, error)) (*http.Response, error) {
 	var last error
+	renew := false // a 401 asks for a new token once
 	for attempt := 0; attempt < p.cfg.Retries; attempt++ {
 		req, err := newReq()
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", op, err)
 		}
+		if auth && p.ts != nil {
+			if err := p.ts.authorize(ctx, req, renew); err != nil {
+				return nil, fmt.Errorf("%s: %w", op, err)
+			}
+		}
 		resp, err := p.cfg.Client.Do(req)
 		var wait time.Duration
 		switch {
+		case err == nil && resp.StatusCode == http.StatusUnauthorized && auth && p.ts != nil && !renew:
+			resp.Body.Close()
+			renew = true // the token expired, or was revoked: get another
+			p.log.Info("access token refused; getting a new one", "op", op)
+			continue
+		case err == nil && resp.StatusCode == http.StatusUnauthorized && p.ts == nil:
+			resp.Body.Close()
+			return nil, &ServerError{Op: op, Status: resp.StatusCode, Msg: "the server asks for authorisation: pull with SMART Backend Services (--fhir-client-id and --fhir-key-file)"}
 		case err != nil:
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
@@ -473,6 +504,7 @@ func (p *puller) do(ctx context.Context, op string, newReq func() (*http.Request
 		default:
 			return resp, nil
 		}
+		renew = false
 		p.log.Warn("request failed; retrying", "op", op, "attempt", attempt+1, "wait", wait)
 		if err := sleep(ctx, wait); err != nil {
 			return nil, err

@@ -91,8 +91,8 @@ func TestPullThenIngest(t *testing.T) {
 			t.Errorf("%s: read %d/%d kept %d/%d files %d/%d", name, ta.Read, tb.Read, ta.Kept, tb.Kept, len(ta.Files), len(tb.Files))
 		}
 	}
-	if !b.Manifest || b.NotIngested["OperationOutcome"] != 1 {
-		t.Errorf("pulled folder: manifest %v, not ingested %v", b.Manifest, b.NotIngested)
+	if !b.Manifest || b.NotIngested["OperationOutcome"] != 1 || b.ExportErrors["processing"] != 1 || len(b.ExportErrors) != 1 {
+		t.Errorf("pulled folder: manifest %v, not ingested %v, export errors %v", b.Manifest, b.NotIngested, b.ExportErrors)
 	}
 	// A pull already complete is not asked again.
 	if _, err := bulkdata.Pull(t.Context(), bulkdata.Config{Base: srv.Base(), Dir: landing, Types: []string{"Patient", "Encounter", "Condition", "MedicationRequest", "Medication", "Observation", "Procedure", "Immunization", "EpisodeOfCare"}}); err != nil || srv.Kicks != 1 {

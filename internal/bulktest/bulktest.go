@@ -5,6 +5,8 @@
 package bulktest
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -15,6 +17,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 )
 
 // A Server serves the files of a folder as one system-level export: kick-off
@@ -37,12 +43,37 @@ type Server struct {
 	HoldOn  string
 	Errors  []string // lines of the manifest's error file
 	Fail    int      // status code every status request answers, when set
+
+	// Auth, when set, makes the server ask for SMART Backend Services.
+	Auth      *Auth
+	tokens    map[string]time.Time // access token → when it stops working
+	uses      map[string]int
+	jtis      map[string]bool
+	Issued    int    // access tokens issued
+	Refused   int    // requests refused for want of a valid token
+	Assertion string // the last client assertion, for replay tests
+}
+
+// Auth is a registered SMART Backend Services client.
+type Auth struct {
+	ClientID string
+	JWKS     jose.JSONWebKeySet // the client's public keys
+	// Life is how long a token really works, and Uses how many requests
+	// it serves (0: no limit); the token endpoint says five minutes, so a
+	// client meets expiry in mid-pull.
+	Life time.Duration
+	Uses int
+	// Scopes the server grants (default system/*.rs and system/*.read).
+	Scopes []string
 }
 
 // New serves the export files of dir until the test ends.
 func New(t *testing.T, dir string) *Server {
-	s := &Server{t: t, dir: dir, jobs: map[string]int{}, Deleted: map[string]bool{}, Gets: map[string]int{}, Polls: 2}
+	s := &Server{t: t, dir: dir, jobs: map[string]int{}, Deleted: map[string]bool{}, Gets: map[string]int{}, Polls: 2,
+		tokens: map[string]time.Time{}, uses: map[string]int{}, jtis: map[string]bool{}}
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /fhir/.well-known/smart-configuration", s.smartConfig)
+	mux.HandleFunc("POST /token", s.token)
 	mux.HandleFunc("GET /fhir/{op}", s.kickoff)
 	mux.HandleFunc("GET /jobs/{id}", s.status)
 	mux.HandleFunc("DELETE /jobs/{id}", s.delete)
@@ -65,6 +96,9 @@ func outcomeBody(w http.ResponseWriter, status int, code, msg string) {
 var resourceTypes = []string{"Patient", "Encounter", "Condition", "MedicationRequest", "MedicationStatement", "Medication", "Observation", "Procedure", "Immunization", "EpisodeOfCare"}
 
 func (s *Server) kickoff(w http.ResponseWriter, r *http.Request) {
+	if !s.authorised(w, r) {
+		return
+	}
 	if r.PathValue("op") != "$export" {
 		outcomeBody(w, http.StatusNotFound, "not-found", "unknown operation")
 		return
@@ -100,6 +134,9 @@ func (s *Server) kickoff(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	if !s.authorised(w, r) {
+		return
+	}
 	id := r.PathValue("id")
 	s.Mu.Lock()
 	n, ok := s.jobs[id]
@@ -148,10 +185,13 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(map[string]any{"transactionTime": "2026-12-01T00:00:00Z", "request": s.Base() + "/$export",
-		"requiresAccessToken": false, "output": outs, "error": errs})
+		"requiresAccessToken": s.Auth != nil, "output": outs, "error": errs})
 }
 
 func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
+	if !s.authorised(w, r) {
+		return
+	}
 	s.Mu.Lock()
 	defer s.Mu.Unlock()
 	if _, ok := s.jobs[r.PathValue("id")]; !ok {
@@ -163,6 +203,9 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) file(w http.ResponseWriter, r *http.Request) {
+	if !s.authorised(w, r) {
+		return
+	}
 	if a := r.Header.Get("Accept"); a != "application/fhir+ndjson" && a != "application/ndjson" {
 		outcomeBody(w, http.StatusNotAcceptable, "not-supported", "Accept must be application/fhir+ndjson")
 		return
@@ -203,4 +246,125 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Write(b)
+}
+
+// authorised checks a request's bearer token when the server asks for
+// one, answering 401 when it is missing, unknown or expired.
+func (s *Server) authorised(w http.ResponseWriter, r *http.Request) bool {
+	if s.Auth == nil {
+		return true
+	}
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	s.Mu.Lock()
+	until, known := s.tokens[tok]
+	good := ok && known && time.Now().Before(until) && (s.Auth.Uses == 0 || s.uses[tok] < s.Auth.Uses)
+	if good {
+		s.uses[tok]++
+	} else {
+		s.Refused++
+	}
+	s.Mu.Unlock()
+	if !good {
+		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+		outcomeBody(w, http.StatusUnauthorized, "login", "a valid access token is required")
+	}
+	return good
+}
+
+func (s *Server) smartConfig(w http.ResponseWriter, r *http.Request) {
+	if s.Auth == nil {
+		http.NotFound(w, r)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(map[string]any{
+		"token_endpoint": s.ts.URL + "/token", "grant_types_supported": []string{"client_credentials"},
+		"token_endpoint_auth_methods_supported":            []string{"private_key_jwt"},
+		"token_endpoint_auth_signing_alg_values_supported": []string{"RS384", "ES384"},
+		"scopes_supported":                                 s.scopes(), "capabilities": []string{"client-confidential-asymmetric"}})
+}
+
+func (s *Server) scopes() []string {
+	if len(s.Auth.Scopes) > 0 {
+		return s.Auth.Scopes
+	}
+	return []string{"system/*.rs", "system/*.read"}
+}
+
+func tokenError(w http.ResponseWriter, status int, code, desc string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]string{"error": code, "error_description": desc})
+}
+
+// token is the token endpoint of SMART Backend Services: a client
+// assertion signed by a registered key, for this audience, unexpired,
+// at most five minutes long, its jti never seen before.
+func (s *Server) token(w http.ResponseWriter, r *http.Request) {
+	if s.Auth == nil {
+		http.NotFound(w, r)
+		return
+	}
+	if err := r.ParseForm(); err != nil {
+		tokenError(w, http.StatusBadRequest, "invalid_request", "not a form")
+		return
+	}
+	if r.PostForm.Get("grant_type") != "client_credentials" {
+		tokenError(w, http.StatusBadRequest, "unsupported_grant_type", "client_credentials only")
+		return
+	}
+	if r.PostForm.Get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
+		tokenError(w, http.StatusBadRequest, "invalid_request", "client_assertion_type")
+		return
+	}
+	raw := r.PostForm.Get("client_assertion")
+	s.Mu.Lock()
+	s.Assertion = raw
+	s.Mu.Unlock()
+	tok, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS384, jose.ES384})
+	if err != nil || len(tok.Headers) != 1 {
+		tokenError(w, http.StatusBadRequest, "invalid_client", "the assertion is not a signed JWT")
+		return
+	}
+	keys := s.Auth.JWKS.Key(tok.Headers[0].KeyID)
+	if len(keys) != 1 || keys[0].Algorithm != tok.Headers[0].Algorithm {
+		tokenError(w, http.StatusBadRequest, "invalid_client", "no registered key of that kid and alg")
+		return
+	}
+	var c jwt.Claims
+	if err := tok.Claims(keys[0].Key, &c); err != nil {
+		tokenError(w, http.StatusBadRequest, "invalid_client", "the signature does not verify")
+		return
+	}
+	if err := c.ValidateWithLeeway(jwt.Expected{Issuer: s.Auth.ClientID, Subject: s.Auth.ClientID,
+		AnyAudience: jwt.Audience{s.ts.URL + "/token"}, Time: time.Now()}, 0); err != nil {
+		tokenError(w, http.StatusBadRequest, "invalid_client", err.Error())
+		return
+	}
+	if c.Expiry == nil || c.Expiry.Time().After(time.Now().Add(5*time.Minute+time.Second)) || c.ID == "" {
+		tokenError(w, http.StatusBadRequest, "invalid_client", "exp more than five minutes ahead, or no jti")
+		return
+	}
+	if !slices.Contains(s.scopes(), r.PostForm.Get("scope")) {
+		tokenError(w, http.StatusBadRequest, "invalid_scope", "scope not granted")
+		return
+	}
+	s.Mu.Lock()
+	defer s.Mu.Unlock()
+	if s.jtis[c.ID] {
+		tokenError(w, http.StatusBadRequest, "invalid_grant", "jti reused")
+		return
+	}
+	s.jtis[c.ID] = true
+	var b [16]byte
+	rand.Read(b[:])
+	token := hex.EncodeToString(b[:])
+	life := s.Auth.Life
+	if life <= 0 {
+		life = 5 * time.Minute
+	}
+	s.tokens[token] = time.Now().Add(life)
+	s.Issued++
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(map[string]any{"access_token": token, "token_type": "bearer", "expires_in": 300, "scope": r.PostForm.Get("scope")})
 }
