@@ -58,6 +58,12 @@ type Provenance struct {
 	ExtractFormat   string `json:"extract_format"`
 	ExtractSource   string `json:"extract_source"`
 	ExtractIdentity string `json:"extract_identity"`
+	// For an export pulled from a FHIR server: the folder ingest read
+	// (the pulled export, or its merge with the pull before) and the
+	// export's transactionTime, which the next --since last pull asks
+	// from.
+	ExtractFolder   string `json:"extract_folder,omitempty"`
+	TransactionTime string `json:"transaction_time,omitempty"`
 	OptOutSHA256    string `json:"optout_list_sha256"`
 	OptOutDate      string `json:"optout_list_date"`
 	PolicyHash      string `json:"deid_policy_sha256"`

@@ -289,3 +289,19 @@ func arrayAt(b []byte, i int, fn func(vi int) (int, error)) (int, error) {
 	}
 	return walkArray(b, i, fn)
 }
+
+// ResourceKey returns the resourceType and id of an NDJSON line's
+// resource, and false when the line is not a JSON object that has both.
+func ResourceKey(line []byte) (typ, id []byte, ok bool) {
+	i := skipWS(line, 0)
+	end, err := walkObject(line, i, func(key []byte, vi int) (int, error) {
+		switch string(key) {
+		case "resourceType":
+			return strAt(line, vi, &typ)
+		case "id":
+			return strAt(line, vi, &id)
+		}
+		return skipValue(line, vi)
+	})
+	return typ, id, err == nil && skipWS(line, end) == len(line) && len(typ) > 0 && len(id) > 0
+}

@@ -254,6 +254,17 @@ func manifestFiles(ctx context.Context, src Source, present []string) ([]string,
 	return out, nil
 }
 
+// PartOf returns the FHIR resource type of an NDJSON part's file name
+// (Patient.000.ndjson, Patient-1.ndjson.gz, 1.Patient.ndjson, ...) and its
+// place among the type's parts, and false for any other name.
+func PartOf(name string) (typ string, lead, trail int, ok bool) {
+	p, ok := parsePart(name)
+	if !ok || p.ext != "ndjson" || !isResourceType(p.base) {
+		return "", 0, 0, false
+	}
+	return p.base, p.lead, p.trail, true
+}
+
 // BulkFileName is the name under which a download keeps output file i of
 // a Bulk Data manifest, of resource type typ at url: the URL's own name
 // when it is a part name of that type (Patient.000.ndjson), else

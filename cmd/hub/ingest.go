@@ -33,6 +33,7 @@ func ingestCommand() *cli.Command {
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "extract", Required: true, EnvVars: []string{"HUB_EXTRACT"}, Usage: "extract folder, s3://bucket/prefix landing area, or a FHIR server's base URL (https://HOST/fhir, or .../Group/ID) to pull a Bulk Data export from"},
 			&cli.StringFlag{Name: "landing", EnvVars: []string{"HUB_LANDING"}, Usage: "with an --extract URL: the folder to keep the pulled export in (the same folder resumes a pull)"},
+			&cli.StringFlag{Name: "since", Usage: "with an --extract URL: pull only what changed since an instant, or since the --dataset's last pull (last), merged into that pull's export"},
 			&cli.StringFlag{Name: "fhir-client-id", EnvVars: []string{"HUB_FHIR_CLIENT_ID"}, Usage: "with an --extract URL: the hub's client id at the server (SMART Backend Services)"},
 			&cli.StringFlag{Name: "fhir-key-file", EnvVars: []string{"HUB_FHIR_KEY_FILE"}, Usage: "with an --extract URL: the private key that `hub fhir keygen` wrote"},
 			&cli.StringFlag{Name: "optouts", Required: true, EnvVars: []string{"HUB_OPTOUTS"}, Usage: "National Data Opt-out list, one NHS number a line (an empty file if none)"},
@@ -110,7 +111,7 @@ func runIngest(c *cli.Context, emit ingest.Emit) (*ingest.Report, error) {
 		return nil, err
 	}
 	defer done()
-	src, err := extractSource(c)
+	src, _, err := extractSource(c)
 	if err != nil {
 		return nil, err
 	}

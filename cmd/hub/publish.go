@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -64,7 +65,7 @@ func publish(c *cli.Context) error {
 			date = st.ModTime().UTC().Format(time.DateOnly)
 		}
 	}
-	src, err := extractSource(c)
+	src, pulled, err := extractSource(c)
 	if err != nil {
 		return err
 	}
@@ -80,6 +81,7 @@ func publish(c *cli.Context) error {
 		Dataset: name, Source: src, SourceName: c.String("extract"),
 		Ingest: opts, OptOutDate: date, Policy: policy, Key: key, Lake: lake, Logger: logger(c),
 		OptOutMaxAge: maxAge, MaxQuarantine: c.Float64("max-quarantine") / 100, Overrides: over,
+		ExtractFolder: pulled.folder, TransactionTime: pulled.transactionTime,
 	})
 	var refused *pipeline.RefusedError
 	if errors.As(err, &refused) {
@@ -140,23 +142,30 @@ func openLake(c *cli.Context) (*catalog.Lake, error) {
 
 // extractSource opens --extract: a folder, or an s3://bucket/prefix
 // landing area that the LHCRE drops extracts into.
-func extractSource(c *cli.Context) (ingest.Source, error) {
+func extractSource(c *cli.Context) (ingest.Source, pulledExport, error) {
 	loc := c.String("extract")
 	if strings.HasPrefix(loc, "http://") || strings.HasPrefix(loc, "https://") {
 		return pullExtract(c, loc)
 	}
+	if c.String("since") != "" {
+		return nil, pulledExport{}, usageError{errors.New("--since asks a FHIR server for what changed: give --extract the server's URL")}
+	}
 	if !strings.HasPrefix(loc, "s3://") {
 		if _, err := os.Stat(loc); err != nil {
-			return nil, fmt.Errorf("extract folder: %w", err)
+			return nil, pulledExport{}, fmt.Errorf("extract folder: %w", err)
 		}
-		return ingest.Dir(loc), nil
+		return ingest.Dir(loc), pulledExport{}, nil
 	}
 	st, err := openS3(c, loc)
 	if err != nil {
-		return nil, err
+		return nil, pulledExport{}, err
 	}
-	return storeSource{st}, nil
+	return storeSource{st}, pulledExport{}, nil
 }
+
+// A pulledExport says where a pull left the export ingest reads, and its
+// transactionTime.
+type pulledExport struct{ folder, transactionTime string }
 
 // storeSource reads an extract's files from a store.
 type storeSource struct{ st catalog.Store }
@@ -259,27 +268,87 @@ var exportTypes = []string{"Patient", "Encounter", "Condition", "MedicationReque
 	"Observation", "Procedure", "Immunization", "EpisodeOfCare"}
 
 // pullExtract runs (or resumes) a Bulk Data export from the FHIR server
-// at base into --landing, and returns that folder as the extract.
-func pullExtract(c *cli.Context, base string) (ingest.Source, error) {
+// at base into --landing, and returns that folder as the extract. With
+// --since last it asks for what changed since the dataset's last pull and
+// merges that into the last pull's export (in --landing/merged).
+func pullExtract(c *cli.Context, base string) (ingest.Source, pulledExport, error) {
 	dir := c.String("landing")
 	if dir == "" {
-		return nil, usageError{fmt.Errorf("a pull from %s needs --landing DIR: the folder that keeps the raw export (the version's provenance); run again with the same folder to resume", base)}
+		return nil, pulledExport{}, usageError{fmt.Errorf("a pull from %s needs --landing DIR: the folder that keeps the raw export (the version's provenance); run again with the same folder to resume", base)}
 	}
 	auth, err := fhirAuth(c)
 	if err != nil {
-		return nil, err
+		return nil, pulledExport{}, err
+	}
+	since, prev, err := sincePull(c, base)
+	if err != nil {
+		return nil, pulledExport{}, err
 	}
 	var progress io.Writer
 	if isTerminal(os.Stderr) {
 		progress = os.Stderr
 	}
-	st, err := bulkdata.Pull(c.Context, bulkdata.Config{Base: base, Types: exportTypes, Dir: dir, Auth: auth, Progress: progress, Logger: logger(c)})
+	st, err := bulkdata.Pull(c.Context, bulkdata.Config{Base: base, Types: exportTypes, Since: since, Dir: dir, Auth: auth, Progress: progress, Logger: logger(c)})
 	if progress != nil {
 		fmt.Fprint(progress, "\r\033[K")
 	}
 	if err != nil {
-		return nil, fmt.Errorf("pull %s: %w", base, err)
+		return nil, pulledExport{}, fmt.Errorf("pull %s: %w", base, err)
 	}
 	fmt.Fprintf(c.App.ErrWriter, "pulled %d files of the export of %s (transaction time %s) into %s\n", len(st.Files), base, st.TransactionTime, dir)
-	return ingest.Dir(dir), nil
+	folder := dir
+	if prev != "" {
+		folder = filepath.Join(dir, "merged")
+		dropped, err := bulkdata.Merge(c.Context, prev, dir, folder)
+		if err != nil {
+			return nil, pulledExport{}, fmt.Errorf("merge the changes since %s into %s: %w", since, prev, err)
+		}
+		fmt.Fprintf(c.App.ErrWriter, "merged the changes since %s into the last pull's export: %d resources replaced or deleted\n", since, dropped)
+	}
+	abs, _ := filepath.Abs(folder)
+	return ingest.Dir(folder), pulledExport{folder: abs, transactionTime: st.TransactionTime}, nil
+}
+
+// sincePull reads --since: nothing (a full pull), an instant, or "last",
+// the transactionTime of the dataset's latest version's pull. For "last"
+// it also returns the folder that version was ingested from, which the
+// changes are merged into.
+func sincePull(c *cli.Context, base string) (since, prev string, err error) {
+	since = c.String("since")
+	if since == "" {
+		return "", "", nil
+	}
+	if since != "last" {
+		if _, err := time.Parse(time.RFC3339, since); err != nil {
+			return "", "", usageError{fmt.Errorf("--since %q: want last, or an instant such as 2026-11-30T00:00:00Z", since)}
+		}
+		return since, "", nil
+	}
+	name := c.String("dataset")
+	if name == "" {
+		return "", "", usageError{errors.New("--since last needs --dataset: the dataset whose last pull to continue")}
+	}
+	lake, err := openLake(c)
+	if err != nil {
+		return "", "", err
+	}
+	vs, err := lake.Versions(c.Context, name)
+	if err != nil {
+		return "", "", err
+	}
+	if len(vs) == 0 {
+		return "", "", fmt.Errorf("--since last: %s has no version yet; pull it whole first (without --since)", name)
+	}
+	m, err := lake.Manifest(c.Context, name, vs[len(vs)-1])
+	if err != nil {
+		return "", "", err
+	}
+	p := m.Provenance
+	if p.TransactionTime == "" || p.ExtractFolder == "" || p.ExtractSource != base {
+		return "", "", fmt.Errorf("--since last: %s@%d was not pulled from %s; pull it whole first (without --since)", name, m.Version, base)
+	}
+	if _, err := os.Stat(p.ExtractFolder); err != nil {
+		return "", "", fmt.Errorf("--since last: the export %s@%d was read from is gone (%w); pull it whole again", name, m.Version, err)
+	}
+	return p.TransactionTime, p.ExtractFolder, nil
 }

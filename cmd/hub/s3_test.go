@@ -220,3 +220,104 @@ func TestPublishPulledExport(t *testing.T) {
 		t.Error("no token was issued")
 	}
 }
+
+// --since last pulls only what changed since the dataset's last pull and
+// merges it into that pull's export: a changed record replaces the old
+// one, a deleted one goes, a new one comes, and a patient newly on the
+// opt-out list loses their older records too. The version equals one
+// ingested from the whole export as it now stands.
+func TestIncrementalPull(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "x")
+	if _, err := runHub(t, "synth", "--patients", "300", "--format", "fhir", "--fault-rate", "0", "--part-rows", "700", "--out", dir); err != nil {
+		t.Fatal(err)
+	}
+	srv := bulktest.New(t, dir)
+	keyFile := filepath.Join(t.TempDir(), "key")
+	os.WriteFile(keyFile, []byte(strings.Repeat("k", 32)), 0o600)
+	lake := filepath.Join(t.TempDir(), "lake")
+	optouts := filepath.Join(dir, "optouts.txt")
+	pub := func(args ...string) {
+		t.Helper()
+		if out, err := runHub(t, append([]string{"ingest", "--lake", lake, "--key-file", keyFile, "--json"}, args...)...); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	pub("--extract", srv.Base(), "--landing", filepath.Join(t.TempDir(), "full"), "--dataset", "inc", "--optouts", optouts)
+
+	// What changed: pat-0's first encounter cancelled, a new condition,
+	// an observation deleted, and a patient newly opted out.
+	read := func(name string) []string {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	}
+	encounters := read("Encounter.000.ndjson")
+	changed := strings.Replace(encounters[0], `"status":"finished"`, `"status":"cancelled"`, 1)
+	added := `{"resourceType":"Condition","id":"con-new","subject":{"reference":"Patient/pat-0"},"code":{"coding":[{"system":"http://snomed.info/sct","code":"44054006"}]},"onsetDateTime":"2024-01-01"}`
+	deltaDir := t.TempDir()
+	os.WriteFile(filepath.Join(deltaDir, "Encounter.000.ndjson"), []byte(changed+"\n"), 0o644)
+	os.WriteFile(filepath.Join(deltaDir, "Condition.000.ndjson"), []byte(added+"\n"), 0o644)
+	srv.Delta = &bulktest.Delta{Dir: deltaDir, Deleted: []string{"Observation/obs-1"}}
+	oldList, _ := os.ReadFile(optouts)
+	var newNumber string
+	for _, line := range read("Patient.000.ndjson")[1:] {
+		_, rest, _ := strings.Cut(line, `nhs-number","value":"`)
+		number, _, _ := strings.Cut(rest, `"`)
+		if number != "" && !strings.Contains(string(oldList), number) {
+			newNumber = number
+			break
+		}
+	}
+	if newNumber == "" {
+		t.Fatal("no patient to opt out")
+	}
+	newList := filepath.Join(t.TempDir(), "optouts.txt")
+	os.WriteFile(newList, append(oldList, []byte(newNumber+"\n")...), 0o644)
+	pub("--extract", srv.Base(), "--since", "last", "--landing", filepath.Join(t.TempDir(), "delta"), "--dataset", "inc", "--optouts", newList)
+
+	// The same export, as it now stands, from a folder.
+	now := t.TempDir()
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		b, _ := os.ReadFile(filepath.Join(dir, e.Name()))
+		s := string(b)
+		switch e.Name() {
+		case "Encounter.000.ndjson":
+			s = strings.Replace(s, encounters[0], changed, 1)
+		case "Condition.000.ndjson":
+			s += added + "\n"
+		case "Observation.000.ndjson":
+			s = strings.Replace(s, read("Observation.000.ndjson")[0]+"\n", "", 1)
+			if !strings.Contains(read("Observation.000.ndjson")[0], `"id":"obs-1"`) {
+				t.Fatal("the test expects obs-1 first")
+			}
+		}
+		os.WriteFile(filepath.Join(now, e.Name()), []byte(s), 0o644)
+	}
+	pub("--extract", now, "--dataset", "now", "--optouts", newList)
+
+	rows := func(name string, version string) map[string]int64 {
+		out, err := runHub(t, "catalog", "show", "--lake", lake, "--json", name+version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m struct {
+			Tables map[string]struct{ Rows int64 }
+		}
+		json.Unmarshal([]byte(out), &m)
+		r := map[string]int64{}
+		for k, v := range m.Tables {
+			r[k] = v.Rows
+		}
+		return r
+	}
+	v1, v2, want := rows("inc", "@1"), rows("inc", "@2"), rows("now", "")
+	if fmt.Sprint(v2) != fmt.Sprint(want) {
+		t.Errorf("the incremental version %v, the export as it stands %v", v2, want)
+	}
+	if v2["patients"] != v1["patients"]-1 || v2["encounters"] >= v1["encounters"] || v2["observations"] >= v1["observations"] {
+		t.Errorf("v1 %v, v2 %v: the changes and the new opt-out did not take", v1, v2)
+	}
+}

@@ -44,6 +44,10 @@ type Server struct {
 	Errors  []string // lines of the manifest's error file
 	Fail    int      // status code every status request answers, when set
 
+	// Delta, when set, is what a _since export returns.
+	Delta *Delta
+	since map[string]string // job → its _since
+
 	// Auth, when set, makes the server ask for SMART Backend Services.
 	Auth      *Auth
 	tokens    map[string]time.Time // access token → when it stops working
@@ -52,6 +56,13 @@ type Server struct {
 	Issued    int    // access tokens issued
 	Refused   int    // requests refused for want of a valid token
 	Assertion string // the last client assertion, for replay tests
+}
+
+// Delta is what changed since the full export: the files of Dir (the
+// changed and new resources) and the deleted resources ("Type/id").
+type Delta struct {
+	Dir     string
+	Deleted []string
 }
 
 // Auth is a registered SMART Backend Services client.
@@ -70,7 +81,7 @@ type Auth struct {
 // New serves the export files of dir until the test ends.
 func New(t *testing.T, dir string) *Server {
 	s := &Server{t: t, dir: dir, jobs: map[string]int{}, Deleted: map[string]bool{}, Gets: map[string]int{}, Polls: 2,
-		tokens: map[string]time.Time{}, uses: map[string]int{}, jtis: map[string]bool{}}
+		tokens: map[string]time.Time{}, uses: map[string]int{}, jtis: map[string]bool{}, since: map[string]string{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /fhir/.well-known/smart-configuration", s.smartConfig)
 	mux.HandleFunc("POST /token", s.token)
@@ -78,6 +89,8 @@ func New(t *testing.T, dir string) *Server {
 	mux.HandleFunc("GET /jobs/{id}", s.status)
 	mux.HandleFunc("DELETE /jobs/{id}", s.delete)
 	mux.HandleFunc("GET /files/{name}", s.file)
+	mux.HandleFunc("GET /delta/{name}", s.file)
+	mux.HandleFunc("GET /deleted", s.deletedFile)
 	s.ts = httptest.NewServer(mux)
 	t.Cleanup(s.ts.Close)
 	return s
@@ -124,10 +137,18 @@ func (s *Server) kickoff(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	since := q.Get("_since")
+	if since != "" {
+		if _, err := time.Parse(time.RFC3339, since); err != nil {
+			outcomeBody(w, http.StatusBadRequest, "invalid", "_since is not an instant")
+			return
+		}
+	}
 	s.Mu.Lock()
 	s.Kicks++
 	id := fmt.Sprintf("job-%d", s.Kicks)
 	s.jobs[id] = 0
+	s.since[id] = since
 	s.Mu.Unlock()
 	w.Header().Set("Content-Location", "/jobs/"+id)
 	w.WriteHeader(http.StatusAccepted)
@@ -163,7 +184,14 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusAccepted)
 		return
 	}
-	entries, err := os.ReadDir(s.dir)
+	dir, prefix, tt := s.dir, "/files/", "2026-12-01T00:00:00Z"
+	s.Mu.Lock()
+	delta := s.since[id] != "" && s.Delta != nil
+	s.Mu.Unlock()
+	if delta {
+		dir, prefix, tt = s.Delta.Dir, "/delta/", "2026-12-02T00:00:00Z"
+	}
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		s.t.Error(err)
 	}
@@ -178,14 +206,18 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		if !ok || !slices.Contains(resourceTypes, typ) {
 			continue
 		}
-		outs = append(outs, out{Type: typ, URL: s.ts.URL + "/files/" + e.Name()})
+		outs = append(outs, out{Type: typ, URL: s.ts.URL + prefix + e.Name()})
 	}
 	if len(s.Errors) > 0 {
 		errs = append(errs, out{Type: "OperationOutcome", URL: s.ts.URL + "/files/errors.ndjson"})
 	}
+	var deleted []out
+	if delta && len(s.Delta.Deleted) > 0 {
+		deleted = append(deleted, out{Type: "Bundle", URL: s.ts.URL + "/deleted"})
+	}
 	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(map[string]any{"transactionTime": "2026-12-01T00:00:00Z", "request": s.Base() + "/$export",
-		"requiresAccessToken": s.Auth != nil, "output": outs, "error": errs})
+	json.NewEncoder(w).Encode(map[string]any{"transactionTime": tt, "request": s.Base() + "/$export",
+		"requiresAccessToken": s.Auth != nil, "output": outs, "error": errs, "deleted": deleted})
 }
 
 func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
@@ -215,7 +247,11 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte(strings.Join(s.Errors, "\n") + "\n"))
 		return
 	}
-	b, err := os.ReadFile(filepath.Join(s.dir, filepath.Base(name)))
+	dir := s.dir
+	if strings.HasPrefix(r.URL.Path, "/delta/") {
+		dir = s.Delta.Dir
+	}
+	b, err := os.ReadFile(filepath.Join(dir, filepath.Base(name)))
 	if err != nil {
 		outcomeBody(w, http.StatusNotFound, "not-found", "no such file")
 		return
@@ -367,4 +403,19 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	s.Issued++
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(map[string]any{"access_token": token, "token_type": "bearer", "expires_in": 300, "scope": r.PostForm.Get("scope")})
+}
+
+// deletedFile serves the deleted resources as Bulk Data 2.0 does: a
+// Bundle whose entries' requests DELETE them.
+func (s *Server) deletedFile(w http.ResponseWriter, r *http.Request) {
+	if !s.authorised(w, r) {
+		return
+	}
+	var entries []map[string]any
+	for _, d := range s.Delta.Deleted {
+		entries = append(entries, map[string]any{"request": map[string]string{"method": "DELETE", "url": d}})
+	}
+	w.Header().Set("Content-Type", "application/fhir+ndjson")
+	b, _ := json.Marshal(map[string]any{"resourceType": "Bundle", "type": "transaction", "entry": entries})
+	w.Write(append(b, '\n'))
 }
