@@ -100,6 +100,15 @@ func TestPullThenIngest(t *testing.T) {
 	}
 }
 
+// A Group's export is asked at [base]/Group/ID/$export.
+func TestPullGroup(t *testing.T) {
+	srv := bulktest.New(t, export(t))
+	st, err := bulkdata.Pull(t.Context(), bulkdata.Config{Base: srv.Base() + "/Group/cohort-1", Dir: t.TempDir(), Poll: time.Millisecond})
+	if err != nil || !st.Complete || !strings.Contains(st.Request, "/Group/cohort-1/$export") {
+		t.Fatalf("group pull: %v, %+v", err, st)
+	}
+}
+
 // A pull killed mid-download resumes its job and fetches only the files it
 // does not have whole.
 func TestPullResumes(t *testing.T) {
@@ -175,11 +184,21 @@ func TestPullErrors(t *testing.T) {
 		{"unknown type", []string{"Nonsense"}, 0, "400 Bad Request: not-supported: _type Nonsense"},
 		{"failed export", nil, 500, "gave up after retries"},
 		{"lost job", nil, 404, "404 Not Found"},
+		{"unknown group", nil, -1, "404 Not Found: not-found: no such Group"},
+		{"missing file", nil, -2, "the server answered 404 Not Found: not-found: no such file"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			srv := bulktest.New(t, src)
-			srv.Fail = c.fail
-			_, err := bulkdata.Pull(t.Context(), bulkdata.Config{Base: srv.Base(), Dir: t.TempDir(), Types: c.types, Poll: time.Millisecond, Retries: 2})
+			base := srv.Base()
+			switch c.fail {
+			case -1:
+				base += "/Group/nobody"
+			case -2:
+				srv.Missing = "Encounter.001.ndjson"
+			default:
+				srv.Fail = c.fail
+			}
+			_, err := bulkdata.Pull(t.Context(), bulkdata.Config{Base: base, Dir: t.TempDir(), Types: c.types, Poll: time.Millisecond, Retries: 2})
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("err = %v, want %q", err, c.want)
 			}

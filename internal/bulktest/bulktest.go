@@ -42,6 +42,7 @@ type Server struct {
 	Hold    chan struct{}  // when set, downloads of HoldOn wait for it
 	HoldOn  string
 	Errors  []string // lines of the manifest's error file
+	Missing string   // a file the manifest lists that is not served
 	Fail    int      // status code every status request answers, when set
 
 	// Delta, when set, is what a _since export returns.
@@ -86,6 +87,7 @@ func New(t *testing.T, dir string) *Server {
 	mux.HandleFunc("GET /fhir/.well-known/smart-configuration", s.smartConfig)
 	mux.HandleFunc("POST /token", s.token)
 	mux.HandleFunc("GET /fhir/{op}", s.kickoff)
+	mux.HandleFunc("GET /fhir/Group/{group}/{op}", s.kickoff)
 	mux.HandleFunc("GET /jobs/{id}", s.status)
 	mux.HandleFunc("DELETE /jobs/{id}", s.delete)
 	mux.HandleFunc("GET /files/{name}", s.file)
@@ -114,6 +116,10 @@ func (s *Server) kickoff(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.PathValue("op") != "$export" {
 		outcomeBody(w, http.StatusNotFound, "not-found", "unknown operation")
+		return
+	}
+	if g := r.PathValue("group"); g != "" && g != "cohort-1" {
+		outcomeBody(w, http.StatusNotFound, "not-found", "no such Group")
 		return
 	}
 	if r.Header.Get("Accept") != "application/fhir+json" {
@@ -207,6 +213,9 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		outs = append(outs, out{Type: typ, URL: s.ts.URL + prefix + e.Name()})
+		if s.Missing == e.Name() {
+			outs[len(outs)-1].URL += ".gone"
+		}
 	}
 	if len(s.Errors) > 0 {
 		errs = append(errs, out{Type: "OperationOutcome", URL: s.ts.URL + "/files/errors.ndjson"})
