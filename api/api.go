@@ -11,9 +11,11 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -159,7 +161,12 @@ func Handler(gov *governance.Store, svc *cohorts.Service, log *slog.Logger) http
 		if !s.body(w, r, p, governance.ActUserAdd, &body) {
 			return
 		}
-		tok, err := s.gov.AddUser(p, body.Name, body.Roles, time.Duration(body.TokenDays)*24*time.Hour)
+		ttl, err := tokenTTL(body.TokenDays)
+		if err != nil {
+			s.reply(w, nil, s.gov.Refuse(p, governance.ActUserAdd, "", err))
+			return
+		}
+		tok, err := s.gov.AddUser(p, body.Name, body.Roles, ttl)
 		s.reply(w, map[string]string{"user": body.Name, "token": tok}, err)
 	}))
 	mux.HandleFunc("POST /v1/users/{name}/tokens", user(func(w http.ResponseWriter, r *http.Request, p *governance.Principal) {
@@ -169,7 +176,12 @@ func Handler(gov *governance.Store, svc *cohorts.Service, log *slog.Logger) http
 		if !s.body(w, r, p, governance.ActTokenIssue, &body) {
 			return
 		}
-		tok, err := s.gov.IssueToken(p, r.PathValue("name"), time.Duration(body.TokenDays)*24*time.Hour)
+		ttl, err := tokenTTL(body.TokenDays)
+		if err != nil {
+			s.reply(w, nil, s.gov.Refuse(p, governance.ActTokenIssue, "", err))
+			return
+		}
+		tok, err := s.gov.IssueToken(p, r.PathValue("name"), ttl)
 		s.reply(w, map[string]string{"user": r.PathValue("name"), "token": tok}, err)
 	}))
 	mux.HandleFunc("POST /v1/users/{name}/revoke", user(func(w http.ResponseWriter, r *http.Request, p *governance.Principal) {
@@ -219,11 +231,13 @@ func (s *server) authenticated(h func(http.ResponseWriter, *http.Request, *gover
 	}
 }
 
+// bearer returns the request's bearer token: "" unless the header is
+// "Bearer <token>" (a bare token was once accepted).
 func bearer(r *http.Request) string {
 	if t, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
 		return strings.TrimSpace(t)
 	}
-	return r.Header.Get("Authorization")
+	return ""
 }
 
 // viewProject answers with what get returns for the path's project, to
@@ -241,10 +255,21 @@ func (s *server) viewProject(get func(project string) (any, error)) func(http.Re
 
 // body decodes a JSON body strictly; a bad body is refused and recorded.
 func (s *server) body(w http.ResponseWriter, r *http.Request, p *governance.Principal, action string, v any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("the body is larger than %d bytes", maxBody))
+		return false
+	}
+	msg := ""
+	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		msg := "the body is not the expected JSON"
+	if t := bytes.TrimSpace(raw); len(t) == 0 || t[0] != '{' {
+		// null, a list or a scalar would decode to the zero value: an
+		// empty revoke list, for one, would revoke every token.
+		msg = "the body must be a JSON object"
+	} else if err := dec.Decode(v); err != nil {
+		msg = "the body is not the expected JSON"
 		var ute *json.UnmarshalTypeError
 		switch {
 		case errors.As(err, &ute):
@@ -252,10 +277,23 @@ func (s *server) body(w http.ResponseWriter, r *http.Request, p *governance.Prin
 		case strings.HasPrefix(err.Error(), "json: unknown field"):
 			msg = strings.TrimPrefix(err.Error(), "json: ")
 		}
+	} else if _, err := dec.Token(); err != io.EOF {
+		msg = "the body holds more than one JSON value"
+	}
+	if msg != "" {
 		s.reply(w, nil, s.gov.Refuse(p, action, "", fmt.Errorf("%w: %s", governance.ErrInvalid, msg)))
 		return false
 	}
 	return true
+}
+
+// tokenTTL checks a request's token_days: 0 for the default, at most
+// ten years (a larger count overflowed a duration).
+func tokenTTL(days int) (time.Duration, error) {
+	if days < 0 || days > 3660 {
+		return 0, fmt.Errorf("%w: token_days must be between 0 (the default) and 3660", governance.ErrInvalid)
+	}
+	return time.Duration(days) * 24 * time.Hour, nil
 }
 
 // query answers a cohort query: authorise, parse, ask the service, audit,

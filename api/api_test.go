@@ -1,6 +1,7 @@
 package api
 
 import (
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -235,5 +236,48 @@ func TestBadQueries(t *testing.T) {
 	}
 	if code, _ := x.call(t, "rosa", "GET", "/v1/datasets/nope", nil); code != 404 {
 		t.Fatalf("unknown dataset: %d", code)
+	}
+}
+
+// The smaller faults of an outside review: each is refused now.
+func TestBodyAndTokenEdges(t *testing.T) {
+	x := newHub(t)
+	// A second JSON value after the body.
+	if code, _ := x.call(t, "ada", "POST", "/v1/users/rosa/tokens", `{"token_days":1} {"token_days":2}`); code != http.StatusBadRequest {
+		t.Errorf("a second JSON value: %d", code)
+	}
+	// A null body on revoke must not revoke every token.
+	if code, _ := x.call(t, "ada", "POST", "/v1/users/rosa/revoke", "null"); code != http.StatusBadRequest {
+		t.Errorf("a null revoke body: %d", code)
+	}
+	if code, _ := x.call(t, "rosa", "GET", "/v1/whoami", nil); code != http.StatusOK {
+		t.Error("a null revoke body revoked rosa's token")
+	}
+	// token_days past ten years (it overflowed a duration).
+	for _, days := range []string{"100000000", "-1", "1e15"} {
+		if code, _ := x.call(t, "ada", "POST", "/v1/users/rosa/tokens", `{"token_days":`+days+`}`); code != http.StatusBadRequest {
+			t.Errorf("token_days %s: %d", days, code)
+		}
+	}
+	// A body over the limit is 413, not 400.
+	big := `{"token_days":1,"x":"` + strings.Repeat("a", 2<<20) + `"}`
+	if code, _ := x.call(t, "ada", "POST", "/v1/users/rosa/tokens", big); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("a 2 MiB body: %d", code)
+	}
+	// A bare token, without Bearer.
+	r := httptest.NewRequest("GET", "/v1/whoami", nil)
+	r.Header.Set("Authorization", x.tok["rosa"])
+	w := httptest.NewRecorder()
+	x.h.ServeHTTP(w, r)
+	if w.Code != http.StatusUnauthorized {
+		t.Errorf("a bare token: %d", w.Code)
+	}
+	// An ε below the ledger's unit (it was released charged nothing).
+	x.approved(t, "tiny-eps", 2)
+	for _, eps := range []string{"1e-16", "2e-50", "0.0005"} {
+		code, _ := x.call(t, "rosa", "POST", "/v1/projects/tiny-eps/queries", `{"dataset":"gp","measures":[{"kind":"count"}],"epsilon":`+eps+`}`)
+		if code != http.StatusBadRequest {
+			t.Errorf("epsilon %s: %d", eps, code)
+		}
 	}
 }

@@ -20,15 +20,20 @@ import (
 
 // Limits on a query's size; a query beyond them is refused before any SQL.
 const (
-	MaxQueryBytes    = 64 << 10
-	MaxDepth         = 8
-	MaxCriteria      = 64
-	MaxCodes         = 500
-	MaxMeasures      = 8
-	MaxBy            = 3
-	MaxCells         = 20000
-	MaxRanks         = 20
-	MaxEpsilon       = 10.0
+	MaxQueryBytes = 64 << 10
+	MaxDepth      = 8
+	MaxCriteria   = 64
+	MaxCodes      = 500
+	MaxMeasures   = 8
+	MaxBy         = 3
+	MaxCells      = 20000
+	MaxRanks      = 20
+	MaxEpsilon    = 10.0
+	// MinEpsilon is the smallest ε a query may spend: below it the noise
+	// drowns any count, and a much smaller one (under the ledger's unit,
+	// 1e-6) was once released charged nothing, or failed in the DP
+	// library.
+	MinEpsilon       = 0.001
 	MaxDelta         = 1e-3
 	MaxPartitions    = 20
 	MaxBound         = 1e9
@@ -286,8 +291,8 @@ func (q *Query) Validate() error {
 			return bad("index_date: %v", err)
 		}
 	}
-	if math.IsNaN(q.Epsilon) || q.Epsilon <= 0 || q.Epsilon > MaxEpsilon {
-		return bad("epsilon must be above 0 and at most %g", MaxEpsilon)
+	if math.IsNaN(q.Epsilon) || q.Epsilon < MinEpsilon || q.Epsilon > MaxEpsilon {
+		return bad("epsilon must be at least %g and at most %g", MinEpsilon, MaxEpsilon)
 	}
 	if math.IsNaN(q.Delta) || q.Delta < 0 || q.Delta > MaxDelta {
 		return bad("delta must be between 0 and %g", MaxDelta)

@@ -69,7 +69,10 @@ func serveCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("listen: %w (is another server on %s? choose --addr)", err, c.String("addr"))
 			}
-			srv := &http.Server{Handler: api.Handler(gov, svc, log), ReadHeaderTimeout: 10 * time.Second}
+			// Bounded reads, writes and idle keep-alives: a stalled body or
+			// an idle connection does not hold a slot for ever.
+			srv := &http.Server{Handler: api.Handler(gov, svc, log), ReadHeaderTimeout: 10 * time.Second,
+				ReadTimeout: 30 * time.Second, WriteTimeout: 5 * time.Minute, IdleTimeout: time.Minute}
 			fmt.Fprintf(c.App.ErrWriter, "hub serving %s on http://%s (state %s, DAC quorum %d)\n", c.String("lake"), ln.Addr(), c.String("state"), gov.Quorum())
 			done := make(chan error, 1)
 			go func() { done <- srv.Serve(ln) }()
