@@ -312,10 +312,14 @@ func pick(granted, asked float64) float64 {
 	return granted
 }
 
+// approvalsOf returns the approvals among votes, one a reviewer (the
+// first): a quorum is of distinct members. A vote reported as failed but
+// written (a full disk after the append) and then cast again is in the
+// log twice; it must not count twice when the log is replayed.
 func approvalsOf(votes []Vote) []Vote {
 	var out []Vote
 	for _, v := range votes {
-		if v.Approve {
+		if v.Approve && !slices.ContainsFunc(out, func(o Vote) bool { return o.Reviewer == v.Reviewer }) {
 			out = append(out, v)
 		}
 	}
