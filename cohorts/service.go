@@ -229,8 +229,10 @@ func (s *Service) engine(ctx context.Context, m *catalog.Manifest) (*Engine, err
 // must allow the dataset and the query's ε must be under its cap; an
 // identical earlier query is answered from the ledger at no cost; a query
 // the remaining budget cannot pay is refused before any SQL runs; then the
-// SQL runs, and the ledger charges the budget and releases the noisy
-// answer as one synced step. Nothing is charged when anything fails.
+// SQL runs, the project is asked again (a withdrawal or an expiry while
+// the SQL ran refuses the query), and the ledger charges the budget and
+// releases the noisy answer as one synced step. Nothing is charged when
+// anything fails.
 func (s *Service) Query(ctx context.Context, project string, q *Query) (*Answer, error) {
 	p, ledger, err := s.project(project)
 	if err != nil {
@@ -269,6 +271,16 @@ func (s *Service) Query(ctx context.Context, project string, q *Query) (*Answer,
 		return nil, err
 	}
 	a, repeat, err := ledger.Spend(charge, func() (*Answer, error) {
+		// The SQL took time: a withdrawal or an expiry since the checks
+		// above stops the charge and the answer (under the ledger's lock,
+		// so nothing is charged).
+		now, err := s.projects.Project(project)
+		if err == nil {
+			err = now.Allows(q.Dataset, s.now())
+		}
+		if err != nil {
+			return nil, err
+		}
 		a, err := release(q, xs)
 		if a != nil {
 			a.Epsilon, a.Delta = q.Epsilon, q.Delta

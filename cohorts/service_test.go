@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/nhs-hub/hub/catalog"
+	"github.com/nhs-hub/hub/governance"
 	"github.com/nhs-hub/hub/internal/testlake"
 )
 
@@ -200,5 +201,40 @@ func TestRemoteLakeCache(t *testing.T) {
 	}
 	if st, _ := os.Stat(cached); st.Size() != m.Tables["patients"].Parts[0].Size {
 		t.Fatalf("corrupted cache kept: %d bytes", st.Size())
+	}
+}
+
+// withdrawnAfter answers a project as granted for its first n asks, then
+// as withdrawn: a withdrawal while the query's SQL runs.
+type withdrawnAfter struct {
+	*grants
+	n int
+}
+
+func (w *withdrawnAfter) Project(name string) (*governance.Project, error) {
+	p, err := w.grants.Project(name)
+	if err == nil {
+		w.mu.Lock()
+		w.n--
+		p.Withdrawn = w.n < 0
+		w.mu.Unlock()
+	}
+	return p, err
+}
+
+// A project withdrawn (or expired) between the checks and the charge is
+// refused then: nothing is charged or released.
+func TestWithdrawalBeforeTheCharge(t *testing.T) {
+	s := newService(t)
+	project(t, s, "study", 1.0, 1e-5)
+	g := s.projects.(*grants)
+	s.projects = &withdrawnAfter{grants: g, n: 1}
+	_, err := s.Query(t.Context(), "study", mustParse(t, `{"dataset": "gp", "measures": [{"kind": "count"}], "epsilon": 0.1}`))
+	if !errors.Is(err, governance.ErrWithdrawn) {
+		t.Fatalf("err = %v, want the withdrawal", err)
+	}
+	s.projects = g
+	if b, _ := s.Budget("study"); b.EpsilonSpent != 0 || b.Queries != 0 {
+		t.Fatalf("budget %+v: the refused query was charged", b)
 	}
 }
