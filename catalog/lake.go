@@ -70,6 +70,9 @@ type Provenance struct {
 	PseudonymDomain string `json:"pseudonym_domain"`
 	KeyFingerprint  string `json:"pseudonym_key_fingerprint"`
 	HubVersion      string `json:"hub_version,omitempty"`
+	// PublishedBy is the operating-system account and host that ran the
+	// publish: the lake records who published, audit log or not.
+	PublishedBy string `json:"published_by,omitempty"`
 	// Overrides names each safety check the operator chose to pass by
 	// (e.g. "optouts_stale"), so a version published despite one says so.
 	Overrides []string `json:"overrides,omitempty"`

@@ -182,6 +182,15 @@ func showManifest(w io.Writer, m *catalog.Manifest, verified bool) error {
 	fmt.Fprintf(w, "%s@%d, published %s\n\n", m.Dataset, m.Version, m.Created.Format(time.RFC3339))
 	fmt.Fprintf(w, "Provenance\n  extract: %s from %s (identity %s)\n  opt-out list: sha256 %s, dated %s\n  de-identification policy: sha256 %s\n  pseudonyms: domain %s, key fingerprint %s\n",
 		p.ExtractFormat, p.ExtractSource, short(p.ExtractIdentity), short(p.OptOutSHA256), p.OptOutDate, short(p.PolicyHash), p.PseudonymDomain, p.KeyFingerprint)
+	if p.PublishedBy != "" {
+		fmt.Fprintf(w, "  published by: %s\n", p.PublishedBy)
+	}
+	if len(p.Overrides) > 0 {
+		fmt.Fprintf(w, "  safety checks passed by with --override: %s\n", strings.Join(p.Overrides, ", "))
+	}
+	if p.TransactionTime != "" {
+		fmt.Fprintf(w, "  pulled: transaction time %s, read from %s\n", p.TransactionTime, p.ExtractFolder)
+	}
 	if verified {
 		fmt.Fprintln(w, "  checksums: every part verified")
 	}

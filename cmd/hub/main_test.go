@@ -234,6 +234,9 @@ func TestPublishRefusesBadOptOuts(t *testing.T) {
 	if err != nil || !strings.Contains(out, `"overrides"`) || !strings.Contains(out, "optouts_stale") {
 		t.Errorf("the manifest does not record the override: %v\n%s", err, out)
 	}
+	if !strings.Contains(out, `"published_by": "`) {
+		t.Errorf("the manifest does not record who published:\n%s", out)
+	}
 }
 
 func TestS3Endpoint(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -81,7 +82,7 @@ func publish(c *cli.Context) error {
 		Dataset: name, Source: src, SourceName: c.String("extract"),
 		Ingest: opts, OptOutDate: date, Policy: policy, Key: key, Lake: lake, Logger: logger(c),
 		OptOutMaxAge: maxAge, MaxQuarantine: c.Float64("max-quarantine") / 100, Overrides: over,
-		ExtractFolder: pulled.folder, TransactionTime: pulled.transactionTime,
+		ExtractFolder: pulled.folder, TransactionTime: pulled.transactionTime, PublishedBy: publisher(),
 	})
 	var refused *pipeline.RefusedError
 	if errors.As(err, &refused) {
@@ -351,4 +352,17 @@ func sincePull(c *cli.Context, base string) (since, prev string, err error) {
 		return "", "", fmt.Errorf("--since last: the export %s@%d was read from is gone (%w); pull it whole again", name, m.Version, err)
 	}
 	return p.TransactionTime, p.ExtractFolder, nil
+}
+
+// publisher names the account and host running a publish, for the
+// manifest: the lake records who published even without --state.
+func publisher() string {
+	name := "unknown"
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		name = u.Username
+	}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		name += "@" + h
+	}
+	return name
 }

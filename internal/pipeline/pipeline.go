@@ -25,12 +25,14 @@ type Config struct {
 	SourceName string // for provenance: the folder, s3:// prefix or FHIR server
 	// For a pulled export: the folder read and its transactionTime.
 	ExtractFolder, TransactionTime string
-	Ingest                         ingest.Options
-	OptOutDate                     string
-	Policy                         deid.Policy
-	Key                            *deid.Key
-	Lake                           *catalog.Lake
-	Logger                         *slog.Logger
+	// PublishedBy names who ran the publish (an account and host).
+	PublishedBy string
+	Ingest      ingest.Options
+	OptOutDate  string
+	Policy      deid.Policy
+	Key         *deid.Key
+	Lake        *catalog.Lake
+	Logger      *slog.Logger
 
 	// The safety checks (see [Check]): the opt-out list's maximum age
 	// (0: DefaultOptOutMaxAge) and the largest share of a table that may
@@ -98,7 +100,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	m.Provenance = catalog.Provenance{
 		ExtractFormat: irep.Format, ExtractSource: cfg.SourceName, ExtractIdentity: irep.Identity(),
-		ExtractFolder: cfg.ExtractFolder, TransactionTime: cfg.TransactionTime,
+		ExtractFolder: cfg.ExtractFolder, TransactionTime: cfg.TransactionTime, PublishedBy: cfg.PublishedBy,
 		OptOutSHA256: irep.OptOuts.SHA256, OptOutDate: cfg.OptOutDate,
 		PolicyHash: drep.PolicyHash, PseudonymDomain: drep.Domain, KeyFingerprint: drep.KeyFingerprint,
 		Overrides: g.passed,
