@@ -324,9 +324,19 @@ func TestTokens(t *testing.T) {
 	if _, err := s.Authenticate(w.tok["rosa"]); !errors.Is(err, ErrUnauthorized) || !strings.Contains(err.Error(), "revoked") {
 		t.Fatalf("revoked: %v", err)
 	}
+	// Refusals that name no user are aggregated: the first of a minute is
+	// recorded, the rest counted, and their summary recorded when the
+	// minute has passed. Expired and revoked tokens name their user and
+	// are recorded one by one.
 	es, _ := s.Audit(w.who["ada"], AuditFilter{Action: ActAuth})
-	if len(es) != 5 {
-		t.Fatalf("%d refused tokens recorded, want 5", len(es))
+	if len(es) != 3 || s.AnonymousRefusals() != 3 {
+		t.Fatalf("%d refused tokens recorded, %d anonymous counted; want 3 and 3", len(es), s.AnonymousRefusals())
+	}
+	w.clock.Add(2 * time.Minute)
+	s.Authenticate("")
+	es, _ = s.Audit(w.who["ada"], AuditFilter{Action: ActAuth})
+	if len(es) != 5 || !strings.Contains(es[3].Reason, "2 more refused") {
+		t.Fatalf("after the window: %d entries, summary %q", len(es), es[len(es)-2].Reason)
 	}
 	log, _ := os.ReadFile(filepath.Join(w.dir, logName))
 	for _, tok := range []string{w.tok["rosa"], second, forged} {

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -39,7 +41,21 @@ type Store struct {
 	al  *auditLog
 	st  *state
 	all []*Entry // every entry, for listing
+
+	// Refusals that name no user (no token, a malformed or unknown one)
+	// are aggregated: the first of a window is recorded, the rest
+	// counted and recorded as one entry when the window has passed (at
+	// the next such refusal, or at Close). A flood of bad tokens then
+	// costs the log a line a minute, not an fsynced line an attempt.
+	rmu      sync.Mutex
+	rwindow  time.Time
+	rcounts  map[string]int64
+	rcounted int64 // every anonymous refusal since Open
 }
+
+// refusalWindow is how long anonymous refusals are counted before their
+// summary is recorded.
+const refusalWindow = time.Minute
 
 // Open opens (creating) the store in dir, verifying the audit chain and
 // the head file. A broken chain is an error naming the first bad entry.
@@ -85,7 +101,72 @@ func Open(dir string, opt Options) (*Store, error) {
 }
 
 // Close closes the log.
-func (s *Store) Close() error { return s.al.close() }
+func (s *Store) Close() error {
+	s.rmu.Lock()
+	pending := s.takeRefusals()
+	s.rmu.Unlock()
+	var err error
+	if pending != nil {
+		_, err = s.Record(nil, *pending)
+	}
+	return errors.Join(err, s.al.close())
+}
+
+// AnonymousRefusals returns how many refusals that name no user were
+// counted since Open, recorded or still pending in the window.
+func (s *Store) AnonymousRefusals() int64 {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	return s.rcounted
+}
+
+// takeRefusals returns the entry that summarises the window's counted
+// refusals (nil when none), and empties the window; rmu is held.
+func (s *Store) takeRefusals() *Entry {
+	if len(s.rcounts) == 0 {
+		return nil
+	}
+	var n int64
+	keys := make([]string, 0, len(s.rcounts))
+	for k, c := range s.rcounts {
+		keys = append(keys, k)
+		n += c
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s %d", k, s.rcounts[k])
+	}
+	s.rcounts = nil
+	return &Entry{Action: ActAuth, Outcome: Refused, Reason: fmt.Sprintf("%d more refused since %s: %s", n,
+		s.rwindow.UTC().Format(time.RFC3339), strings.Join(parts, ", "))}
+}
+
+// anonymousRefusal counts a refusal that names no user, and reports
+// whether it was counted only (not to be recorded on its own); the
+// previous window's summary, if any, is recorded first.
+func (s *Store) anonymousRefusal(reason string) (bool, error) {
+	s.rmu.Lock()
+	s.rcounted++
+	now := s.now()
+	if !s.rwindow.IsZero() && now.Sub(s.rwindow) < refusalWindow {
+		if s.rcounts == nil {
+			s.rcounts = map[string]int64{}
+		}
+		s.rcounts[reason]++
+		s.rmu.Unlock()
+		return true, nil
+	}
+	pending := s.takeRefusals()
+	s.rwindow = now
+	s.rmu.Unlock()
+	if pending != nil {
+		if _, err := s.Record(nil, *pending); err != nil {
+			return false, err
+		}
+	}
+	return false, nil
+}
 
 // Quorum is the number of approvals a decision needs.
 func (s *Store) Quorum() int { return s.quorum }
@@ -263,6 +344,15 @@ func (s *Store) Authenticate(token string) (*Principal, error) {
 	}
 	if p != nil {
 		return p, nil
+	}
+	if user == "" {
+		counted, err := s.anonymousRefusal(reason)
+		if err != nil {
+			return nil, errors.Join(ErrUnauthorized, err)
+		}
+		if counted {
+			return nil, fmt.Errorf("%w: %s", ErrUnauthorized, reason)
+		}
 	}
 	if _, err := s.Record(nil, Entry{Action: ActAuth, Outcome: Refused, Reason: reason, User: user}); err != nil {
 		return nil, errors.Join(ErrUnauthorized, err)
