@@ -47,15 +47,25 @@ type Entry struct {
 // A Ledger is a project's append-only record of spends. A spend and the
 // answer it bought are one JSON line, written and synced before the answer
 // is returned: a crash before the sync loses an answer nobody saw, never a
-// spend. Safe for concurrent use.
+// spend. The answers stay on disk: memory holds each entry without its
+// answer and where its line is, so it grows by a small fixed amount a
+// query, not by the answers (which kept RSS growing under load). Safe for
+// concurrent use.
 type Ledger struct {
 	mu      sync.Mutex
 	f       *os.File
+	size    int64 // where the next line goes
 	spentE  int64
 	spentD  int64
-	entries []Entry
-	byHash  map[string]*Answer
+	entries []Entry         // without answers
+	byHash  map[string]span // a released query's line
 	broken  error
+}
+
+// A span is where a line of the ledger file is.
+type span struct {
+	off int64
+	n   int32
 }
 
 // OpenLedger opens (creating) the ledger at path. A torn last line (a
@@ -65,7 +75,7 @@ func OpenLedger(path string) (*Ledger, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open ledger: %w", err)
 	}
-	l := &Ledger{f: f, byHash: map[string]*Answer{}}
+	l := &Ledger{f: f, byHash: map[string]span{}}
 	r := bufio.NewReader(f)
 	var good int64
 	for {
@@ -82,9 +92,10 @@ func OpenLedger(path string) (*Ledger, error) {
 			f.Close()
 			return nil, fmt.Errorf("read ledger %s: entry after byte %d is corrupt: %w", path, good, err)
 		}
-		l.add(e)
+		l.add(e, span{good, int32(len(line))})
 		good += int64(len(line))
 	}
+	l.size = good
 	if err := f.Truncate(good); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("repair ledger: %w", err)
@@ -96,13 +107,31 @@ func OpenLedger(path string) (*Ledger, error) {
 	return l, nil
 }
 
-func (l *Ledger) add(e Entry) {
+func (l *Ledger) add(e Entry, at span) {
 	l.spentE += e.EpsilonU
 	l.spentD += e.DeltaU
-	l.entries = append(l.entries, e)
 	if e.Answer != nil {
-		l.byHash[e.QuerySHA256] = e.Answer
+		l.byHash[e.QuerySHA256] = at
 	}
+	e.Answer = nil
+	l.entries = append(l.entries, e)
+}
+
+// answer reads a released answer back from its line; l.mu is held.
+func (l *Ledger) answer(hash string) (*Answer, error) {
+	at, ok := l.byHash[hash]
+	if !ok {
+		return nil, nil
+	}
+	buf := make([]byte, at.n)
+	if _, err := l.f.ReadAt(buf, at.off); err != nil {
+		return nil, fmt.Errorf("%w: read an answer back: %v", ErrLedgerBroken, err)
+	}
+	var e Entry
+	if err := json.Unmarshal(buf, &e); err != nil || e.QuerySHA256 != hash || e.Answer == nil {
+		return nil, fmt.Errorf("%w: the answer's line no longer reads as written", ErrLedgerBroken)
+	}
+	return e.Answer, nil
 }
 
 // Close closes the ledger file.
@@ -119,19 +148,20 @@ func (l *Ledger) Spent() (eps, delta int64, n int) {
 func (l *Ledger) Entries() []Entry {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	out := make([]Entry, len(l.entries))
-	for i, e := range l.entries {
-		e.Answer = nil
-		out[i] = e
-	}
-	return out
+	return append([]Entry(nil), l.entries...)
 }
 
-// Released returns the answer already released for a query hash.
+// Released returns the answer already released for a query hash (read
+// back from the ledger), or nil; an answer that cannot be read back is
+// nil too, and the query is then refused or charged as new.
 func (l *Ledger) Released(hash string) *Answer {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.byHash[hash]
+	a, err := l.answer(hash)
+	if err != nil {
+		return nil
+	}
+	return a
 }
 
 // Check returns the refusal Spend would give c now, or nil: a cheap test
@@ -142,7 +172,7 @@ func (l *Ledger) Check(c Charge) error {
 	if l.broken != nil {
 		return ErrLedgerBroken
 	}
-	if l.byHash[c.Hash] != nil {
+	if _, ok := l.byHash[c.Hash]; ok {
 		return nil
 	}
 	return l.fits(c)
@@ -177,7 +207,12 @@ func (l *Ledger) Spend(c Charge, compute func() (*Answer, error)) (ans *Answer, 
 	if l.broken != nil {
 		return nil, false, ErrLedgerBroken
 	}
-	if a := l.byHash[c.Hash]; a != nil {
+	if _, ok := l.byHash[c.Hash]; ok {
+		a, err := l.answer(c.Hash)
+		if err != nil {
+			l.broken = err
+			return nil, false, err
+		}
 		return a, true, nil
 	}
 	if err := l.fits(c); err != nil {
@@ -202,6 +237,8 @@ func (l *Ledger) Spend(c Charge, compute func() (*Answer, error)) (ans *Answer, 
 		l.broken = err
 		return nil, false, fmt.Errorf("%w: %v", ErrLedgerBroken, err)
 	}
-	l.add(e)
+	at := span{l.size, int32(len(line) + 1)}
+	l.size += int64(len(line) + 1)
+	l.add(e, at)
 	return a, false, nil
 }
