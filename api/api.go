@@ -332,6 +332,12 @@ func (s *server) query(w http.ResponseWriter, r *http.Request, p *governance.Pri
 		e.EpsilonU, e.DeltaU = governance.Units(a.Epsilon, governance.EpsilonUnit), governance.Units(a.Delta, governance.DeltaUnit)
 	}
 	if _, err := s.gov.Record(p, e); err != nil {
+		if !a.Repeat {
+			// The ledger has charged the query: say so, and that asking
+			// again costs nothing once the log can be written.
+			err = fmt.Errorf("%w: the query was charged ε %g, but its audit entry could not be written, so its answer is withheld; ask the same query again later: a repeat is free (%w)",
+				governance.ErrUnavailable, a.Epsilon, err)
+		}
 		s.reply(w, nil, err)
 		return
 	}
@@ -398,7 +404,7 @@ func status(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, governance.ErrConflict), errors.Is(err, cohorts.ErrBudgetExhausted):
 		return http.StatusConflict
-	case errors.Is(err, cohorts.ErrLedgerBroken), errors.As(err, &ce):
+	case errors.Is(err, cohorts.ErrLedgerBroken), errors.As(err, &ce), errors.Is(err, governance.ErrUnavailable):
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
@@ -425,9 +431,10 @@ func (s *server) reply(w http.ResponseWriter, v any, err error) {
 		msg = "unknown dataset or version: " + msg + "; GET /v1/datasets lists them"
 	case code == http.StatusServiceUnavailable:
 		s.log.Error("request failed", "err", err)
+		w.Header().Set("Retry-After", "30")
 	case code == http.StatusInternalServerError:
 		s.log.Error("request failed", "err", err)
-		msg = "internal error; nothing was charged. The server log has the details"
+		msg = "internal error; the server log has the details"
 	}
 	writeError(w, code, msg)
 }

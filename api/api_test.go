@@ -1,6 +1,8 @@
 package api
 
 import (
+	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -282,5 +284,15 @@ func TestBodyAndTokenEdges(t *testing.T) {
 		if code != http.StatusBadRequest {
 			t.Errorf("epsilon %s: %d", eps, code)
 		}
+	}
+}
+
+// A change the state cannot take is 503 with Retry-After, not 500.
+func TestUnavailableIs503(t *testing.T) {
+	w := httptest.NewRecorder()
+	s := &server{log: slog.New(slog.DiscardHandler)}
+	s.reply(w, nil, fmt.Errorf("%w; nothing was changed (disk full)", governance.ErrUnavailable))
+	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" {
+		t.Fatalf("%d, Retry-After %q", w.Code, w.Header().Get("Retry-After"))
 	}
 }

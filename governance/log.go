@@ -208,8 +208,21 @@ func (l *auditLog) append(e *Entry) error {
 	l.off += int64(len(line))
 	l.line++
 	l.head = Head{Seq: e.Seq, Hash: e.Hash}
-	return writeHead(filepath.Dir(l.path), l.head)
+	if err := writeHead(filepath.Dir(l.path), l.head); err != nil {
+		// The entry is synced, so it is in effect: a log that runs past
+		// its head file is what a crash between the two leaves, and the
+		// next append writes the head again.
+		return &headError{err}
+	}
+	return nil
 }
+
+// A headError is a head file that could not be written after its entry
+// was: the entry stands.
+type headError struct{ err error }
+
+func (e *headError) Error() string { return e.err.Error() }
+func (e *headError) Unwrap() error { return e.err }
 
 func writeHead(dir string, h Head) error {
 	data, _ := json.Marshal(h)

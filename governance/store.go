@@ -247,13 +247,23 @@ func (s *Store) do(ev event) (*Entry, error) {
 			e.Project = p.Request.Project
 		}
 		if err := s.al.append(&e); err != nil {
-			return err
+			var he *headError
+			if !errors.As(err, &he) {
+				return fmt.Errorf("%w; nothing was changed (%v)", ErrUnavailable, err)
+			}
+			s.log.Warn("the audit head file could not be written; the entry stands", "action", ev.entry.Action, "err", err)
 		}
 		out = &e
 		return s.fold(out)
 	})
 	if err != nil {
 		s.log.Error("audit append failed", "action", ev.entry.Action, "err", err)
+		var ce *ChainError
+		if !errors.Is(err, ErrUnavailable) && !errors.As(err, &ce) {
+			// The log could not be locked, read or written: nothing
+			// took effect.
+			err = fmt.Errorf("%w; nothing was changed (%v)", ErrUnavailable, err)
+		}
 		return nil, errors.Join(refusal, err)
 	}
 	return out, refusal

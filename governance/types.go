@@ -31,7 +31,10 @@ const (
 
 // Sentinel errors; the HTTP API maps each to a status.
 var (
-	ErrUnauthorized      = errors.New("missing, unknown, expired or revoked token")
+	ErrUnauthorized = errors.New("missing, unknown, expired or revoked token")
+	// ErrUnavailable is a change that could not be written to the audit
+	// log (a full disk, a failed sync): it is not in effect.
+	ErrUnavailable       = errors.New("the governance state cannot be written now; nothing was changed")
 	ErrForbidden         = errors.New("forbidden")
 	ErrNotFound          = errors.New("not found")
 	ErrInvalid           = errors.New("invalid")
