@@ -52,14 +52,18 @@ type Entry struct {
 // query, not by the answers (which kept RSS growing under load). Safe for
 // concurrent use.
 type Ledger struct {
-	mu      sync.Mutex
-	f       *os.File
-	size    int64 // where the next line goes
-	spentE  int64
-	spentD  int64
-	entries []Entry         // without answers
-	byHash  map[string]span // a released query's line
-	broken  error
+	mu     sync.Mutex
+	f      *os.File
+	size   int64 // where the next line goes
+	spentE int64
+	spentD int64
+	// missingE and missingD are what the audit log says the project
+	// spent beyond the ledger when it was opened (an emptied or lost
+	// ledger): counted as spent, see SetFloor.
+	missingE, missingD int64
+	entries            []Entry         // without answers
+	byHash             map[string]span // a released query's line
+	broken             error
 }
 
 // A span is where a line of the ledger file is.
@@ -137,11 +141,20 @@ func (l *Ledger) answer(hash string) (*Answer, error) {
 // Close closes the ledger file.
 func (l *Ledger) Close() error { return l.f.Close() }
 
-// Spent returns the units spent.
+// Spent returns the units spent: the ledger's, and what the audit log
+// says was spent beyond them when the ledger was opened.
 func (l *Ledger) Spent() (eps, delta int64, n int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.spentE, l.spentD, len(l.entries)
+	return l.spentE + l.missingE, l.spentD + l.missingD, len(l.entries)
+}
+
+// SetFloor takes the audit log's spend: what it says beyond the ledger's
+// own (a ledger emptied, lost or rolled back) counts as spent from now on.
+func (l *Ledger) SetFloor(eps, delta int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.missingE, l.missingD = max(eps-l.spentE, 0), max(delta-l.spentD, 0)
 }
 
 // Entries returns a copy of the ledger's entries without their answers.
@@ -179,10 +192,11 @@ func (l *Ledger) Check(c Charge) error {
 }
 
 func (l *Ledger) fits(c Charge) error {
-	if l.spentE+c.EpsilonU > c.TotalE || l.spentD+c.DeltaU > c.TotalD {
+	spentE, spentD := l.spentE+l.missingE, l.spentD+l.missingD
+	if spentE+c.EpsilonU > c.TotalE || spentD+c.DeltaU > c.TotalD {
 		return fmt.Errorf("%w: the query needs ε %.6g (δ %.3g), the project has ε %.6g (δ %.3g) left; ask with a smaller epsilon or request more budget",
 			ErrBudgetExhausted, float64(c.EpsilonU)*EpsilonUnit, float64(c.DeltaU)*DeltaUnit,
-			float64(c.TotalE-l.spentE)*EpsilonUnit, float64(c.TotalD-l.spentD)*DeltaUnit)
+			float64(c.TotalE-spentE)*EpsilonUnit, float64(c.TotalD-spentD)*DeltaUnit)
 	}
 	return nil
 }

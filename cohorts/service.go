@@ -124,6 +124,15 @@ func (s *Service) ledger(name string) (*Ledger, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The audit log's charges are the least the project has spent: a
+	// ledger emptied, lost or rolled back does not give budget back.
+	if a, ok := s.projects.(interface{ AuditedSpend(string) (int64, int64) }); ok {
+		eps, delta := a.AuditedSpend(name)
+		if le, ld, _ := l.Spent(); eps > le || delta > ld {
+			s.log.Warn("the ledger holds less spend than the audit log; the audit log's is taken", "project", name)
+		}
+		l.SetFloor(eps, delta)
+	}
 	s.ledgers[name] = l
 	return l, nil
 }

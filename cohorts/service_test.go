@@ -238,3 +238,38 @@ func TestWithdrawalBeforeTheCharge(t *testing.T) {
 		t.Fatalf("budget %+v: the refused query was charged", b)
 	}
 }
+
+// audited adds the audit log's spend to a fake's projects.
+type audited struct {
+	*grants
+	eps int64
+}
+
+func (a *audited) AuditedSpend(string) (int64, int64) { return a.eps, 0 }
+
+// A ledger emptied (or lost) does not give the budget back: the audit
+// log's charges are the least the project has spent, and new charges add
+// to them.
+func TestEmptiedLedgerKeepsTheSpend(t *testing.T) {
+	s := newService(t)
+	project(t, s, "study", 1.0, 1e-5)
+	s.projects = &audited{grants: s.projects.(*grants), eps: 900_000} // ε 0.9 in the audit log, none in the ledger
+	b, err := s.Budget("study")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.EpsilonSpentU != 900_000 {
+		t.Fatalf("spent %d units, want the audit log's 900000", b.EpsilonSpentU)
+	}
+	q := mustParse(t, `{"dataset": "gp", "measures": [{"kind": "count"}], "epsilon": 0.2}`)
+	if _, err := s.Query(t.Context(), "study", q); !errors.Is(err, ErrBudgetExhausted) {
+		t.Fatalf("a query past what the audit log leaves: %v", err)
+	}
+	q = mustParse(t, `{"dataset": "gp", "measures": [{"kind": "count"}], "epsilon": 0.05}`)
+	if _, err := s.Query(t.Context(), "study", q); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := s.Budget("study"); b.EpsilonSpentU != 950_000 {
+		t.Fatalf("spent %d units after a charge of 0.05, want 950000", b.EpsilonSpentU)
+	}
+}

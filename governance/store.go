@@ -112,6 +112,22 @@ func (s *Store) Close() error {
 	return errors.Join(err, s.al.close())
 }
 
+// AuditedSpend returns the budget units that the audit log's released
+// queries of a project charged. The service takes it as the least the
+// project has spent, whatever its ledger file says: a ledger emptied or
+// lost does not give the budget back.
+func (s *Store) AuditedSpend(project string) (eps, delta int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range s.all {
+		if e.Action == ActQuery && e.Outcome == OK && e.Project == project {
+			eps += e.EpsilonU
+			delta += e.DeltaU
+		}
+	}
+	return eps, delta
+}
+
 // AnonymousRefusals returns how many refusals that name no user were
 // counted since Open, recorded or still pending in the window.
 func (s *Store) AnonymousRefusals() int64 {
