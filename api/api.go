@@ -31,9 +31,10 @@ import (
 const maxBody = 1 << 20
 
 type server struct {
-	gov *governance.Store
-	svc *cohorts.Service
-	log *slog.Logger
+	gov      *governance.Store
+	svc      *cohorts.Service
+	log      *slog.Logger
+	failures *failures
 }
 
 // Handler returns the API over a governance store and a cohort service
@@ -42,7 +43,7 @@ func Handler(gov *governance.Store, svc *cohorts.Service, log *slog.Logger) http
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &server{gov: gov, svc: svc, log: log.With("component", "api")}
+	s := &server{gov: gov, svc: svc, log: log.With("component", "api"), failures: newFailures(gov.Now)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -222,8 +223,17 @@ type NewUser struct {
 // authenticated wraps a handler with the bearer-token check.
 func (s *server) authenticated(h func(http.ResponseWriter, *http.Request, *governance.Principal)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		addr := client(r)
+		if blocked, wait := s.failures.blocked(addr); blocked {
+			w.Header().Set("Retry-After", fmt.Sprint(int(wait.Seconds())+1))
+			writeError(w, http.StatusTooManyRequests, "too many failed authentications from this address; wait, then send a valid token")
+			return
+		}
 		p, err := s.gov.Authenticate(bearer(r))
 		if err != nil {
+			if errors.Is(err, governance.ErrUnauthorized) {
+				s.failures.fail(addr)
+			}
 			s.reply(w, nil, err)
 			return
 		}

@@ -296,3 +296,39 @@ func TestUnavailableIs503(t *testing.T) {
 		t.Fatalf("%d, Retry-After %q", w.Code, w.Header().Get("Retry-After"))
 	}
 }
+
+// A client that keeps sending bad tokens is answered 429 after
+// MaxAuthFailures in a minute, without an audit line or a look at the
+// token; another client, and the same one a minute later, are served.
+func TestAuthFailuresLimited(t *testing.T) {
+	x := newHub(t)
+	call := func(addr, tok string) int {
+		r := httptest.NewRequest("GET", "/v1/whoami", nil)
+		r.RemoteAddr = addr + ":4000"
+		if tok != "" {
+			r.Header.Set("Authorization", "Bearer "+tok)
+		}
+		w := httptest.NewRecorder()
+		x.h.ServeHTTP(w, r)
+		return w.Code
+	}
+	for range MaxAuthFailures {
+		if code := call("10.0.0.9", "hub_bad"); code != http.StatusUnauthorized {
+			t.Fatalf("a bad token: %d", code)
+		}
+	}
+	counted := x.gov.AnonymousRefusals()
+	if code := call("10.0.0.9", x.tok["rosa"]); code != http.StatusTooManyRequests {
+		t.Fatalf("past the limit: %d, want 429", code)
+	}
+	if x.gov.AnonymousRefusals() != counted {
+		t.Fatal("a limited request reached the store")
+	}
+	if code := call("10.0.0.10", x.tok["rosa"]); code != http.StatusOK {
+		t.Fatalf("another client: %d", code)
+	}
+	x.clock.Add(61 * time.Second)
+	if code := call("10.0.0.9", x.tok["rosa"]); code != http.StatusOK {
+		t.Fatalf("a minute later: %d", code)
+	}
+}

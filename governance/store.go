@@ -112,6 +112,9 @@ func (s *Store) Close() error {
 	return errors.Join(err, s.al.close())
 }
 
+// Now is the store's clock.
+func (s *Store) Now() time.Time { return s.now() }
+
 // AuditedSpend returns the budget units that the audit log's released
 // queries of a project charged. The service takes it as the least the
 // project has spent, whatever its ledger file says: a ledger emptied or
