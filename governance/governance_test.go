@@ -399,6 +399,24 @@ func TestTamperDetected(t *testing.T) {
 			check("swap "+itoa(i), bytes.Join(swapped, nil))
 		}
 	}
+	// Edits the JSON decoder forgives are caught on the raw bytes: a key
+	// given twice (a reader of the file sees the first, the decoder keeps
+	// the last), a re-cased key, spacing, an escaped letter.
+	for name, edit := range map[string][2]string{
+		"duplicated key": {`"actor":"`, `"actor":"mallory","actor":"`},
+		"re-cased key":   {`"actor":"`, `"ACTOR":"`},
+		"spacing":        {`"actor":"`, `"actor": "`},
+		"escape":         {`"action":"r`, `"action":"\u0072`},
+	} {
+		for i := range lines {
+			edited := slicesClone(lines)
+			edited[i] = bytes.Replace(edited[i], []byte(edit[0]), []byte(edit[1]), 1)
+			if bytes.Equal(edited[i], lines[i]) {
+				continue
+			}
+			check(name+" "+itoa(i), bytes.Join(edited, nil))
+		}
+	}
 	// A head written down earlier must still be in the log.
 	if _, err := Verify(w.dir, &Head{Seq: 3, Hash: strings.Repeat("0", 64)}); err == nil {
 		t.Fatal("a wrong expected head verified")

@@ -180,6 +180,13 @@ func (l *auditLog) verify(raw []byte) (*Entry, error) {
 	if err != nil || h != e.Hash {
 		return nil, &ChainError{Line: l.line, Seq: e.Seq, Reason: "its hash does not match its contents (the entry was edited)"}
 	}
+	// The hash covers the entry as the decoder reads it; the bytes on disk
+	// must be exactly what append wrote for it, or an edit the decoder
+	// forgives (a duplicated or re-cased key, spacing, a different escape)
+	// would show one thing to a reader of the file and verify as another.
+	if canon, err := json.Marshal(&e); err != nil || !bytes.Equal(canon, bytes.TrimSuffix(raw, []byte{'\n'})) {
+		return nil, &ChainError{Line: l.line, Seq: e.Seq, Reason: "its bytes are not the ones written for it (the line was edited)"}
+	}
 	l.head = Head{Seq: e.Seq, Hash: e.Hash}
 	return &e, nil
 }
