@@ -128,7 +128,7 @@ func TestWorkflowEndToEnd(t *testing.T) {
 	if len(out.([]any)) != 5 || spent != 2.5e6 {
 		t.Fatalf("%d query entries charging %v units; want 5 and 2.5e6", len(out.([]any)), spent)
 	}
-	if _, err := governance.Verify(x.state, nil); err != nil {
+	if _, err := governance.Verify(x.state, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -362,7 +362,7 @@ func TestTamperDetected(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.s.Close()
-	res, err := Verify(w.dir, nil)
+	res, err := Verify(w.dir, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -379,7 +379,7 @@ func TestTamperDetected(t *testing.T) {
 		head, _ := os.ReadFile(filepath.Join(w.dir, headName))
 		os.WriteFile(filepath.Join(dir, headName), head, 0o600)
 		var ce *ChainError
-		if _, err := Verify(dir, nil); !errors.As(err, &ce) {
+		if _, err := Verify(dir, nil, nil); !errors.As(err, &ce) {
 			t.Errorf("%s: Verify says %v", name, err)
 		}
 		if s, err := Open(dir, Options{}); err == nil {
@@ -418,15 +418,15 @@ func TestTamperDetected(t *testing.T) {
 		}
 	}
 	// A head written down earlier must still be in the log.
-	if _, err := Verify(w.dir, &Head{Seq: 3, Hash: strings.Repeat("0", 64)}); err == nil {
+	if _, err := Verify(w.dir, &Head{Seq: 3, Hash: strings.Repeat("0", 64)}, nil); err == nil {
 		t.Fatal("a wrong expected head verified")
 	}
-	if _, err := Verify(w.dir, &res.Head); err != nil {
+	if _, err := Verify(w.dir, &res.Head, nil); err != nil {
 		t.Fatal(err)
 	}
 	// A torn last line (a crash mid-append) is not tampering.
 	os.WriteFile(filepath.Join(w.dir, logName), append(orig, []byte(`{"seq":99,"act`)...), 0o600)
-	if _, err := Verify(w.dir, nil); err != nil {
+	if _, err := Verify(w.dir, nil, nil); err != nil {
 		t.Fatalf("torn line: %v", err)
 	}
 	s, err := Open(w.dir, Options{})
@@ -475,7 +475,7 @@ func TestTwoProcesses(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	res, err := Verify(w.dir, nil)
+	res, err := Verify(w.dir, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package governance
 import (
 	"bufio"
 	"bytes"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -51,8 +52,9 @@ type Entry struct {
 // genesis is the Prev of the first entry.
 var genesis = hex.EncodeToString(make([]byte, sha256.Size))
 
-// digest computes the entry's hash from its other fields.
-func (e *Entry) digest() (string, error) {
+// digest computes the entry's hash from its other fields: SHA-256, or
+// HMAC-SHA256 under key if the log is keyed.
+func (e *Entry) digest(key []byte) (string, error) {
 	c := *e
 	c.Hash = ""
 	body, err := json.Marshal(&c)
@@ -60,6 +62,9 @@ func (e *Entry) digest() (string, error) {
 		return "", err
 	}
 	h := sha256.New()
+	if key != nil {
+		h = hmac.New(sha256.New, key)
+	}
 	h.Write([]byte(c.Prev))
 	h.Write([]byte{'\n'})
 	h.Write(body)
@@ -97,6 +102,7 @@ type auditLog struct {
 	off  int64 // bytes read and verified
 	head Head
 	line int
+	key  []byte // nil: unkeyed
 }
 
 const (
@@ -104,7 +110,7 @@ const (
 	headName = "audit.head"
 )
 
-func openLog(dir string) (*auditLog, error) {
+func openLog(dir string, key []byte) (*auditLog, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state folder: %w", err)
 	}
@@ -113,7 +119,7 @@ func openLog(dir string) (*auditLog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
-	return &auditLog{path: path, f: f, head: Head{Hash: genesis}}, nil
+	return &auditLog{path: path, f: f, head: Head{Hash: genesis}, key: key}, nil
 }
 
 func (l *auditLog) close() error { return l.f.Close() }
@@ -176,9 +182,18 @@ func (l *auditLog) verify(raw []byte) (*Entry, error) {
 	if e.Prev != l.head.Hash {
 		return nil, &ChainError{Line: l.line, Seq: e.Seq, Reason: "does not link to the entry before it (an entry was removed, moved or edited)"}
 	}
-	h, err := e.digest()
+	h, err := e.digest(l.key)
 	if err != nil || h != e.Hash {
-		return nil, &ChainError{Line: l.line, Seq: e.Seq, Reason: "its hash does not match its contents (the entry was edited)"}
+		reason := "its hash does not match its contents (the entry was edited"
+		switch plain, _ := e.digest(nil); {
+		case l.key != nil && plain == e.Hash:
+			reason = "it is not keyed with the audit key (the log was started without the key, or rewritten by someone without it"
+		case l.key == nil:
+			reason += ", or the log is keyed: give the audit key"
+		default:
+			reason += ", or this is not the key the log was started with"
+		}
+		return nil, &ChainError{Line: l.line, Seq: e.Seq, Reason: reason + ")"}
 	}
 	// The hash covers the entry as the decoder reads it; the bytes on disk
 	// must be exactly what append wrote for it, or an edit the decoder
@@ -196,7 +211,7 @@ func (l *auditLog) verify(raw []byte) (*Entry, error) {
 func (l *auditLog) append(e *Entry) error {
 	e.Seq, e.Prev = l.head.Seq+1, l.head.Hash
 	e.Time = e.Time.UTC()
-	h, err := e.digest()
+	h, err := e.digest(l.key)
 	if err != nil {
 		return err
 	}
@@ -280,8 +295,9 @@ type VerifyResult struct {
 // Verify reads the audit log in dir from the start and checks every link,
 // every hash and the head file. It does not need the store to be open. If
 // expect is not nil, the chain must also contain that head: the proof that
-// nothing up to a head written down earlier has changed.
-func Verify(dir string, expect *Head) (*VerifyResult, error) {
+// nothing up to a head written down earlier has changed. key is the audit
+// key of a keyed log, nil for an unkeyed one.
+func Verify(dir string, expect *Head, key []byte) (*VerifyResult, error) {
 	f, err := os.Open(filepath.Join(dir, logName))
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w (is %s the server's --state folder?)", err, dir)
@@ -291,7 +307,7 @@ func Verify(dir string, expect *Head) (*VerifyResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &auditLog{head: Head{Hash: genesis}}
+	l := &auditLog{head: Head{Hash: genesis}, key: key}
 	var atHead, atExpect string
 	r := bufio.NewReader(f)
 	for {

@@ -23,6 +23,10 @@ type Options struct {
 	// Now is the clock (default time.Now); tests move it.
 	Now    func() time.Time
 	Logger *slog.Logger
+	// AuditKey keys the hash chain (see LoadAuditKey); nil for an unkeyed
+	// log. A keyed log does not open without its key, nor an unkeyed one
+	// with a key.
+	AuditKey []byte
 }
 
 // A Store holds users, tokens, data access requests, DAC decisions and the
@@ -71,7 +75,7 @@ func Open(dir string, opt Options) (*Store, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.log = s.log.With("component", "governance")
-	al, err := openLog(dir)
+	al, err := openLog(dir, opt.AuditKey)
 	if err != nil {
 		return nil, err
 	}
@@ -410,7 +414,7 @@ func (s *Store) Verify() (*VerifyResult, error) {
 	var res *VerifyResult
 	err := s.locked(func() error {
 		var err error
-		res, err = Verify(s.dir, nil)
+		res, err = Verify(s.dir, nil, s.al.key)
 		return err
 	})
 	return res, err

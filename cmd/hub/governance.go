@@ -30,7 +30,31 @@ func hostPrincipal() *governance.Principal {
 
 // openGovernance opens the state folder's governance store.
 func openGovernance(c *cli.Context) (*governance.Store, error) {
-	return governance.Open(c.String("state"), governance.Options{Quorum: c.Int("quorum"), Logger: logger(c)})
+	key, err := auditKey(c)
+	if err != nil {
+		return nil, err
+	}
+	return governance.Open(c.String("state"), governance.Options{Quorum: c.Int("quorum"), Logger: logger(c), AuditKey: key})
+}
+
+const auditKeyEnv = "HUB_AUDIT_KEY_FILE"
+
+func auditKeyFlag() cli.Flag {
+	return &cli.StringFlag{Name: "audit-key-file", EnvVars: []string{auditKeyEnv},
+		Usage: "the key of a keyed audit chain, kept outside the state folder (`hub audit keygen`); every command on this state folder needs it, through this flag or $" + auditKeyEnv}
+}
+
+// auditKey is the audit key named by --audit-key-file, or by the
+// environment for commands without the flag; nil if none is.
+func auditKey(c *cli.Context) ([]byte, error) {
+	path := c.String("audit-key-file")
+	if path == "" {
+		path = os.Getenv(auditKeyEnv)
+	}
+	if path == "" {
+		return nil, nil
+	}
+	return governance.LoadAuditKey(path, c.String("state"))
 }
 
 // args insists on exactly n arguments after the flags. urfave/cli v2 stops
@@ -363,13 +387,35 @@ func auditCommand() *cli.Command {
 				},
 			},
 			{
+				Name:      "keygen",
+				Usage:     "make a key for a keyed audit chain (HMAC-SHA256), for a new state folder",
+				ArgsUsage: " ",
+				Description: "A keyed chain cannot be relinked by someone who can write the state folder but not read\n" +
+					"the key: keep the key elsewhere (another mount, a secret store) and give it to every\n" +
+					"command on the folder with --audit-key-file or $" + auditKeyEnv + ". A log is keyed from its\n" +
+					"first entry or not at all, so start the server with the key on an empty state folder.\n" +
+					"Lose the key and the log no longer verifies: back it up.\n\n" +
+					"Example: hub audit keygen --out /etc/hub/audit.key",
+				Flags: []cli.Flag{&cli.StringFlag{Name: "out", Required: true, Usage: "the key file to create (mode 0600; never overwritten)"}},
+				Action: func(c *cli.Context) error {
+					if err := args(c, 0); err != nil {
+						return err
+					}
+					if err := governance.NewAuditKey(c.String("out")); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.ErrWriter, "wrote %s; start the server with --audit-key-file %s on an empty state folder\n", c.String("out"), c.String("out"))
+					return nil
+				},
+			},
+			{
 				Name:  "verify",
 				Usage: "verify the audit chain in a state folder: every link, every hash, the head file",
 				Description: "Exits 0 and prints the head (SEQ:HASH) if the chain is intact; exits 1 naming the first\n" +
 					"bad entry if any entry was edited, removed or reordered. Keep the printed head somewhere\n" +
 					"else; --expect-head SEQ:HASH later proves nothing up to it has changed.\n\n" +
 					"Example: hub audit verify --state ./state",
-				Flags: []cli.Flag{stateFlag(), jsonFlag(), &cli.StringFlag{Name: "expect-head", Usage: "a head printed earlier, SEQ:HASH, that the log must still contain"}},
+				Flags: []cli.Flag{stateFlag(), auditKeyFlag(), jsonFlag(), &cli.StringFlag{Name: "expect-head", Usage: "a head printed earlier, SEQ:HASH, that the log must still contain"}},
 				Action: func(c *cli.Context) error {
 					var expect *governance.Head
 					if h := c.String("expect-head"); h != "" {
@@ -380,7 +426,11 @@ func auditCommand() *cli.Command {
 						}
 						expect = &governance.Head{Seq: n, Hash: hash}
 					}
-					res, err := governance.Verify(c.String("state"), expect)
+					key, err := auditKey(c)
+					if err != nil {
+						return err
+					}
+					res, err := governance.Verify(c.String("state"), expect, key)
 					if err != nil {
 						return err
 					}

@@ -261,3 +261,33 @@ func TestS3Endpoint(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyedAuditCLI: a key made by `hub audit keygen` keys the chain of a
+// new state folder; every command on the folder then needs it, by flag or
+// by $HUB_AUDIT_KEY_FILE.
+func TestKeyedAuditCLI(t *testing.T) {
+	state, key := t.TempDir(), filepath.Join(t.TempDir(), "audit.key")
+	if _, err := runHub(t, "audit", "keygen", "--out", key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runHub(t, "audit", "keygen", "--out", key); err == nil {
+		t.Fatal("keygen overwrote a key")
+	}
+	t.Setenv(auditKeyEnv, key)
+	if _, err := runHub(t, "user", "add", "--state", state, "--role", "admin", "ada"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runHub(t, "audit", "verify", "--state", state); err != nil || !strings.Contains(out, "intact: 1 entries") {
+		t.Fatalf("verify with the key from the environment: %q, %v", out, err)
+	}
+	t.Setenv(auditKeyEnv, "")
+	if out, err := runHub(t, "audit", "verify", "--state", state, "--audit-key-file", key); err != nil {
+		t.Fatalf("verify with --audit-key-file: %q, %v", out, err)
+	}
+	if _, err := runHub(t, "audit", "verify", "--state", state); err == nil || !strings.Contains(err.Error(), "give the audit key") {
+		t.Fatalf("verify without the key: %v", err)
+	}
+	if _, err := runHub(t, "user", "add", "--state", state, "--role", "dac", "dina"); err == nil {
+		t.Fatal("a keyed state folder was written without its key")
+	}
+}
