@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nhs-hub/hub/cohorts"
 	"github.com/nhs-hub/hub/governance"
 )
 
@@ -330,5 +331,63 @@ func TestAuthFailuresLimited(t *testing.T) {
 	x.clock.Add(61 * time.Second)
 	if code := call("10.0.0.9", x.tok["rosa"]); code != http.StatusOK {
 		t.Fatalf("a minute later: %d", code)
+	}
+}
+
+// A charge the ledger synced but whose audit entry was never written (the
+// server killed in between) is written to the audit log when the ledger
+// is next opened, once: every ε charged is in the verified chain.
+func TestUnauditedChargeRecovered(t *testing.T) {
+	x := newHub(t)
+	x.approved(t, "t2d", 2)
+	q := `{"dataset": "gp", "index_date": "2024-01-01", "criteria": {"age": {"min": 18}}, "measures": [{"kind": "count"}], "epsilon": 0.25}`
+	x.must(t, "rosa", "POST", "/v1/projects/t2d/queries", q)
+	// The crash: the service charges and syncs the ledger; the audit
+	// entry that the handler would write next never is.
+	lost, err := cohorts.ParseQuery(strings.NewReader(strings.Replace(q, "18", "40", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := x.svc.Query(t.Context(), "t2d", lost); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := x.gov.AuditedSpend("t2d"); e != governance.Units(0.25, governance.EpsilonUnit) {
+		t.Fatalf("before recovery the audit log holds %d units", e)
+	}
+	x.svc.Close()
+	restart := func() {
+		svc, err := cohorts.New(cohorts.Config{Lake: lake(t), State: x.state, Projects: x.gov, Now: x.clock.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer svc.Close()
+		b, err := svc.Budget("t2d")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e, _ := x.gov.AuditedSpend("t2d"); e != b.EpsilonSpentU || e != governance.Units(0.5, governance.EpsilonUnit) {
+			t.Fatalf("audit log %d units, ledger %d, want both ε 0.5", e, b.EpsilonSpentU)
+		}
+	}
+	restart()
+	restart() // a second start writes nothing more
+	var recovered int
+	entries, err := x.gov.Audit(governance.Host("test"), governance.AuditFilter{Action: governance.ActQuery})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Actor == "hub:recovery" {
+			recovered++
+			if e.EpsilonU != governance.Units(0.25, governance.EpsilonUnit) || !strings.Contains(e.Reason, "not released") {
+				t.Errorf("recovered entry: %+v", e)
+			}
+		}
+	}
+	if recovered != 1 {
+		t.Fatalf("%d recovery entries, want 1", recovered)
+	}
+	if _, err := governance.Verify(x.state, nil, nil); err != nil {
+		t.Fatal(err)
 	}
 }

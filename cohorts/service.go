@@ -124,6 +124,25 @@ func (s *Service) ledger(name string) (*Ledger, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Every charge of the ledger is in the audit log: one a crash kept
+	// out of it is written now, before the project is served.
+	if r, ok := s.projects.(interface {
+		RecoverCharges(string, []governance.LedgerCharge) (int, error)
+	}); ok {
+		var charges []governance.LedgerCharge
+		for _, e := range l.Entries() {
+			charges = append(charges, governance.LedgerCharge{QuerySHA256: e.QuerySHA256, Dataset: e.Dataset,
+				Version: e.Version, EpsilonU: e.EpsilonU, DeltaU: e.DeltaU, Time: e.Time})
+		}
+		n, err := r.RecoverCharges(name, charges)
+		if err != nil {
+			l.Close()
+			return nil, fmt.Errorf("ledger %s: its charges could not be written to the audit log: %w", name, err)
+		}
+		if n > 0 {
+			s.log.Warn("ledger charges with no audit entry were recorded in the audit log", "project", name, "charges", n)
+		}
+	}
 	// The audit log's charges are the least the project has spent: a
 	// ledger emptied, lost or rolled back does not give budget back.
 	if a, ok := s.projects.(interface{ AuditedSpend(string) (int64, int64) }); ok {

@@ -135,6 +135,48 @@ func (s *Store) AuditedSpend(project string) (eps, delta int64) {
 	return eps, delta
 }
 
+// A LedgerCharge is one charge as a project's budget ledger holds it.
+type LedgerCharge struct {
+	QuerySHA256, Dataset string
+	Version              int
+	EpsilonU, DeltaU     int64
+	Time                 time.Time
+}
+
+// RecoverCharges writes a query entry for each of a project's ledger
+// charges that the audit log does not hold: a server stopped between the
+// ledger's sync and the audit entry (or an audit write that failed after
+// the charge) left it. The answer was never released, since an answer is
+// released only after its entry is written. The entry's actor is
+// "hub:recovery" (the ledger does not know who asked) and its reason says
+// when the ledger charged it. It returns how many it wrote.
+func (s *Store) RecoverCharges(project string, charges []LedgerCharge) (int, error) {
+	s.mu.Lock()
+	audited := map[string]bool{}
+	for _, e := range s.all {
+		if e.Action == ActQuery && e.Outcome == OK && e.Project == project && (e.EpsilonU > 0 || e.DeltaU > 0) {
+			audited[e.QuerySHA256] = true
+		}
+	}
+	s.mu.Unlock()
+	n := 0
+	for _, c := range charges {
+		if audited[c.QuerySHA256] {
+			continue
+		}
+		_, err := s.Record(&Principal{Name: "hub:recovery"}, Entry{Action: ActQuery, Project: project,
+			Dataset: c.Dataset, Version: c.Version, EpsilonU: c.EpsilonU, DeltaU: c.DeltaU, QuerySHA256: c.QuerySHA256,
+			Reason: "charged by the budget ledger at " + c.Time.UTC().Format(time.RFC3339) +
+				" with no audit entry (the server stopped or the log failed before it was written); the answer was not released"})
+		if err != nil {
+			return n, err
+		}
+		audited[c.QuerySHA256] = true
+		n++
+	}
+	return n, nil
+}
+
 // AnonymousRefusals returns how many refusals that name no user were
 // counted since Open, recorded or still pending in the window.
 func (s *Store) AnonymousRefusals() int64 {
