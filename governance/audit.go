@@ -36,20 +36,16 @@ func (s *Store) Audit(actor *Principal, f AuditFilter) ([]*Entry, error) {
 	}
 	out := []*Entry{}
 	err := s.view(func(st *state) error {
-		for _, e := range s.all {
+		return s.al.scan(f.After, func(e *Entry) bool {
 			if !f.match(e) {
-				continue
+				return true
 			}
-			c := *e
-			if c.Action == ActUserAdd || c.Action == ActTokenIssue {
-				c.Data = redactTokens(c.Data)
+			if e.Action == ActUserAdd || e.Action == ActTokenIssue {
+				e.Data = redactTokens(e.Data)
 			}
-			out = append(out, &c)
-			if len(out) == f.Limit {
-				break
-			}
-		}
-		return nil
+			out = append(out, e)
+			return len(out) < f.Limit
+		})
 	})
 	return out, err
 }

@@ -41,10 +41,12 @@ type Store struct {
 	now    func() time.Time
 	log    *slog.Logger
 
-	mu  sync.Mutex
-	al  *auditLog
-	st  *state
-	all []*Entry // every entry, for listing
+	mu sync.Mutex
+	al *auditLog
+	st *state
+	// spent is each project's charges in the log, in units: the least
+	// it has spent (see AuditedSpend).
+	spent map[string][2]int64
 
 	// Refusals that name no user (no token, a malformed or unknown one)
 	// are aggregated: the first of a window is recorded, the rest
@@ -64,7 +66,7 @@ const refusalWindow = time.Minute
 // Open opens (creating) the store in dir, verifying the audit chain and
 // the head file. A broken chain is an error naming the first bad entry.
 func Open(dir string, opt Options) (*Store, error) {
-	s := &Store{dir: dir, quorum: opt.Quorum, now: opt.Now, log: opt.Logger, st: newState()}
+	s := &Store{dir: dir, quorum: opt.Quorum, now: opt.Now, log: opt.Logger, st: newState(), spent: map[string][2]int64{}}
 	if s.quorum <= 0 {
 		s.quorum = DefaultQuorum
 	}
@@ -124,15 +126,12 @@ func (s *Store) Now() time.Time { return s.now() }
 // project has spent, whatever its ledger file says: a ledger emptied or
 // lost does not give the budget back.
 func (s *Store) AuditedSpend(project string) (eps, delta int64) {
+	// Caught up with other processes' appends when it can be; what this
+	// process has read is the floor when it cannot.
+	s.view(func(*state) error { return nil })
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, e := range s.all {
-		if e.Action == ActQuery && e.Outcome == OK && e.Project == project {
-			eps += e.EpsilonU
-			delta += e.DeltaU
-		}
-	}
-	return eps, delta
+	return s.spent[project][0], s.spent[project][1]
 }
 
 // A LedgerCharge is one charge as a project's budget ledger holds it.
@@ -151,14 +150,18 @@ type LedgerCharge struct {
 // "hub:recovery" (the ledger does not know who asked) and its reason says
 // when the ledger charged it. It returns how many it wrote.
 func (s *Store) RecoverCharges(project string, charges []LedgerCharge) (int, error) {
-	s.mu.Lock()
 	audited := map[string]bool{}
-	for _, e := range s.all {
-		if e.Action == ActQuery && e.Outcome == OK && e.Project == project && (e.EpsilonU > 0 || e.DeltaU > 0) {
-			audited[e.QuerySHA256] = true
-		}
+	err := s.view(func(*state) error {
+		return s.al.scan(0, func(e *Entry) bool {
+			if e.Action == ActQuery && e.Outcome == OK && e.Project == project && (e.EpsilonU > 0 || e.DeltaU > 0) {
+				audited[e.QuerySHA256] = true
+			}
+			return true
+		})
+	})
+	if err != nil {
+		return 0, err
 	}
-	s.mu.Unlock()
 	n := 0
 	for _, c := range charges {
 		if audited[c.QuerySHA256] {
@@ -240,7 +243,10 @@ func (s *Store) fold(e *Entry) error {
 	if err := s.st.apply(e); err != nil {
 		return err
 	}
-	s.all = append(s.all, e)
+	if e.Action == ActQuery && e.Outcome == OK {
+		sp := s.spent[e.Project]
+		s.spent[e.Project] = [2]int64{sp[0] + e.EpsilonU, sp[1] + e.DeltaU}
+	}
 	return nil
 }
 
