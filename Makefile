@@ -9,7 +9,7 @@ MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 
 NOTEBOOK_DEBS := jupyter-nbconvert python3-ipykernel python3-pandas python3-matplotlib python3-requests python3-nbformat
 
-.PHONY: build test test-short notebooks notebook-deps demo bench bench-go bench-pipeline bench-cohorts lint tidy-check fuzz clean minio
+.PHONY: build test test-short notebooks notebook-deps demo bench bench-go bench-pipeline bench-cohorts bench-load lint tidy-check fuzz clean minio
 
 build:
 	$(GO) build -o $(BIN) ./cmd/hub
@@ -96,6 +96,11 @@ bench-pipeline: build minio
 # the same SQL run directly by DuckDB, on 1 M patients.
 bench-cohorts: build
 	$(BIN) bench --cohorts --patients $${BENCH_PATIENTS:-1000000}
+
+# Issue 17's load test on demo-sized data: 50 good clients for 60 s while
+# 20 flooders send bad tokens (errors, RSS growth, state growth).
+bench-load: build
+	$(BIN) bench --load --clients 50 --flooders 20 --duration 60s --patients $${BENCH_PATIENTS:-20000}
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./ingest

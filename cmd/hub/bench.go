@@ -36,6 +36,10 @@ func benchCommand() *cli.Command {
 			&cli.BoolFlag{Name: "cohorts", Usage: "measure cohort query latency through the service against the same SQL run directly by DuckDB"},
 			&cli.IntFlag{Name: "clients", Value: 16, Usage: "concurrent clients (with --cohorts)"},
 			&cli.IntFlag{Name: "requests", Value: 10, Usage: "requests per client and query (with --cohorts)"},
+			&cli.BoolFlag{Name: "load", Usage: "issue 17's load test: --clients good clients for --duration while --flooders send bad tokens; errors, RSS growth, state growth"},
+			&cli.IntFlag{Name: "flooders", Value: 20, Usage: "clients sending bad tokens, each from its own loopback address (with --load)"},
+			&cli.DurationFlag{Name: "duration", Value: time.Minute, Usage: "how long the measured load runs (with --load)"},
+			&cli.DurationFlag{Name: "warmup", Value: 10 * time.Second, Usage: "load before measuring, without the flood (with --load)"},
 		},
 		Subcommands: []*cli.Command{{
 			Name: "duckdb-fhir-pipeline", Hidden: true, Usage: "run the DuckDB FHIR pipeline baseline (used by hub bench --pipeline --format fhir)",
@@ -138,6 +142,9 @@ func runBench(c *cli.Context) error {
 	}
 	if c.Bool("cohorts") {
 		return benchCohorts(c, dir)
+	}
+	if c.Bool("load") {
+		return benchLoad(c, dir)
 	}
 	fmt.Fprintln(c.App.ErrWriter, "bench: hub ingest --check")
 	hub, err := best(nil, "ingest", "--extract", dir, "--optouts", filepath.Join(dir, "optouts.txt"), "--check", "--json")

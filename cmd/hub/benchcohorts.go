@@ -38,60 +38,96 @@ var benchQueries = []struct{ name, text string }{
 // benchCohorts publishes the benchmark extract once (cached), then times
 // each query through the HTTP service and the same compiled SQL run
 // directly on the same DuckDB, with the same number of concurrent clients.
-func benchCohorts(c *cli.Context, dir string) error {
+// A benchServer is the API over the benchmark dataset, in this process,
+// with an approved project "bench" and its researcher's token.
+type benchServer struct {
+	gov   *governance.Store
+	svc   *cohorts.Service
+	eng   *cohorts.Engine
+	state string
+	base  string
+	tok   string
+	close func()
+}
+
+// newBenchServer publishes the benchmark extract once (cached), opens a
+// fresh state folder with an approved project and serves the API on a
+// loopback port.
+func newBenchServer(c *cli.Context, dir string) (*benchServer, error) {
 	n := c.Int("patients")
 	root := filepath.Join(c.String("cache"), fmt.Sprintf("lake-%d-%d", n, c.Uint64("seed")))
 	store, err := file.Open(root)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	lake := catalog.NewLake(store)
 	if vs, _ := lake.Versions(c.Context, "bench"); len(vs) == 0 {
 		key := filepath.Join(c.String("cache"), "bench.key")
 		if err := os.WriteFile(key, []byte("bench-key-0123456789abcdef0123456789"), 0o600); err != nil {
-			return err
+			return nil, err
 		}
 		fmt.Fprintf(c.App.ErrWriter, "bench: publishing %s into %s (once; cached)\n", dir, root)
 		if _, err := child(c, nil, "ingest", "--extract", dir, "--optouts", filepath.Join(dir, "optouts.txt"),
 			"--dataset", "bench", "--lake", root, "--key-file", key); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	state, err := os.MkdirTemp("", "hub-bench-state-")
-	if err != nil {
-		return err
+	b := &benchServer{}
+	var closers []func()
+	b.close = func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
 	}
-	defer os.RemoveAll(state)
-	gov, err := governance.Open(state, governance.Options{})
-	if err != nil {
-		return err
+	fail := func(err error) (*benchServer, error) { b.close(); return nil, err }
+	if b.state, err = os.MkdirTemp("", "hub-bench-state-"); err != nil {
+		return nil, err
 	}
-	defer gov.Close()
-	tok, err := approvedProject(gov, "bench", "bench", 100)
-	if err != nil {
-		return err
+	closers = append(closers, func() { os.RemoveAll(b.state) })
+	if b.gov, err = governance.Open(b.state, governance.Options{}); err != nil {
+		return fail(err)
 	}
-	svc, err := cohorts.New(cohorts.Config{Lake: lake, State: state, Projects: gov})
-	if err != nil {
-		return err
+	closers = append(closers, func() { b.gov.Close() })
+	if b.tok, err = approvedProject(b.gov, "bench", "bench", 100); err != nil {
+		return fail(err)
 	}
-	defer svc.Close()
+	if b.svc, err = cohorts.New(cohorts.Config{Lake: lake, State: b.state, Projects: b.gov}); err != nil {
+		return fail(err)
+	}
+	closers = append(closers, func() { b.svc.Close() })
 	start := time.Now()
-	eng, err := svc.Engine(c.Context, "bench", 0)
-	if err != nil {
-		return err
+	if b.eng, err = b.svc.Engine(c.Context, "bench", 0); err != nil {
+		return fail(err)
 	}
 	fmt.Fprintf(c.App.ErrWriter, "bench: dataset verified and loaded in %.1fs\n", time.Since(start).Seconds())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
+		return fail(err)
+	}
+	srv := &http.Server{Handler: api.Handler(b.gov, b.svc, nil)}
+	go srv.Serve(ln)
+	closers = append(closers, func() { srv.Shutdown(context.Background()) })
+	b.base = "http://" + ln.Addr().String()
+	return b, nil
+}
+
+// client is an API client with the researcher's token, connecting from
+// local (nil: any loopback address).
+func (b *benchServer) client(local net.Addr) *api.Client {
+	tr := &http.Transport{MaxIdleConnsPerHost: 64}
+	if local != nil {
+		tr.DialContext = (&net.Dialer{LocalAddr: local}).DialContext
+	}
+	return &api.Client{Base: b.base, Token: b.tok, HTTP: &http.Client{Transport: tr}}
+}
+
+func benchCohorts(c *cli.Context, dir string) error {
+	b, err := newBenchServer(c, dir)
+	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: api.Handler(gov, svc, nil)}
-	go srv.Serve(ln)
-	defer srv.Shutdown(context.Background())
-	cl := &api.Client{Base: "http://" + ln.Addr().String(), Token: tok,
-		HTTP: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
-
+	defer b.close()
+	n, eng, cl := c.Int("patients"), b.eng, b.client(nil)
 	clients, per := c.Int("clients"), c.Int("requests")
 	var seq int
 	var mu sync.Mutex
