@@ -103,7 +103,7 @@ func benchLoad(c *cli.Context, dir string) error {
 	}
 	warmRate := float64(good.ok.Swap(0)) / c.Duration("warmup").Seconds()
 	runtime.GC()
-	rss0 := rssBytes()
+	rss0, heap0 := rssBytes(), heapInUse()
 	auditPath := filepath.Join(b.state, "audit.jsonl")
 	anon0, err := anonymousBytes(auditPath)
 	if err != nil {
@@ -131,7 +131,8 @@ func benchLoad(c *cli.Context, dir string) error {
 	cancel()
 	<-sampled
 	b.gov.Close() // flushes the last minute's refusal summary
-	rss1 := rssBytes()
+	runtime.GC()
+	rss1, heap1 := rssBytes(), heapInUse()
 	anon1, err := anonymousBytes(auditPath)
 	if err != nil {
 		return err
@@ -149,11 +150,18 @@ func benchLoad(c *cli.Context, dir string) error {
 		flood.refused.Load(), flood.limited.Load(), flood.failed.Load())
 	fmt.Fprintf(w, "RSS after warm-up %.0f MB, peak %.0f MB, at the end %.0f MB: growth %+.1f MB (aim: at most 50)\n",
 		mb(rss0), mb(peak.Load()), mb(rss1), mb(peak.Load()-rss0))
+	fmt.Fprintf(w, "Go heap in use after a GC: %.0f MB after warm-up, %.0f MB at the end (the rest of RSS is DuckDB and the runtime)\n", mb(heap0), mb(heap1))
 	fmt.Fprintf(w, "state folder: %+d bytes in all; the flood's audit lines %d bytes (aim: at most 10240)\n", size1-size0, anon1-anon0)
 	if good.failed.Load() > 0 {
 		return fmt.Errorf("load: %d good requests failed", good.failed.Load())
 	}
 	return nil
+}
+
+func heapInUse() int64 {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapInuse)
 }
 
 func mb(b int64) float64 { return float64(b) / (1 << 20) }
