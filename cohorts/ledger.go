@@ -111,6 +111,36 @@ func OpenLedger(path string) (*Ledger, error) {
 	return l, nil
 }
 
+// ReadLedger reads the charges of the ledger at path without opening it
+// for writing (a torn last line is left out, not cut off), for `hub audit
+// verify`.
+func ReadLedger(path string) ([]governance.LedgerCharge, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read ledger: %w", err)
+	}
+	var out []governance.LedgerCharge
+	for len(data) > 0 {
+		line, rest, ok := bytes.Cut(data, []byte{'\n'})
+		if !ok {
+			break // torn: never synced, never answered
+		}
+		data = rest
+		var e Entry
+		if err := json.Unmarshal(line, &e); err != nil {
+			return nil, fmt.Errorf("read ledger %s: entry %d is corrupt: %w", path, len(out)+1, err)
+		}
+		out = append(out, e.charge())
+	}
+	return out, nil
+}
+
+// charge is the entry as the audit log's cross-checks see it.
+func (e Entry) charge() governance.LedgerCharge {
+	return governance.LedgerCharge{QuerySHA256: e.QuerySHA256, Dataset: e.Dataset, Version: e.Version,
+		EpsilonU: e.EpsilonU, DeltaU: e.DeltaU, Time: e.Time}
+}
+
 func (l *Ledger) add(e Entry, at span) {
 	l.spentE += e.EpsilonU
 	l.spentD += e.DeltaU

@@ -131,8 +131,7 @@ func (s *Service) ledger(name string) (*Ledger, error) {
 	}); ok {
 		var charges []governance.LedgerCharge
 		for _, e := range l.Entries() {
-			charges = append(charges, governance.LedgerCharge{QuerySHA256: e.QuerySHA256, Dataset: e.Dataset,
-				Version: e.Version, EpsilonU: e.EpsilonU, DeltaU: e.DeltaU, Time: e.Time})
+			charges = append(charges, e.charge())
 		}
 		n, err := r.RecoverCharges(name, charges)
 		if err != nil {

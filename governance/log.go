@@ -13,6 +13,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -325,7 +327,13 @@ func checkHead(h *Head, got string) error {
 // A VerifyResult reports an intact chain.
 type VerifyResult struct {
 	Entries int64 `json:"entries"`
-	Head    Head  `json:"head"`
+	// Ledgers and LedgerCharges are what `hub audit verify` cross-checked.
+	Ledgers       int `json:"ledgers"`
+	LedgerCharges int `json:"ledger_charges"`
+	// charges are the released queries' charges in the chain, by project
+	// and query hash, in units: what CheckLedger compares a ledger with.
+	charges map[string]map[string][2]int64
+	Head    Head `json:"head"`
 }
 
 // Verify reads the audit log in dir from the start and checks every link,
@@ -345,6 +353,7 @@ func Verify(dir string, expect *Head, key []byte) (*VerifyResult, error) {
 	}
 	l := &auditLog{head: Head{Hash: genesis}, key: key}
 	var atHead, atExpect string
+	charges := map[string]map[string][2]int64{}
 	r := bufio.NewReader(f)
 	for {
 		raw, err := r.ReadBytes('\n')
@@ -354,8 +363,15 @@ func Verify(dir string, expect *Head, key []byte) (*VerifyResult, error) {
 		if err != nil {
 			return nil, err
 		}
-		if _, err := l.verify(raw); err != nil {
+		e, err := l.verify(raw)
+		if err != nil {
 			return nil, err
+		}
+		if e.Action == ActQuery && e.Outcome == OK && (e.EpsilonU > 0 || e.DeltaU > 0) {
+			if charges[e.Project] == nil {
+				charges[e.Project] = map[string][2]int64{}
+			}
+			charges[e.Project][e.QuerySHA256] = [2]int64{e.EpsilonU, e.DeltaU}
 		}
 		if head != nil && l.head.Seq == head.Seq {
 			atHead = l.head.Hash
@@ -370,5 +386,57 @@ func Verify(dir string, expect *Head, key []byte) (*VerifyResult, error) {
 	if expect != nil && atExpect != expect.Hash {
 		return nil, &ChainError{Reason: fmt.Sprintf("the log does not contain the expected head (entry %d, %.12s…)", expect.Seq, expect.Hash)}
 	}
-	return &VerifyResult{Entries: l.head.Seq, Head: l.head}, nil
+	return &VerifyResult{Entries: l.head.Seq, Head: l.head, charges: charges}, nil
+}
+
+// CheckLedger compares a project's budget ledger with the verified chain:
+// every charge in one must be in the other, at the same ε and δ. A charge
+// missing from the chain is one a crash kept out of it (the server writes
+// it when it next opens the ledger); one missing from the ledger means
+// the ledger was emptied, rolled back or lost (the chain's spend still
+// counts, but the answers are gone).
+func (r *VerifyResult) CheckLedger(project string, ledger []LedgerCharge) error {
+	chain := r.charges[project]
+	seen := map[string]bool{}
+	var notInChain, differ int
+	for _, c := range ledger {
+		seen[c.QuerySHA256] = true
+		u, ok := chain[c.QuerySHA256]
+		switch {
+		case !ok:
+			notInChain++
+		case u != [2]int64{c.EpsilonU, c.DeltaU}:
+			differ++
+		}
+	}
+	notInLedger := 0
+	for h := range chain {
+		if !seen[h] {
+			notInLedger++
+		}
+	}
+	var problems []string
+	if notInChain > 0 {
+		problems = append(problems, fmt.Sprintf("%d charges are not in the audit log (a crash between the ledger and the log: start the server and it records them)", notInChain))
+	}
+	if differ > 0 {
+		problems = append(problems, fmt.Sprintf("%d charges differ from the audit log's (the ledger was edited)", differ))
+	}
+	if notInLedger > 0 {
+		problems = append(problems, fmt.Sprintf("%d of the audit log's charges are not in the ledger (it was emptied, rolled back or lost: the log's spend still counts, the answers are gone)", notInLedger))
+	}
+	if problems != nil {
+		return fmt.Errorf("ledger of project %s: %s", project, strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// ChargedProjects lists the projects with charges in the chain.
+func (r *VerifyResult) ChargedProjects() []string {
+	out := make([]string, 0, len(r.charges))
+	for p := range r.charges {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http/httptest"
 	"os"
@@ -161,10 +162,31 @@ func TestGovernedQuery(t *testing.T) {
 	if err != nil || !strings.Contains(out, "audit log intact") {
 		t.Fatalf("verify: %v %s", err, out)
 	}
-	head := strings.Fields(out)[len(strings.Fields(out))-1]
+	first, _, _ := strings.Cut(out, "\n")
+	head := strings.Fields(first)[len(strings.Fields(first))-1]
 	if _, err := runHub(t, "audit", "verify", "--state", state, "--expect-head", head); err != nil {
 		t.Fatal(err)
 	}
+	// The budget ledgers are checked against the chain: a charge the
+	// chain lacks, and charges the ledger lost, are named.
+	if !strings.Contains(out, "budget ledgers agree with it: 1 ledgers, 2 charges") {
+		t.Errorf("verify did not cross-check the ledger: %s", out)
+	}
+	ledger := filepath.Join(state, "ledger", "t2d-audit.jsonl")
+	orig, err := os.ReadFile(ledger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra := strings.Replace(string(orig[:bytes.IndexByte(orig, '\n')+1]), `"query_sha256":"`, `"query_sha256":"f00d`, 1)
+	os.WriteFile(ledger, append(append([]byte(nil), orig...), extra...), 0o600)
+	if _, err := runHub(t, "audit", "verify", "--state", state); err == nil || !strings.Contains(err.Error(), "1 charges are not in the audit log") {
+		t.Errorf("a ledger charge missing from the chain: %v", err)
+	}
+	os.WriteFile(ledger, nil, 0o600)
+	if _, err := runHub(t, "audit", "verify", "--state", state); err == nil || !strings.Contains(err.Error(), "2 of the audit log's charges are not in the ledger") {
+		t.Errorf("an emptied ledger: %v", err)
+	}
+	os.WriteFile(ledger, orig, 0o600)
 	log := filepath.Join(state, "audit.jsonl")
 	data, _ := os.ReadFile(log)
 	os.WriteFile(log, []byte(strings.Replace(string(data), `"actor":"dev"`, `"actor":"eve"`, 1)), 0o600)

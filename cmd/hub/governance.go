@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/url"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -16,6 +18,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/nhs-hub/hub/api"
+	"github.com/nhs-hub/hub/cohorts"
 	"github.com/nhs-hub/hub/governance"
 )
 
@@ -410,7 +413,7 @@ func auditCommand() *cli.Command {
 			},
 			{
 				Name:  "verify",
-				Usage: "verify the audit chain in a state folder: every link, every hash, the head file",
+				Usage: "verify the audit chain in a state folder: every link, every hash, the head file, and every budget ledger against it",
 				Description: "Exits 0 and prints the head (SEQ:HASH) if the chain is intact; exits 1 naming the first\n" +
 					"bad entry if any entry was edited, removed or reordered. Keep the printed head somewhere\n" +
 					"else; --expect-head SEQ:HASH later proves nothing up to it has changed.\n\n" +
@@ -434,15 +437,49 @@ func auditCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
+					if err := checkLedgers(c.String("state"), res); err != nil {
+						return err
+					}
 					if c.Bool("json") {
 						return writeJSON(c.App.Writer, res)
 					}
 					fmt.Fprintf(c.App.Writer, "audit log intact: %d entries; head %d:%s\n", res.Entries, res.Head.Seq, res.Head.Hash)
+					fmt.Fprintf(c.App.Writer, "budget ledgers agree with it: %d ledgers, %d charges\n", res.Ledgers, res.LedgerCharges)
 					return nil
 				},
 			},
 		},
 	}
+}
+
+// checkLedgers cross-checks every budget ledger in the state folder, and
+// every project the audit log charged, against the verified chain.
+func checkLedgers(state string, res *governance.VerifyResult) error {
+	files, err := filepath.Glob(filepath.Join(state, "ledger", "*.jsonl"))
+	if err != nil {
+		return err
+	}
+	projects := map[string]bool{}
+	for _, f := range files {
+		projects[strings.TrimSuffix(filepath.Base(f), ".jsonl")] = true
+	}
+	for _, p := range res.ChargedProjects() {
+		projects[p] = true
+	}
+	var errs []error
+	for p := range projects {
+		charges, err := cohorts.ReadLedger(filepath.Join(state, "ledger", p+".jsonl"))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+			continue
+		}
+		if err == nil {
+			res.Ledgers++
+			res.LedgerCharges += len(charges)
+		}
+		errs = append(errs, res.CheckLedger(p, charges))
+	}
+	return errors.Join(errs...)
 }
 
 func readFileOrStdin(name string, limit int64) ([]byte, error) {
