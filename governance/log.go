@@ -100,14 +100,30 @@ type Head struct {
 // exclusive flock; each reader catches up on what others appended.
 type auditLog struct {
 	path string
-	f    *os.File
+	f    logFile
 	off  int64 // bytes read and verified
 	head Head
 	line int
 	key  []byte // nil: unkeyed
+	// broken is set when a failed append could not be cut off: the file
+	// may hold an entry that was reported as failed, so nothing more is
+	// appended until the log is opened again.
+	broken error
 	// starts[i] is where entry i+1's line begins: the log is listed from
 	// the file, so memory holds 8 bytes an entry, not the entries.
 	starts []int64
+}
+
+// logFile is what the log needs of its file; the fault tests wrap an
+// *os.File to fail writes, syncs and truncations.
+type logFile interface {
+	io.ReaderAt
+	io.WriterAt
+	Sync() error
+	Truncate(size int64) error
+	Stat() (os.FileInfo, error)
+	Fd() uintptr
+	Close() error
 }
 
 const (
@@ -246,6 +262,9 @@ func (l *auditLog) scan(after int64, fn func(*Entry) bool) error {
 // append links e to the chain, writes and syncs it, then records the new
 // head. The lock must be held and the log caught up.
 func (l *auditLog) append(e *Entry) error {
+	if l.broken != nil {
+		return l.broken
+	}
 	e.Seq, e.Prev = l.head.Seq+1, l.head.Hash
 	e.Time = e.Time.UTC()
 	h, err := e.digest(l.key)
@@ -258,11 +277,22 @@ func (l *auditLog) append(e *Entry) error {
 		return err
 	}
 	line = append(line, '\n')
+	// A write or sync that fails may still have put some or all of the
+	// line in the file (a sync that fails leaves it in the page cache, to
+	// reach the disk later): cut it off, so that an action reported as not
+	// taken never takes effect after a restart.
+	undo := func(err error) error {
+		if terr := l.f.Truncate(l.off); terr != nil {
+			l.broken = &uncertainError{fmt.Errorf("the audit log could not be cut back after a failed write (%v); restart the server once the disk is sound", terr)}
+			return &uncertainError{fmt.Errorf("%w; the entry could not be removed either, so it may take effect at the next start: %v", err, terr)}
+		}
+		return err
+	}
 	if _, err := l.f.WriteAt(line, l.off); err != nil {
-		return fmt.Errorf("write audit log: %w", err)
+		return undo(fmt.Errorf("write audit log: %w", err))
 	}
 	if err := l.f.Sync(); err != nil {
-		return fmt.Errorf("sync audit log: %w", err)
+		return undo(fmt.Errorf("sync audit log: %w", err))
 	}
 	l.starts = append(l.starts, l.off)
 	l.off += int64(len(line))
@@ -276,6 +306,13 @@ func (l *auditLog) append(e *Entry) error {
 	}
 	return nil
 }
+
+// An uncertainError is a failed append whose entry may still be in the
+// file: the action's outcome is not known until the log is reopened.
+type uncertainError struct{ err error }
+
+func (e *uncertainError) Error() string { return e.err.Error() }
+func (e *uncertainError) Unwrap() error { return e.err }
 
 // A headError is a head file that could not be written after its entry
 // was: the entry stands.

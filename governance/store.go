@@ -319,7 +319,11 @@ func (s *Store) do(ev event) (*Entry, error) {
 		}
 		if err := s.al.append(&e); err != nil {
 			var he *headError
-			if !errors.As(err, &he) {
+			var ue *uncertainError
+			switch {
+			case errors.As(err, &ue):
+				return fmt.Errorf("%w; whether this action took effect will be known when the server restarts (%v)", ErrUnavailable, err)
+			case !errors.As(err, &he):
 				return fmt.Errorf("%w; nothing was changed (%v)", ErrUnavailable, err)
 			}
 			s.log.Warn("the audit head file could not be written; the entry stands", "action", ev.entry.Action, "err", err)
