@@ -379,6 +379,16 @@ type VerifyResult struct {
 // nothing up to a head written down earlier has changed. key is the audit
 // key of a keyed log, nil for an unkeyed one.
 func Verify(dir string, expect *Head, key []byte) (*VerifyResult, error) {
+	var heads []Head
+	if expect != nil {
+		heads = []Head{*expect}
+	}
+	return VerifyHeads(dir, key, heads)
+}
+
+// VerifyHeads is Verify with any number of heads written down earlier
+// (the lake's checkpoints): the log must contain every one of them.
+func VerifyHeads(dir string, key []byte, expect []Head) (*VerifyResult, error) {
 	f, err := os.Open(filepath.Join(dir, logName))
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w (is %s the server's --state folder?)", err, dir)
@@ -389,7 +399,11 @@ func Verify(dir string, expect *Head, key []byte) (*VerifyResult, error) {
 		return nil, err
 	}
 	l := &auditLog{head: Head{Hash: genesis}, key: key}
-	var atHead, atExpect string
+	var atHead string
+	want := map[int64]string{}
+	for _, h := range expect {
+		want[h.Seq] = h.Hash
+	}
 	charges := map[string]map[string][2]int64{}
 	r := bufio.NewReader(f)
 	for {
@@ -413,15 +427,24 @@ func Verify(dir string, expect *Head, key []byte) (*VerifyResult, error) {
 		if head != nil && l.head.Seq == head.Seq {
 			atHead = l.head.Hash
 		}
-		if expect != nil && l.head.Seq == expect.Seq {
-			atExpect = l.head.Hash
+		if h, ok := want[l.head.Seq]; ok {
+			if h != l.head.Hash {
+				return nil, &ChainError{Reason: fmt.Sprintf("entry %d is not the one a head written down earlier names (%.12s…)", l.head.Seq, h)}
+			}
+			delete(want, l.head.Seq)
 		}
 	}
 	if err := checkHead(head, atHead); err != nil {
 		return nil, err
 	}
-	if expect != nil && atExpect != expect.Hash {
-		return nil, &ChainError{Reason: fmt.Sprintf("the log does not contain the expected head (entry %d, %.12s…)", expect.Seq, expect.Hash)}
+	if len(want) > 0 {
+		seq := int64(-1)
+		for s := range want {
+			if seq < 0 || s < seq {
+				seq = s
+			}
+		}
+		return nil, &ChainError{Reason: fmt.Sprintf("the log does not contain the expected head (entry %d, %.12s…): entries were removed from its end, or it was replaced", seq, want[seq])}
 	}
 	return &VerifyResult{Entries: l.head.Seq, Head: l.head, charges: charges}, nil
 }

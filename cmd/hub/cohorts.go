@@ -32,6 +32,7 @@ func serveCommand() *cli.Command {
 		auditKeyFlag(),
 		&cli.StringFlag{Name: "addr", Value: "127.0.0.1:8080", EnvVars: []string{"HUB_ADDR"}, Usage: "address to listen on"},
 		quorumFlag(),
+		&cli.DurationFlag{Name: "checkpoint-every", Value: 10 * time.Minute, Usage: "how often the audit log's head is written to the lake (audit-checkpoints/), write-once; 0: never"},
 		&cli.StringSliceFlag{Name: "preload", Usage: "load these datasets' latest versions before listening (default: load on first query)"},
 	}, s3Flags()...)
 	return &cli.Command{
@@ -77,13 +78,33 @@ func serveCommand() *cli.Command {
 			fmt.Fprintf(c.App.ErrWriter, "hub serving %s on http://%s (state %s, DAC quorum %d)\n", c.String("lake"), ln.Addr(), c.String("state"), gov.Quorum())
 			done := make(chan error, 1)
 			go func() { done <- srv.Serve(ln) }()
-			select {
-			case err := <-done:
-				return err
-			case <-c.Context.Done():
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				return srv.Shutdown(ctx)
+			// The head goes to the lake now, every --checkpoint-every and
+			// at the end: a log later cut or replaced no longer verifies
+			// against it (`hub audit verify --lake`).
+			checkpoint := func() {
+				if err := governance.WriteCheckpoint(context.Background(), lake.Store(), gov.Head()); err != nil {
+					log.Error("audit checkpoint not written", "err", err)
+				}
+			}
+			var tick <-chan time.Time
+			if every := c.Duration("checkpoint-every"); every > 0 {
+				checkpoint()
+				defer checkpoint()
+				t := time.NewTicker(every)
+				defer t.Stop()
+				tick = t.C
+			}
+			for {
+				select {
+				case err := <-done:
+					return err
+				case <-tick:
+					checkpoint()
+				case <-c.Context.Done():
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					defer cancel()
+					return srv.Shutdown(ctx)
+				}
 			}
 		},
 	}

@@ -187,6 +187,33 @@ func TestGovernedQuery(t *testing.T) {
 		t.Errorf("an emptied ledger: %v", err)
 	}
 	os.WriteFile(ledger, orig, 0o600)
+	// The head that `hub serve` writes to the lake is checked by
+	// `audit verify --lake`; cutting the log's last entry then fails.
+	lakeStore, err := file.Open(lake)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := governance.Verify(state, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := governance.WriteCheckpoint(t.Context(), lakeStore, res.Head); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runHub(t, "audit", "verify", "--state", state, "--lake", lake); err != nil || !strings.Contains(out, "all 1 checkpoints") {
+		t.Fatalf("verify against the lake: %v %s", err, out)
+	}
+	auditLog, _ := os.ReadFile(filepath.Join(state, "audit.jsonl"))
+	cut := auditLog[:bytes.LastIndexByte(auditLog[:len(auditLog)-1], '\n')+1]
+	os.WriteFile(filepath.Join(state, "audit.jsonl"), cut, 0o600)
+	os.Remove(filepath.Join(state, "audit.head"))
+	if _, err := runHub(t, "audit", "verify", "--state", state); err != nil {
+		t.Fatalf("a cut log with no head file passes the chain alone: %v", err)
+	}
+	if _, err := runHub(t, "audit", "verify", "--state", state, "--lake", lake); err == nil || !strings.Contains(err.Error(), "does not contain the expected head") {
+		t.Fatalf("a cut log against the lake's checkpoint: %v", err)
+	}
+	os.WriteFile(filepath.Join(state, "audit.jsonl"), auditLog, 0o600)
 	log := filepath.Join(state, "audit.jsonl")
 	data, _ := os.ReadFile(log)
 	os.WriteFile(log, []byte(strings.Replace(string(data), `"actor":"dev"`, `"actor":"eve"`, 1)), 0o600)

@@ -418,7 +418,10 @@ func auditCommand() *cli.Command {
 					"bad entry if any entry was edited, removed or reordered. Keep the printed head somewhere\n" +
 					"else; --expect-head SEQ:HASH later proves nothing up to it has changed.\n\n" +
 					"Example: hub audit verify --state ./state",
-				Flags: []cli.Flag{stateFlag(), auditKeyFlag(), jsonFlag(), &cli.StringFlag{Name: "expect-head", Usage: "a head printed earlier, SEQ:HASH, that the log must still contain"}},
+				Flags: append([]cli.Flag{stateFlag(), auditKeyFlag(), jsonFlag(),
+					&cli.StringFlag{Name: "expect-head", Usage: "a head printed earlier, SEQ:HASH, that the log must still contain"},
+					&cli.StringFlag{Name: "lake", EnvVars: []string{"HUB_LAKE"}, Usage: "also check the log against every checkpoint `hub serve` wrote to this lake (audit-checkpoints/)"},
+				}, s3Flags()...),
 				Action: func(c *cli.Context) error {
 					var expect *governance.Head
 					if h := c.String("expect-head"); h != "" {
@@ -433,7 +436,24 @@ func auditCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					res, err := governance.Verify(c.String("state"), expect, key)
+					var heads []governance.Head
+					if expect != nil {
+						heads = append(heads, *expect)
+					}
+					checkpoints := 0
+					if c.String("lake") != "" {
+						lake, err := openLake(c)
+						if err != nil {
+							return err
+						}
+						cps, err := governance.Checkpoints(c.Context, lake.Store())
+						if err != nil {
+							return err
+						}
+						checkpoints = len(cps)
+						heads = append(heads, cps...)
+					}
+					res, err := governance.VerifyHeads(c.String("state"), key, heads)
 					if err != nil {
 						return err
 					}
@@ -445,6 +465,9 @@ func auditCommand() *cli.Command {
 					}
 					fmt.Fprintf(c.App.Writer, "audit log intact: %d entries; head %d:%s\n", res.Entries, res.Head.Seq, res.Head.Hash)
 					fmt.Fprintf(c.App.Writer, "budget ledgers agree with it: %d ledgers, %d charges\n", res.Ledgers, res.LedgerCharges)
+					if c.String("lake") != "" {
+						fmt.Fprintf(c.App.Writer, "it contains all %d checkpoints in the lake\n", checkpoints)
+					}
 					return nil
 				},
 			},
