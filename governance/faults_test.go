@@ -85,7 +85,8 @@ func (f *faultyFile) Truncate(size int64) error {
 	return f.File.Truncate(size)
 }
 
-// TestInjectedWriteFaults: every state-changing action, with the audit
+// TestInjectedWriteFaults: each state-changing action of the store (every
+// endpoint that changes state goes through one of them), with the audit
 // log's write failing, half-written, or written but not synced, is
 // reported unavailable and is not in effect after a restart; the chain
 // verifies; and the next action succeeds. When the failed line cannot be
@@ -133,6 +134,30 @@ func TestInjectedWriteFaults(t *testing.T) {
 				}
 				return false
 			}},
+		{"approve (a first vote)", func(w *world) error {
+			_, err := w.s.Approve(w.who["dina"], "req-1", Grant{Reason: "sound"}, nil)
+			return err
+		}, func(w *world) bool { r, _ := w.s.Request(w.who["ada"], "req-1"); return r != nil && len(r.Votes) > 0 }},
+		{"reject", func(w *world) error { _, err := w.s.Reject(w.who["dina"], "req-1", "no"); return err }, stateOf("req-1", Rejected)},
+		{"amend", func(w *world) error {
+			_, err := w.s.Amend(w.who["rosa"], "req-2", AmendmentSpec{ExtendDays: 30, Reason: "more time"})
+			return err
+		}, func(w *world) bool {
+			r, _ := w.s.Request(w.who["ada"], "req-2")
+			return r != nil && len(r.Amendments) > 0
+		}},
+		{"issue token", func(w *world) error { _, err := w.s.IssueToken(Host("ops"), "sam", 0); return err },
+			func(w *world) bool {
+				us, _ := w.s.Users(Host("ops"))
+				for _, u := range us {
+					if u.Name == "sam" {
+						return len(u.Tokens) > 1
+					}
+				}
+				return false
+			}},
+		{"revoke tokens", func(w *world) error { _, err := w.s.RevokeTokens(Host("ops"), "ana", nil); return err },
+			func(w *world) bool { _, err := w.s.Authenticate(w.tok["ana"]); return err != nil }},
 		{"charged query", func(w *world) error {
 			_, err := w.s.Record(w.who["rosa"], Entry{Action: ActQuery, Project: "p", EpsilonU: 7, QuerySHA256: "q"})
 			return err
@@ -144,6 +169,16 @@ func TestInjectedWriteFaults(t *testing.T) {
 			w := newWorld(t)
 			if _, err := w.s.CreateRequest(w.who["rosa"], spec(), true); err != nil {
 				t.Fatal(err)
+			}
+			approved := spec()
+			approved.Project = "approved"
+			if _, err := w.s.CreateRequest(w.who["rosa"], approved, true); err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range []string{"dina", "dev"} {
+				if _, err := w.s.Approve(w.who[d], "req-2", Grant{Reason: "ok"}, nil); err != nil {
+					t.Fatal(err)
+				}
 			}
 			real := w.s.al.f.(*os.File)
 			w.s.al.f = &faultyFile{File: real, mode: mode}

@@ -16,6 +16,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/nhs-hub/hub/api"
+	"github.com/nhs-hub/hub/catalog"
 	"github.com/nhs-hub/hub/cohorts"
 	"github.com/nhs-hub/hub/governance"
 )
@@ -32,7 +33,7 @@ func serveCommand() *cli.Command {
 		auditKeyFlag(),
 		&cli.StringFlag{Name: "addr", Value: "127.0.0.1:8080", EnvVars: []string{"HUB_ADDR"}, Usage: "address to listen on"},
 		quorumFlag(),
-		&cli.DurationFlag{Name: "checkpoint-every", Value: 10 * time.Minute, Usage: "how often the audit log's head is written to the lake (audit-checkpoints/), write-once; 0: never"},
+		&cli.DurationFlag{Name: "checkpoint-every", Value: 10 * time.Minute, Usage: "how often the audit log's head is written to the lake (audit-checkpoints/), write-once; the server refuses to start on a log that lacks one. They assume one state folder per lake: 0 turns both off"},
 		&cli.StringSliceFlag{Name: "preload", Usage: "load these datasets' latest versions before listening (default: load on first query)"},
 	}, s3Flags()...)
 	return &cli.Command{
@@ -54,6 +55,11 @@ func serveCommand() *cli.Command {
 				return err
 			}
 			defer gov.Close()
+			if c.Duration("checkpoint-every") > 0 {
+				if err := checkCheckpoints(c, lake); err != nil {
+					return err
+				}
+			}
 			svc, err := cohorts.New(cohorts.Config{Lake: lake, State: c.String("state"), Projects: gov, Logger: log})
 			if err != nil {
 				return err
@@ -108,6 +114,24 @@ func serveCommand() *cli.Command {
 			}
 		},
 	}
+}
+
+// checkCheckpoints refuses to serve a log that does not contain every
+// head the server wrote to the lake: one cut or replaced since.
+func checkCheckpoints(c *cli.Context, lake *catalog.Lake) error {
+	cps, err := governance.Checkpoints(c.Context, lake.Store())
+	if err != nil || len(cps) == 0 {
+		return err
+	}
+	key, err := auditKey(c)
+	if err != nil {
+		return err
+	}
+	if _, err := governance.VerifyHeads(c.String("state"), key, cps); err != nil {
+		return fmt.Errorf("the audit log does not contain the lake's checkpoints: %w; see `hub audit verify --state %s --lake %s` (a second state folder serving the same lake needs --checkpoint-every 0)",
+			err, c.String("state"), c.String("lake"))
+	}
+	return nil
 }
 
 func quorumFlag() cli.Flag {
