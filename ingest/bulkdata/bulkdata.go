@@ -476,13 +476,19 @@ func (p *puller) deleteJob(ctx context.Context) {
 	resp.Body.Close()
 }
 
+const maxRenewals = 3
+
 // do sends a request, retrying a network fault, 429 and 5xx with backoff
 // (the server's Retry-After when it gives one), at most cfg.Retries
 // times. Any other 4xx is returned as a ServerError with the
 // OperationOutcome's diagnostics.
 func (p *puller) do(ctx context.Context, op string, auth bool, newReq func() (*http.Request, error)) (*http.Response, error) {
 	var last error
-	renew := false // a 401 asks for a new token once
+	// A 401 asks for a new token, up to maxRenewals times a request: with
+	// several downloads at once, a token one of them renews can expire
+	// again (or be revoked) before its retry, so once is not enough; a 401
+	// that persists is bad credentials.
+	renew, renewals := false, 0
 	for attempt := 0; attempt < p.cfg.Retries; attempt++ {
 		req, err := newReq()
 		if err != nil {
@@ -496,9 +502,11 @@ func (p *puller) do(ctx context.Context, op string, auth bool, newReq func() (*h
 		resp, err := p.cfg.Client.Do(req)
 		var wait time.Duration
 		switch {
-		case err == nil && resp.StatusCode == http.StatusUnauthorized && auth && p.ts != nil && !renew:
+		case err == nil && resp.StatusCode == http.StatusUnauthorized && auth && p.ts != nil && renewals < maxRenewals:
 			resp.Body.Close()
 			renew = true // the token expired, or was revoked: get another
+			renewals++
+			attempt-- // not a failure of the server's: it does not use up a retry
 			p.log.Info("access token refused; getting a new one", "op", op)
 			continue
 		case err == nil && resp.StatusCode == http.StatusUnauthorized && p.ts == nil:

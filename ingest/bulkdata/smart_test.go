@@ -114,3 +114,21 @@ func TestPullAuthorisationErrors(t *testing.T) {
 		}
 	})
 }
+
+// A 401 that persists (the server takes no token of ours) ends the pull
+// with the server's answer after a bounded number of new tokens, not a
+// loop.
+func TestPersistent401Ends(t *testing.T) {
+	srv := bulktest.New(t, export(t))
+	k := register(t, srv, "ES384")
+	srv.Auth.Uses = -1 // every token is refused
+	_, err := bulkdata.Pull(t.Context(), bulkdata.Config{Base: srv.Base(), Dir: filepath.Join(t.TempDir(), "pull"), Poll: time.Millisecond,
+		Auth: &bulkdata.Auth{ClientID: "hub-test", Key: k}})
+	var se *bulkdata.ServerError
+	if !errors.As(err, &se) || se.Status != http.StatusUnauthorized {
+		t.Fatalf("pull with every token refused: %v", err)
+	}
+	if srv.Issued != 4 {
+		t.Errorf("%d tokens issued for one refused request, want 1 + 3 renewals", srv.Issued)
+	}
+}
