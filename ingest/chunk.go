@@ -223,6 +223,13 @@ func (g *ratioReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Decompress is r as ingest reads it: gunzipped when gz is set, with the
+// same guard against gzip bombs (ErrGzipBomb).
+func Decompress(r io.Reader, gz bool) (io.Reader, error) {
+	out, _, err := openStream(r, gz, false)
+	return out, err
+}
+
 // openStream wraps r: gunzip when gz is set, with a ratio guard, and a
 // byte count of the raw input for progress.
 func openStream(r io.Reader, gz, hashed bool) (io.Reader, *countingReader, error) {

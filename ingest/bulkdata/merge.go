@@ -2,8 +2,8 @@ package bulkdata
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -84,42 +84,45 @@ func Merge(ctx context.Context, prev, delta, out string) (dropped int64, err err
 		if err := ctx.Err(); err != nil {
 			return dropped, err
 		}
-		w, err := create(filepath.Join(out, name(f.typ)))
-		if err != nil {
-			return dropped, err
-		}
-		err = eachLine(filepath.Join(prev, f.name), func(line []byte) error {
-			if typ, id, ok := ingest.ResourceKey(line); ok && gone[key(typ, id)] {
-				dropped++
-				return nil
-			}
-			_, err := w.Write(append(line, '\n'))
-			return err
+		n, err := copyPart(filepath.Join(prev, f.name), filepath.Join(out, name(f.typ)), func(line []byte) bool {
+			typ, id, ok := ingest.ResourceKey(line)
+			return ok && gone[key(typ, id)]
 		})
-		if cerr := w.close(); err == nil {
-			err = cerr
-		}
+		dropped += n
 		if err != nil {
 			return dropped, err
 		}
 	}
 	for _, f := range deltaFiles {
-		w, err := create(filepath.Join(out, name(f.typ)))
-		if err != nil {
+		if err := ctx.Err(); err != nil {
 			return dropped, err
 		}
-		err = eachLine(filepath.Join(delta, f.name), func(line []byte) error {
-			_, err := w.Write(append(line, '\n'))
-			return err
-		})
-		if cerr := w.close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
+		if _, err := copyPart(filepath.Join(delta, f.name), filepath.Join(out, name(f.typ)), nil); err != nil {
 			return dropped, err
 		}
 	}
 	return dropped, nil
+}
+
+// copyPart writes the lines of src to a new file dst, leaving out those
+// drop (if not nil) says to; it returns how many it left out.
+func copyPart(src, dst string, drop func(line []byte) bool) (dropped int64, err error) {
+	w, err := create(dst)
+	if err != nil {
+		return 0, err
+	}
+	err = eachLine(src, func(line []byte) error {
+		if drop != nil && drop(line) {
+			dropped++
+			return nil
+		}
+		_, err := w.Write(append(line, '\n'))
+		return err
+	})
+	if cerr := w.close(); err == nil {
+		err = cerr
+	}
+	return dropped, err
 }
 
 type part struct {
@@ -152,20 +155,15 @@ func eachLine(path string, fn func([]byte) error) error {
 		return err
 	}
 	defer f.Close()
-	var r io.Reader = f
-	if strings.HasSuffix(path, ".gz") {
-		zr, err := gzip.NewReader(f)
-		if err != nil {
-			return fmt.Errorf("read %s: %w", filepath.Base(path), err)
-		}
-		defer zr.Close()
-		r = zr
+	r, err := ingest.Decompress(f, strings.HasSuffix(path, ".gz"))
+	if err != nil {
+		return fmt.Errorf("read %s: %w", filepath.Base(path), err)
 	}
 	br := bufio.NewReaderSize(r, 1<<20)
 	for {
 		line, err := br.ReadBytes('\n')
-		if l := strings.TrimSpace(string(line)); l != "" {
-			if ferr := fn([]byte(l)); ferr != nil {
+		if l := bytes.TrimSpace(line); len(l) > 0 {
+			if ferr := fn(l); ferr != nil {
 				return ferr
 			}
 		}
