@@ -140,14 +140,7 @@ func checkAfterKill(t *testing.T, run int, state, root string, acked []string) [
 			fail("the child reported %q", l)
 		}
 	}
-	store, err := file.Open(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := cohorts.New(cohorts.Config{Lake: catalog.NewLake(store), State: state, Projects: gov})
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc := serviceOn(t, root, state, gov)
 	defer svc.Close()
 	b, err := svc.Budget("kill") // opens the ledger: recovers charges the kill kept out of the chain
 	if err != nil {
@@ -196,14 +189,7 @@ func killChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := file.Open(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := cohorts.New(cohorts.Config{Lake: catalog.NewLake(store), State: state, Projects: gov})
-	if err != nil {
-		t.Fatal(err)
-	}
+	svc := serviceOn(t, root, state, gov)
 	if _, err := svc.Engine(t.Context(), "gp", 0); err != nil {
 		t.Fatal(err)
 	}
@@ -232,6 +218,21 @@ func killChild(t *testing.T) {
 		q := fmt.Sprintf(`{"dataset": "gp", "index_date": "2024-01-01", "criteria": {"age": {"min": 18}}, "measures": [{"kind": "count"}], "epsilon": %g}`, 0.001+float64(i)*1e-6)
 		say("query " + call("rosa", "/v1/projects/kill/queries", q)["query_sha256"].(string))
 	}
+}
+
+// serviceOn opens the cohort service over the lake folder root, with its
+// ledgers in state.
+func serviceOn(t *testing.T, root, state string, gov *governance.Store) *cohorts.Service {
+	t.Helper()
+	store, err := file.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := cohorts.New(cohorts.Config{Lake: catalog.NewLake(store), State: state, Projects: gov})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc
 }
 
 func copyDir(t *testing.T, from, to string) {
