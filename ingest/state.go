@@ -36,13 +36,12 @@ type state struct {
 	// codeSystems is the run's code system vocabulary.
 	codeSystems *Vocab
 
-	// Links between Patients, known before any table is read: replaced
-	// holds the Patients that another replaces; alias each one's
-	// successor; linked the numbers opted out because a Patient linked to
-	// them was. Only read once the tables are read.
-	replaced map[refKey]bool
-	alias    map[refKey]refKey
-	linked   map[uint64]Reason
+	// Links between Patients, known before any table is read: alias
+	// holds each Patient that another replaces, with its successor;
+	// linked the numbers opted out because a Patient linked to them was.
+	// Only read once the tables are read.
+	alias  map[refKey]refKey
+	linked map[uint64]Reason
 }
 
 // A patientLink joins two Patients: from is replaced by to when
@@ -57,7 +56,7 @@ type patientLink struct {
 // successor, and an opt-out of either number (NDOP or type 1) becomes an
 // opt-out of the other, along chains of links too.
 func (s *state) linkPatients(links []patientLink, nums map[refKey]uint64) {
-	s.replaced, s.alias, s.linked = map[refKey]bool{}, map[refKey]refKey{}, map[uint64]Reason{}
+	s.alias, s.linked = map[refKey]refKey{}, map[uint64]Reason{}
 	for _, l := range links {
 		old, succ := l.from, l.to
 		if !l.replacedBy {
@@ -66,7 +65,6 @@ func (s *state) linkPatients(links []patientLink, nums map[refKey]uint64) {
 		if old == succ {
 			continue
 		}
-		s.replaced[old] = true
 		s.alias[old] = succ
 	}
 	for changed, rounds := true, 0; changed && rounds < 64; rounds++ {

@@ -361,8 +361,10 @@ func (b *rowBuilder) addPatient(n uint64, f [][]byte, ref *refKey) (Reason, int)
 	if r := b.st.optedOutReason(n); r != ReasonNone {
 		return r, -1
 	}
-	if ref != nil && b.st.replaced[*ref] {
-		return ReasonReplacedPatient, -1
+	if ref != nil {
+		if _, replaced := b.st.alias[*ref]; replaced {
+			return ReasonReplacedPatient, -1
+		}
 	}
 	for i, v := range f[:len(columns[Patients])] {
 		if len(v) > MaxField {

@@ -63,7 +63,7 @@ func (v *Vocab) Dictionary() *array.String { return v.dict.Load() }
 // names, ignoring ASCII case.
 func (v *Vocab) lookup(b []byte) (int16, bool) {
 	for i, s := range v.known {
-		if equalFoldLower(b, s) {
+		if equalFold(b, s) { // every known value is lower-case
 			return int16(i), true
 		}
 	}
@@ -96,26 +96,6 @@ func (v *Vocab) index(b []byte) (int16, bool) {
 	v.all = append(v.all, s)
 	v.dict.Store(stringArray(v.all))
 	return i, true
-}
-
-// equalFoldLower reports whether b equals s, ignoring ASCII case.
-func equalFoldLower(b []byte, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := range b {
-		c, d := b[i], s[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 32
-		}
-		if 'A' <= d && d <= 'Z' {
-			d += 32
-		}
-		if c != d {
-			return false
-		}
-	}
-	return true
 }
 
 // VocabType is the Arrow type of every vocabulary column.
