@@ -66,15 +66,16 @@ func publish(c *cli.Context) error {
 			date = st.ModTime().UTC().Format(time.DateOnly)
 		}
 	}
-	src, pulled, err := extractSource(c)
-	if err != nil {
-		return err
-	}
+	// Flags first: a mistyped one is said before a pull's download.
 	maxAge, err := parseAge(c.String("optouts-max-age"))
 	if err != nil {
 		return err
 	}
 	over, err := overrides(c)
+	if err != nil {
+		return err
+	}
+	src, pulled, err := extractSource(c)
 	if err != nil {
 		return err
 	}
@@ -333,14 +334,10 @@ func sincePull(c *cli.Context, base string) (since, prev string, err error) {
 	if err != nil {
 		return "", "", err
 	}
-	vs, err := lake.Versions(c.Context, name)
-	if err != nil {
-		return "", "", err
-	}
-	if len(vs) == 0 {
+	m, err := lake.Manifest(c.Context, name, 0) // the latest
+	if errors.Is(err, catalog.ErrNotFound) {
 		return "", "", fmt.Errorf("--since last: %s has no version yet; pull it whole first (without --since)", name)
 	}
-	m, err := lake.Manifest(c.Context, name, vs[len(vs)-1])
 	if err != nil {
 		return "", "", err
 	}

@@ -159,9 +159,9 @@ func (g *guard) output(ctx context.Context, lake *catalog.Lake, dataset string, 
 
 // previous returns the dataset's latest committed manifest, or nil.
 func previous(ctx context.Context, lake *catalog.Lake, dataset string) (*catalog.Manifest, error) {
-	vs, err := lake.Versions(ctx, dataset)
-	if err != nil || len(vs) == 0 {
-		return nil, err
+	m, err := lake.Manifest(ctx, dataset, 0) // the latest
+	if errors.Is(err, catalog.ErrNotFound) {
+		return nil, nil
 	}
-	return lake.Manifest(ctx, dataset, slices.Max(vs))
+	return m, err
 }
