@@ -162,7 +162,7 @@ func Handler(gov *governance.Store, svc *cohorts.Service, log *slog.Logger) http
 		if !s.body(w, r, p, governance.ActUserAdd, &body) {
 			return
 		}
-		ttl, err := tokenTTL(body.TokenDays)
+		ttl, err := governance.TokenTTL(body.TokenDays)
 		if err != nil {
 			s.reply(w, nil, s.gov.Refuse(p, governance.ActUserAdd, "", err))
 			return
@@ -177,7 +177,7 @@ func Handler(gov *governance.Store, svc *cohorts.Service, log *slog.Logger) http
 		if !s.body(w, r, p, governance.ActTokenIssue, &body) {
 			return
 		}
-		ttl, err := tokenTTL(body.TokenDays)
+		ttl, err := governance.TokenTTL(body.TokenDays)
 		if err != nil {
 			s.reply(w, nil, s.gov.Refuse(p, governance.ActTokenIssue, "", err))
 			return
@@ -295,15 +295,6 @@ func (s *server) body(w http.ResponseWriter, r *http.Request, p *governance.Prin
 		return false
 	}
 	return true
-}
-
-// tokenTTL checks a request's token_days: 0 for the default, at most
-// ten years (a larger count overflowed a duration).
-func tokenTTL(days int) (time.Duration, error) {
-	if days < 0 || days > 3660 {
-		return 0, fmt.Errorf("%w: token_days must be between 0 (the default) and 3660", governance.ErrInvalid)
-	}
-	return time.Duration(days) * 24 * time.Hour, nil
 }
 
 // query answers a cohort query: authorise, parse, ask the service, audit,

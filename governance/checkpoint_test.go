@@ -29,6 +29,17 @@ func TestCheckpointsCatchTruncation(t *testing.T) {
 	if err := WriteCheckpoint(t.Context(), lake, head); err != nil {
 		t.Fatalf("the same checkpoint again: %v", err)
 	}
+	// The server's start-up check reads only the checkpoints' entries.
+	var ce *ChainError
+	if err := w.s.CheckHeads([]Head{head}); err != nil {
+		t.Fatalf("CheckHeads: %v", err)
+	}
+	if err := w.s.CheckHeads([]Head{{Seq: head.Seq, Hash: genesis}}); !errors.As(err, &ce) {
+		t.Fatalf("CheckHeads with another hash: %v", err)
+	}
+	if err := w.s.CheckHeads([]Head{{Seq: head.Seq + 1, Hash: head.Hash}}); !errors.As(err, &ce) {
+		t.Fatalf("CheckHeads past the log's end: %v", err)
+	}
 	w.s.Close()
 	heads, err := Checkpoints(t.Context(), lake)
 	if err != nil || len(heads) != 1 || heads[0] != head {
@@ -57,7 +68,6 @@ func TestCheckpointsCatchTruncation(t *testing.T) {
 	if res, err = Verify(w.dir, nil, nil); err != nil {
 		t.Fatalf("a cut with a rewritten head was expected to pass the chain alone: %v", err)
 	}
-	var ce *ChainError
 	if _, err := VerifyHeads(w.dir, nil, heads); !errors.As(err, &ce) {
 		t.Fatalf("a cut with a rewritten head against the lake's checkpoint: %v", err)
 	}

@@ -51,6 +51,11 @@ type Entry struct {
 	Hash        string          `json:"hash"`
 }
 
+// charged reports whether e is a released query that spent budget.
+func (e *Entry) charged() bool {
+	return e.Action == ActQuery && e.Outcome == OK && (e.EpsilonU > 0 || e.DeltaU > 0)
+}
+
 // genesis is the Prev of the first entry.
 var genesis = hex.EncodeToString(make([]byte, sha256.Size))
 
@@ -418,7 +423,7 @@ func VerifyHeads(dir string, key []byte, expect []Head) (*VerifyResult, error) {
 		if err != nil {
 			return nil, err
 		}
-		if e.Action == ActQuery && e.Outcome == OK && (e.EpsilonU > 0 || e.DeltaU > 0) {
+		if e.charged() {
 			if charges[e.Project] == nil {
 				charges[e.Project] = map[string][2]int64{}
 			}
@@ -429,7 +434,7 @@ func VerifyHeads(dir string, key []byte, expect []Head) (*VerifyResult, error) {
 		}
 		if h, ok := want[l.head.Seq]; ok {
 			if h != l.head.Hash {
-				return nil, &ChainError{Reason: fmt.Sprintf("entry %d is not the one a head written down earlier names (%.12s…)", l.head.Seq, h)}
+				return nil, otherHead(l.head.Seq, h)
 			}
 			delete(want, l.head.Seq)
 		}
@@ -444,9 +449,19 @@ func VerifyHeads(dir string, key []byte, expect []Head) (*VerifyResult, error) {
 				seq = s
 			}
 		}
-		return nil, &ChainError{Reason: fmt.Sprintf("the log does not contain the expected head (entry %d, %.12s…): entries were removed from its end, or it was replaced", seq, want[seq])}
+		return nil, missingHead(seq, want[seq])
 	}
 	return &VerifyResult{Entries: l.head.Seq, Head: l.head, charges: charges}, nil
+}
+
+// otherHead and missingHead say how a log fails a head written down
+// earlier.
+func otherHead(seq int64, hash string) error {
+	return &ChainError{Reason: fmt.Sprintf("entry %d is not the one a head written down earlier names (%.12s…)", seq, hash)}
+}
+
+func missingHead(seq int64, hash string) error {
+	return &ChainError{Reason: fmt.Sprintf("the log does not contain the expected head (entry %d, %.12s…): entries were removed from its end, or it was replaced", seq, hash)}
 }
 
 // CheckLedger compares a project's budget ledger with the verified chain:

@@ -153,7 +153,7 @@ func (s *Store) RecoverCharges(project string, charges []LedgerCharge) (int, err
 	audited := map[string]bool{}
 	err := s.view(func(*state) error {
 		return s.al.scan(0, func(e *Entry) bool {
-			if e.Action == ActQuery && e.Outcome == OK && e.Project == project && (e.EpsilonU > 0 || e.DeltaU > 0) {
+			if e.Project == project && e.charged() {
 				audited[e.QuerySHA256] = true
 			}
 			return true
@@ -243,7 +243,7 @@ func (s *Store) fold(e *Entry) error {
 	if err := s.st.apply(e); err != nil {
 		return err
 	}
-	if e.Action == ActQuery && e.Outcome == OK {
+	if e.charged() {
 		sp := s.spent[e.Project]
 		s.spent[e.Project] = [2]int64{sp[0] + e.EpsilonU, sp[1] + e.DeltaU}
 	}
@@ -324,7 +324,7 @@ func (s *Store) do(ev event) (*Entry, error) {
 			case errors.As(err, &ue):
 				return fmt.Errorf("%w; whether this action took effect will be known when the server restarts (%v)", ErrUnavailable, err)
 			case !errors.As(err, &he):
-				return fmt.Errorf("%w; nothing was changed (%v)", ErrUnavailable, err)
+				return err // nothing took effect: wrapped as ErrUnavailable below
 			}
 			s.log.Warn("the audit head file could not be written; the entry stands", "action", ev.entry.Action, "err", err)
 		}
@@ -456,6 +456,27 @@ func copyOf[T any](v *T) *T {
 		panic(err)
 	}
 	return &c
+}
+
+// CheckHeads checks that the log holds each of heads (the lake's
+// checkpoints), reading only their entries: the chain itself was verified
+// when the store was opened, and since.
+func (s *Store) CheckHeads(heads []Head) error {
+	return s.view(func(*state) error {
+		for _, h := range heads {
+			if h.Seq > s.al.head.Seq {
+				return missingHead(h.Seq, h.Hash)
+			}
+			var got string
+			if err := s.al.scan(h.Seq-1, func(e *Entry) bool { got = e.Hash; return false }); err != nil {
+				return err
+			}
+			if got != h.Hash {
+				return otherHead(h.Seq, h.Hash)
+			}
+		}
+		return nil
+	})
 }
 
 // Verify checks the whole audit chain on disk (see the function Verify),

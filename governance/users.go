@@ -73,6 +73,16 @@ func (s *Store) IssueToken(actor *Principal, name string, ttl time.Duration) (st
 	return tok, err
 }
 
+// TokenTTL checks a token's lifetime in days: 0 for the default, at most
+// ten years (a larger count overflowed a duration), for the API's
+// token_days and the CLI's --token-days alike.
+func TokenTTL(days int) (time.Duration, error) {
+	if days < 0 || days > 3660 {
+		return 0, fmt.Errorf("%w: token_days must be between 0 (the default) and 3660", ErrInvalid)
+	}
+	return time.Duration(days) * 24 * time.Hour, nil
+}
+
 // RevokeTokens revokes a user's tokens: those with the given IDs, or all
 // of them when ids is empty. It returns the IDs revoked.
 func (s *Store) RevokeTokens(actor *Principal, name string, ids []string) ([]string, error) {

@@ -56,7 +56,7 @@ func serveCommand() *cli.Command {
 			}
 			defer gov.Close()
 			if c.Duration("checkpoint-every") > 0 {
-				if err := checkCheckpoints(c, lake); err != nil {
+				if err := checkCheckpoints(c, lake, gov); err != nil {
 					return err
 				}
 			}
@@ -118,16 +118,12 @@ func serveCommand() *cli.Command {
 
 // checkCheckpoints refuses to serve a log that does not contain every
 // head the server wrote to the lake: one cut or replaced since.
-func checkCheckpoints(c *cli.Context, lake *catalog.Lake) error {
+func checkCheckpoints(c *cli.Context, lake *catalog.Lake, gov *governance.Store) error {
 	cps, err := governance.Checkpoints(c.Context, lake.Store())
-	if err != nil || len(cps) == 0 {
-		return err
-	}
-	key, err := auditKey(c)
 	if err != nil {
 		return err
 	}
-	if _, err := governance.VerifyHeads(c.String("state"), key, cps); err != nil {
+	if err := gov.CheckHeads(cps); err != nil {
 		return fmt.Errorf("the audit log does not contain the lake's checkpoints: %w; see `hub audit verify --state %s --lake %s` (a second state folder serving the same lake needs --checkpoint-every 0)",
 			err, c.String("state"), c.String("lake"))
 	}

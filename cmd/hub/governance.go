@@ -110,7 +110,11 @@ func userCommand() *cli.Command {
 						return err
 					}
 					defer gov.Close()
-					tok, err := gov.AddUser(hostPrincipal(), c.Args().First(), roles, time.Duration(c.Int("token-days"))*24*time.Hour)
+					ttl, err := governance.TokenTTL(c.Int("token-days"))
+					if err != nil {
+						return usageError{err}
+					}
+					tok, err := gov.AddUser(hostPrincipal(), c.Args().First(), roles, ttl)
 					if err != nil {
 						return err
 					}
@@ -130,7 +134,11 @@ func userCommand() *cli.Command {
 						return err
 					}
 					defer gov.Close()
-					tok, err := gov.IssueToken(hostPrincipal(), c.Args().First(), time.Duration(c.Int("token-days"))*24*time.Hour)
+					ttl, err := governance.TokenTTL(c.Int("token-days"))
+					if err != nil {
+						return usageError{err}
+					}
+					tok, err := gov.IssueToken(hostPrincipal(), c.Args().First(), ttl)
 					if err != nil {
 						return err
 					}
