@@ -9,7 +9,7 @@ MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 
 NOTEBOOK_DEBS := jupyter-nbconvert python3-ipykernel python3-pandas python3-matplotlib python3-requests python3-nbformat
 
-.PHONY: build test test-short notebooks notebook-deps demo bench bench-go bench-pipeline bench-cohorts bench-load lint tidy-check fuzz clean minio
+.PHONY: build test test-short notebooks notebook-deps demo bench bench-go bench-pipeline bench-cohorts bench-load bench-pull lint tidy-check fuzz clean minio
 
 build:
 	$(GO) build -o $(BIN) ./cmd/hub
@@ -101,6 +101,11 @@ bench-cohorts: build
 # 20 flooders send bad tokens (errors, RSS growth, state growth).
 bench-load: build
 	$(BIN) bench --load --clients 50 --flooders 20 --duration 60s --patients $${BENCH_PATIENTS:-20000}
+
+# Issue 16: an export pulled from a Bulk Data server over loopback and
+# streamed through ingest, against the same files from a folder.
+bench-pull: build
+	$(BIN) bench --pull --runs $${BENCH_RUNS:-3} --patients $${BENCH_PATIENTS:-1000000}
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./ingest

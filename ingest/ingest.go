@@ -162,6 +162,11 @@ func Run(ctx context.Context, src Source, opts Options, emit Emit) (*Report, err
 			rep.Patients = *pc
 		}
 	}
+	if f, ok := src.(Finisher); ok {
+		if err := f.Finish(ctx); err != nil {
+			return nil, err
+		}
+	}
 	vals := r.st.codeSystems.Values()
 	for i := range vals {
 		if r.otherSystems[int16(i)] {

@@ -49,6 +49,15 @@ func (d Dir) List(_ context.Context) ([]string, error) {
 
 var _ Lister = Dir("")
 
+// A Finisher is a Source still arriving while ingest reads it: a Bulk
+// Data pull streamed through ingest. When the run has read every table it
+// calls Finish, which waits for the files the run did not read and says
+// whether the whole source arrived; the run fails (and so publishes
+// nothing) if it did not.
+type Finisher interface {
+	Finish(ctx context.Context) error
+}
+
 // A tableFile is one file of a table: a CSV file, or the NDJSON file of
 // one resource type.
 type tableFile struct {
@@ -231,12 +240,17 @@ func manifestFiles(ctx context.Context, src Source, present []string) ([]string,
 	if err := json.Unmarshal(data, &m); err != nil {
 		return nil, fmt.Errorf("manifest.json is not a Bulk Data manifest: %w", err)
 	}
+	var types, urls []string
+	for _, o := range m.Output {
+		types, urls = append(types, o.Type), append(urls, o.URL)
+	}
+	names, err := BulkFileNames(types, urls)
+	if err != nil {
+		return nil, fmt.Errorf("manifest.json: %w", err)
+	}
 	var out []string
 	for i, o := range m.Output {
-		name, err := BulkFileName(o.Type, o.URL, i)
-		if err != nil {
-			return nil, fmt.Errorf("manifest.json: output %d: %w", i, err)
-		}
+		name := names[i]
 		switch {
 		case slices.Contains(present, name):
 		case slices.Contains(present, name+".gz"):
@@ -265,24 +279,38 @@ func PartOf(name string) (typ string, lead, trail int, ok bool) {
 	return p.base, p.lead, p.trail, true
 }
 
-// BulkFileName is the name under which a download keeps output file i of
-// a Bulk Data manifest, of resource type typ at url: the URL's own name
-// when it is a part name of that type (Patient.000.ndjson), else
-// TYPE.K.ndjson (servers may serve files by opaque URLs). Ingest looks
-// for the files of a manifest.json by these names.
-func BulkFileName(typ, rawURL string, i int) (string, error) {
-	u, err := url.Parse(rawURL)
-	if err != nil || rawURL == "" {
-		return "", errors.New("no usable url")
+// BulkFileNames are the names under which a download keeps the output
+// files of a Bulk Data manifest, given their resource types and URLs:
+// each URL's own name when it is a part name of its type
+// (Patient.000.ndjson), else TYPE.K.ndjson for output K (servers may
+// serve files by opaque URLs); and TYPE.K.ndjson for all of them if two
+// would share a name. Ingest looks for the files of a manifest.json by
+// these names.
+func BulkFileNames(types, urls []string) ([]string, error) {
+	names := make([]string, len(types))
+	seen := map[string]bool{}
+	clash := false
+	for i, typ := range types {
+		u, err := url.Parse(urls[i])
+		if err != nil || urls[i] == "" {
+			return nil, fmt.Errorf("output %d: no usable url", i)
+		}
+		if !isResourceType(typ) {
+			return nil, fmt.Errorf("output %d: type %q is not a resource type", i, typ)
+		}
+		names[i] = fmt.Sprintf("%s.%03d.ndjson", typ, i)
+		if p, ok := parsePart(path.Base(u.Path)); ok && p.base == typ {
+			names[i] = p.name
+		}
+		clash = clash || seen[names[i]]
+		seen[names[i]] = true
 	}
-	if !isResourceType(typ) {
-		return "", fmt.Errorf("type %q is not a resource type", typ)
+	if clash {
+		for i, typ := range types {
+			names[i] = fmt.Sprintf("%s.%03d.ndjson", typ, i)
+		}
 	}
-	name := path.Base(u.Path)
-	if p, ok := parsePart(name); ok && p.base == typ {
-		return name, nil
-	}
-	return fmt.Sprintf("%s.%03d.ndjson", typ, i), nil
+	return names, nil
 }
 
 // probeFiles finds the tables of a source that cannot list its files by

@@ -1,6 +1,8 @@
 package ingest
 
 import (
+	"slices"
+
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/memory"
@@ -34,6 +36,24 @@ func (t Table) String() string {
 
 // FHIRResources returns the FHIR R4 resource types that carry the table.
 func (t Table) FHIRResources() []string { return fhirTypes[t] }
+
+// FHIRReadOrder returns the resource types a run reads, in the order it
+// first reads them: Medication (for medicationReference), Observation
+// (the type 1 dissent scan), Patient (its references and links), then
+// the tables in turn. Resource types it does not ingest are read before
+// all of these, to be counted. A pull that streams an export through
+// ingest downloads the files in this order.
+func FHIRReadOrder() []string {
+	order := []string{"Medication"}
+	for _, t := range append([]Table{Observations, Patients}, Tables...) {
+		for _, typ := range fhirTypes[t] {
+			if !slices.Contains(order, typ) {
+				order = append(order, typ)
+			}
+		}
+	}
+	return order
+}
 
 var fhirTypes = [...][]string{
 	Patients:      {"Patient"},

@@ -36,12 +36,13 @@ func benchCommand() *cli.Command {
 			&cli.BoolFlag{Name: "cohorts", Usage: "measure cohort query latency through the service against the same SQL run directly by DuckDB"},
 			&cli.IntFlag{Name: "clients", Value: 16, Usage: "concurrent clients (with --cohorts)"},
 			&cli.IntFlag{Name: "requests", Value: 10, Usage: "requests per client and query (with --cohorts)"},
+			&cli.BoolFlag{Name: "pull", Usage: "issue 16's target: ingest of a FHIR export pulled from a Bulk Data server over loopback against the same files from a folder (implies --format fhir)"},
 			&cli.BoolFlag{Name: "load", Usage: "issue 17's load test: --clients good clients for --duration while --flooders send bad tokens; errors, RSS growth, state growth"},
 			&cli.IntFlag{Name: "flooders", Value: 20, Usage: "clients sending bad tokens, each from its own loopback address (with --load)"},
 			&cli.DurationFlag{Name: "duration", Value: time.Minute, Usage: "how long the measured load runs (with --load)"},
 			&cli.DurationFlag{Name: "warmup", Value: 10 * time.Second, Usage: "load before measuring, without the flood (with --load)"},
 		},
-		Subcommands: []*cli.Command{{
+		Subcommands: []*cli.Command{bulkServerCommand(), {
 			Name: "duckdb-fhir-pipeline", Hidden: true, Usage: "run the DuckDB FHIR pipeline baseline (used by hub bench --pipeline --format fhir)",
 			Flags: []cli.Flag{&cli.StringFlag{Name: "extract", Required: true}, &cli.StringFlag{Name: "out", Required: true}},
 			Action: func(c *cli.Context) error {
@@ -106,8 +107,11 @@ func runBench(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if format == ingest.FHIR && !c.Bool("pipeline") {
-		return usageError{fmt.Errorf("--format fhir is measured with --pipeline")}
+	if c.Bool("pull") {
+		format = ingest.FHIR
+	}
+	if format == ingest.FHIR && !c.Bool("pipeline") && !c.Bool("pull") {
+		return usageError{fmt.Errorf("--format fhir is measured with --pipeline or --pull")}
 	}
 	dir := filepath.Join(c.String("cache"), fmt.Sprintf("%s-v%d-%d-%d", format, synth.Version, n, c.Uint64("seed")))
 	if _, err := os.Stat(filepath.Join(dir, "truth.json")); err != nil {
@@ -142,6 +146,9 @@ func runBench(c *cli.Context) error {
 	}
 	if c.Bool("cohorts") {
 		return benchCohorts(c, dir)
+	}
+	if c.Bool("pull") {
+		return benchPull(c, dir)
 	}
 	if c.Bool("load") {
 		return benchLoad(c, dir)

@@ -111,10 +111,11 @@ func runIngest(c *cli.Context, emit ingest.Emit) (*ingest.Report, error) {
 		return nil, err
 	}
 	defer done()
-	src, _, err := extractSource(c)
+	src, pulled, err := extractSource(c)
 	if err != nil {
 		return nil, err
 	}
+	defer pulled.Close()
 	rep, err := ingest.Run(c.Context, src, opts, emit)
 	if err != nil {
 		return nil, fmt.Errorf("ingest %s: %w", c.String("extract"), err)

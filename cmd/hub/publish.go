@@ -79,6 +79,7 @@ func publish(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	defer pulled.Close()
 	res, err := pipeline.Run(c.Context, pipeline.Config{
 		Dataset: name, Source: src, SourceName: c.String("extract"),
 		Ingest: opts, OptOutDate: date, Policy: policy, Key: key, Lake: lake, Logger: logger(c),
@@ -167,7 +168,37 @@ func extractSource(c *cli.Context) (ingest.Source, pulledExport, error) {
 
 // A pulledExport says where a pull left the export ingest reads, and its
 // transactionTime.
-type pulledExport struct{ folder, transactionTime string }
+type pulledExport struct {
+	folder, transactionTime string
+	stream                  *bulkdata.Stream // a pull streamed through ingest
+}
+
+// Close ends a streamed pull (a no-op otherwise), keeping its whole files
+// for a resumed pull.
+func (p pulledExport) Close() {
+	if p.stream != nil {
+		p.stream.Close()
+	}
+}
+
+// pulledStream is a pull streamed through ingest, which says what
+// arrived when ingest finishes it.
+type pulledStream struct {
+	*bulkdata.Stream
+	w         io.Writer
+	base, dir string
+}
+
+func (p pulledStream) Finish(ctx context.Context) error {
+	if err := p.Stream.Finish(ctx); err != nil {
+		return fmt.Errorf("pull %s: %w", p.base, err)
+	}
+	st := p.State()
+	streamed, back := p.Streamed()
+	fmt.Fprintf(p.w, "pulled %d files of the export of %s (transaction time %s) into %s; ingest read %.0f MB as it arrived and %.0f MB back from the folder\n",
+		len(st.Files), p.base, st.TransactionTime, p.dir, float64(streamed)/1e6, float64(back)/1e6)
+	return nil
+}
 
 // storeSource reads an extract's files from a store.
 type storeSource struct{ st catalog.Store }
@@ -264,11 +295,6 @@ func s3Endpoint(endpoint string, tls, tlsSet bool) (string, bool, error) {
 	return u.Host, secure, nil
 }
 
-// exportTypes are the resource types a pull asks for: those the extract
-// contract reads.
-var exportTypes = []string{"Patient", "Encounter", "Condition", "MedicationRequest", "MedicationStatement", "Medication",
-	"Observation", "Procedure", "Immunization", "EpisodeOfCare"}
-
 // pullExtract runs (or resumes) a Bulk Data export from the FHIR server
 // at base into --landing, and returns that folder as the extract. With
 // --since last it asks for what changed since the dataset's last pull and
@@ -290,23 +316,34 @@ func pullExtract(c *cli.Context, base string) (ingest.Source, pulledExport, erro
 	if isTerminal(os.Stderr) {
 		progress = os.Stderr
 	}
-	st, err := bulkdata.Pull(c.Context, bulkdata.Config{Base: base, Types: exportTypes, Since: since, Dir: dir, Auth: auth, Progress: progress, Logger: logger(c)})
+	cfg := bulkdata.Config{Base: base, Types: ingest.FHIRReadOrder(), Since: since, Dir: dir, Auth: auth, Progress: progress, Logger: logger(c)}
+	if prev == "" {
+		// A whole export streams through ingest as it downloads.
+		s, err := bulkdata.Start(c.Context, cfg)
+		if progress != nil {
+			fmt.Fprint(progress, "\r\033[K")
+		}
+		if err != nil {
+			return nil, pulledExport{}, fmt.Errorf("pull %s: %w", base, err)
+		}
+		abs, _ := filepath.Abs(dir)
+		st := s.State()
+		return pulledStream{Stream: s, w: c.App.ErrWriter, base: base, dir: dir}, pulledExport{folder: abs, transactionTime: st.TransactionTime, stream: s}, nil
+	}
+	st, err := bulkdata.Pull(c.Context, cfg)
 	if progress != nil {
 		fmt.Fprint(progress, "\r\033[K")
 	}
 	if err != nil {
 		return nil, pulledExport{}, fmt.Errorf("pull %s: %w", base, err)
 	}
-	fmt.Fprintf(c.App.ErrWriter, "pulled %d files of the export of %s (transaction time %s) into %s\n", len(st.Files), base, st.TransactionTime, dir)
-	folder := dir
-	if prev != "" {
-		folder = filepath.Join(dir, "merged")
-		dropped, err := bulkdata.Merge(c.Context, prev, dir, folder)
-		if err != nil {
-			return nil, pulledExport{}, fmt.Errorf("merge the changes since %s into %s: %w", since, prev, err)
-		}
-		fmt.Fprintf(c.App.ErrWriter, "merged the changes since %s into the last pull's export: %d resources replaced or deleted\n", since, dropped)
+	fmt.Fprintf(c.App.ErrWriter, "pulled %d files of the changes since %s from %s into %s\n", len(st.Files), since, base, dir)
+	folder := filepath.Join(dir, "merged")
+	dropped, err := bulkdata.Merge(c.Context, prev, dir, folder)
+	if err != nil {
+		return nil, pulledExport{}, fmt.Errorf("merge the changes since %s into %s: %w", since, prev, err)
 	}
+	fmt.Fprintf(c.App.ErrWriter, "merged the changes since %s into the last pull's export: %d resources replaced or deleted\n", since, dropped)
 	abs, _ := filepath.Abs(folder)
 	return ingest.Dir(folder), pulledExport{folder: abs, transactionTime: st.TransactionTime}, nil
 }

@@ -1,13 +1,15 @@
 // Package bulkdata pulls a FHIR Bulk Data export ($export, FHIR Bulk
-// Data Access IG 2.0) from an LHCRE's FHIR server into a landing folder,
-// which ingest then reads as it reads any export: kick-off with
-// Prefer: respond-async, polling the status URL as the server's
-// Retry-After says, backing off on 429 and 503, downloading the
-// manifest's files in parallel, and deleting the job when done. The pull
-// keeps its state in the folder (pull.json), so a pull cut short by a
-// crash or a network fault resumes its job and fetches only the files it
-// does not have whole. Every file's SHA-256 is recorded there: the raw
-// export is the provenance of the version ingest publishes from it.
+// Data Access IG 2.0) from an LHCRE's FHIR server into a landing folder:
+// kick-off with Prefer: respond-async, polling the status URL as the
+// server's Retry-After says, backing off on 429 and 503, downloading the
+// manifest's files, and deleting the job when done. Start streams the
+// files through ingest as they download (stream.go); Pull downloads them
+// all. The pull keeps its state in the folder (pull.json), so a pull cut
+// short by a crash or a network fault resumes its job and fetches only the
+// files it does not have whole; a connection cut mid-file is asked again
+// from where it stopped. Every file's size and XXH3-128 (the hash ingest's
+// report gives each file) are recorded there: the raw export is the
+// provenance of the version ingest publishes from it.
 //
 // A server that asks for authorisation is given an access token got with
 // SMART Backend Services (smart.go); one that asks for none, none.
@@ -15,8 +17,6 @@ package bulkdata
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,7 +33,6 @@ import (
 	"time"
 
 	"github.com/nhs-hub/hub/ingest"
-	"golang.org/x/sync/errgroup"
 )
 
 // Defaults of a pull.
@@ -52,7 +51,9 @@ type Config struct {
 	// Base is the FHIR base URL ([base]/$export), or a Group's URL
 	// ([base]/Group/ID/$export).
 	Base string
-	// Types are the resource types asked for (_type); empty for all.
+	// Types are the resource types asked for (_type); empty for all. The
+	// files download in this order: give ingest.FHIRReadOrder's, the order
+	// ingest first reads them.
 	Types []string
 	// Since, when set, asks only for what changed after it (_since, an
 	// instant: the transactionTime of the pull before).
@@ -76,13 +77,14 @@ type Config struct {
 
 // A File is one downloaded file of the export.
 type File struct {
-	Type    string `json:"type"`
-	URL     string `json:"url"`
-	Name    string `json:"name"`
-	Bytes   int64  `json:"bytes,omitempty"`
-	SHA256  string `json:"sha256,omitempty"`
-	Error   bool   `json:"error,omitempty"`   // an OperationOutcome file of the manifest's error list
-	Deleted bool   `json:"deleted,omitempty"` // a Bundle file of the manifest's deleted list
+	Type  string `json:"type"`
+	URL   string `json:"url"`
+	Name  string `json:"name"`
+	Bytes int64  `json:"bytes,omitempty"`
+	XXH3  string `json:"xxh3_128,omitempty"` // as ingest's report hashes a file
+
+	Error   bool `json:"error,omitempty"`   // an OperationOutcome file of the manifest's error list
+	Deleted bool `json:"deleted,omitempty"` // a Bundle file of the manifest's deleted list
 }
 
 // State is pull.json: the job and what of it is in the folder.
@@ -144,8 +146,22 @@ type puller struct {
 	saving sync.Mutex // one save at a time
 }
 
-// Pull runs (or resumes) an export into cfg.Dir and returns its state.
+// Pull runs (or resumes) an export into cfg.Dir, downloading every file,
+// and returns its state. Start streams one through ingest instead.
 func Pull(ctx context.Context, cfg Config) (*State, error) {
+	s, err := Start(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	if err := s.Finish(ctx); err != nil {
+		return nil, err
+	}
+	return s.State(), nil
+}
+
+// newPuller fills in cfg's defaults and reads the folder's pull state.
+func newPuller(cfg Config) (*puller, error) {
 	if cfg.Client == nil {
 		cfg.Client = &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment,
 			ResponseHeaderTimeout: time.Minute, IdleConnTimeout: time.Minute, MaxIdleConnsPerHost: 16}}
@@ -175,25 +191,7 @@ func Pull(ctx context.Context, cfg Config) (*State, error) {
 	if err := p.load(); err != nil {
 		return nil, err
 	}
-	if p.state.Complete {
-		return &p.state, nil
-	}
-	m, err := p.manifest(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if err := p.download(ctx, m); err != nil {
-		return nil, err
-	}
-	if err := p.writeManifest(m); err != nil {
-		return nil, err
-	}
-	p.state.Complete = true
-	if err := p.save(); err != nil {
-		return nil, err
-	}
-	p.deleteJob(ctx)
-	return &p.state, nil
+	return p, nil
 }
 
 func (p *puller) statePath() string { return filepath.Join(p.cfg.Dir, "pull.json") }
@@ -329,16 +327,20 @@ func (p *puller) poll(ctx context.Context) (m *Manifest, gone bool, err error) {
 	}
 }
 
-// download fetches the manifest's files that the folder does not hold
-// whole, at most cfg.Parallel at once.
-func (p *puller) download(ctx context.Context, m *Manifest) error {
+// files lists the manifest's files as the folder will hold them, in the
+// order ingest first reads them (cfg.Types' order).
+func (p *puller) files(m *Manifest) ([]File, error) {
+	var types, urls []string
+	for _, o := range m.Output {
+		types, urls = append(types, o.Type), append(urls, o.URL)
+	}
+	names, err := ingest.BulkFileNames(types, urls)
+	if err != nil {
+		return nil, fmt.Errorf("the manifest: %w", err)
+	}
 	var want []File
 	for i, o := range m.Output {
-		name, err := ingest.BulkFileName(o.Type, o.URL, i)
-		if err != nil {
-			return fmt.Errorf("manifest output %d: %w", i, err)
-		}
-		want = append(want, File{Type: o.Type, URL: o.URL, Name: name})
+		want = append(want, File{Type: o.Type, URL: o.URL, Name: names[i]})
 	}
 	for i, e := range m.Error {
 		want = append(want, File{Type: "OperationOutcome", URL: e.URL, Name: fmt.Sprintf("OperationOutcome.%03d.ndjson", i), Error: true})
@@ -347,102 +349,15 @@ func (p *puller) download(ctx context.Context, m *Manifest) error {
 		// Not a part name, so ingest leaves it alone; Merge reads it.
 		want = append(want, File{Type: "Bundle", URL: d.URL, Name: fmt.Sprintf("deleted.%03d.ndjson", i), Deleted: true})
 	}
-	have := map[string]File{}
-	for _, f := range p.state.Files {
-		have[f.Name] = f
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(p.cfg.Parallel)
-	done := 0
-	for _, f := range want {
-		if h, ok := have[f.Name]; ok && h.URL == f.URL && p.whole(h) {
-			done++
-			continue
-		}
-		g.Go(func() error {
-			got, err := p.fetch(gctx, f, m.RequiresAccessToken)
-			if err != nil {
-				return err
-			}
-			p.mu.Lock()
-			p.state.Files = append(p.state.Files, got)
-			done++
-			if p.cfg.Progress != nil {
-				fmt.Fprintf(p.cfg.Progress, "\r\033[Kbulk export: %d of %d files", done, len(want))
-			}
-			p.mu.Unlock()
-			return p.save()
-		})
-	}
-	return g.Wait()
+	downloadOrder(want, p.cfg.Types)
+	return want, nil
 }
 
 // whole reports whether a file the state lists is in the folder as it
 // was recorded.
 func (p *puller) whole(f File) bool {
 	st, err := os.Stat(filepath.Join(p.cfg.Dir, f.Name))
-	return err == nil && st.Size() == f.Bytes && f.SHA256 != ""
-}
-
-// fetch downloads one file to a temporary name, hashing it, and renames
-// it into place when whole.
-func (p *puller) fetch(ctx context.Context, f File, token bool) (File, error) {
-	if token && p.ts == nil {
-		return f, fmt.Errorf("download %s: the server requires an access token for its files; pull with SMART Backend Services (--fhir-client-id and --fhir-key-file)", f.Name)
-	}
-	path := filepath.Join(p.cfg.Dir, f.Name)
-	for attempt := 0; ; attempt++ {
-		// The token goes only where the manifest says it is needed: a
-		// file may be served from another host.
-		resp, err := p.do(ctx, "download "+f.Name, token, func() (*http.Request, error) {
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.URL, nil)
-			if err == nil {
-				req.Header.Set("Accept", "application/fhir+ndjson")
-			}
-			return req, err
-		})
-		if err != nil {
-			return f, err
-		}
-		if resp.StatusCode != http.StatusOK {
-			resp.Body.Close()
-			return f, &ServerError{Op: "download " + f.Name, Status: resp.StatusCode}
-		}
-		tmp, err := os.CreateTemp(p.cfg.Dir, f.Name+".part-*")
-		if err != nil {
-			resp.Body.Close()
-			return f, fmt.Errorf("download %s: %w", f.Name, err)
-		}
-		h := sha256.New()
-		n, err := io.Copy(io.MultiWriter(tmp, h), resp.Body)
-		resp.Body.Close()
-		if cerr := tmp.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil && resp.ContentLength >= 0 && n != resp.ContentLength {
-			err = io.ErrUnexpectedEOF
-		}
-		if err != nil {
-			os.Remove(tmp.Name())
-			if ctx.Err() != nil {
-				return f, ctx.Err()
-			}
-			if attempt+1 >= p.cfg.Retries {
-				return f, fmt.Errorf("download %s: %w: %w (run the pull again to resume)", f.Name, ErrTooManyRetries, err)
-			}
-			p.log.Warn("download cut short; retrying", "file", f.Name, "attempt", attempt+1)
-			if err := sleep(ctx, backoff(attempt)); err != nil {
-				return f, err
-			}
-			continue
-		}
-		if err := os.Rename(tmp.Name(), path); err != nil {
-			os.Remove(tmp.Name())
-			return f, fmt.Errorf("download %s: %w", f.Name, err)
-		}
-		f.Bytes, f.SHA256 = n, hex.EncodeToString(h.Sum(nil))
-		return f, nil
-	}
+	return err == nil && st.Size() == f.Bytes && f.XXH3 != ""
 }
 
 // writeManifest writes the completion manifest beside the files, as

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,7 +17,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -29,7 +29,7 @@ import (
 // the NDJSON Accept header, DELETE ends the job, and a file can be cut
 // off mid-way once.
 type Server struct {
-	t       *testing.T
+	t       TB
 	dir     string
 	ts      *httptest.Server
 	Mu      sync.Mutex     // guards the fields below
@@ -37,12 +37,14 @@ type Server struct {
 	Deleted map[string]bool
 	Kicks   int
 	Gets    map[string]int // file → downloads begun
+	Ranged  int            // downloads that asked for a Range
 	Polls   int            // 202s before the manifest
 	Cut     string         // a file to cut off mid-way, once
 	Hold    chan struct{}  // when set, downloads of HoldOn wait for it
 	HoldOn  string
 	Errors  []string // lines of the manifest's error file
 	Missing string   // a file the manifest lists that is not served
+	NoRange bool     // answer a Range request with the whole file
 	Fail    int      // status code every status request answers, when set
 
 	// Delta, when set, is what a _since export returns.
@@ -79,8 +81,15 @@ type Auth struct {
 	Scopes []string
 }
 
+// TB is the part of testing.TB a Server uses (so that hub bench can run
+// one without the testing package).
+type TB interface {
+	Error(args ...any)
+	Cleanup(func())
+}
+
 // New serves the export files of dir until the test ends.
-func New(t *testing.T, dir string) *Server {
+func New(t TB, dir string) *Server {
 	s := &Server{t: t, dir: dir, jobs: map[string]int{}, Deleted: map[string]bool{}, Gets: map[string]int{}, Polls: 2,
 		tokens: map[string]time.Time{}, uses: map[string]int{}, jtis: map[string]bool{}, since: map[string]string{}}
 	mux := http.NewServeMux()
@@ -260,13 +269,22 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request) {
 	if strings.HasPrefix(r.URL.Path, "/delta/") {
 		dir = s.Delta.Dir
 	}
-	b, err := os.ReadFile(filepath.Join(dir, filepath.Base(name)))
+	f, err := os.Open(filepath.Join(dir, filepath.Base(name)))
 	if err != nil {
 		outcomeBody(w, http.StatusNotFound, "not-found", "no such file")
 		return
 	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		outcomeBody(w, http.StatusInternalServerError, "exception", "cannot read the file")
+		return
+	}
 	s.Mu.Lock()
 	s.Gets[name]++
+	if r.Header.Get("Range") != "" {
+		s.Ranged++
+	}
 	cut := s.Cut == name
 	if cut {
 		s.Cut = ""
@@ -275,14 +293,15 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request) {
 	if s.HoldOn == name {
 		hold = s.Hold
 	}
+	noRange := s.NoRange
 	s.Mu.Unlock()
 	if hold != nil {
 		<-hold
 	}
 	w.Header().Set("Content-Type", "application/fhir+ndjson")
-	w.Header().Set("Content-Length", fmt.Sprint(len(b)))
 	if cut {
-		w.Write(b[:len(b)/2])
+		w.Header().Set("Content-Length", fmt.Sprint(st.Size()))
+		io.CopyN(w, f, st.Size()/2)
 		if hj, ok := w.(http.Hijacker); ok {
 			if c, _, err := hj.Hijack(); err == nil {
 				c.Close() // the connection drops mid-file
@@ -290,7 +309,12 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	w.Write(b)
+	if noRange {
+		r.Header.Del("Range")
+	}
+	// ServeContent answers Range requests (206) and sends the file with
+	// sendfile, as a file server or object store does.
+	http.ServeContent(w, r, "", st.ModTime(), f)
 }
 
 // authorised checks a request's bearer token when the server asks for
