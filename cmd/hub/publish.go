@@ -304,6 +304,9 @@ func pullExtract(c *cli.Context, base string) (ingest.Source, pulledExport, erro
 	if dir == "" {
 		return nil, pulledExport{}, usageError{fmt.Errorf("a pull from %s needs --landing DIR: the folder that keeps the raw export (the version's provenance); run again with the same folder to resume", base)}
 	}
+	if strings.Contains(dir, "://") {
+		return nil, pulledExport{}, usageError{fmt.Errorf("--landing %s: a pull lands in a local folder; landing a pull in S3 is not built yet (copy the folder there after the pull)", dir)}
+	}
 	auth, err := fhirAuth(c)
 	if err != nil {
 		return nil, pulledExport{}, err

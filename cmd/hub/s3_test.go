@@ -152,6 +152,9 @@ func TestPublishPulledExport(t *testing.T) {
 	if _, err := runHub(t, append(base, "--extract", srv.Base(), "--dataset", "pulled")...); err == nil || exitCode(err) != 2 {
 		t.Fatalf("a pull without --landing: %v", err)
 	}
+	if _, err := runHub(t, append(base, "--extract", srv.Base(), "--landing", "s3://bucket/landing", "--dataset", "pulled")...); err == nil || exitCode(err) != 2 {
+		t.Fatalf("a pull landing in S3: %v", err)
+	}
 	if out, err := runHub(t, append(base, "--extract", srv.Base(), "--landing", landing, "--dataset", "pulled")...); err != nil {
 		t.Fatalf("pull: %v\n%s", err, out)
 	}
