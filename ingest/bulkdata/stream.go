@@ -484,58 +484,66 @@ func (d *download) wrote() {
 // fill reads the response into blocks until the file ends, and returns
 // the last block (written by land; it may be empty).
 func (d *download) fill(queue chan<- *blk) (*blk, error) {
+	var held []byte // a block not yet handed on
 	defer func() {
 		if d.resp != nil {
 			d.resp.Body.Close()
 		}
+		if held != nil {
+			putBlock(held)
+		}
 	}()
 	var g gauge
 	for {
-		b := getBlock()
+		held = getBlock()
 		n := 0
-		for n < len(b) {
-			for d.gated.Load() && !d.s.hungry(&g) {
-				if d.resp == nil {
-					if err := d.request(); err != nil {
-						putBlock(b)
-						return nil, err
-					}
-				}
-				if err := sleep(d.s.ctx, gaugeEvery); err != nil {
-					putBlock(b)
-					return nil, err
-				}
+		for n < len(held) {
+			if err := d.await(&g); err != nil {
+				return nil, err
 			}
-			if d.resp == nil {
-				if err := d.request(); err != nil {
-					putBlock(b)
-					return nil, err
-				}
-			}
-			k, err := d.resp.Body.Read(b[n:])
-			d.h.Write(b[n : n+k])
+			k, err := d.resp.Body.Read(held[n:])
+			d.h.Write(held[n : n+k])
 			n += k
 			d.received += int64(k)
 			if d.length >= 0 && d.received > d.length {
-				putBlock(b)
 				return nil, fmt.Errorf("download %s: the server sent more than the %d bytes it said", d.f.Name, d.length)
 			}
 			switch {
 			case err == nil:
 				continue
 			case err == io.EOF && (d.length < 0 || d.received == d.length):
-				last, err := d.dispatch(b[:n], nil)
-				return last, err
+				b := held[:n]
+				held = nil
+				return d.dispatch(b, nil)
 			case err == io.EOF:
 				err = io.ErrUnexpectedEOF
 			}
 			if err := d.retry(err); err != nil {
-				putBlock(b)
 				return nil, err
 			}
 		}
+		b := held
+		held = nil
 		if _, err := d.dispatch(b, queue); err != nil {
 			return nil, err
+		}
+	}
+}
+
+// await asks for the file (or its rest) when no response is open and,
+// for a download asked for ahead, waits until ingest is hungry for it.
+func (d *download) await(g *gauge) error {
+	for {
+		if d.resp == nil {
+			if err := d.request(); err != nil {
+				return err
+			}
+		}
+		if !d.gated.Load() || d.s.hungry(g) {
+			return nil
+		}
+		if err := sleep(d.s.ctx, gaugeEvery); err != nil {
+			return err
 		}
 	}
 }
