@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,6 +35,7 @@ func ingestCommand() *cli.Command {
 			&cli.StringFlag{Name: "extract", Required: true, EnvVars: []string{"HUB_EXTRACT"}, Usage: "extract folder, s3://bucket/prefix landing area, or a FHIR server's base URL (https://HOST/fhir, or .../Group/ID) to pull a Bulk Data export from"},
 			&cli.StringFlag{Name: "landing", EnvVars: []string{"HUB_LANDING"}, Usage: "with an --extract URL: the folder to keep the pulled export in (the same folder resumes a pull)"},
 			&cli.StringFlag{Name: "since", Usage: "with an --extract URL: pull only what changed since an instant, or since the --dataset's last pull (last), merged into that pull's export"},
+			&cli.IntFlag{Name: "fhir-ahead", Usage: "with an --extract URL: files to download ahead, in parallel, of the one ingest reads (up to 3): only for a slow link, where one connection leaves ingest waiting; on a fast one they are written and read back for nothing"},
 			&cli.StringFlag{Name: "fhir-client-id", EnvVars: []string{"HUB_FHIR_CLIENT_ID"}, Usage: "with an --extract URL: the hub's client id at the server (SMART Backend Services)"},
 			&cli.StringFlag{Name: "fhir-key-file", EnvVars: []string{"HUB_FHIR_KEY_FILE"}, Usage: "with an --extract URL: the private key that `hub fhir keygen` wrote"},
 			&cli.StringFlag{Name: "optouts", Required: true, EnvVars: []string{"HUB_OPTOUTS"}, Usage: "National Data Opt-out list, one NHS number a line (an empty file if none)"},
@@ -76,6 +78,9 @@ func ingestCommand() *cli.Command {
 	}
 }
 
+// startProcs is GOMAXPROCS as the process started.
+var startProcs = runtime.GOMAXPROCS(0)
+
 // ingestOptions loads the opt-out list and builds ingest's options from
 // the command's flags. The caller closes the quarantine file via done.
 func ingestOptions(c *cli.Context) (opts ingest.Options, done func(), err error) {
@@ -89,6 +94,15 @@ func ingestOptions(c *cli.Context) (opts ingest.Options, done func(), err error)
 		return opts, nil, fmt.Errorf("%w (nothing was published)", err)
 	}
 	opts = ingest.Options{OptOuts: optouts, Workers: c.Int("workers"), Logger: logger(c)}
+	if loc := c.String("extract"); opts.Workers == 0 && (strings.HasPrefix(loc, "http://") || strings.HasPrefix(loc, "https://")) {
+		// A streamed pull's pump, writers and reader get a processor of
+		// the scheduler's beside ingest's workers (one per core), which
+		// otherwise keep them waiting for their time slices. Measured on
+		// 2 cores, pulling the 1 M-patient export over loopback: 10.4-11.3
+		// s against 11.8-12.7 s.
+		opts.Workers = startProcs
+		runtime.GOMAXPROCS(startProcs + 1)
+	}
 	done = func() {}
 	if isTerminal(os.Stderr) {
 		opts.Progress = os.Stderr

@@ -319,7 +319,7 @@ func pullExtract(c *cli.Context, base string) (ingest.Source, pulledExport, erro
 	if isTerminal(os.Stderr) {
 		progress = os.Stderr
 	}
-	cfg := bulkdata.Config{Base: base, Types: ingest.FHIRReadOrder(), Since: since, Dir: dir, Auth: auth, Progress: progress, Logger: logger(c)}
+	cfg := bulkdata.Config{Base: base, Types: ingest.FHIRReadOrder(), Since: since, Dir: dir, Auth: auth, Progress: progress, Logger: logger(c), Ahead: c.Int("fhir-ahead")}
 	if prev == "" {
 		// A whole export streams through ingest as it downloads.
 		s, err := bulkdata.Start(c.Context, cfg)

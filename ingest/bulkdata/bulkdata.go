@@ -65,6 +65,11 @@ type Config struct {
 	// Parallel bounds the downloads at once (0: DefaultParallel);
 	// Retries bounds the attempts of a request (0: DefaultRetries).
 	Parallel, Retries int
+	// Ahead is how many files a Stream asks for ahead of the one ingest
+	// reads, to download into the folder while the network is the slow
+	// side (up to Parallel-1; 0: none). Only a slow link gains: on a fast
+	// one they are written and read back for nothing (see hungry).
+	Ahead int
 	// Poll is the wait when a server gives no Retry-After (0:
 	// DefaultPoll).
 	Poll time.Duration

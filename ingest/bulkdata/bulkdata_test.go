@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -228,7 +229,11 @@ func TestStreamThroughIngest(t *testing.T) {
 			srv := bulktest.New(t, src)
 			srv.Cut, srv.NoRange = "Encounter.001.ndjson", c.noRange
 			landing := filepath.Join(t.TempDir(), "pull")
-			s, err := bulkdata.Start(t.Context(), bulkdata.Config{Base: srv.Base(), Dir: landing, Poll: time.Millisecond, Types: ingest.FHIRReadOrder()})
+			ahead := 0
+			if c.drain {
+				ahead = 3
+			}
+			s, err := bulkdata.Start(t.Context(), bulkdata.Config{Base: srv.Base(), Dir: landing, Poll: time.Millisecond, Types: ingest.FHIRReadOrder(), Ahead: ahead})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -331,5 +336,65 @@ func TestStreamAbandonedResumes(t *testing.T) {
 	}
 	if srv.Kicks != 1 || srv.Gets[first] != 1 {
 		t.Errorf("%d kick-offs; %s fetched %d times", srv.Kicks, first, srv.Gets[first])
+	}
+}
+
+// A reader that comes to a file while it drains ahead reads the blocks
+// already handed on back from the part file and the rest as it arrives,
+// byte for byte, and the file lands whole.
+func TestStreamJoinsDownloadMidway(t *testing.T) {
+	src := t.TempDir()
+	big := make([]byte, 0, 5<<20+777)
+	r := rand.New(rand.NewPCG(7, 7))
+	for len(big) < cap(big)-200 {
+		big = fmt.Appendf(big, `{"resourceType":"Patient","id":"%d"}`+"\n", r.Uint64())
+	}
+	os.WriteFile(filepath.Join(src, "Observation.000.ndjson"), []byte(`{"resourceType":"Observation","id":"o"}`+"\n"), 0o644)
+	os.WriteFile(filepath.Join(src, "Patient.000.ndjson"), big, 0o644)
+	bulkdata.ForceDrain(true)
+	defer bulkdata.ForceDrain(false)
+	srv := bulktest.New(t, src)
+	srv.HoldOn, srv.Hold, srv.HoldHalf = "Patient.000.ndjson", make(chan struct{}), true
+	landing := filepath.Join(t.TempDir(), "pull")
+	s, err := bulkdata.Start(t.Context(), bulkdata.Config{Base: srv.Base(), Dir: landing, Poll: time.Millisecond, Types: ingest.FHIRReadOrder(), Ahead: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	obs, err := s.Open(t.Context(), "Observation.000.ndjson") // asks for Patient ahead
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, obs)
+	obs.Close()
+	part := filepath.Join(landing, "Patient.000.ndjson.part")
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if st, err := os.Stat(part); err == nil && st.Size() > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the file asked for ahead did not drain")
+		}
+	}
+	pr, err := s.Open(t.Context(), "Patient.000.ndjson")
+	if err != nil {
+		t.Fatal(err)
+	}
+	close(srv.Hold)
+	got, err := io.ReadAll(pr)
+	pr.Close()
+	if err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("read %d of %d bytes, equal %v: %v", len(got), len(big), bytes.Equal(got, big), err)
+	}
+	streamed, back := s.Streamed()
+	if streamed == 0 || back == 0 {
+		t.Errorf("%d bytes streamed and %d read back; want both", streamed, back)
+	}
+	if err := s.Finish(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	landed, _ := os.ReadFile(filepath.Join(landing, "Patient.000.ndjson"))
+	if !bytes.Equal(landed, big) {
+		t.Errorf("landed %d bytes, equal %v", len(landed), bytes.Equal(landed, big))
 	}
 }

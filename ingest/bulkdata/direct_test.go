@@ -22,7 +22,7 @@ func TestDirectWriteRead(t *testing.T) {
 		}
 	}
 	for _, dir := range dirs {
-		for _, size := range []int{0, 1, align, blockSize, 2*blockSize + 12345} {
+		for _, size := range []int{0, 1, align, blockSize, 2*blockSize + 12345, 5*blockSize + 1} {
 			want := make([]byte, size)
 			r := rand.New(rand.NewPCG(uint64(size), 1))
 			for i := range want {
@@ -55,14 +55,22 @@ func TestDirectWriteRead(t *testing.T) {
 				t.Fatal(err)
 			}
 			f.Close()
-			rc, err := openLanded(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := io.ReadAll(rc)
-			rc.Close()
-			if err != nil || !bytes.Equal(got, want) {
-				t.Errorf("%s, %d bytes (direct %v): read back %d bytes, equal %v, %v", dir, size, direct, len(got), bytes.Equal(got, want), err)
+			// The whole file, and a prefix (a part file read while it
+			// grows is read up to the bytes known written).
+			for _, n := range []int64{-1, int64(size) / 3} {
+				rc, err := openLanded(path, n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := io.ReadAll(rc)
+				rc.Close()
+				w := want
+				if n >= 0 {
+					w = want[:n]
+				}
+				if err != nil || !bytes.Equal(got, w) {
+					t.Errorf("%s, %d bytes (direct %v), first %d: read back %d bytes, equal %v, %v", dir, size, direct, n, len(got), bytes.Equal(got, w), err)
+				}
 			}
 		}
 	}

@@ -60,19 +60,25 @@ var (
 	_ ingest.Finisher = (*Stream)(nil)
 )
 
-// A download asked for ahead drains into the folder while ingest spends
-// more than hungry of its time waiting for bytes and the pumps hardly
-// wait for the disk (under diskBound of the time), measured over
-// gaugeEvery: the network, not ingest nor the disk, is then the slowest
-// part, and more connections at once help. Otherwise it waits, the
-// server's bytes held back by TCP, and ingest reads it as it arrives: a
-// file drained ahead is written and read back, which costs more than it
-// saves when the disk or ingest is the slower side (measured: a loopback
-// pull of the 1 M-patient export took 15.6 s draining ahead, 13 s not).
+// A download asked for ahead (Config.Ahead) drains into the folder while
+// ingest spends more than hungry of its time waiting for bytes, the
+// pumps hardly wait for the disk (under diskBound of the time) and the
+// machine has processors to spare (idle over spareCPU of the time),
+// measured over gaugeEvery: the network, not ingest, the disk nor the
+// processors, is then the slowest part, and more connections at once
+// help. Otherwise it waits, the server's bytes held back by TCP, and
+// ingest reads it as it arrives. A file drained ahead is written and read
+// back, which costs more than it saves on a fast link: measured on a
+// 2-core machine pulling the 1 M-patient export over loopback (the
+// server sharing the processors), 11-12 s asking for nothing ahead,
+// 15.2-18.7 s with 3 ahead on these signs, 12.7-15.1 s without the
+// processors' (they took a busy server for a slow network), 15.6 s
+// draining always. Hence Ahead is 0 unless asked for.
 const (
 	hungry     = 0.8
 	diskBound  = 0.05
-	gaugeEvery = 20 * time.Millisecond
+	spareCPU   = 0.6
+	gaugeEvery = 100 * time.Millisecond
 )
 
 // forceDrain (tests) drains every download asked for ahead.
@@ -82,11 +88,13 @@ var forceDrain bool
 type gauge struct {
 	at              time.Time
 	waited, blocked int64
+	idle, total     uint64
 	hungry          bool
 }
 
 // hungry reports whether ingest waited on the network for most of the
-// time since the pump last looked.
+// time since the pump last looked, with the disk and processors to
+// spare.
 func (s *Stream) hungry(g *gauge) bool {
 	if forceDrain {
 		return true
@@ -94,8 +102,10 @@ func (s *Stream) hungry(g *gauge) bool {
 	now := time.Now()
 	if el := now.Sub(g.at); el >= gaugeEvery {
 		w, b := s.waited.Load(), s.blocked.Load()
-		g.hungry = !g.at.IsZero() && float64(w-g.waited) > hungry*float64(el) && float64(b-g.blocked) < diskBound*float64(el)
-		g.at, g.waited, g.blocked = now, w, b
+		idle, total, ok := cpuTimes()
+		spare := !ok || total > g.total && float64(idle-g.idle) > spareCPU*float64(total-g.total)
+		g.hungry = !g.at.IsZero() && spare && float64(w-g.waited) > hungry*float64(el) && float64(b-g.blocked) < diskBound*float64(el)
+		g.at, g.waited, g.blocked, g.idle, g.total = now, w, b, idle, total
 	}
 	return g.hungry
 }
@@ -202,7 +212,7 @@ func (s *Stream) Open(_ context.Context, name string) (io.ReadCloser, error) {
 	case d.whole:
 		d.mu.Unlock()
 		s.readBack.Add(d.f.Bytes)
-		return openLanded(d.path())
+		return openLanded(d.path(), -1)
 	case d.err != nil:
 		d.mu.Unlock()
 		return nil, d.err
@@ -221,9 +231,9 @@ func (s *Stream) Open(_ context.Context, name string) (io.ReadCloser, error) {
 	d.mu.Unlock()
 	if r.prefix > 0 { // written before ingest came to it
 		var err error
-		r.disk, err = openLanded(d.partPath())
+		r.disk, err = openLanded(d.partPath(), r.prefix)
 		if errors.Is(err, fs.ErrNotExist) { // landed meanwhile
-			r.disk, err = openLanded(d.path())
+			r.disk, err = openLanded(d.path(), r.prefix)
 		}
 		if err != nil {
 			r.Close()
@@ -244,7 +254,7 @@ func (s *Stream) askAhead(d *download) {
 	defer s.mu.Unlock()
 	ahead := 0
 	for _, next := range s.files[i+1:] {
-		if ahead >= s.p.cfg.Parallel-1 {
+		if ahead >= min(s.p.cfg.Ahead, s.p.cfg.Parallel-1) {
 			return
 		}
 		next.mu.Lock()
@@ -355,7 +365,7 @@ type download struct {
 	whole      bool
 	err        error
 	dispatched int64     // bytes handed on by the pump
-	pending    int       // blocks handed on and not yet written
+	pending    int       // blocks handed on before a reader followed, not yet written
 	ready      chan *blk // the blocks for the reader that follows, when one does
 	gone       chan struct{}
 
@@ -374,6 +384,9 @@ type blk struct {
 	b    []byte
 	off  int64
 	refs atomic.Int32
+	// before says no reader followed when it was handed on: a reader
+	// coming later reads it back from the part file, once written.
+	before bool
 }
 
 func (k *blk) release() {
@@ -382,8 +395,16 @@ func (k *blk) release() {
 	}
 }
 
-// writers is how many blocks of a download are written at once.
-const writers = 4
+// writers is how many blocks of a download are written at once, and
+// queued how many more may wait for them: the pump hands each block to
+// the reader first, then queues it, so a disk slower for a moment does
+// not hold back ingest. Measured (1 M-patient pull over loopback): with
+// 4 queued, the pump waited 4 s for the disk and the pull took 12.5 s;
+// with 12, 0.03 s and 11 s, for 16 MB more peak RSS.
+const (
+	writers = 4
+	queued  = 12
+)
 
 func (d *download) path() string     { return filepath.Join(d.s.p.cfg.Dir, d.f.Name) }
 func (d *download) partPath() string { return d.path() + ".part" }
@@ -430,7 +451,7 @@ func (d *download) pump() {
 		return
 	}
 	d.h, d.length = xxh3.New128(), -1
-	queue := make(chan *blk, writers)
+	queue := make(chan *blk, queued)
 	var wg sync.WaitGroup
 	var werr atomic.Pointer[error]
 	for range writers {
@@ -438,15 +459,14 @@ func (d *download) pump() {
 		go func() {
 			defer wg.Done()
 			for k := range queue {
-				if os.Getenv("NOWRITE") != "" {
-				} else if werr.Load() == nil {
+				if werr.Load() == nil {
 					if _, err := part.WriteAt(k.b, k.off); err != nil {
 						err = fmt.Errorf("download %s: %w", d.f.Name, err)
 						werr.Store(&err)
 					}
 				}
+				d.wrote(k)
 				k.release()
-				d.wrote()
 			}
 		}()
 	}
@@ -459,7 +479,7 @@ func (d *download) pump() {
 	if err == nil {
 		err = d.land(part, direct, last)
 	} else if last != nil {
-		d.wrote() // not written
+		d.wrote(last) // not written
 	}
 	if last != nil {
 		last.release()
@@ -471,8 +491,12 @@ func (d *download) pump() {
 	d.end(err)
 }
 
-// wrote counts a block written.
-func (d *download) wrote() {
+// wrote counts a block written (or given up), for a reader that waits
+// for the blocks handed on before it came.
+func (d *download) wrote(k *blk) {
+	if !k.before {
+		return
+	}
 	d.mu.Lock()
 	d.pending--
 	if d.pending == 0 {
@@ -553,28 +577,16 @@ func (d *download) await(g *gauge) error {
 // reader, if one follows.
 func (d *download) dispatch(b []byte, queue chan<- *blk) (*blk, error) {
 	d.mu.Lock()
-	k := &blk{b: b, off: d.dispatched}
-	d.dispatched += int64(len(b))
-	d.pending++
 	ready, gone := d.ready, d.gone
+	k := &blk{b: b, off: d.dispatched, before: ready == nil}
+	d.dispatched += int64(len(b))
+	if k.before {
+		d.pending++
+	}
 	d.mu.Unlock()
 	k.refs.Store(1)
 	if ready != nil {
 		k.refs.Add(1)
-	}
-	if queue != nil {
-		t := time.Now()
-		defer func() { d.s.blocked.Add(int64(time.Since(t))) }()
-		select {
-		case queue <- k:
-		case <-d.s.ctx.Done():
-			k.release()
-			if ready != nil {
-				k.release()
-			}
-			d.wrote()
-			return nil, d.s.ctx.Err()
-		}
 	}
 	if ready != nil {
 		select {
@@ -583,7 +595,23 @@ func (d *download) dispatch(b []byte, queue chan<- *blk) (*blk, error) {
 			k.release()
 		case <-d.s.ctx.Done():
 			k.release()
-			return k, d.s.ctx.Err()
+			if queue == nil {
+				return k, d.s.ctx.Err() // the pump's, as below
+			}
+			d.wrote(k)
+			k.release()
+			return nil, d.s.ctx.Err()
+		}
+	}
+	if queue != nil {
+		t := time.Now()
+		defer func() { d.s.blocked.Add(int64(time.Since(t))) }()
+		select {
+		case queue <- k:
+		case <-d.s.ctx.Done():
+			d.wrote(k)
+			k.release()
+			return nil, d.s.ctx.Err()
 		}
 	}
 	return k, nil
@@ -675,7 +703,7 @@ func (d *download) land(part *os.File, direct bool, last *blk) error {
 		clear(out[len(last.b):])
 	}
 	_, err := part.WriteAt(out, last.off)
-	d.wrote()
+	d.wrote(last)
 	if err == nil {
 		err = part.Truncate(d.received)
 	}

@@ -42,10 +42,13 @@ type Server struct {
 	Cut     string         // a file to cut off mid-way, once
 	Hold    chan struct{}  // when set, downloads of HoldOn wait for it
 	HoldOn  string
-	Errors  []string // lines of the manifest's error file
-	Missing string   // a file the manifest lists that is not served
-	NoRange bool     // answer a Range request with the whole file
-	Fail    int      // status code every status request answers, when set
+	// HoldHalf makes downloads of HoldOn send half the file before they
+	// wait for Hold, then the rest.
+	HoldHalf bool
+	Errors   []string // lines of the manifest's error file
+	Missing  string   // a file the manifest lists that is not served
+	NoRange  bool     // answer a Range request with the whole file
+	Fail     int      // status code every status request answers, when set
 
 	// Delta, when set, is what a _since export returns.
 	Delta *Delta
@@ -293,12 +296,20 @@ func (s *Server) file(w http.ResponseWriter, r *http.Request) {
 	if s.HoldOn == name {
 		hold = s.Hold
 	}
-	noRange := s.NoRange
+	noRange, half := s.NoRange, s.HoldHalf
 	s.Mu.Unlock()
+	w.Header().Set("Content-Type", "application/fhir+ndjson")
+	if hold != nil && half {
+		w.Header().Set("Content-Length", fmt.Sprint(st.Size()))
+		io.CopyN(w, f, st.Size()/2)
+		w.(http.Flusher).Flush()
+		<-hold
+		io.Copy(w, f)
+		return
+	}
 	if hold != nil {
 		<-hold
 	}
-	w.Header().Set("Content-Type", "application/fhir+ndjson")
 	if cut {
 		w.Header().Set("Content-Length", fmt.Sprint(st.Size()))
 		io.CopyN(w, f, st.Size()/2)
