@@ -86,8 +86,16 @@ func Compile(q *Query, seed int64) (*Plan, error) {
 		c.collect(q.Criteria)
 	}
 	cohort := new(frag).w("cohort AS (SELECT p.* FROM patients p")
+	var where []*frag
+	if q.population() == PopulationAlive {
+		where = append(where, new(frag).w("(p.birth_mi IS NULL OR p.birth_mi <= ").arg(int64(c.idxMI)).w(")"),
+			c.alive(q.IndexDate))
+	}
 	if q.Criteria != nil {
-		cohort.w(" WHERE ").add(c.expr(q.Criteria))
+		where = append(where, c.expr(q.Criteria))
+	}
+	if len(where) > 0 {
+		cohort.w(" WHERE ").add(join(where, " AND "))
 	}
 	cohort.w(")")
 	p := &Plan{Query: q, ids: c.byID, idxMI: c.idxMI}
@@ -292,22 +300,33 @@ func (c *compiler) expr(k *Criterion) *frag {
 		if k.Age.Max != nil {
 			ps = append(ps, new(frag).w("p.birth_mi >= ").arg(int64(c.idxMI-12*(int(math.Floor(*k.Age.Max))+1)+1)))
 		}
-		return join(ps, " AND ")
+		return known(join(ps, " AND "), k.Unknown)
 	case k.Sex != nil:
-		return in("sex", k.Sex)
+		return known(in("sex", k.Sex), k.Unknown)
 	case k.Region != nil:
-		return in("postcode_area", k.Region)
+		return known(in("postcode_area", k.Region), k.Unknown)
 	case k.District != nil:
-		return in("district", k.District)
+		return known(in("district", k.District), k.Unknown)
 	case k.EthnicityGroup != nil:
-		return in("ethnicity_group", k.EthnicityGroup)
+		return known(in("ethnicity_group", k.EthnicityGroup), k.Unknown)
 	default: // alive_at
 		d := k.AliveAt
 		if d == "index" {
 			d = c.q.IndexDate
 		}
-		return new(frag).w("(p.death_month IS NULL OR p.death_month > CAST(").arg(d).w(" AS DATE))")
+		return c.alive(d)
 	}
+}
+
+// known makes an attribute test two-valued: a patient whose attribute is
+// unknown (NULL) matches only when the criterion says unknown: "match".
+func known(pred *frag, unknown string) *frag {
+	return new(frag).w("coalesce(").add(pred).w(", ").arg(unknown == UnknownMatch).w(")")
+}
+
+// alive is "no death recorded in or before date's month".
+func (c *compiler) alive(date string) *frag {
+	return new(frag).w("(p.death_month IS NULL OR p.death_month > CAST(").arg(date).w(" AS DATE))")
 }
 
 func firstNonNil(es ...*Event) *Event {
@@ -330,7 +349,7 @@ func (c *compiler) measure(m *Measure) *frag {
 		if pred != nil {
 			f.w(" WHERE ").add(pred)
 		}
-		f.w("),\nranked AS (SELECT code_system, code, row_number() OVER (PARTITION BY pid ORDER BY hash(code, ").arg(c.seed).w(")) AS r FROM codes)\n")
+		f.w("),\nranked AS (SELECT code_system, code, row_number() OVER (PARTITION BY pid ORDER BY hash(pid, code_system, code, ").arg(c.seed).w(")) AS r FROM codes)\n")
 		f.w("SELECT code_system, code, count(*) FROM ranked WHERE r <= ").arg(int64(partitions(m))).w(" GROUP BY ALL")
 	case m.Kind == KindCount && len(m.By) > 0:
 		f.w("\nSELECT ")

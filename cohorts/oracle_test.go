@@ -1,6 +1,7 @@
 package cohorts
 
 import (
+	"fmt"
 	"math"
 	"slices"
 	"strings"
@@ -10,10 +11,11 @@ import (
 	"github.com/nhs-hub/hub/catalog"
 )
 
-// The oracle evaluates a query's criteria patient by patient in Go, on
-// rows read straight from the published Parquet, with SQL's three-valued
-// logic for missing values. It is the ground truth the compiler's SQL is
-// checked against.
+// The oracle evaluates a query's population and criteria patient by
+// patient in Go, on rows read straight from the published Parquet. It is
+// the ground truth the compiler's SQL is checked against. Attribute tests
+// are two-valued (an unknown value matches as the criterion's unknown
+// says); groups keep three-valued logic, which only they could meet.
 
 type tri int
 
@@ -167,10 +169,14 @@ func (o *oracle) birthMI(p *oPatient) (int, bool) {
 }
 
 func (o *oracle) eval(c *Criterion, p *oPatient) tri {
+	unknown := fls
+	if c.Unknown == UnknownMatch {
+		unknown = tru
+	}
 	in := func(col string, vals []string) tri {
 		v, ok := p.row[col].(string)
 		if !ok {
-			return unk
+			return unknown
 		}
 		if slices.Contains(vals, v) {
 			return tru
@@ -205,7 +211,7 @@ func (o *oracle) eval(c *Criterion, p *oPatient) tri {
 	case c.Age != nil:
 		bmi, ok := o.birthMI(p)
 		if !ok {
-			return unk
+			return unknown
 		}
 		idx, _ := parseDate(o.q.IndexDate)
 		age := (idx.Year()*12 + int(idx.Month()) - 1 - bmi) / 12
@@ -240,10 +246,26 @@ func (o *oracle) eval(c *Criterion, p *oPatient) tri {
 	}
 }
 
+// inPopulation reports whether a patient is in the query's population.
+func (o *oracle) inPopulation(p *oPatient) bool {
+	if o.q.population() == PopulationAll {
+		return true
+	}
+	idx, _ := parseDate(o.q.IndexDate)
+	if bmi, ok := o.birthMI(p); ok && bmi > idx.Year()*12+int(idx.Month())-1 {
+		return false // not yet born
+	}
+	death, dead := p.row["death_month"].(time.Time)
+	return !dead || death.After(idx)
+}
+
 // cohort returns the patients the criteria select.
 func (o *oracle) cohort() []*oPatient {
 	var out []*oPatient
 	for _, p := range o.patients {
+		if !o.inPopulation(p) {
+			continue
+		}
 		if o.q.Criteria == nil || o.eval(o.q.Criteria, p) == tru {
 			out = append(out, p)
 		}
@@ -291,6 +313,69 @@ var groundTruthQueries = map[string]string{
 		"measures": [{"kind": "count", "by": ["sex", "region"]}], "epsilon": 1}`,
 	"not age unknown": `{"dataset": "gp", "index_date": "2020-03-15", "criteria": {"not": {"age": {"max": 17}}},
 		"measures": [{"kind": "count", "by": ["age_band", "ethnicity_group"]}], "epsilon": 1}`,
+	"unknown match": `{"dataset": "gp", "index_date": "2024-01-01", "criteria": {"any": [
+		{"region": ["LS", "BD"], "unknown": "match"}, {"not": {"age": {"min": 30}, "unknown": "no_match"}}]},
+		"measures": [{"kind": "count", "by": ["region", "age_band"]}], "epsilon": 1}`,
+	"population at 1950": `{"dataset": "gp", "index_date": "1950-01-01", "criteria": {"sex": ["female", "male"]},
+		"measures": [{"kind": "count", "by": ["age_band"]}], "epsilon": 1}`,
+	"population all": `{"dataset": "gp", "index_date": "1950-01-01", "population": "all", "criteria": {"sex": ["female", "male"]},
+		"measures": [{"kind": "count"}], "epsilon": 1}`,
+}
+
+// count is a query's exact patient count.
+func count(t *testing.T, s *Service, text string) int64 {
+	t.Helper()
+	return exactOf(t, s, mustParse(t, text))[0].count
+}
+
+// The population at an index date holds only the patients born and alive
+// then (the unborn and the dead were in every population, aged 0-4,
+// before); "all" keeps everyone.
+func TestPopulation(t *testing.T) {
+	s := newService(t)
+	all := count(t, s, `{"dataset": "gp", "measures": [{"kind": "count"}], "epsilon": 1}`)
+	for _, c := range []struct {
+		index    string
+		fewer    bool
+		fraction float64 // the least share of the dataset expected
+	}{{"1950-01-01", true, 0.01}, {"2024-01-01", true, 0.5}, {"2100-01-01", true, 0}} {
+		n := count(t, s, `{"dataset": "gp", "index_date": "`+c.index+`", "measures": [{"kind": "count"}], "epsilon": 1}`)
+		everyone := count(t, s, `{"dataset": "gp", "index_date": "`+c.index+`", "population": "all", "measures": [{"kind": "count"}], "epsilon": 1}`)
+		t.Logf("%s: %d of %d patients in the population", c.index, n, all)
+		if everyone != all || n >= all || float64(n) < c.fraction*float64(all) {
+			t.Errorf("%s: population %d, all %d (dataset %d)", c.index, n, everyone, all)
+		}
+	}
+}
+
+// districts is a district criterion for an area's districts 1 to n.
+func districts(area string, n int, unknown string) string {
+	var ds []string
+	for i := 1; i <= n; i++ {
+		ds = append(ds, fmt.Sprintf("%q", fmt.Sprint(area, i)))
+	}
+	return `{"district": [` + strings.Join(ds, ", ") + `], "unknown": "` + unknown + `"}`
+}
+
+// With unknowns two-valued, an attribute criterion and its "not" split the
+// population exactly, whichever way unknowns go.
+func TestNotIsTheComplement(t *testing.T) {
+	s := newService(t)
+	base := `{"dataset": "gp", "index_date": "2024-01-01", "measures": [{"kind": "count"}], "epsilon": 1`
+	pop := count(t, s, base+`}`)
+	// The fixture's districts are all generalised away: unknown decides.
+	for _, c := range []struct {
+		crit    string
+		in, out bool // whether each side must hold someone
+	}{{`{"region": ["ZE", "LS"]}`, true, true}, {`{"ethnicity_group": ["White"]}`, true, true}, {`{"age": {"max": 40}}`, true, true},
+		{`{"sex": ["female"], "unknown": "match"}`, true, true},
+		{districts("LS", 29, "no_match"), false, true}, {districts("BD", 24, "match"), true, false}} {
+		in := count(t, s, base+`, "criteria": `+c.crit+`}`)
+		out := count(t, s, base+`, "criteria": {"not": `+c.crit+`}}`)
+		if in+out != pop || c.in && in == 0 || c.out && out == 0 || !c.in && in != 0 || !c.out && out != 0 {
+			t.Errorf("%s: %d in, %d out, population %d", c.crit, in, out, pop)
+		}
+	}
 }
 
 // exactOf compiles q and runs it on the engine's exact path.
@@ -431,4 +516,58 @@ func TestGroundTruthValues(t *testing.T) {
 		t.Errorf("hba1c max: histogram sums to %g, want %g", hsum, osum)
 	}
 
+}
+
+// A breakdown by_code with max_partitions 1 picks each patient's code at
+// random per patient: a code's count is, over seeds, what a uniform pick
+// gives, the sum over its patients of 1/(their number of codes). One
+// query-wide order of codes gave the first code all its patients and the
+// last ones few.
+func TestByCodePicksPerPatient(t *testing.T) {
+	s := newService(t)
+	q := mustParse(t, `{"dataset": "gp", "measures": [{"kind": "count", "by_code": "conditions", "max_partitions": 1}], "epsilon": 1, "delta": 1e-6}`)
+	o := newOracle(t, lake(t), q)
+	have, want := map[string]int64{}, map[string]float64{}
+	for _, p := range o.cohort() {
+		codes := map[string]bool{}
+		for _, r := range p.events["conditions"] {
+			codes[r["code_system"].(string)+"|"+r["code"].(string)] = true
+		}
+		for c := range codes {
+			have[c]++
+			want[c] += 1 / float64(len(codes))
+		}
+	}
+	eng, err := s.Engine(t.Context(), "gp", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const seeds = 10
+	got := map[string]float64{}
+	for seed := range int64(seeds) {
+		plan, err := Compile(q, seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		xs, err := eng.exact(t.Context(), plan)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range xs[0].codes {
+			got[c.system+"|"+c.code] += float64(c.n) / seeds
+		}
+	}
+	checked := 0
+	for c, n := range have {
+		if n < 100 {
+			continue
+		}
+		checked++
+		if math.Abs(got[c]-want[c]) > 0.1*want[c] {
+			t.Errorf("%s: %.1f patients a seed, a uniform pick gives %.1f (%d have it)", c, got[c], want[c], n)
+		}
+	}
+	if checked < 3 {
+		t.Fatalf("only %d codes with 100 patients: the test checks too little", checked)
+	}
 }

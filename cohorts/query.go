@@ -49,9 +49,13 @@ type Query struct {
 	Version int `json:"version,omitempty"`
 	// IndexDate anchors ages, "alive_at": "index" and windows relative to
 	// the index date.
-	IndexDate string     `json:"index_date,omitempty"`
-	Criteria  *Criterion `json:"criteria,omitempty"`
-	Measures  []Measure  `json:"measures"`
+	IndexDate string `json:"index_date,omitempty"`
+	// Population is whom the criteria choose from: PopulationAlive (the
+	// default with an index date) or PopulationAll (every patient of the
+	// dataset; the only one without an index date).
+	Population string     `json:"population,omitempty"`
+	Criteria   *Criterion `json:"criteria,omitempty"`
+	Measures   []Measure  `json:"measures"`
 	// Epsilon is the query's whole ε, split equally among its measures.
 	Epsilon float64 `json:"epsilon"`
 	// Delta is the query's whole δ, needed only by breakdowns by
@@ -82,6 +86,41 @@ type Criterion struct {
 	EthnicityGroup []string `json:"ethnicity_group,omitempty"`
 	// AliveAt is a date, or "index" for the index date.
 	AliveAt string `json:"alive_at,omitempty"`
+
+	// Unknown says whether a patient whose attribute is unknown
+	// (generalised away or missing) meets an attribute criterion (age,
+	// sex, region, district, ethnicity_group): UnknownNoMatch (the
+	// default) or UnknownMatch. Either way the criterion is true or false
+	// for every patient, so "not" is its exact complement.
+	Unknown string `json:"unknown,omitempty"`
+}
+
+// Populations.
+const (
+	// PopulationAlive holds the patients born (in or before the index
+	// date's month; when the year of birth is unknown, taken as born) and
+	// alive (no death recorded in or before the index date's month) at
+	// the index date.
+	PopulationAlive = "alive_at_index"
+	// PopulationAll holds every patient of the dataset version.
+	PopulationAll = "all"
+)
+
+// How an attribute criterion treats an unknown value.
+const (
+	UnknownNoMatch = "no_match"
+	UnknownMatch   = "match"
+)
+
+// population is the query's population, its default resolved.
+func (q *Query) population() string {
+	switch {
+	case q.Population != "":
+		return q.Population
+	case q.IndexDate != "":
+		return PopulationAlive
+	}
+	return PopulationAll
 }
 
 // An Event selects patients with at least MinCount matching rows of one
@@ -249,6 +288,9 @@ func jsonDepth(b []byte) int {
 func (q *Query) Canonical(version int) []byte {
 	c := *q
 	c.Version = version
+	// Resolved, so that a query asked before populations existed (every
+	// patient, unknowns three-valued) never matches a query asked since.
+	c.Population = q.population()
 	if c.SuppressBelow == DefaultSuppress {
 		c.SuppressBelow = 0
 	}
@@ -290,6 +332,15 @@ func (q *Query) Validate() error {
 		if _, err := parseDate(q.IndexDate); err != nil {
 			return bad("index_date: %v", err)
 		}
+	}
+	switch q.Population {
+	case "", PopulationAll:
+	case PopulationAlive:
+		if q.IndexDate == "" {
+			return bad("population %q is taken at the index date; set index_date", PopulationAlive)
+		}
+	default:
+		return bad("population is %q (the default with an index date) or %q", PopulationAlive, PopulationAll)
 	}
 	if math.IsNaN(q.Epsilon) || q.Epsilon < MinEpsilon || q.Epsilon > MaxEpsilon {
 		return bad("epsilon must be at least %g and at most %g", MinEpsilon, MaxEpsilon)
@@ -364,6 +415,15 @@ func (v *validator) criterion(c *Criterion, at string, depth int) error {
 	count(c.District != nil)
 	count(c.EthnicityGroup != nil)
 	count(c.AliveAt != "")
+	if c.Unknown != "" {
+		attr := c.Age != nil || c.Sex != nil || c.Region != nil || c.District != nil || c.EthnicityGroup != nil
+		if !attr {
+			return bad("%s.unknown: only age, sex, region, district and ethnicity_group criteria take unknown", at)
+		}
+		if c.Unknown != UnknownNoMatch && c.Unknown != UnknownMatch {
+			return bad("%s.unknown is %q (the default: a patient whose value is unknown does not match) or %q", at, UnknownNoMatch, UnknownMatch)
+		}
+	}
 	if set != 1 {
 		return bad("%s: a criterion holds exactly one of all, any, not, condition, medication, observation, encounter, age, sex, region, district, ethnicity_group, alive_at (found %d)", at, set)
 	}
