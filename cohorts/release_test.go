@@ -1,6 +1,7 @@
 package cohorts
 
 import (
+	"fmt"
 	"math"
 	"testing"
 )
@@ -101,21 +102,14 @@ func TestReleaseSuppressionAndRounding(t *testing.T) {
 func TestMeanAndSum(t *testing.T) {
 	m := &Measure{Kind: KindMean, Of: &Value{Kind: ValueAge}, Lower: f(0), Upper: f(100)}
 	x := &exact{n: 5000, sum: 5000 * 42.5}
-	covered := 0
-	for range 500 {
+	for range 500 { // the interval's coverage: TestIntervalCoverage
 		v, lo, hi, n, err := noisyMean(*m.Lower, *m.Upper, x, 1)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if math.Abs(v-42.5) > 1 || n < 4900 || n > 5100 {
-			t.Fatalf("mean %v (n %d), want near 42.5", v, n)
+		if math.Abs(v-42.5) > 1 || n < 4900 || n > 5100 || lo > v || hi < v {
+			t.Fatalf("mean %v [%v, %v] (n %d), want near 42.5", v, lo, hi, n)
 		}
-		if lo <= 42.5 && 42.5 <= hi {
-			covered++
-		}
-	}
-	if covered < 470 {
-		t.Errorf("mean interval covered the truth %d/500 times", covered)
 	}
 	s := &Measure{Kind: KindSum, Of: &Value{Kind: ValueEvents}, Lower: f(0), Upper: f(10)}
 	v, lo, hi, err := noisySum(s, &exact{n: 100, sum: 400}, 1)
@@ -160,4 +154,85 @@ func FuzzBudgetUnits(f *testing.F) {
 			t.Fatalf("ε %v overcharged: %d units", eps, u)
 		}
 	})
+}
+
+// The 95% intervals of counts, sums and means cover the exact value 93-97%
+// of the time, over cohorts large and small and several ε. (The mean's
+// interval combined its sum's and count's at their corners before, and
+// covered 100%: too wide to be an honest 95%.) 4,000 releases a case: the
+// share's standard error is 0.35%, so the bounds sit 4-5 errors from the
+// coverage measured with 40,000. The library's integer interval for a
+// count is conservative where its noise is coarse: 97.0% at ε 1, 96.1%
+// at 0.5, 95.6% at 0.25 (40,000 releases each), so counts are checked at
+// ε 0.5 and below.
+func TestIntervalCoverage(t *testing.T) {
+	const trials = 4000
+	check := func(name string, release func() (lo, hi float64), truth float64) {
+		t.Helper()
+		covered := 0
+		for range trials {
+			lo, hi := release()
+			if lo <= truth && truth <= hi {
+				covered++
+			}
+		}
+		share := float64(covered) / trials
+		t.Logf("%s: %.1f%%", name, 100*share)
+		if share < 0.93 || share > 0.97 {
+			t.Errorf("%s: the 95%% interval covered the truth %.1f%% of the time", name, 100*share)
+		}
+	}
+	for _, c := range []struct {
+		n   int64
+		eps float64
+	}{{40, 1}, {300, 0.5}, {5000, 0.1}} {
+		mean := 61.3
+		x := &exact{n: c.n, sum: float64(c.n) * mean}
+		check(fmt.Sprintf("mean of %d at ε %g", c.n, c.eps), func() (float64, float64) {
+			_, lo, hi, _, err := noisyMean(20, 120, x, c.eps)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return lo, hi
+		}, mean)
+		countEps := math.Min(c.eps, 0.5)
+		check(fmt.Sprintf("count of %d at ε %g", c.n, countEps), func() (float64, float64) {
+			_, lo, hi, err := noisyCount(c.n, countEps)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return lo, hi
+		}, float64(c.n))
+		sum := &Measure{Kind: KindSum, Of: &Value{Kind: ValueObservation}, Lower: f(20), Upper: f(120)}
+		check(fmt.Sprintf("sum of %d at ε %g", c.n, c.eps), func() (float64, float64) {
+			_, lo, hi, err := noisySum(sum, x, c.eps)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return lo, hi
+		}, x.sum)
+	}
+}
+
+// A sum of values that cannot be negative is never released negative, nor
+// is its interval, even for an empty cohort.
+func TestSumFeasible(t *testing.T) {
+	events := &Measure{Kind: KindSum, Of: &Value{Kind: ValueEvents}, Lower: f(0), Upper: f(10)}
+	negative := &Measure{Kind: KindSum, Of: &Value{Kind: ValueObservation}, Lower: f(-5), Upper: f(-1)}
+	for range 300 {
+		v, lo, hi, err := noisySum(events, &exact{}, 0.5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v < 0 || lo < 0 || hi < lo {
+			t.Fatalf("events sum of an empty cohort released as %v [%v, %v]", v, lo, hi)
+		}
+		v, lo, hi, err = noisySum(negative, &exact{n: 3, sum: -6}, 0.5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v > 0 || hi > 0 || hi < lo {
+			t.Fatalf("a sum of negative values released as %v [%v, %v]", v, lo, hi)
+		}
+	}
 }
