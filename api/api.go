@@ -60,6 +60,10 @@ func Handler(gov *governance.Store, svc *cohorts.Service, log *slog.Logger) http
 		d, err := s.svc.Dataset(r.Context(), r.PathValue("name"))
 		s.reply(w, d, err)
 	}))
+	mux.HandleFunc("GET /v1/codelists", user(func(w http.ResponseWriter, r *http.Request, p *governance.Principal) {
+		ls, err := s.svc.Codelists()
+		s.reply(w, ls, err)
+	}))
 
 	// Data access requests.
 	mux.HandleFunc("POST /v1/requests", user(func(w http.ResponseWriter, r *http.Request, p *governance.Principal) {

@@ -77,6 +77,9 @@ func Compile(q *Query, seed int64) (*Plan, error) {
 	if err := q.Validate(); err != nil {
 		return nil, err
 	}
+	if _, err := resolveCodelists(q, nil); err != nil {
+		return nil, fmt.Errorf("compile: a code list was not looked up: %w", err)
+	}
 	c := &compiler{q: q, seed: seed, cteOf: map[*Event]string{}, byID: map[string]*Event{}, tables: map[*Event]string{}}
 	if q.IndexDate != "" {
 		c.idx, _ = parseDate(q.IndexDate)
@@ -162,19 +165,22 @@ func (c *compiler) filter(table string, codes *Codes, types []string, unit strin
 	in := func(col string, vals []string) *frag { return inList(t, col, vals) }
 	if codes != nil {
 		var alts []*frag
-		if len(codes.SNOMED) > 0 {
-			alts = append(alts, new(frag).w("(", t, ".code_system = ").arg("snomed").w(" AND ").add(in("code", codes.SNOMED)).w(")"))
+		snomed, icd10, dmd := codes.all()
+		if len(snomed) > 0 {
+			alts = append(alts, new(frag).w("(", t, ".code_system = ").arg("snomed").w(" AND ").add(in("code", snomed)).w(")"))
 		}
-		if len(codes.DMD) > 0 {
-			alts = append(alts, new(frag).w("(", t, ".code_system = ").arg("dmd").w(" AND ").add(in("code", codes.DMD)).w(")"))
+		if len(dmd) > 0 {
+			alts = append(alts, new(frag).w("(", t, ".code_system = ").arg("dmd").w(" AND ").add(in("code", dmd)).w(")"))
 		}
-		if len(codes.ICD10) > 0 {
+		if len(icd10) > 0 {
 			g := new(frag).w("(", t, ".code_system = ").arg("icd10").w(" AND (")
-			for i, p := range codes.ICD10 {
+			for i, p := range icd10 {
 				if i > 0 {
 					g.w(" OR ")
 				}
-				g.w("starts_with(", t, ".code, ").arg(p).w(")")
+				// Without the dot on both sides: OpenCodelists and HES
+				// write E119, many FHIR servers E11.9.
+				g.w("starts_with(replace(", t, ".code, ").arg(".").w(", ").arg("").w("), ").arg(strings.ReplaceAll(p, ".", "")).w(")")
 			}
 			alts = append(alts, g.w("))"))
 		}

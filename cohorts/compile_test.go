@@ -105,13 +105,30 @@ func TestNoUnboundLiteral(t *testing.T) {
 
 // FuzzQuery: any input either fails validation with a QueryError or
 // compiles to SQL without a literal.
+// fuzzLists holds the code list FuzzQuery's queries may name.
+var fuzzLists *Codelists
+
 func FuzzQuery(f *testing.F) {
 	for _, q := range goldenQueries {
 		f.Add(q)
 	}
+	var err error
+	if fuzzLists, err = OpenCodelists(f.TempDir()); err != nil {
+		f.Fatal(err)
+	}
+	if err := fuzzLists.Put(&Codelist{Name: "test/t2d", Version: "1", System: SystemSNOMED, Codes: []string{"44054006"}}); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(`{"dataset": "gp", "criteria": {"condition": {"codes": {"codelist": "test/t2d@1", "icd10": ["E11"]}}}, "measures": [{"kind": "count"}], "epsilon": 1}`)
 	f.Fuzz(func(t *testing.T, s string) {
 		q, err := ParseQuery(strings.NewReader(s))
 		if err != nil {
+			if _, ok := err.(*QueryError); !ok {
+				t.Fatalf("error of type %T: %v", err, err)
+			}
+			return
+		}
+		if _, err := resolveCodelists(q, fuzzLists); err != nil {
 			if _, ok := err.(*QueryError); !ok {
 				t.Fatalf("error of type %T: %v", err, err)
 			}

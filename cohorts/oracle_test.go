@@ -82,9 +82,10 @@ func newOracle(t *testing.T, l *catalog.Lake, q *Query) *oracle {
 func (o *oracle) matches(table string, codes *Codes, types []string, unit string, value *Range, r map[string]any) bool {
 	if codes != nil {
 		sys, code := r["code_system"].(string), r["code"].(string)
-		ok := sys == "snomed" && slices.Contains(codes.SNOMED, code) || sys == "dmd" && slices.Contains(codes.DMD, code)
-		for _, p := range codes.ICD10 {
-			ok = ok || sys == "icd10" && strings.HasPrefix(code, p)
+		snomed, icd10, dmd := codes.all()
+		ok := sys == "snomed" && slices.Contains(snomed, code) || sys == "dmd" && slices.Contains(dmd, code)
+		for _, p := range icd10 {
+			ok = ok || sys == "icd10" && strings.HasPrefix(strings.ReplaceAll(code, ".", ""), strings.ReplaceAll(p, ".", ""))
 		}
 		if !ok {
 			return false

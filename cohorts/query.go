@@ -143,6 +143,11 @@ type Codes struct {
 	SNOMED []string `json:"snomed,omitempty"`
 	ICD10  []string `json:"icd10,omitempty"`
 	DMD    []string `json:"dmd,omitempty"`
+	// Codelist names a code list the hub keeps (name@version), whose codes
+	// count as listed here too.
+	Codelist string `json:"codelist,omitempty"`
+
+	list *Codelist // the code list, once resolved
 }
 
 // A Range is inclusive; either end may be left open.
@@ -598,7 +603,11 @@ func checkEventFilter(table string, codes *Codes, types []string, unit, at strin
 
 func checkCodes(c *Codes, table, at string) error {
 	n := len(c.SNOMED) + len(c.ICD10) + len(c.DMD)
-	if n == 0 {
+	if c.Codelist != "" {
+		if _, _, err := ParseCodelistRef(c.Codelist); err != nil {
+			return bad("%s.codelist: %v", at, err)
+		}
+	} else if n == 0 {
 		return bad("%s: the code list is empty", at)
 	}
 	if n > MaxCodes {

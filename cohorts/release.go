@@ -26,6 +26,9 @@ type Answer struct {
 	// query, returned at no cost.
 	Repeat   bool     `json:"repeat"`
 	Measures []Result `json:"measures"`
+	// Codelists are the code lists the query used, with the hash of
+	// their codes.
+	Codelists []CodelistUse `json:"codelists,omitempty"`
 }
 
 // A Result is one released measure. Value and the 95% interval are null

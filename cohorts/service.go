@@ -28,8 +28,10 @@ type Config struct {
 	Lake     *catalog.Lake
 	Projects Projects
 	// State holds the budget ledgers (and the cache of a remote lake).
-	State  string
-	Logger *slog.Logger
+	State string
+	// Codelists are the code lists queries may name (nil: none).
+	Codelists *Codelists
+	Logger    *slog.Logger
 	// Now is the clock expiries are checked against (default time.Now).
 	Now func() time.Time
 }
@@ -37,11 +39,12 @@ type Config struct {
 // A Service answers cohort queries for projects within their budgets.
 // Safe for concurrent use.
 type Service struct {
-	lake     *catalog.Lake
-	projects Projects
-	state    string
-	log      *slog.Logger
-	now      func() time.Time
+	lake      *catalog.Lake
+	projects  Projects
+	codelists *Codelists
+	state     string
+	log       *slog.Logger
+	now       func() time.Time
 
 	mu      sync.Mutex
 	engines map[string]*engineSlot
@@ -72,8 +75,16 @@ func New(cfg Config) (*Service, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &Service{lake: cfg.Lake, projects: cfg.Projects, state: cfg.State, log: log.With("component", "cohorts"),
+	return &Service{lake: cfg.Lake, projects: cfg.Projects, codelists: cfg.Codelists, state: cfg.State, log: log.With("component", "cohorts"),
 		now: now, engines: map[string]*engineSlot{}, ledgers: map[string]*Ledger{}}, nil
+}
+
+// Codelists returns the code lists queries may name, without their codes.
+func (s *Service) Codelists() ([]Codelist, error) {
+	if s.codelists == nil {
+		return []Codelist{}, nil
+	}
+	return s.codelists.List()
 }
 
 // Close releases every engine and ledger.
@@ -268,6 +279,10 @@ func (s *Service) Query(ctx context.Context, project string, q *Query) (*Answer,
 	if err := p.Allows(q.Dataset, s.now()); err != nil {
 		return nil, err
 	}
+	lists, err := resolveCodelists(q, s.codelists)
+	if err != nil {
+		return nil, err
+	}
 	epsU, deltaU := units(q.Epsilon, EpsilonUnit), units(q.Delta, DeltaUnit)
 	if epsU > p.MaxQueryU {
 		return nil, fmt.Errorf("%w (asks %g, cap %g)", ErrOverCap, q.Epsilon, float64(p.MaxQueryU)*EpsilonUnit)
@@ -310,7 +325,7 @@ func (s *Service) Query(ctx context.Context, project string, q *Query) (*Answer,
 		}
 		a, err := release(q, xs)
 		if a != nil {
-			a.Epsilon, a.Delta = q.Epsilon, q.Delta
+			a.Epsilon, a.Delta, a.Codelists = q.Epsilon, q.Delta, lists
 		}
 		return a, err
 	})

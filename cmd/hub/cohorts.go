@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -24,6 +25,76 @@ import (
 func stateFlag() cli.Flag {
 	return &cli.StringFlag{Name: "state", Value: "./state", EnvVars: []string{"HUB_STATE"},
 		Usage: "the server's state folder: audit log (users, requests, decisions), budget ledgers, dataset cache"}
+}
+
+// codelistDir is where the state folder keeps the hub's code lists.
+func codelistDir(c *cli.Context) string { return filepath.Join(c.String("state"), "codelists") }
+
+// codelistCommand imports and lists the code lists queries may name.
+func codelistCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "codelist",
+		Usage: "import and list the code lists cohort queries may name (\"codelist\": \"owner/name@version\")",
+		Subcommands: []*cli.Command{{
+			Name:      "import",
+			Usage:     "store a code list from OpenCodelists' CSV download (a code column: code, or dmd_id for dm+d)",
+			ArgsUsage: "FILE.csv",
+			Description: "A version, once stored, never changes: importing other codes under it is refused, so a\n" +
+				"query's hash covers the codes it used. The system is taken from the codes (SNOMED CT or\n" +
+				"ICD-10) or the dmd_id column unless --system says. The server reads new lists at once.\n\n" +
+				"Example: hub codelist import --state ./state --name opensafely/asthma-diagnosis --version 2020-04-15 asthma.csv",
+			Flags: []cli.Flag{stateFlag(),
+				&cli.StringFlag{Name: "name", Required: true, Usage: "owner/name, as OpenCodelists names it (e.g. nhsd-primary-care-domain-refsets/dmtype2_cod)"},
+				&cli.StringFlag{Name: "version", Required: true, Usage: "the version (OpenCodelists' version id or date)"},
+				&cli.StringFlag{Name: "system", Usage: "snomed, icd10 or dmd (default: from the file)"}},
+			Action: func(c *cli.Context) error {
+				if c.NArg() != 1 {
+					return usageError{fmt.Errorf("give the CSV file to import")}
+				}
+				f, err := os.Open(c.Args().First())
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				codes, system, err := cohorts.ParseOpenCodelistsCSV(f, c.String("system"))
+				if err != nil {
+					return fmt.Errorf("%s: %w", c.Args().First(), err)
+				}
+				lists, err := cohorts.OpenCodelists(codelistDir(c))
+				if err != nil {
+					return err
+				}
+				cl := &cohorts.Codelist{Name: c.String("name"), Version: c.String("version"), System: system, Codes: codes,
+					Source: filepath.Base(c.Args().First()), Imported: time.Now().UTC()}
+				if err := lists.Put(cl); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.App.Writer, "%s: %d %s codes (sha256 %s)\n", cl.Ref(), len(cl.Codes), cl.System, cl.SHA256)
+				return nil
+			},
+		}, {
+			Name:  "list",
+			Usage: "list the stored code lists",
+			Flags: []cli.Flag{stateFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+			Action: func(c *cli.Context) error {
+				lists, err := cohorts.OpenCodelists(codelistDir(c))
+				if err != nil {
+					return err
+				}
+				all, err := lists.List()
+				if err != nil {
+					return err
+				}
+				if c.Bool("json") {
+					return json.NewEncoder(c.App.Writer).Encode(all)
+				}
+				for _, l := range all {
+					fmt.Fprintf(c.App.Writer, "%-60s %-6s %6d codes  %s\n", l.Ref(), l.System, l.Count, l.SHA256[:12])
+				}
+				return nil
+			},
+		}},
+	}
 }
 
 func serveCommand() *cli.Command {
@@ -60,7 +131,11 @@ func serveCommand() *cli.Command {
 					return err
 				}
 			}
-			svc, err := cohorts.New(cohorts.Config{Lake: lake, State: c.String("state"), Projects: gov, Logger: log})
+			lists, err := cohorts.OpenCodelists(codelistDir(c))
+			if err != nil {
+				return err
+			}
+			svc, err := cohorts.New(cohorts.Config{Lake: lake, State: c.String("state"), Projects: gov, Codelists: lists, Logger: log})
 			if err != nil {
 				return err
 			}

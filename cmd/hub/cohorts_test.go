@@ -221,3 +221,32 @@ func TestGovernedQuery(t *testing.T) {
 		t.Fatalf("an edited entry verifies: %v %s", err, out)
 	}
 }
+
+// hub codelist import stores an OpenCodelists download once per version
+// and hub codelist list shows it; a changed version and a CTV3 list are
+// refused.
+func TestCodelistCommands(t *testing.T) {
+	state := t.TempDir()
+	fixture := filepath.Join("..", "..", "cohorts", "testdata", "codelists", "nhsd-primary-care-domain-refsets-dmtype2_cod.csv")
+	for range 2 { // the same codes again: accepted
+		out, err := runHub(t, "codelist", "import", "--state", state, "--name", "nhsd-primary-care-domain-refsets/dmtype2_cod", "--version", "20250912", fixture)
+		if err != nil || !strings.Contains(out, "nhsd-primary-care-domain-refsets/dmtype2_cod@20250912: 23 snomed codes") {
+			t.Fatalf("import: %v\n%s", err, out)
+		}
+	}
+	changed := filepath.Join(t.TempDir(), "changed.csv")
+	os.WriteFile(changed, []byte("code,term\n44054006,Diabetes mellitus type 2\n"), 0o600)
+	if _, err := runHub(t, "codelist", "import", "--state", state, "--name", "nhsd-primary-care-domain-refsets/dmtype2_cod", "--version", "20250912", changed); err == nil || !strings.Contains(err.Error(), "new version") {
+		t.Errorf("a changed version: %v", err)
+	}
+	ctv3 := filepath.Join(t.TempDir(), "ctv3.csv")
+	os.WriteFile(ctv3, []byte("code,term\nH33..,Asthma\n"), 0o600)
+	if _, err := runHub(t, "codelist", "import", "--state", state, "--name", "opensafely/asthma-diagnosis", "--version", "1", ctv3); err == nil || !strings.Contains(err.Error(), "--system") {
+		t.Errorf("a CTV3 list: %v", err)
+	}
+	out, err := runHub(t, "codelist", "list", "--state", state, "--json")
+	var lists []map[string]any
+	if err != nil || json.Unmarshal([]byte(out), &lists) != nil || len(lists) != 1 || lists[0]["count"] != 23.0 || lists[0]["codes"] != nil {
+		t.Errorf("list: %v\n%s", err, out)
+	}
+}
