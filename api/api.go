@@ -109,7 +109,7 @@ func Handler(gov *governance.Store, svc *cohorts.Service, log *slog.Logger) http
 			return
 		}
 		grant := governance.Grant{Epsilon: g.Epsilon, Delta: g.Delta, MaxQueryEpsilon: g.MaxQueryEpsilon,
-			Reason: g.Reason, Conditions: g.Conditions}
+			Reason: g.Reason, Conditions: g.Conditions, Rules: g.ReleaseRules}
 		if g.Expires != "" {
 			t, err := time.Parse(time.DateOnly, g.Expires)
 			if err != nil {
@@ -215,6 +215,9 @@ type Approval struct {
 	Expires         string  `json:"expires,omitempty"` // YYYY-MM-DD
 	Reason          string  `json:"reason"`
 	Conditions      string  `json:"conditions,omitempty"`
+	// ReleaseRules are the small-number rules this member makes a term
+	// of the approval (left out or zero fields: the hub's defaults).
+	ReleaseRules *governance.ReleaseRules `json:"release_rules,omitempty"`
 }
 
 // A NewUser is the body of POST /v1/users.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/differential-privacy/go/v3/dpagg"
 	"github.com/google/differential-privacy/go/v3/noise"
+	"github.com/nhs-hub/hub/governance"
 )
 
 // Alpha is 1 − the confidence level of every released interval (95%).
@@ -29,6 +30,8 @@ type Answer struct {
 	// Codelists are the code lists the query used, with the hash of
 	// their codes.
 	Codelists []CodelistUse `json:"codelists,omitempty"`
+	// Rules are the release rules the answer obeys.
+	Rules *governance.ReleaseRules `json:"release_rules,omitempty"`
 }
 
 // A Result is one released measure. Value and the 95% interval are null
@@ -87,14 +90,12 @@ func split(q *Query) (eps, delta float64) {
 // and a patient lies in one cell of a public breakdown), to at most
 // max_partitions codes of a by_code breakdown, and one clamped value to a
 // sum, mean or quantile.
-func release(q *Query, xs []exact) (*Answer, error) {
+func release(q *Query, xs []exact, granted *governance.ReleaseRules) (*Answer, error) {
 	eps, delta := split(q)
-	threshold := int64(DefaultSuppress)
-	if q.SuppressBelow > 0 {
-		threshold = int64(q.SuppressBelow)
-	}
+	rules := applied(q, granted)
+	threshold := int64(rules.SuppressBelow)
 	lap := noise.Laplace()
-	a := &Answer{Dataset: q.Dataset, Released: time.Now().UTC()}
+	a := &Answer{Dataset: q.Dataset, Released: time.Now().UTC(), Rules: rules}
 	for i := range q.Measures {
 		m, x := &q.Measures[i], &xs[i]
 		r := Result{Kind: m.Kind, Name: m.Name, Epsilon: eps, By: m.By}
@@ -124,7 +125,7 @@ func release(q *Query, xs []exact) (*Answer, error) {
 				}
 				released++
 				cell := Cell{Key: map[string]string{"code_system": c.system, "code": c.code}}
-				cell.Value, cell.CILow, cell.CIHigh = roundCount(q, float64(*v), ci.LowerBound, ci.UpperBound)
+				cell.Value, cell.CILow, cell.CIHigh = roundCount(rules.RoundTo, float64(*v), ci.LowerBound, ci.UpperBound)
 				r.Cells = append(r.Cells, cell)
 			}
 			r.PartitionsReleased = &released
@@ -135,38 +136,54 @@ func release(q *Query, xs []exact) (*Answer, error) {
 					cell.Key[key] = x.cellKeys[j][k]
 				}
 				var err error
-				if cell.Value, cell.CILow, cell.CIHigh, cell.Suppressed, err = releaseCount(q, n, eps, threshold); err != nil {
+				if cell.Value, cell.CILow, cell.CIHigh, cell.Suppressed, err = releaseCount(rules.RoundTo, n, eps, threshold); err != nil {
 					return nil, err
 				}
 				r.Cells = append(r.Cells, cell)
 			}
 		case m.Kind == KindCount:
 			var err error
-			if r.Value, r.CILow, r.CIHigh, r.Suppressed, err = releaseCount(q, x.count, eps, threshold); err != nil {
+			if r.Value, r.CILow, r.CIHigh, r.Suppressed, err = releaseCount(rules.RoundTo, x.count, eps, threshold); err != nil {
 				return nil, err
 			}
-		case m.Kind == KindSum:
-			v, lo, hi, err := noisySum(m, x, eps)
-			if err != nil {
-				return nil, err
+		case m.Kind == KindSum, m.Kind == KindQuantiles:
+			// Under a minimum cohort, half the measure's ε buys a noisy
+			// count of the patients with a value, which decides.
+			e := eps
+			if rules.MinCohort > 0 {
+				e = eps / 2
+				n, _, _, err := noisyCount(x.n, e)
+				if err != nil {
+					return nil, err
+				}
+				if n < int64(rules.MinCohort) {
+					r.Suppressed = true
+					break
+				}
 			}
-			r.Value, r.CILow, r.CIHigh = &v, &lo, &hi
+			if m.Kind == KindSum {
+				v, lo, hi, err := noisySum(m, x, e)
+				if err != nil {
+					return nil, err
+				}
+				r.Value, r.CILow, r.CIHigh = &v, &lo, &hi
+			} else {
+				qs, err := noisyQuantiles(m, x, e)
+				if err != nil {
+					return nil, err
+				}
+				r.Quantiles = qs
+			}
 		case m.Kind == KindMean:
 			v, lo, hi, n, err := noisyMean(*m.Lower, *m.Upper, x, eps)
 			if err != nil {
 				return nil, err
 			}
-			if n < threshold {
+			if n < max(threshold, int64(rules.MinCohort)) {
 				r.Suppressed = true
 			} else {
 				r.Value, r.CILow, r.CIHigh = &v, &lo, &hi
 			}
-		case m.Kind == KindQuantiles:
-			qs, err := noisyQuantiles(m, x, eps)
-			if err != nil {
-				return nil, err
-			}
-			r.Quantiles = qs
 		}
 		a.Measures = append(a.Measures, r)
 	}
@@ -192,7 +209,7 @@ func noisyCount(n int64, eps float64) (v int64, lo, hi float64, err error) {
 // releaseCount releases a patient count or a public breakdown's cell:
 // noise, then suppression below threshold (value and interval nil), else
 // the optional rounding.
-func releaseCount(q *Query, n int64, eps float64, threshold int64) (v, lo, hi *float64, suppressed bool, err error) {
+func releaseCount(roundTo int, n int64, eps float64, threshold int64) (v, lo, hi *float64, suppressed bool, err error) {
 	nv, l, h, err := noisyCount(n, eps)
 	if err != nil {
 		return nil, nil, nil, false, err
@@ -200,19 +217,35 @@ func releaseCount(q *Query, n int64, eps float64, threshold int64) (v, lo, hi *f
 	if nv < threshold {
 		return nil, nil, nil, true, nil
 	}
-	v, lo, hi = roundCount(q, float64(nv), l, h)
+	v, lo, hi = roundCount(roundTo, float64(nv), l, h)
 	return v, lo, hi, false, nil
 }
 
-// roundCount applies the optional rounding to the nearest 5: the value to
-// the nearest, the interval outwards.
-func roundCount(q *Query, v, lo, hi float64) (*float64, *float64, *float64) {
-	if q.RoundTo == 5 {
-		v = math.Round(v/5) * 5
-		lo = math.Floor(lo/5) * 5
-		hi = math.Ceil(hi/5) * 5
+// roundCount rounds a released count to a multiple of to (1: none): the
+// value to the nearest, the interval outwards.
+func roundCount(to int, v, lo, hi float64) (*float64, *float64, *float64) {
+	if to > 1 {
+		t := float64(to)
+		v = math.Round(v/t) * t
+		lo = math.Floor(lo/t) * t
+		hi = math.Ceil(hi/t) * t
 	}
 	return &v, &lo, &hi
+}
+
+// applied returns the release rules an answer obeys: the DAC's (granted;
+// nil for a project approved before the DAC set them), tightened by the
+// query's suppress_below and round_to, which can only tighten them.
+// Without the DAC's, the rules of that time: suppression below 10, no
+// rounding unless asked, no minimum cohort.
+func applied(q *Query, granted *governance.ReleaseRules) *governance.ReleaseRules {
+	r := governance.ReleaseRules{SuppressBelow: DefaultSuppress, RoundTo: 1}
+	if granted != nil {
+		r = *granted
+	}
+	r.SuppressBelow = max(r.SuppressBelow, q.SuppressBelow)
+	r.RoundTo = max(r.RoundTo, q.RoundTo, 1)
+	return &r
 }
 
 // integral reports whether a measure's values and bounds are integers, so

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"testing"
+
+	"github.com/nhs-hub/hub/governance"
 )
 
 // The DP library draws from crypto/rand and takes no seed, so these checks
@@ -74,7 +76,7 @@ func TestReleaseSuppressionAndRounding(t *testing.T) {
 	q := &Query{Dataset: "gp", Epsilon: 20, RoundTo: 5, Measures: []Measure{
 		{Kind: KindCount}, {Kind: KindCount}, {Kind: KindCount, By: []string{"sex"}}}}
 	xs := []exact{{count: 0}, {count: 1234}, {cells: []int64{0, 500, 3, 0}, cellKeys: [][]string{{"male"}, {"female"}, {"other"}, {Unknown}}}}
-	a, err := release(q, xs)
+	a, err := release(q, xs, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +128,7 @@ func TestMeanAndSum(t *testing.T) {
 func TestByCodePartitionSelection(t *testing.T) {
 	q := &Query{Dataset: "gp", Epsilon: 1, Delta: 1e-6, Measures: []Measure{{Kind: KindCount, ByCode: "conditions"}}}
 	for range 200 {
-		a, err := release(q, []exact{{codes: []codeCount{{"snomed", "44054006", 5000}, {"snomed", "38341003", 1}}}})
+		a, err := release(q, []exact{{codes: []codeCount{{"snomed", "44054006", 5000}, {"snomed", "38341003", 1}}}}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -234,5 +236,56 @@ func TestSumFeasible(t *testing.T) {
 		if v > 0 || hi > 0 || hi < lo {
 			t.Fatalf("a sum of negative values released as %v [%v, %v]", v, lo, hi)
 		}
+	}
+}
+
+// The DAC's release rules bind every answer: counts suppressed below its
+// threshold and rounded to its multiple, sums, means and quantiles of
+// fewer patients than its minimum cohort suppressed; a query may tighten
+// them, not loosen them. A project approved before rules existed keeps
+// the rules of its time (a sum of 5 patients is released).
+func TestReleaseRules(t *testing.T) {
+	rules := &governance.ReleaseRules{SuppressBelow: 20, RoundTo: 10, MinCohort: 50}
+	q := &Query{Dataset: "gp", Epsilon: 40, Measures: []Measure{
+		{Kind: KindCount}, {Kind: KindCount},
+		{Kind: KindSum, Of: &Value{Kind: ValueEvents}, Lower: f(0), Upper: f(10)},
+		{Kind: KindSum, Of: &Value{Kind: ValueEvents}, Lower: f(0), Upper: f(10)},
+		{Kind: KindMean, Of: &Value{Kind: ValueAge}, Lower: f(0), Upper: f(100)},
+		{Kind: KindQuantiles, Of: &Value{Kind: ValueAge}, Lower: f(0), Upper: f(100), Ranks: []float64{0.5}},
+		{Kind: KindQuantiles, Of: &Value{Kind: ValueAge}, Lower: f(0), Upper: f(100), Ranks: []float64{0.5}}}}
+	small := []valueCount{{v: 40, n: 20}}
+	big := []valueCount{{v: 40, n: 2000}}
+	xs := []exact{{count: 15}, {count: 1234}, {n: 5, sum: 12}, {n: 5000, sum: 12000}, {n: 30, sum: 30 * 40},
+		{n: 20, hist: small}, {n: 2000, hist: big}}
+	for range 50 {
+		a, err := release(q, xs, rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := a.Measures
+		if !m[0].Suppressed || m[1].Suppressed || math.Mod(*m[1].Value, 10) != 0 || math.Mod(*m[1].CILow, 10) != 0 {
+			t.Fatalf("counts: %+v, %+v", m[0], m[1])
+		}
+		if !m[2].Suppressed || m[2].Value != nil || m[3].Suppressed || m[3].Value == nil {
+			t.Fatalf("sums of 5 and 5000 patients: %+v, %+v", m[2], m[3])
+		}
+		if !m[4].Suppressed || !m[5].Suppressed || m[5].Quantiles != nil || m[6].Suppressed || len(m[6].Quantiles) != 1 {
+			t.Fatalf("mean of 30, quantiles of 20 and 2000: %+v %+v %+v", m[4], m[5], m[6])
+		}
+		if *a.Rules != *rules {
+			t.Fatalf("the answer cites %+v", a.Rules)
+		}
+	}
+	// A query tightens: its threshold 30 over the DAC's 20; its rounding
+	// to 5 does not loosen the DAC's 10.
+	tight := &Query{Dataset: "gp", Epsilon: 40, SuppressBelow: 30, RoundTo: 5, Measures: []Measure{{Kind: KindCount}}}
+	a, err := release(tight, []exact{{count: 25}}, rules)
+	if err != nil || !a.Measures[0].Suppressed || a.Rules.SuppressBelow != 30 || a.Rules.RoundTo != 10 {
+		t.Fatalf("tightened: %+v %+v %v", a.Measures[0], a.Rules, err)
+	}
+	// No rules (a project approved before them): a sum of 5 is released.
+	old, err := release(&Query{Dataset: "gp", Epsilon: 40, Measures: q.Measures[2:3]}, xs[2:3], nil)
+	if err != nil || old.Measures[0].Suppressed || old.Measures[0].Value == nil || old.Rules.MinCohort != 0 {
+		t.Fatalf("no rules: %+v %+v %v", old.Measures[0], old.Rules, err)
 	}
 }

@@ -192,6 +192,9 @@ type Budget struct {
 	Datasets         []string   `json:"datasets"`
 	Expires          *time.Time `json:"expires,omitempty"`
 	Withdrawn        bool       `json:"withdrawn,omitempty"`
+	// Rules are the release rules the DAC set (nil: a project approved
+	// before them, which keeps the rules of its time).
+	Rules *governance.ReleaseRules `json:"release_rules,omitempty"`
 	// The units behind the figures above, exact.
 	EpsilonSpentU int64 `json:"epsilon_spent_units"`
 	DeltaSpentU   int64 `json:"delta_spent_units"`
@@ -209,7 +212,7 @@ func (s *Service) Budget(project string) (*Budget, error) {
 		EpsilonRemaining: float64(max(p.EpsilonU-e, 0)) * EpsilonUnit, DeltaTotal: float64(p.DeltaU) * DeltaUnit,
 		DeltaSpent: float64(d) * DeltaUnit, DeltaRemaining: float64(max(p.DeltaU-d, 0)) * DeltaUnit,
 		MaxQueryEpsilon: float64(p.MaxQueryU) * EpsilonUnit, Queries: n, Datasets: p.Datasets, Expires: &exp,
-		Withdrawn: p.Withdrawn, EpsilonSpentU: e, DeltaSpentU: d}, nil
+		Withdrawn: p.Withdrawn, EpsilonSpentU: e, DeltaSpentU: d, Rules: p.Rules}, nil
 }
 
 // History returns a project's released queries (costs and hashes only).
@@ -323,7 +326,7 @@ func (s *Service) Query(ctx context.Context, project string, q *Query) (*Answer,
 		if err != nil {
 			return nil, err
 		}
-		a, err := release(q, xs)
+		a, err := release(q, xs, now.Rules)
 		if a != nil {
 			a.Epsilon, a.Delta, a.Codelists = q.Epsilon, q.Delta, lists
 		}

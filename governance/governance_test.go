@@ -109,7 +109,13 @@ func TestWorkflow(t *testing.T) {
 	if _, err := s.Review(w.who["dina"], "req-1"); err != nil {
 		t.Fatal(err)
 	}
-	r, err = s.Approve(w.who["dina"], "req-1", Grant{Epsilon: 3, Reason: "sound design", Conditions: "report yearly"}, nil)
+	for _, bad := range []ReleaseRules{{SuppressBelow: 5}, {RoundTo: 3}, {MinCohort: -1}} {
+		if _, err := s.Approve(w.who["dina"], "req-1", Grant{Reason: "lax", Rules: &bad}, nil); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("rules %+v: %v", bad, err)
+		}
+	}
+	r, err = s.Approve(w.who["dina"], "req-1", Grant{Epsilon: 3, Reason: "sound design", Conditions: "report yearly",
+		Rules: &ReleaseRules{SuppressBelow: 20, RoundTo: 1}}, nil)
 	if err != nil || r.State != InReview || r.Decision != nil {
 		t.Fatalf("one approval: %+v, %v", r, err)
 	}
@@ -120,7 +126,7 @@ func TestWorkflow(t *testing.T) {
 		t.Fatalf("approving twice: %v", err)
 	}
 	w.clock.Add(time.Hour)
-	r, err = s.Approve(w.who["dev"], "req-1", Grant{Reason: "fine", MaxQueryEpsilon: 0.5}, nil)
+	r, err = s.Approve(w.who["dev"], "req-1", Grant{Reason: "fine", MaxQueryEpsilon: 0.5, Rules: &ReleaseRules{RoundTo: 10}}, nil)
 	if err != nil || r.State != ApprovedWithConditions {
 		t.Fatalf("second approval: %+v, %v", r, err)
 	}
@@ -130,7 +136,10 @@ func TestWorkflow(t *testing.T) {
 	}
 	want := &Project{Name: "t2d-audit", Request: "req-1", Members: []string{"rosa", "sam"}, Datasets: []string{"gp"},
 		EpsilonU: 3_000_000, DeltaU: 1_000_000_000, MaxQueryU: 500_000,
-		Expires: time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC).AddDate(0, 0, 365), Conditions: []string{"report yearly"}}
+		Expires: time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC).AddDate(0, 0, 365), Conditions: []string{"report yearly"},
+		// The strictest of the two members' rules, the defaults filling
+		// what neither set.
+		Rules: &ReleaseRules{SuppressBelow: 20, RoundTo: 10, MinCohort: DefaultRules.MinCohort}}
 	if !reflect.DeepEqual(p, want) {
 		t.Fatalf("project\n%+v, want\n%+v", p, want)
 	}

@@ -236,6 +236,10 @@ type Grant struct {
 	Epsilon, Delta, MaxQueryEpsilon float64
 	Expires                         time.Time
 	Reason, Conditions              string
+	// Rules are the release rules the member sets (nil or zero fields:
+	// the defaults). They apply to a request's first decision; an
+	// amendment keeps the project's.
+	Rules *ReleaseRules
 }
 
 // Approve records the actor's approval of a request (or of its pending
@@ -267,7 +271,13 @@ func (s *Store) Approve(actor *Principal, id string, g Grant, spent func(project
 				return nil, fmt.Errorf("%w: %s has already voted on this", ErrConflict, actor.Name)
 			}
 		}
-		v := Vote{Reviewer: actor.Name, Time: now, Approve: true, Reason: g.Reason, Conditions: g.Conditions}
+		if err := g.Rules.check(); err != nil {
+			return nil, err
+		}
+		if a != nil && g.Rules != nil {
+			return nil, fmt.Errorf("%w: an amendment keeps the project's release rules", ErrInvalid)
+		}
+		v := Vote{Reviewer: actor.Name, Time: now, Approve: true, Reason: g.Reason, Conditions: g.Conditions, Rules: g.Rules}
 		grantE, grantD, grantC := pick(g.Epsilon, askE), pick(g.Delta, askD), pick(g.MaxQueryEpsilon, askC)
 		if grantE > askE || grantD > askD || grantC > askC {
 			return nil, fmt.Errorf("%w: a DAC may grant less than was asked, not more (asked ε %g, δ %g, per-query ε %g)", ErrInvalid, askE, askD, askC)
@@ -327,10 +337,19 @@ func approvalsOf(votes []Vote) []Vote {
 }
 
 // decide merges a quorum's approvals: the least budget, the earliest
-// expiry (latest unless a member set an earlier one), every condition.
+// expiry (latest unless a member set an earlier one), every condition,
+// the strictest release rules.
 func decide(approvals []Vote, now, latest time.Time) *Decision {
 	d := &Decision{Outcome: Approved, Time: now, EpsilonU: math.MaxInt64, DeltaU: math.MaxInt64, MaxQueryU: math.MaxInt64,
 		Expires: latest}
+	var rules ReleaseRules
+	for _, v := range approvals {
+		r := v.Rules.withDefaults()
+		rules.SuppressBelow = max(rules.SuppressBelow, r.SuppressBelow)
+		rules.RoundTo = max(rules.RoundTo, r.RoundTo)
+		rules.MinCohort = max(rules.MinCohort, r.MinCohort)
+	}
+	d.Rules = &rules
 	for _, v := range approvals {
 		d.DecidedBy = append(d.DecidedBy, v.Reviewer)
 		d.Reasons = append(d.Reasons, v.Reason)

@@ -184,5 +184,5 @@ func (st *state) project(name string) *Project {
 	d := r.Decision
 	return &Project{Name: r.Project, Request: r.ID, Members: r.members(), Datasets: slices.Clone(r.Datasets),
 		EpsilonU: d.EpsilonU, DeltaU: d.DeltaU, MaxQueryU: d.MaxQueryU, Expires: d.Expires,
-		Withdrawn: r.State == Withdrawn, Conditions: slices.Clone(d.Conditions)}
+		Withdrawn: r.State == Withdrawn, Conditions: slices.Clone(d.Conditions), Rules: d.Rules}
 }

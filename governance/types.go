@@ -153,6 +153,68 @@ type Vote struct {
 	DeltaU    int64     `json:"delta_units,omitempty"`
 	MaxQueryU int64     `json:"max_query_epsilon_units,omitempty"`
 	Expires   time.Time `json:"expires,omitzero"`
+	// Rules are the release rules this member sets (nil: the defaults).
+	Rules *ReleaseRules `json:"release_rules,omitempty"`
+}
+
+// ReleaseRules are the small-number rules a DAC makes a term of its
+// approval: every answer of the project obeys them, and a query may only
+// tighten them. Zero fields take DefaultRules'.
+type ReleaseRules struct {
+	// SuppressBelow: a noisy count under it is released as suppressed.
+	SuppressBelow int `json:"suppress_below,omitempty"`
+	// RoundTo: released counts are rounded to a multiple of it (1: none).
+	RoundTo int `json:"round_to,omitempty"`
+	// MinCohort: a sum, mean or quantile over fewer patients (a noisy
+	// count) is released as suppressed.
+	MinCohort int `json:"min_cohort,omitempty"`
+}
+
+// DefaultRules follow NHS small-number practice: NHS England's HES
+// disclosure control suppresses counts from 1 to 7 and rounds the rest to
+// the nearest 5, as OpenSAFELY's output checking does; the hub suppresses
+// below 10 (stricter), rounds to 5, and releases no statistic of fewer
+// than 10 patients.
+var DefaultRules = ReleaseRules{SuppressBelow: 10, RoundTo: 5, MinCohort: 10}
+
+// Limits of release rules.
+const (
+	MaxSuppress  = 1000
+	MaxMinCohort = 100000
+)
+
+// check refuses rules out of range; zero fields are unset.
+func (r *ReleaseRules) check() error {
+	if r == nil {
+		return nil
+	}
+	if r.SuppressBelow != 0 && (r.SuppressBelow < DefaultRules.SuppressBelow || r.SuppressBelow > MaxSuppress) {
+		return fmt.Errorf("%w: suppress_below from %d to %d (a DAC may tighten the hub's floor, not lower it)", ErrInvalid, DefaultRules.SuppressBelow, MaxSuppress)
+	}
+	if r.RoundTo != 0 && r.RoundTo != 1 && r.RoundTo != 5 && r.RoundTo != 10 {
+		return fmt.Errorf("%w: round_to is 1 (no rounding), 5 or 10", ErrInvalid)
+	}
+	if r.MinCohort != 0 && (r.MinCohort < 1 || r.MinCohort > MaxMinCohort) {
+		return fmt.Errorf("%w: min_cohort from 1 to %d", ErrInvalid, MaxMinCohort)
+	}
+	return nil
+}
+
+// withDefaults fills the unset fields from DefaultRules.
+func (r *ReleaseRules) withDefaults() ReleaseRules {
+	out := DefaultRules
+	if r != nil {
+		if r.SuppressBelow != 0 {
+			out.SuppressBelow = r.SuppressBelow
+		}
+		if r.RoundTo != 0 {
+			out.RoundTo = r.RoundTo
+		}
+		if r.MinCohort != 0 {
+			out.MinCohort = r.MinCohort
+		}
+	}
+	return out
 }
 
 // A Decision is the DAC's outcome: a rejection, or an approval by a quorum
@@ -167,6 +229,11 @@ type Decision struct {
 	DeltaU     int64     `json:"delta_units,omitempty"`
 	MaxQueryU  int64     `json:"max_query_epsilon_units,omitempty"`
 	Expires    time.Time `json:"expires,omitzero"`
+	// Rules are the strictest of the approving members' release rules;
+	// nil in decisions made before release rules existed, whose projects
+	// keep the rules of their time (suppression below 10, rounding and
+	// minimum cohorts as each query asks).
+	Rules *ReleaseRules `json:"release_rules,omitempty"`
 }
 
 // An AmendmentSpec asks for a new total budget or a later expiry.
@@ -236,6 +303,9 @@ type Project struct {
 	Expires    time.Time `json:"expires"`
 	Withdrawn  bool      `json:"withdrawn,omitempty"`
 	Conditions []string  `json:"conditions,omitempty"`
+	// Rules are the DAC's release rules (nil: a project approved before
+	// they existed).
+	Rules *ReleaseRules `json:"release_rules,omitempty"`
 }
 
 // Allows reports whether the project may query dataset at time now.

@@ -304,6 +304,10 @@ func budgetCommand() *cli.Command {
 			}
 			fmt.Fprintf(c.App.Writer, "project %s: ε %.6g of %.6g spent, %.6g remaining (per-query cap %.6g); δ %.3g of %.3g spent; %d queries answered\n",
 				b.Project, b.EpsilonSpent, b.EpsilonTotal, b.EpsilonRemaining, b.MaxQueryEpsilon, b.DeltaSpent, b.DeltaTotal, b.Queries)
+			if r := b.Rules; r != nil {
+				fmt.Fprintf(c.App.Writer, "release rules: counts under %d suppressed, rounded to %d; sums, means and quantiles of under %d patients suppressed\n",
+					r.SuppressBelow, r.RoundTo, r.MinCohort)
+			}
 			return nil
 		},
 	}

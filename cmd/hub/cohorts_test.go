@@ -90,7 +90,7 @@ func TestGovernedQuery(t *testing.T) {
 	if _, err := as("dina", "dac", "review", "req-1"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := as("dina", "dac", "approve", "--reason", "proportionate", "--epsilon", "2", "req-1"); err != nil {
+	if _, err := as("dina", "dac", "approve", "--reason", "proportionate", "--epsilon", "2", "--min-cohort", "20", "req-1"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := as("dina", "dac", "approve", "--reason", "again", "req-1"); err == nil || !strings.Contains(err.Error(), "409") {
@@ -134,6 +134,11 @@ func TestGovernedQuery(t *testing.T) {
 	}
 	if b["epsilon_spent"] != 1.5 || b["epsilon_remaining"] != 0.5 || b["queries"] != 2.0 {
 		t.Errorf("budget %v", b)
+	}
+	// The strictest of the two approvals' release rules, defaults filling
+	// what neither set.
+	if r, _ := b["release_rules"].(map[string]any); r["suppress_below"] != 10.0 || r["round_to"] != 5.0 || r["min_cohort"] != 20.0 {
+		t.Errorf("release rules %v", b["release_rules"])
 	}
 	if _, err := as("rosa", "query", "--project", "other", "--file", filepath.Join("..", "..", "docs", "examples", "t2d-by-age.json")); err == nil ||
 		!strings.Contains(err.Error(), "404") {

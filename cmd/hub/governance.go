@@ -359,9 +359,16 @@ func dacCommand() *cli.Command {
 				&cli.Float64Flag{Name: "delta", Usage: "δ to grant (default: as asked)"},
 				&cli.Float64Flag{Name: "max-query-epsilon", Usage: "per-query cap to grant (default: as asked)"},
 				&cli.StringFlag{Name: "expires", Usage: "expiry date, YYYY-MM-DD (default: the asked duration from the decision)"},
+				&cli.IntFlag{Name: "suppress-below", Usage: "release rule: counts under it are suppressed (default 10, the least)"},
+				&cli.IntFlag{Name: "round-to", Usage: "release rule: counts are rounded to a multiple of 1 (none), 5 (default) or 10"},
+				&cli.IntFlag{Name: "min-cohort", Usage: "release rule: sums, means and quantiles of fewer patients are suppressed (default 10)"},
 			}, func(c *cli.Context) any {
-				return api.Approval{Epsilon: c.Float64("epsilon"), Delta: c.Float64("delta"), MaxQueryEpsilon: c.Float64("max-query-epsilon"),
+				a := api.Approval{Epsilon: c.Float64("epsilon"), Delta: c.Float64("delta"), MaxQueryEpsilon: c.Float64("max-query-epsilon"),
 					Expires: c.String("expires"), Reason: c.String("reason"), Conditions: c.String("conditions")}
+				if c.IsSet("suppress-below") || c.IsSet("round-to") || c.IsSet("min-cohort") {
+					a.ReleaseRules = &governance.ReleaseRules{SuppressBelow: c.Int("suppress-below"), RoundTo: c.Int("round-to"), MinCohort: c.Int("min-cohort")}
+				}
+				return a
 			}),
 			onRequest("reject", "reject a request (or its pending amendment) with a reason", "reject", []cli.Flag{
 				&cli.StringFlag{Name: "reason", Required: true, Usage: "the reason, shown to the researcher"},
