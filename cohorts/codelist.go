@@ -291,7 +291,7 @@ func resolveCodelists(q *Query, store *Codelists) ([]CodelistUse, error) {
 			return err
 		}
 		ok := map[string][]string{"conditions": {SystemSNOMED, SystemICD10}, "medications": {SystemDMD},
-			"observations": {SystemSNOMED}}[table]
+			"observations": {SystemSNOMED}, "procedures": {SystemSNOMED}, "immunizations": {SystemSNOMED, SystemDMD}}[table]
 		if !slices.Contains(ok, l.System) {
 			return bad("%s.codelist: %s is a %s list; %s are coded in %s", at, l.Ref(), l.System, table, strings.Join(ok, " or "))
 		}
@@ -320,7 +320,8 @@ func resolveCodelists(q *Query, store *Codelists) ([]CodelistUse, error) {
 		for _, e := range []struct {
 			ev          *Event
 			table, name string
-		}{{k.Condition, "conditions", "condition"}, {k.Medication, "medications", "medication"}, {k.Observation, "observations", "observation"}} {
+		}{{k.Condition, "conditions", "condition"}, {k.Medication, "medications", "medication"}, {k.Observation, "observations", "observation"},
+			{k.Procedure, "procedures", "procedure"}, {k.Immunisation, "immunizations", "immunisation"}} {
 			if e.ev != nil {
 				if err := attach(e.ev.Codes, e.table, at+"."+e.name+".codes"); err != nil {
 					return err

@@ -125,7 +125,7 @@ func (c *compiler) collect(k *Criterion) {
 		c.collect(k.Not)
 	}
 	for table, e := range map[string]*Event{"conditions": k.Condition, "medications": k.Medication,
-		"observations": k.Observation, "encounters": k.Encounter} {
+		"observations": k.Observation, "encounters": k.Encounter, "procedures": k.Procedure, "immunizations": k.Immunisation} {
 		if e != nil {
 			c.tables[e] = table
 			if e.ID != "" {
@@ -172,14 +172,20 @@ func (c *compiler) filter(table string, codes *Codes, types []string, unit strin
 		if len(dmd) > 0 {
 			alts = append(alts, new(frag).w("(", t, ".code_system = ").arg("dmd").w(" AND ").add(in("code", dmd)).w(")"))
 		}
-		if len(icd10) > 0 {
-			g := new(frag).w("(", t, ".code_system = ").arg("icd10").w(" AND (")
-			for i, p := range icd10 {
+		// ICD-10 and OPCS-4 match as prefixes, without the dot on both
+		// sides: OpenCodelists and HES write E119, many FHIR servers E11.9.
+		for _, sys := range []struct {
+			name  string
+			codes []string
+		}{{"icd10", icd10}, {"opcs4", codes.OPCS4}} {
+			if len(sys.codes) == 0 {
+				continue
+			}
+			g := new(frag).w("(", t, ".code_system = ").arg(sys.name).w(" AND (")
+			for i, p := range sys.codes {
 				if i > 0 {
 					g.w(" OR ")
 				}
-				// Without the dot on both sides: OpenCodelists and HES
-				// write E119, many FHIR servers E11.9.
 				g.w("starts_with(replace(", t, ".code, ").arg(".").w(", ").arg("").w("), ").arg(strings.ReplaceAll(p, ".", "")).w(")")
 			}
 			alts = append(alts, g.w("))"))
@@ -294,9 +300,11 @@ func (c *compiler) expr(k *Criterion) *frag {
 		return group(k.Any, " OR ")
 	case k.Not != nil:
 		return new(frag).w("(NOT ").add(c.expr(k.Not)).w(")")
-	case k.Condition != nil, k.Medication != nil, k.Observation != nil, k.Encounter != nil:
-		e := firstNonNil(k.Condition, k.Medication, k.Observation, k.Encounter)
+	case k.Condition != nil, k.Medication != nil, k.Observation != nil, k.Encounter != nil, k.Procedure != nil, k.Immunisation != nil:
+		e := firstNonNil(k.Condition, k.Medication, k.Observation, k.Encounter, k.Procedure, k.Immunisation)
 		return new(frag).w("p.pid IN (SELECT pid FROM ", c.cte(e), ")")
+	case k.Registered != nil:
+		return new(frag).w("p.pid IN (SELECT pid FROM ", c.registered(k.Registered), ")")
 	case k.Age != nil:
 		// age >= a  <=>  birth_mi <= idx - 12a;  age <= b  <=>  birth_mi >= idx - 12(b+1) + 1
 		var ps []*frag
@@ -322,6 +330,25 @@ func (c *compiler) expr(k *Criterion) *frag {
 		}
 		return c.alive(d)
 	}
+}
+
+// registered returns the name of a CTE of the patients registered without
+// a break longer than r.GapDays over the r.DaysBefore days up to the index
+// date: their registrations that start by the index date are merged into
+// spans (gaps and islands: a registration starting more than GapDays+1
+// days after every earlier one ended starts a new span), and a span must
+// cover the period. A registration without an end lasts.
+func (c *compiler) registered(r *Registered) string {
+	name := fmt.Sprintf("r%d", len(c.ctes)+1)
+	idx := c.idx.Format(time.DateOnly)
+	f := new(frag).w(name, " AS (SELECT pid FROM (SELECT pid, island, min(start_date) AS s, max(end_date) AS e FROM (",
+		"SELECT pid, start_date, end_date, sum(CAST(prev_end IS NULL OR start_date > prev_end + CAST(").arg(int64(r.GapDays+1)).w(" AS INTEGER) AS INTEGER)) OVER (PARTITION BY pid ORDER BY start_date, end_date ROWS UNBOUNDED PRECEDING) AS island FROM (",
+		"SELECT pid, start_date, end_date, lag(run_end) OVER (PARTITION BY pid ORDER BY start_date, end_date) AS prev_end FROM (",
+		"SELECT pid, start_date, end_date, max(end_date) OVER (PARTITION BY pid ORDER BY start_date, end_date ROWS UNBOUNDED PRECEDING) AS run_end FROM (",
+		"SELECT pid, start_date, coalesce(end_date, CAST(").arg("9999-12-31").w(" AS DATE)) AS end_date FROM registrations WHERE start_date <= CAST(").arg(idx).w(" AS DATE))))",
+		") GROUP BY pid, island) WHERE s <= CAST(").arg(c.idx.AddDate(0, 0, -r.DaysBefore).Format(time.DateOnly)).w(" AS DATE) AND e >= CAST(").arg(idx).w(" AS DATE) GROUP BY pid)")
+	c.ctes = append(c.ctes, f)
+	return name
 }
 
 // known makes an attribute test two-valued: a patient whose attribute is

@@ -47,6 +47,15 @@ var tableLoads = []struct {
 	{"encounters",
 		`CREATE TABLE encounters (pid INTEGER, type VARCHAR, event_date DATE, end_date DATE)`,
 		`INSERT INTO encounters SELECT p.pid, t.type, t.start_date, t.end_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.type, p.pid`},
+	{"procedures",
+		`CREATE TABLE procedures (pid INTEGER, code_system VARCHAR, code VARCHAR, event_date DATE)`,
+		`INSERT INTO procedures SELECT p.pid, t.code_system, t.code, t.performed_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`},
+	{"immunizations",
+		`CREATE TABLE immunizations (pid INTEGER, code_system VARCHAR, code VARCHAR, event_date DATE)`,
+		`INSERT INTO immunizations SELECT p.pid, t.code_system, t.code, t.occurrence_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`},
+	{"registrations",
+		`CREATE TABLE registrations (pid INTEGER, start_date DATE, end_date DATE)`,
+		`INSERT INTO registrations SELECT p.pid, t.start_date, t.end_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY p.pid, t.start_date`},
 }
 
 // OpenEngine loads a version from local, already verified part files

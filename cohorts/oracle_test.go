@@ -49,7 +49,8 @@ func newOracle(t *testing.T, l *catalog.Lake, q *Query) *oracle {
 		byID[r["patient_id"].(string)] = p
 		o.patients = append(o.patients, p)
 	}
-	dateCol := map[string]string{"conditions": "onset_date", "medications": "start_date", "observations": "effective_date", "encounters": "start_date"}
+	dateCol := map[string]string{"conditions": "onset_date", "medications": "start_date", "observations": "effective_date", "encounters": "start_date",
+		"procedures": "performed_date", "immunizations": "occurrence_date", "registrations": "start_date"}
 	for table, col := range dateCol {
 		for _, r := range tableRows(t, l, m, table) {
 			r["event_date"] = r[col]
@@ -66,7 +67,8 @@ func newOracle(t *testing.T, l *catalog.Lake, q *Query) *oracle {
 			walk(k)
 		}
 		walk(c.Not)
-		for table, e := range map[string]*Event{"conditions": c.Condition, "medications": c.Medication, "observations": c.Observation, "encounters": c.Encounter} {
+		for table, e := range map[string]*Event{"conditions": c.Condition, "medications": c.Medication, "observations": c.Observation, "encounters": c.Encounter,
+			"procedures": c.Procedure, "immunizations": c.Immunisation} {
 			if e != nil {
 				o.tables[e] = table
 				if e.ID != "" {
@@ -86,6 +88,9 @@ func (o *oracle) matches(table string, codes *Codes, types []string, unit string
 		ok := sys == "snomed" && slices.Contains(snomed, code) || sys == "dmd" && slices.Contains(dmd, code)
 		for _, p := range icd10 {
 			ok = ok || sys == "icd10" && strings.HasPrefix(strings.ReplaceAll(code, ".", ""), strings.ReplaceAll(p, ".", ""))
+		}
+		for _, p := range codes.OPCS4 {
+			ok = ok || sys == "opcs4" && strings.HasPrefix(strings.ReplaceAll(code, ".", ""), strings.ReplaceAll(p, ".", ""))
 		}
 		if !ok {
 			return false
@@ -239,12 +244,61 @@ func (o *oracle) eval(c *Criterion, p *oPatient) tri {
 			return tru
 		}
 		return fls
+	case c.Registered != nil:
+		if o.registered(c.Registered, p) {
+			return tru
+		}
+		return fls
 	default:
-		if _, ok := o.first(firstNonNil(c.Condition, c.Medication, c.Observation, c.Encounter), p); ok {
+		if _, ok := o.first(firstNonNil(c.Condition, c.Medication, c.Observation, c.Encounter, c.Procedure, c.Immunisation), p); ok {
 			return tru
 		}
 		return fls
 	}
+}
+
+// registered walks a patient's registrations from the earliest, merging
+// each that starts within GapDays+1 days of the latest end so far into
+// one span, and reports whether a span covers the DaysBefore days up to
+// the index date.
+func (o *oracle) registered(r *Registered, p *oPatient) bool {
+	idx, _ := parseDate(o.q.IndexDate)
+	type span struct{ s, e time.Time }
+	var regs []span
+	for _, row := range p.events["registrations"] {
+		s := row["start_date"].(time.Time)
+		if s.After(idx) {
+			continue
+		}
+		e := time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
+		if v, ok := row["end_date"].(time.Time); ok {
+			e = v
+		}
+		regs = append(regs, span{s, e})
+	}
+	slices.SortFunc(regs, func(a, b span) int {
+		if c := a.s.Compare(b.s); c != 0 {
+			return c
+		}
+		return a.e.Compare(b.e)
+	})
+	var spans []span
+	for _, g := range regs {
+		if n := len(spans); n > 0 && !g.s.After(spans[n-1].e.AddDate(0, 0, r.GapDays+1)) {
+			if g.e.After(spans[n-1].e) {
+				spans[n-1].e = g.e
+			}
+			continue
+		}
+		spans = append(spans, g)
+	}
+	from := idx.AddDate(0, 0, -r.DaysBefore)
+	for _, sp := range spans {
+		if !sp.s.After(from) && !sp.e.Before(idx) {
+			return true
+		}
+	}
+	return false
 }
 
 // inPopulation reports whether a patient is in the query's population.
@@ -321,6 +375,15 @@ var groundTruthQueries = map[string]string{
 		"measures": [{"kind": "count", "by": ["age_band"]}], "epsilon": 1}`,
 	"population all": `{"dataset": "gp", "index_date": "1950-01-01", "population": "all", "criteria": {"sex": ["female", "male"]},
 		"measures": [{"kind": "count"}], "epsilon": 1}`,
+	"registered a year": `{"dataset": "gp", "index_date": "2023-06-30", "criteria": {"registered": {"days_before": 365}},
+		"measures": [{"kind": "count", "by": ["age_band"]}], "epsilon": 1}`,
+	"registered ten years with gaps": `{"dataset": "gp", "index_date": "2020-01-01", "criteria": {"all": [
+		{"registered": {"days_before": 3650, "gap_days": 60}}, {"not": {"registered": {"days_before": 3650}}}]},
+		"measures": [{"kind": "count"}], "epsilon": 1}`,
+	"procedures and immunisations": `{"dataset": "gp", "index_date": "2024-01-01", "criteria": {"any": [
+		{"procedure": {"codes": {"opcs4": ["K40", "W37.1", "H01"]}}},
+		{"immunisation": {"codes": {"snomed": ["836377006"]}, "min_count": 2, "window": {"relative_to": "index", "days_before": 1825}}}]},
+		"measures": [{"kind": "count", "by": ["sex"]}], "epsilon": 1}`,
 }
 
 // count is a query's exact patient count.

@@ -74,10 +74,16 @@ type Criterion struct {
 	Any []*Criterion `json:"any,omitempty"`
 	Not *Criterion   `json:"not,omitempty"`
 
-	Condition   *Event `json:"condition,omitempty"`
-	Medication  *Event `json:"medication,omitempty"`
-	Observation *Event `json:"observation,omitempty"`
-	Encounter   *Event `json:"encounter,omitempty"`
+	Condition    *Event `json:"condition,omitempty"`
+	Medication   *Event `json:"medication,omitempty"`
+	Observation  *Event `json:"observation,omitempty"`
+	Encounter    *Event `json:"encounter,omitempty"`
+	Procedure    *Event `json:"procedure,omitempty"`
+	Immunisation *Event `json:"immunisation,omitempty"`
+
+	// Registered: registered with a GP practice without a break longer
+	// than GapDays over the DaysBefore days up to the index date.
+	Registered *Registered `json:"registered,omitempty"`
 
 	Age            *Range   `json:"age,omitempty"`
 	Sex            []string `json:"sex,omitempty"`
@@ -123,6 +129,14 @@ func (q *Query) population() string {
 	return PopulationAll
 }
 
+// Registered is an at-risk period: continuous GP registration over the
+// DaysBefore days up to and including the index date, breaks between
+// registrations of at most GapDays tolerated.
+type Registered struct {
+	DaysBefore int `json:"days_before"`
+	GapDays    int `json:"gap_days,omitempty"`
+}
+
 // An Event selects patients with at least MinCount matching rows of one
 // event table.
 type Event struct {
@@ -143,6 +157,8 @@ type Codes struct {
 	SNOMED []string `json:"snomed,omitempty"`
 	ICD10  []string `json:"icd10,omitempty"`
 	DMD    []string `json:"dmd,omitempty"`
+	// OPCS4 codes (procedures) match as prefixes, as ICD-10 codes do.
+	OPCS4 []string `json:"opcs4,omitempty"`
 	// Codelist names a code list the hub keeps (name@version), whose codes
 	// count as listed here too.
 	Codelist string `json:"codelist,omitempty"`
@@ -310,6 +326,7 @@ func (q *Query) Hash(version int) string {
 }
 
 var (
+	reOPCS4    = regexp.MustCompile(`^[A-Z][0-9]{2}(\.?[0-9]{1,2})?$`)
 	reID       = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
 	reUnit     = regexp.MustCompile(`^[A-Za-z0-9/%.\[\]*^{}-]{1,24}$`)
 	reDistrict = regexp.MustCompile(`^[A-Z]{1,2}[0-9][0-9A-Z]?$`)
@@ -414,6 +431,9 @@ func (v *validator) criterion(c *Criterion, at string, depth int) error {
 	count(c.Medication != nil)
 	count(c.Observation != nil)
 	count(c.Encounter != nil)
+	count(c.Procedure != nil)
+	count(c.Immunisation != nil)
+	count(c.Registered != nil)
 	count(c.Age != nil)
 	count(c.Sex != nil)
 	count(c.Region != nil)
@@ -430,7 +450,7 @@ func (v *validator) criterion(c *Criterion, at string, depth int) error {
 		}
 	}
 	if set != 1 {
-		return bad("%s: a criterion holds exactly one of all, any, not, condition, medication, observation, encounter, age, sex, region, district, ethnicity_group, alive_at (found %d)", at, set)
+		return bad("%s: a criterion holds exactly one of all, any, not, condition, medication, observation, encounter, procedure, immunisation, registered, age, sex, region, district, ethnicity_group, alive_at (found %d)", at, set)
 	}
 	group := func(name string, cs []*Criterion) error {
 		if len(cs) == 0 {
@@ -458,6 +478,17 @@ func (v *validator) criterion(c *Criterion, at string, depth int) error {
 		return v.event(c.Observation, "observations", at+".observation")
 	case c.Encounter != nil:
 		return v.event(c.Encounter, "encounters", at+".encounter")
+	case c.Procedure != nil:
+		return v.event(c.Procedure, "procedures", at+".procedure")
+	case c.Immunisation != nil:
+		return v.event(c.Immunisation, "immunizations", at+".immunisation")
+	case c.Registered != nil:
+		if v.q.IndexDate == "" {
+			return bad("%s.registered: registration is taken up to the index date; set index_date", at)
+		}
+		if c.Registered.DaysBefore < 0 || c.Registered.DaysBefore > 36600 || c.Registered.GapDays < 0 || c.Registered.GapDays > 3660 {
+			return bad("%s.registered: days_before from 0 to 36600, gap_days from 0 to 3660", at)
+		}
 	case c.Age != nil:
 		if v.q.IndexDate == "" {
 			return bad("%s.age: ages are taken at the index date; set index_date", at)
@@ -602,7 +633,7 @@ func checkEventFilter(table string, codes *Codes, types []string, unit, at strin
 }
 
 func checkCodes(c *Codes, table, at string) error {
-	n := len(c.SNOMED) + len(c.ICD10) + len(c.DMD)
+	n := len(c.SNOMED) + len(c.ICD10) + len(c.DMD) + len(c.OPCS4)
 	if c.Codelist != "" {
 		if _, _, err := ParseCodelistRef(c.Codelist); err != nil {
 			return bad("%s.codelist: %v", at, err)
@@ -625,6 +656,22 @@ func checkCodes(c *Codes, table, at string) error {
 	case "observations":
 		if len(c.ICD10)+len(c.DMD) > 0 {
 			return bad("%s: observations are coded in SNOMED CT", at)
+		}
+	case "procedures":
+		if len(c.ICD10)+len(c.DMD) > 0 {
+			return bad("%s: procedures are coded in SNOMED CT or OPCS-4", at)
+		}
+	case "immunizations":
+		if len(c.ICD10) > 0 {
+			return bad("%s: immunisations are coded in SNOMED CT or dm+d", at)
+		}
+	}
+	if table != "procedures" && len(c.OPCS4) > 0 {
+		return bad("%s.opcs4: only procedures are coded in OPCS-4", at)
+	}
+	for _, s := range c.OPCS4 {
+		if !reOPCS4.MatchString(s) {
+			return bad("%s.opcs4: %q is not an OPCS-4 code or prefix such as \"K40\" or \"K40.1\"", at, clip(s))
 		}
 	}
 	for _, s := range c.SNOMED {
@@ -878,8 +925,8 @@ func (v *validator) value(x *Value, at string) error {
 			return err
 		}
 	case ValueEvents:
-		if !slices.Contains([]string{"conditions", "medications", "observations", "encounters"}, x.Table) {
-			return bad("%s.table: conditions, medications, observations or encounters", at)
+		if !slices.Contains([]string{"conditions", "medications", "observations", "encounters", "procedures", "immunizations"}, x.Table) {
+			return bad("%s.table: conditions, medications, observations, encounters, procedures or immunizations", at)
 		}
 		if x.Pick != "" {
 			return bad("%s.pick: events are counted, not picked", at)

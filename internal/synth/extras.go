@@ -63,7 +63,8 @@ func (g *gen) extras(p *person, idx int, start, end time.Time, age float64, inpa
 	}
 
 	// Registrations: the current practice since some date, and for a
-	// quarter of patients the one before.
+	// quarter of patients the one before, which for a third of those
+	// ended up to 90 days before (a move, registered late).
 	until := RefDate.AddDate(0, -1, 0)
 	if !p.dod.IsZero() && p.dod.Before(until) {
 		until = p.dod
@@ -72,7 +73,11 @@ func (g *gen) extras(p *person, idx int, start, end time.Time, age float64, inpa
 	if r.Float64() < 0.25 && since.Sub(p.dob) > 400*24*time.Hour {
 		from := g.moreDate(maxTime(p.dob, since.AddDate(-20, 0, 0)), since.AddDate(0, 0, -30))
 		prev := practices[r.IntN(len(practices))]
-		g.extra(ingest.Registrations, p, []string{p.nhsText, prev, day(from), day(since.AddDate(0, 0, -1))}, "", nil)
+		end := since.AddDate(0, 0, -1)
+		if r.Float64() < 1.0/3 {
+			end = end.AddDate(0, 0, -1-r.IntN(90))
+		}
+		g.extra(ingest.Registrations, p, []string{p.nhsText, prev, day(from), day(end)}, "", nil)
 	}
 	last := ""
 	if !p.dod.IsZero() {
