@@ -146,13 +146,17 @@ func (c *compiler) cte(e *Event) string {
 	join, pred = c.window(e.Window, "t")
 	name := fmt.Sprintf("e%d", len(c.cteOf)+1)
 	c.cteOf[e] = name
-	f := new(frag).w(name, " AS (SELECT t.pid, min(t.event_date) AS first_date FROM ", c.tables[e], " t")
+	f := new(frag).w(name, " AS (SELECT t.pid, min(t.event_date) AS first_date, max(t.event_date) AS last_date FROM ", c.tables[e], " t")
 	f.add(join)
 	f.w(" WHERE ").add(c.filter(c.tables[e], e.Codes, e.Types, e.Unit, e.Value, "t"))
 	if pred != nil {
 		f.w(" AND ").add(pred)
 	}
-	f.w(" GROUP BY t.pid HAVING count(*) >= ").arg(int64(max(e.MinCount, 1))).w(")")
+	f.w(" GROUP BY t.pid HAVING count(*) >= ").arg(int64(max(e.MinCount, 1)))
+	if e.MaxCount > 0 {
+		f.w(" AND count(*) <= ").arg(int64(e.MaxCount))
+	}
+	f.w(")")
 	c.ctes = append(c.ctes, f)
 	return name
 }
@@ -265,8 +269,12 @@ func (c *compiler) window(w *Window, t string) (joinF, pred *frag) {
 	case w.RelativeTo != "":
 		anchor := c.cte(c.byID[w.RelativeTo])
 		joinF.w(" JOIN ", anchor, " a ON a.pid = ", t, ".pid")
-		pred.w(t, ".event_date >= a.first_date - CAST(").arg(int64(before)).w(" AS INTEGER) AND ",
-			t, ".event_date <= a.first_date + CAST(").arg(int64(after)).w(" AS INTEGER)")
+		col := "a.first_date"
+		if w.Anchor == "last" {
+			col = "a.last_date"
+		}
+		pred.w(t, ".event_date >= ", col, " - CAST(").arg(int64(before)).w(" AS INTEGER) AND ",
+			t, ".event_date <= ", col, " + CAST(").arg(int64(after)).w(" AS INTEGER)")
 	default:
 		var ps []*frag
 		if w.From != "" {
@@ -306,13 +314,30 @@ func (c *compiler) expr(k *Criterion) *frag {
 	case k.Registered != nil:
 		return new(frag).w("p.pid IN (SELECT pid FROM ", c.registered(k.Registered), ")")
 	case k.Age != nil:
-		// age >= a  <=>  birth_mi <= idx - 12a;  age <= b  <=>  birth_mi >= idx - 12(b+1) + 1
+		// age >= a  <=>  birth_mi <= at - 12a;  age <= b  <=>  birth_mi >= at - 12(b+1) + 1,
+		// at the anchor's month (year*12 + month - 1).
+		if e, ok := c.byID[k.AgeAt]; ok {
+			at := new(frag).w("(year(a.first_date) * CAST(").arg(int64(12)).w(" AS INTEGER) + month(a.first_date) - CAST(").arg(int64(1)).w(" AS INTEGER))")
+			var ps []*frag
+			if k.Age.Min != nil {
+				ps = append(ps, new(frag).w("p.birth_mi <= ").add(at).w(" - CAST(").arg(int64(12*int(math.Ceil(*k.Age.Min)))).w(" AS INTEGER)"))
+			}
+			if k.Age.Max != nil {
+				ps = append(ps, new(frag).w("p.birth_mi >= ").add(at).w(" - CAST(").arg(int64(12*(int(math.Floor(*k.Age.Max))+1)-1)).w(" AS INTEGER)"))
+			}
+			return new(frag).w("p.pid IN (SELECT a.pid FROM ", c.cte(e), " a WHERE ").add(known(join(ps, " AND "), k.Unknown)).w(")")
+		}
+		atMI := c.idxMI
+		if k.AgeAt != "" && k.AgeAt != "index" {
+			d, _ := parseDate(k.AgeAt)
+			atMI = d.Year()*12 + int(d.Month()) - 1
+		}
 		var ps []*frag
 		if k.Age.Min != nil {
-			ps = append(ps, new(frag).w("p.birth_mi <= ").arg(int64(c.idxMI-12*int(math.Ceil(*k.Age.Min)))))
+			ps = append(ps, new(frag).w("p.birth_mi <= ").arg(int64(atMI-12*int(math.Ceil(*k.Age.Min)))))
 		}
 		if k.Age.Max != nil {
-			ps = append(ps, new(frag).w("p.birth_mi >= ").arg(int64(c.idxMI-12*(int(math.Floor(*k.Age.Max))+1)+1)))
+			ps = append(ps, new(frag).w("p.birth_mi >= ").arg(int64(atMI-12*(int(math.Floor(*k.Age.Max))+1)+1)))
 		}
 		return known(join(ps, " AND "), k.Unknown)
 	case k.Sex != nil:

@@ -137,9 +137,12 @@ func (o *oracle) inWindow(w *Window, p *oPatient, d time.Time) bool {
 		idx, _ := parseDate(o.q.IndexDate)
 		lo, hi = idx.AddDate(0, 0, -before), idx.AddDate(0, 0, after)
 	default:
-		first, ok := o.first(o.ids[w.RelativeTo], p)
+		first, last, ok := o.dates(o.ids[w.RelativeTo], p)
 		if !ok {
 			return false
+		}
+		if w.Anchor == "last" {
+			first = last
 		}
 		lo, hi = first.AddDate(0, 0, -before), first.AddDate(0, 0, after)
 	}
@@ -148,7 +151,13 @@ func (o *oracle) inWindow(w *Window, p *oPatient, d time.Time) bool {
 
 // first is the first matching date of an event criterion the patient meets.
 func (o *oracle) first(e *Event, p *oPatient) (time.Time, bool) {
-	var first time.Time
+	first, _, ok := o.dates(e, p)
+	return first, ok
+}
+
+// dates are the first and last matching dates of an event criterion, and
+// whether the patient meets it (between min_count and max_count rows).
+func (o *oracle) dates(e *Event, p *oPatient) (first, last time.Time, ok bool) {
 	n := 0
 	for _, r := range p.events[o.tables[e]] {
 		d := r["event_date"].(time.Time)
@@ -156,10 +165,13 @@ func (o *oracle) first(e *Event, p *oPatient) (time.Time, bool) {
 			if n == 0 || d.Before(first) {
 				first = d
 			}
+			if n == 0 || d.After(last) {
+				last = d
+			}
 			n++
 		}
 	}
-	return first, n >= max(e.MinCount, 1)
+	return first, last, n >= max(e.MinCount, 1) && (e.MaxCount == 0 || n <= e.MaxCount)
 }
 
 func (o *oracle) birthMI(p *oPatient) (int, bool) {
@@ -215,12 +227,21 @@ func (o *oracle) eval(c *Criterion, p *oPatient) tri {
 	case c.Not != nil:
 		return [...]tri{tru, fls, unk}[o.eval(c.Not, p)]
 	case c.Age != nil:
+		at, _ := parseDate(o.q.IndexDate)
+		if e, ok := o.ids[c.AgeAt]; ok {
+			first, met := o.first(e, p)
+			if !met {
+				return fls // no event, no age at it
+			}
+			at = first
+		} else if c.AgeAt != "" && c.AgeAt != "index" {
+			at, _ = parseDate(c.AgeAt)
+		}
 		bmi, ok := o.birthMI(p)
 		if !ok {
 			return unknown
 		}
-		idx, _ := parseDate(o.q.IndexDate)
-		age := (idx.Year()*12 + int(idx.Month()) - 1 - bmi) / 12
+		age := (at.Year()*12 + int(at.Month()) - 1 - bmi) / 12
 		if c.Age.Min != nil && float64(age) < *c.Age.Min || c.Age.Max != nil && float64(age) > *c.Age.Max {
 			return fls
 		}
@@ -380,6 +401,15 @@ var groundTruthQueries = map[string]string{
 	"registered ten years with gaps": `{"dataset": "gp", "index_date": "2020-01-01", "criteria": {"all": [
 		{"registered": {"days_before": 3650, "gap_days": 60}}, {"not": {"registered": {"days_before": 3650}}}]},
 		"measures": [{"kind": "count"}], "epsilon": 1}`,
+	"exactly, strictly before, from the last": `{"dataset": "gp", "index_date": "2024-01-01", "criteria": {"all": [
+		{"encounter": {"id": "gp", "types": ["gp"], "min_count": 2, "max_count": 4, "window": {"relative_to": "index", "days_before": 730, "days_after": -1}}},
+		{"observation": {"codes": {"snomed": ["999791000000106"]}, "window": {"relative_to": "gp", "anchor": "last", "days_before": 180, "days_after": -1}}}]},
+		"measures": [{"kind": "count", "by": ["age_band"]}], "epsilon": 1}`,
+	"age at an event and a date": `{"dataset": "gp", "criteria": {"all": [
+		{"condition": {"id": "t2d", "codes": {"snomed": ["44054006"]}}},
+		{"age": {"min": 50, "max": 69}, "age_at": "t2d"},
+		{"not": {"age": {"max": 29}, "age_at": "2000-06-30", "unknown": "match"}}]},
+		"measures": [{"kind": "count", "by": ["sex"]}], "epsilon": 1}`,
 	"procedures and immunisations": `{"dataset": "gp", "index_date": "2024-01-01", "criteria": {"any": [
 		{"procedure": {"codes": {"opcs4": ["K40", "W37.1", "H01"]}}},
 		{"immunisation": {"codes": {"snomed": ["836377006"]}, "min_count": 2, "window": {"relative_to": "index", "days_before": 1825}}}]},

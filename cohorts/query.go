@@ -85,7 +85,11 @@ type Criterion struct {
 	// than GapDays over the DaysBefore days up to the index date.
 	Registered *Registered `json:"registered,omitempty"`
 
-	Age            *Range   `json:"age,omitempty"`
+	Age *Range `json:"age,omitempty"`
+	// AgeAt is where an age criterion takes the age: "index" (the
+	// default), a date (YYYY-MM-DD), or the id of an event criterion (its
+	// first matching date; a patient without it does not match).
+	AgeAt          string   `json:"age_at,omitempty"`
 	Sex            []string `json:"sex,omitempty"`
 	Region         []string `json:"region,omitempty"`
 	District       []string `json:"district,omitempty"`
@@ -148,7 +152,10 @@ type Event struct {
 	Value    *Range   `json:"value,omitempty"`
 	Unit     string   `json:"unit,omitempty"`
 	MinCount int      `json:"min_count,omitempty"`
-	Window   *Window  `json:"window,omitempty"`
+	// MaxCount, when set, bounds the matching rows from above: min_count
+	// equal to max_count asks for exactly that many.
+	MaxCount int     `json:"max_count,omitempty"`
+	Window   *Window `json:"window,omitempty"`
 }
 
 // Codes is a code list: exact SNOMED CT and dm+d concept ids, ICD-10 codes
@@ -179,6 +186,9 @@ type Window struct {
 	From       string `json:"from,omitempty"`
 	To         string `json:"to,omitempty"`
 	RelativeTo string `json:"relative_to,omitempty"`
+	// Anchor is which date of the criterion RelativeTo names the window
+	// is taken from: its first matching date (the default) or its last.
+	Anchor     string `json:"anchor,omitempty"`
 	DaysBefore *int   `json:"days_before,omitempty"`
 	DaysAfter  *int   `json:"days_after,omitempty"`
 }
@@ -339,6 +349,7 @@ type validator struct {
 	ids    map[string]*Event
 	nodes  int
 	events []*Event
+	ageAt  []string // event ids ages are taken at
 }
 
 // Validate checks every field against the language's allow-lists and
@@ -440,6 +451,9 @@ func (v *validator) criterion(c *Criterion, at string, depth int) error {
 	count(c.District != nil)
 	count(c.EthnicityGroup != nil)
 	count(c.AliveAt != "")
+	if c.AgeAt != "" && c.Age == nil {
+		return bad("%s.age_at goes with age", at)
+	}
 	if c.Unknown != "" {
 		attr := c.Age != nil || c.Sex != nil || c.Region != nil || c.District != nil || c.EthnicityGroup != nil
 		if !attr {
@@ -490,8 +504,17 @@ func (v *validator) criterion(c *Criterion, at string, depth int) error {
 			return bad("%s.registered: days_before from 0 to 36600, gap_days from 0 to 3660", at)
 		}
 	case c.Age != nil:
-		if v.q.IndexDate == "" {
-			return bad("%s.age: ages are taken at the index date; set index_date", at)
+		switch {
+		case c.AgeAt == "" || c.AgeAt == "index":
+			if v.q.IndexDate == "" {
+				return bad("%s.age: ages are taken at the index date; set index_date (or age_at)", at)
+			}
+		case reID.MatchString(c.AgeAt):
+			v.ageAt = append(v.ageAt, c.AgeAt)
+		default:
+			if _, err := parseDate(c.AgeAt); err != nil {
+				return bad("%s.age_at: \"index\", a date or the id of an event criterion (%v)", at, err)
+			}
 		}
 		return checkRange(c.Age, at+".age", 0, 130)
 	case c.Sex != nil:
@@ -576,6 +599,9 @@ func (v *validator) event(e *Event, table, at string) error {
 	}
 	if e.MinCount < 0 || e.MinCount > 1000 {
 		return bad("%s.min_count: between 1 and 1000", at)
+	}
+	if e.MaxCount != 0 && (e.MaxCount < max(e.MinCount, 1) || e.MaxCount > 1000) {
+		return bad("%s.max_count: from min_count (1 by default) to 1000; for \"at most N, none included\" write not with min_count N+1", at)
 	}
 	if err := checkEventFilter(table, e.Codes, e.Types, e.Unit, at); err != nil {
 		return err
@@ -725,10 +751,28 @@ func (v *validator) window(w *Window, at string) error {
 	if w.DaysBefore == nil && w.DaysAfter == nil {
 		return bad("%s: give days_before, days_after or both", at)
 	}
-	for _, d := range []*int{w.DaysBefore, w.DaysAfter} {
-		if d != nil && (*d < 0 || *d > 36500) {
-			return bad("%s: days_before and days_after lie between 0 and 36500", at)
+	var before, after int
+	for _, d := range []struct {
+		p *int
+		v *int
+	}{{w.DaysBefore, &before}, {w.DaysAfter, &after}} {
+		if d.p != nil {
+			if *d.p < -36500 || *d.p > 36500 {
+				return bad("%s: days_before and days_after lie between -36500 and 36500", at)
+			}
+			*d.v = *d.p
 		}
+	}
+	if -before > after {
+		return bad("%s: the window is empty (it runs from days_before before the anchor to days_after after it; a negative value moves that end across the anchor)", at)
+	}
+	switch w.Anchor {
+	case "", "first", "last":
+		if w.Anchor != "" && (w.RelativeTo == "index" || w.RelativeTo == "") {
+			return bad("%s.anchor: first or last date of the criterion relative_to names; the index date has one", at)
+		}
+	default:
+		return bad("%s.anchor: first (the default) or last", at)
 	}
 	return nil
 }
@@ -736,6 +780,11 @@ func (v *validator) window(w *Window, at string) error {
 // windows checks, once every id is known, that relative windows name an
 // event criterion and form no cycle.
 func (v *validator) windows() error {
+	for _, id := range v.ageAt {
+		if _, ok := v.ids[id]; !ok {
+			return bad("age_at: no event criterion has id %q", clip(id))
+		}
+	}
 	next := func(e *Event) string {
 		if e.Window == nil || e.Window.RelativeTo == "" || e.Window.RelativeTo == "index" {
 			return ""
