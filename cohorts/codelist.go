@@ -334,6 +334,14 @@ func resolveCodelists(q *Query, store *Codelists) ([]CodelistUse, error) {
 		return nil, err
 	}
 	for i := range q.Measures {
+		if err := walk(q.Measures[i].Denominator, fmt.Sprintf("measures[%d].denominator", i)); err != nil {
+			return nil, err
+		}
+		if err := walk(q.Measures[i].Numerator, fmt.Sprintf("measures[%d].numerator", i)); err != nil {
+			return nil, err
+		}
+	}
+	for i := range q.Measures {
 		if x := q.Measures[i].Of; x != nil {
 			table := x.Table
 			if x.Kind == ValueObservation {

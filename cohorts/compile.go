@@ -23,6 +23,75 @@ type Plan struct {
 	// month as year*12+month-1. Both map raw keys to public domains.
 	ids   map[string]*Event
 	idxMI int
+	// rates holds, for each rate measure, a plan per interval.
+	rates map[int][]ratePeriod
+}
+
+// A ratePeriod is one interval of a rate: the plans of its denominator and
+// numerator, each one count (by the rate's keys) with the interval's
+// start as the index date.
+type ratePeriod struct {
+	from, to time.Time
+	den, num *Plan
+}
+
+// compileRate compiles a rate as two counts per interval: the cohort's
+// criteria and the denominator, then those and the numerator, each with
+// the interval's start as the index date and windows relative to the
+// interval made its dates.
+func compileRate(q *Query, m *Measure, seed int64) ([]ratePeriod, error) {
+	var out []ratePeriod
+	for _, iv := range m.Intervals.periods() {
+		from, to := iv[0].Format(time.DateOnly), iv[1].Format(time.DateOnly)
+		sub := func(extra ...*Criterion) (*Plan, error) {
+			var all []*Criterion
+			for _, k := range append([]*Criterion{q.Criteria}, extra...) {
+				if k != nil {
+					all = append(all, inInterval(k, from, to))
+				}
+			}
+			pq := &Query{Dataset: q.Dataset, Version: q.Version, IndexDate: from, Population: q.Population,
+				Measures: []Measure{{Kind: KindCount, By: m.By}}, Epsilon: q.Epsilon}
+			if len(all) > 0 {
+				pq.Criteria = &Criterion{All: all}
+			}
+			return Compile(pq, seed)
+		}
+		den, err := sub(m.Denominator)
+		if err != nil {
+			return nil, err
+		}
+		num, err := sub(m.Denominator, m.Numerator)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ratePeriod{from: iv[0], to: iv[1], den: den, num: num})
+	}
+	return out, nil
+}
+
+// inInterval copies a criterion with every window relative to "interval"
+// made the dates from and to; the rest is shared, not copied.
+func inInterval(k *Criterion, from, to string) *Criterion {
+	c := *k
+	c.All, c.Any = nil, nil
+	for _, x := range k.All {
+		c.All = append(c.All, inInterval(x, from, to))
+	}
+	for _, x := range k.Any {
+		c.Any = append(c.Any, inInterval(x, from, to))
+	}
+	if k.Not != nil {
+		c.Not = inInterval(k.Not, from, to)
+	}
+	for _, e := range []**Event{&c.Condition, &c.Medication, &c.Observation, &c.Encounter, &c.Procedure, &c.Immunisation} {
+		if *e != nil && (*e).Window != nil && (*e).Window.RelativeTo == "interval" {
+			ev := **e
+			ev.Window = &Window{From: from, To: to}
+			*e = &ev
+		}
+	}
+	return &c
 }
 
 // frag is a piece of SQL with the arguments of its placeholders, in order.
@@ -103,6 +172,18 @@ func Compile(q *Query, seed int64) (*Plan, error) {
 	cohort.w(")")
 	p := &Plan{Query: q, ids: c.byID, idxMI: c.idxMI}
 	for i := range q.Measures {
+		if m := &q.Measures[i]; m.Kind == KindRate {
+			periods, err := compileRate(q, m, seed)
+			if err != nil {
+				return nil, err
+			}
+			if p.rates == nil {
+				p.rates = map[int][]ratePeriod{}
+			}
+			p.rates[i] = periods
+			p.Measures = append(p.Measures, Statement{}) // run per period
+			continue
+		}
 		body := c.measure(&q.Measures[i])
 		var f frag
 		f.w("WITH ")

@@ -120,6 +120,9 @@ func FuzzQuery(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(`{"dataset": "gp", "criteria": {"condition": {"codes": {"codelist": "test/t2d@1", "icd10": ["E11"]}}}, "measures": [{"kind": "count"}], "epsilon": 1}`)
+	f.Add(`{"dataset": "gp", "measures": [{"kind": "rate", "by": ["sex"], "denominator": {"registered": {"days_before": 365}},
+		"numerator": {"observation": {"codes": {"snomed": ["999791000000106"]}, "window": {"relative_to": "interval"}}},
+		"intervals": {"every": "month", "from": "2023-01-01", "to": "2023-06-30"}}], "epsilon": 1}`)
 	f.Fuzz(func(t *testing.T, s string) {
 		q, err := ParseQuery(strings.NewReader(s))
 		if err != nil {
@@ -139,5 +142,11 @@ func FuzzQuery(f *testing.F) {
 			t.Fatal(err)
 		}
 		checkNoLiterals(t, p)
+		for _, periods := range p.rates {
+			for _, rp := range periods {
+				checkNoLiterals(t, rp.den)
+				checkNoLiterals(t, rp.num)
+			}
+		}
 	})
 }

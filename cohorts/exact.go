@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // exact is what the engine computed for one measure before any noise. It
@@ -21,6 +22,15 @@ type exact struct {
 	sum float64
 	// hist is the clamped values and how many patients have each.
 	hist []valueCount
+	// rate holds a rate's denominator and numerator per interval.
+	rate []ratePeriodExact
+}
+
+// ratePeriodExact is one interval of a rate before noise: the
+// denominator's and the numerator's counts (cells, with By).
+type ratePeriodExact struct {
+	from, to time.Time
+	den, num exact
 }
 
 type codeCount struct {
@@ -38,6 +48,20 @@ type valueCount struct {
 func (e *Engine) exact(ctx context.Context, p *Plan) ([]exact, error) {
 	out := make([]exact, len(p.Measures))
 	for i, st := range p.Measures {
+		if periods, ok := p.rates[i]; ok {
+			for _, rp := range periods {
+				den, err := e.exact(ctx, rp.den)
+				if err != nil {
+					return nil, err
+				}
+				num, err := e.exact(ctx, rp.num)
+				if err != nil {
+					return nil, err
+				}
+				out[i].rate = append(out[i].rate, ratePeriodExact{from: rp.from, to: rp.to, den: den[0], num: num[0]})
+			}
+			continue
+		}
 		rows, err := e.rows(ctx, st)
 		if err != nil {
 			return nil, fmt.Errorf("run measure %d: %w", i, err)

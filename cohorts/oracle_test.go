@@ -31,6 +31,9 @@ type oPatient struct {
 }
 
 type oracle struct {
+	// interval, when set, is the interval a rate's windows relative to
+	// "interval" take.
+	interval [2]time.Time
 	q        *Query
 	patients []*oPatient
 	ids      map[string]*Event
@@ -78,6 +81,10 @@ func newOracle(t *testing.T, l *catalog.Lake, q *Query) *oracle {
 		}
 	}
 	walk(q.Criteria)
+	for i := range q.Measures {
+		walk(q.Measures[i].Denominator)
+		walk(q.Measures[i].Numerator)
+	}
 	return o
 }
 
@@ -136,6 +143,8 @@ func (o *oracle) inWindow(w *Window, p *oPatient, d time.Time) bool {
 	case "index":
 		idx, _ := parseDate(o.q.IndexDate)
 		lo, hi = idx.AddDate(0, 0, -before), idx.AddDate(0, 0, after)
+	case "interval":
+		lo, hi = o.interval[0], o.interval[1]
 	default:
 		first, last, ok := o.dates(o.ids[w.RelativeTo], p)
 		if !ok {
@@ -663,5 +672,61 @@ func TestByCodePicksPerPatient(t *testing.T) {
 	}
 	if checked < 3 {
 		t.Fatalf("only %d codes with 100 patients: the test checks too little", checked)
+	}
+}
+
+// A rate's denominator and numerator, interval by interval and cell by
+// cell, are the patients the oracle selects with the interval's start as
+// the index date and windows relative to the interval taken as it.
+func TestRateGroundTruth(t *testing.T) {
+	s := newService(t)
+	q := mustParse(t, `{"dataset": "gp", "criteria": {"condition": {"codes": {"snomed": ["44054006"]}}},
+		"measures": [{"kind": "rate", "by": ["sex"],
+		  "denominator": {"all": [{"registered": {"days_before": 365}}, {"age": {"min": 40}}]},
+		  "numerator": {"observation": {"codes": {"snomed": ["999791000000106"]}, "window": {"relative_to": "interval"}}},
+		  "intervals": {"every": "quarter", "from": "2022-01-01", "to": "2023-12-31"}}],
+		"epsilon": 1}`)
+	xs := exactOf(t, s, q)
+	m := q.Measures[0]
+	if len(xs[0].rate) != 8 {
+		t.Fatalf("%d intervals, want 8 quarters", len(xs[0].rate))
+	}
+	l := lake(t)
+	base := newOracle(t, l, q)
+	var nums int64
+	for _, rp := range xs[0].rate {
+		// An oracle per interval, over the same patients.
+		iq := &Query{Dataset: "gp", IndexDate: rp.from.Format(time.DateOnly),
+			Criteria: &Criterion{All: []*Criterion{q.Criteria, m.Denominator}}}
+		o := *base
+		o.q, o.interval = iq, [2]time.Time{rp.from, rp.to}
+		den := o.cohort()
+		var num []*oPatient
+		for _, p := range den {
+			if o.eval(m.Numerator, p) == tru {
+				num = append(num, p)
+			}
+		}
+		for side, c := range map[string]struct {
+			got  exact
+			want []*oPatient
+		}{"denominator": {rp.den, den}, "numerator": {rp.num, num}} {
+			want := map[string]int64{}
+			for _, p := range c.want {
+				want[orUnknown(p.row["sex"], Sexes[:3])]++
+			}
+			for j, k := range c.got.cellKeys {
+				if c.got.cells[j] != want[k[0]] {
+					t.Errorf("%s %s, %s: %d, want %d", rp.from.Format(time.DateOnly), side, k[0], c.got.cells[j], want[k[0]])
+				}
+			}
+		}
+		nums += int64(len(num))
+		if rp.to.Sub(rp.from) < 80*24*time.Hour || len(den) == 0 {
+			t.Errorf("interval %s to %s, %d in the denominator", rp.from, rp.to, len(den))
+		}
+	}
+	if nums == 0 {
+		t.Error("no numerator in any interval: the test checks too little")
 	}
 }

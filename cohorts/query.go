@@ -199,6 +199,7 @@ const (
 	KindSum       = "sum"
 	KindMean      = "mean"
 	KindQuantiles = "quantiles"
+	KindRate      = "rate"
 )
 
 // A Measure is one released statistic of the cohort.
@@ -221,6 +222,42 @@ type Measure struct {
 	Lower *float64  `json:"lower,omitempty"`
 	Upper *float64  `json:"upper,omitempty"`
 	Ranks []float64 `json:"ranks,omitempty"`
+
+	// A rate (a measure over time, as ehrQL's Measures): for each
+	// interval, the patients of the cohort who meet Denominator (all, when
+	// left out) with the interval's start as the index date, and of those
+	// the ones who meet Numerator. Windows inside them may be relative to
+	// "interval": from its first day to its last.
+	Numerator   *Criterion `json:"numerator,omitempty"`
+	Denominator *Criterion `json:"denominator,omitempty"`
+	Intervals   *Intervals `json:"intervals,omitempty"`
+}
+
+// Intervals are consecutive periods of a month, a quarter or a year from
+// From, the last ending at To.
+type Intervals struct {
+	Every string `json:"every"`
+	From  string `json:"from"`
+	To    string `json:"to"`
+}
+
+// MaxIntervals bounds a rate's intervals (ten years of months).
+const MaxIntervals = 120
+
+// periods returns the intervals' first and last days.
+func (iv *Intervals) periods() [][2]time.Time {
+	from, _ := parseDate(iv.From)
+	to, _ := parseDate(iv.To)
+	months := map[string]int{"month": 1, "quarter": 3, "year": 12}[iv.Every]
+	var out [][2]time.Time
+	for s := from; !s.After(to) && len(out) <= MaxIntervals; s = s.AddDate(0, months, 0) {
+		e := s.AddDate(0, months, -1)
+		if e.After(to) {
+			e = to
+		}
+		out = append(out, [2]time.Time{s, e})
+	}
+	return out
 }
 
 // Value kinds.
@@ -350,6 +387,7 @@ type validator struct {
 	nodes  int
 	events []*Event
 	ageAt  []string // event ids ages are taken at
+	rate   bool     // within a rate's numerator or denominator
 }
 
 // Validate checks every field against the language's allow-lists and
@@ -497,7 +535,7 @@ func (v *validator) criterion(c *Criterion, at string, depth int) error {
 	case c.Immunisation != nil:
 		return v.event(c.Immunisation, "immunizations", at+".immunisation")
 	case c.Registered != nil:
-		if v.q.IndexDate == "" {
+		if v.q.IndexDate == "" && !v.rate {
 			return bad("%s.registered: registration is taken up to the index date; set index_date", at)
 		}
 		if c.Registered.DaysBefore < 0 || c.Registered.DaysBefore > 36600 || c.Registered.GapDays < 0 || c.Registered.GapDays > 3660 {
@@ -506,7 +544,7 @@ func (v *validator) criterion(c *Criterion, at string, depth int) error {
 	case c.Age != nil:
 		switch {
 		case c.AgeAt == "" || c.AgeAt == "index":
-			if v.q.IndexDate == "" {
+			if v.q.IndexDate == "" && !v.rate {
 				return bad("%s.age: ages are taken at the index date; set index_date (or age_at)", at)
 			}
 		case reID.MatchString(c.AgeAt):
@@ -534,7 +572,7 @@ func (v *validator) criterion(c *Criterion, at string, depth int) error {
 		return inDomain(c.EthnicityGroup, EthnicityGroups, at+".ethnicity_group")
 	case c.AliveAt != "":
 		if c.AliveAt == "index" {
-			if v.q.IndexDate == "" {
+			if v.q.IndexDate == "" && !v.rate {
 				return bad("%s.alive_at: \"index\" needs index_date", at)
 			}
 			return nil
@@ -745,8 +783,17 @@ func (v *validator) window(w *Window, at string) error {
 	if w.RelativeTo == "" {
 		return bad("%s.relative_to: \"index\" or the id of an event criterion", at)
 	}
-	if w.RelativeTo == "index" && v.q.IndexDate == "" {
+	if w.RelativeTo == "index" && v.q.IndexDate == "" && !v.rate {
 		return bad("%s.relative_to: \"index\" needs index_date", at)
+	}
+	if w.RelativeTo == "interval" {
+		if !v.rate {
+			return bad("%s.relative_to: \"interval\" is for a rate's numerator and denominator", at)
+		}
+		if w.DaysBefore != nil || w.DaysAfter != nil || w.Anchor != "" {
+			return bad("%s: a window relative to the interval is the interval: no days_before, days_after or anchor", at)
+		}
+		return nil
 	}
 	if w.DaysBefore == nil && w.DaysAfter == nil {
 		return bad("%s: give days_before, days_after or both", at)
@@ -878,8 +925,56 @@ func (v *validator) measure(m *Measure, at string) error {
 			return bad("%s.ranks: only quantiles take ranks", at)
 		}
 		return nil
+	case KindRate:
+		if m.Of != nil || m.Lower != nil || m.Upper != nil || m.Ranks != nil || m.ByCode != "" || m.YearOf != "" || m.Window != nil || m.MaxPartitions != 0 {
+			return bad("%s: a rate takes numerator, denominator, intervals and by", at)
+		}
+		if m.Numerator == nil {
+			return bad("%s.numerator: say which patients of the denominator count, e.g. {\"observation\": {..., \"window\": {\"relative_to\": \"interval\"}}}", at)
+		}
+		iv := m.Intervals
+		if iv == nil || !slices.Contains([]string{"month", "quarter", "year"}, iv.Every) {
+			return bad("%s.intervals: {\"every\": \"month\" (or quarter, year), \"from\": date, \"to\": date}", at)
+		}
+		from, err := parseDate(iv.From)
+		if err != nil {
+			return bad("%s.intervals.from: %v", at, err)
+		}
+		to, err := parseDate(iv.To)
+		if err != nil {
+			return bad("%s.intervals.to: %v", at, err)
+		}
+		if to.Before(from) {
+			return bad("%s.intervals: from %s is after to %s", at, iv.From, iv.To)
+		}
+		if n := len(iv.periods()); n > MaxIntervals {
+			return bad("%s.intervals: at most %d intervals", at, MaxIntervals)
+		}
+		for _, k := range m.By {
+			if k == "year" {
+				return bad("%s.by: a rate is already by interval; year is not a key of it", at)
+			}
+		}
+		cells := len(iv.periods())
+		for _, k := range m.By {
+			cells *= len(publicKeys[k]) + 1
+		}
+		if cells > MaxCells {
+			return bad("%s: %d interval cells is more than %d", at, cells, MaxCells)
+		}
+		v.rate = true
+		defer func() { v.rate = false }()
+		if m.Denominator != nil {
+			if err := v.criterion(m.Denominator, at+".denominator", 1); err != nil {
+				return err
+			}
+		}
+		if err := v.criterion(m.Numerator, at+".numerator", 1); err != nil {
+			return err
+		}
+		return v.by(m, at)
 	}
-	return bad("%s.kind: count, sum, mean or quantiles", at)
+	return bad("%s.kind: count, sum, mean, quantiles or rate", at)
 }
 
 func (v *validator) by(m *Measure, at string) error {

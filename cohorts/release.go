@@ -51,6 +51,8 @@ type Result struct {
 	// PartitionsReleased is how many codes of a by_code breakdown passed
 	// DP partition selection.
 	PartitionsReleased *int `json:"partitions_released,omitempty"`
+	// Intervals hold a rate, interval by interval.
+	Intervals []RateInterval `json:"intervals,omitempty"`
 }
 
 // A Cell is one key of a breakdown.
@@ -174,6 +176,11 @@ func release(q *Query, xs []exact, granted *governance.ReleaseRules) (*Answer, e
 				}
 				r.Quantiles = qs
 			}
+		case m.Kind == KindRate:
+			var err error
+			if r.Intervals, err = releaseRate(m, x, eps, rules); err != nil {
+				return nil, err
+			}
 		case m.Kind == KindMean:
 			v, lo, hi, n, err := noisyMean(*m.Lower, *m.Upper, x, eps)
 			if err != nil {
@@ -219,6 +226,77 @@ func releaseCount(roundTo int, n int64, eps float64, threshold int64) (v, lo, hi
 	}
 	v, lo, hi = roundCount(roundTo, float64(nv), l, h)
 	return v, lo, hi, false, nil
+}
+
+// A RateInterval is one interval of a rate, cell by cell.
+type RateInterval struct {
+	From  string     `json:"from"`
+	To    string     `json:"to"`
+	Cells []RateCell `json:"cells"`
+}
+
+// A RateCell is a rate's numerator and denominator (noisy counts, rounded
+// as counts are) and their ratio with its 95% interval; all nil when
+// suppressed.
+type RateCell struct {
+	Key         map[string]string `json:"key,omitempty"`
+	Numerator   *float64          `json:"numerator"`
+	Denominator *float64          `json:"denominator"`
+	Value       *float64          `json:"value"`
+	CILow       *float64          `json:"ci_low"`
+	CIHigh      *float64          `json:"ci_high"`
+	Suppressed  bool              `json:"suppressed"`
+}
+
+// releaseRate releases a rate: a patient is in one cell of every
+// interval's denominator and numerator, so the measure's ε is split
+// equally among the intervals (sequential composition) and each
+// interval's half between its numerator and denominator; the cells of an
+// interval are disjoint (parallel composition). A cell whose noisy
+// numerator or denominator is under the suppression threshold is
+// suppressed. The ratio's interval is meanInterval's, over the two counts'
+// noise.
+func releaseRate(m *Measure, x *exact, eps float64, rules *governance.ReleaseRules) ([]RateInterval, error) {
+	e := eps / float64(len(x.rate)) / 2
+	out := make([]RateInterval, 0, len(x.rate))
+	for _, rp := range x.rate {
+		iv := RateInterval{From: rp.from.Format(time.DateOnly), To: rp.to.Format(time.DateOnly)}
+		dens, nums, keys := []int64{rp.den.count}, []int64{rp.num.count}, [][]string{nil}
+		if len(m.By) > 0 {
+			dens, nums, keys = rp.den.cells, rp.num.cells, rp.den.cellKeys
+		}
+		for j := range dens {
+			cell := RateCell{}
+			if keys[j] != nil {
+				cell.Key = map[string]string{}
+				for k, key := range m.By {
+					cell.Key[key] = keys[j][k]
+				}
+			}
+			dn, _, _, err := noisyCount(dens[j], e)
+			if err != nil {
+				return nil, err
+			}
+			nn, _, _, err := noisyCount(nums[j], e)
+			if err != nil {
+				return nil, err
+			}
+			if dn < int64(rules.SuppressBelow) || nn < int64(rules.SuppressBelow) {
+				cell.Suppressed = true
+				iv.Cells = append(iv.Cells, cell)
+				continue
+			}
+			v := math.Min(float64(nn)/float64(dn), 1)
+			lo, hi := meanInterval(float64(nn), dn, 1/e, 1/e)
+			lo, hi = math.Max(lo, 0), math.Min(hi, 1)
+			cell.Value, cell.CILow, cell.CIHigh = &v, &lo, &hi
+			cell.Numerator, _, _ = roundCount(rules.RoundTo, float64(nn), 0, 0)
+			cell.Denominator, _, _ = roundCount(rules.RoundTo, float64(dn), 0, 0)
+			iv.Cells = append(iv.Cells, cell)
+		}
+		out = append(out, iv)
+	}
+	return out, nil
 }
 
 // roundCount rounds a released count to a multiple of to (1: none): the

@@ -289,3 +289,45 @@ func TestReleaseRules(t *testing.T) {
 		t.Fatalf("no rules: %+v %+v %v", old.Measures[0], old.Rules, err)
 	}
 }
+
+// A rate's 95% intervals cover the exact ratio 93-97% of the time, and its
+// ε is spread over the intervals: with 12 intervals each numerator and
+// denominator gets ε/24.
+func TestRateCoverage(t *testing.T) {
+	const trials, periods = 300, 12
+	m := &Measure{Kind: KindRate}
+	x := &exact{}
+	for range periods {
+		x.rate = append(x.rate, ratePeriodExact{den: exact{count: 2000}, num: exact{count: 600}})
+	}
+	rules := &governance.ReleaseRules{SuppressBelow: 10, RoundTo: 1}
+	covered, total := 0, 0
+	var sq float64
+	for range trials {
+		ivs, err := releaseRate(m, x, 6, rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, iv := range ivs {
+			c := iv.Cells[0]
+			if c.Suppressed {
+				t.Fatal("a cell of 600/2000 suppressed")
+			}
+			total++
+			if *c.CILow <= 0.3 && 0.3 <= *c.CIHigh {
+				covered++
+			}
+			sq += (*c.Denominator - 2000) * (*c.Denominator - 2000)
+		}
+	}
+	share := float64(covered) / float64(total)
+	// Each count's noise has scale 1/(6/12/2) = 4: variance 2·16 = 32.
+	variance := sq / float64(total)
+	t.Logf("coverage %.1f%% of %d; denominator noise variance %.1f (Laplace scale 4: 32)", 100*share, total, variance)
+	if share < 0.93 || share > 0.97 {
+		t.Errorf("rate intervals covered the truth %.1f%% of the time", 100*share)
+	}
+	if variance < 24 || variance > 40 {
+		t.Errorf("denominator noise variance %.1f, want about 32 (ε split over 12 intervals and two counts)", variance)
+	}
+}

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -271,5 +273,52 @@ func TestEmptiedLedgerKeepsTheSpend(t *testing.T) {
 	}
 	if b, _ := s.Budget("study"); b.EpsilonSpentU != 950_000 {
 		t.Fatalf("spent %d units after a charge of 0.05, want 950000", b.EpsilonSpentU)
+	}
+}
+
+// A rate is answered interval by interval and cell by cell for one charge
+// (docs/examples/hba1c-quarterly.json, on the test dataset).
+func TestRateQuery(t *testing.T) {
+	s := newService(t)
+	project(t, s, "p", 10, 1e-5)
+	rules := governance.DefaultRules
+	s.projects.(*grants).m["p"].Rules = &rules // counts rounded to 5
+	b, err := os.ReadFile(filepath.Join("..", "docs", "examples", "hba1c-quarterly.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := mustParse(t, strings.Replace(string(b), `"demo"`, `"gp"`, 1))
+	q.Epsilon = 4
+	a, err := s.Query(t.Context(), "p", q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ivs := a.Measures[0].Intervals
+	if len(ivs) != 4 || ivs[0].From != "2023-01-01" || ivs[3].To != "2023-12-31" {
+		t.Fatalf("intervals %+v", ivs)
+	}
+	released := 0
+	for _, iv := range ivs {
+		if len(iv.Cells) != len(Sexes[:3])+1 {
+			t.Fatalf("%s: %d cells", iv.From, len(iv.Cells))
+		}
+		for _, c := range iv.Cells {
+			if c.Suppressed {
+				if c.Value != nil || c.Numerator != nil {
+					t.Errorf("a suppressed cell holds figures: %+v", c)
+				}
+				continue
+			}
+			released++
+			if *c.Value < 0 || *c.Value > 1 || *c.CILow > *c.Value || *c.CIHigh < *c.Value || math.Mod(*c.Numerator, 5) != 0 {
+				t.Errorf("%s %v: %v of %v, rate %v [%v, %v]", iv.From, c.Key, *c.Numerator, *c.Denominator, *c.Value, *c.CILow, *c.CIHigh)
+			}
+		}
+	}
+	if released == 0 {
+		t.Error("every cell suppressed: the test checks too little")
+	}
+	if spent, _, _ := s.Spent("p"); spent != units(4, EpsilonUnit) {
+		t.Errorf("spent %d units for one rate, want ε 4", spent)
 	}
 }

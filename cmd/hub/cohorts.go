@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -337,6 +338,22 @@ func printAnswer(w io.Writer, a *cohorts.Answer) {
 		fmt.Fprintf(w, "\n%s, ε %.4g\n", title, m.Epsilon)
 		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
 		switch {
+		case m.Intervals != nil:
+			fmt.Fprintln(tw, "from\tto\t"+strings.Join(append(slices.Clone(m.By), ""), "\t")+"numerator\tdenominator\trate\t95% interval\t")
+			for _, iv := range m.Intervals {
+				for _, cell := range iv.Cells {
+					var ks []string
+					for _, k := range m.By {
+						ks = append(ks, cell.Key[k]+"\t")
+					}
+					if cell.Suppressed {
+						fmt.Fprintf(tw, "%s\t%s\t%ssuppressed\t\t\t\t\n", iv.From, iv.To, strings.Join(ks, ""))
+						continue
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s%s\t%s\t%.3f\t%.3f – %.3f\t\n", iv.From, iv.To, strings.Join(ks, ""),
+						num(cell.Numerator), num(cell.Denominator), *cell.Value, *cell.CILow, *cell.CIHigh)
+				}
+			}
 		case len(m.Quantiles) > 0:
 			fmt.Fprintln(tw, "rank\tvalue\t")
 			for _, q := range m.Quantiles {
