@@ -333,6 +333,11 @@ func resolveCodelists(q *Query, store *Codelists) ([]CodelistUse, error) {
 	if err := walk(q.Criteria, "criteria"); err != nil {
 		return nil, err
 	}
+	for i := range q.Cohorts {
+		if err := walk(q.Cohorts[i].Criteria, fmt.Sprintf("cohorts[%d].criteria", i)); err != nil {
+			return nil, err
+		}
+	}
 	for i := range q.Measures {
 		if err := walk(q.Measures[i].Denominator, fmt.Sprintf("measures[%d].denominator", i)); err != nil {
 			return nil, err

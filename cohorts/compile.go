@@ -25,6 +25,28 @@ type Plan struct {
 	idxMI int
 	// rates holds, for each rate measure, a plan per interval.
 	rates map[int][]ratePeriod
+	// cohorts holds a plan per cohort of a query with several.
+	cohorts []*Plan
+}
+
+// perCohort returns a query with several cohorts as one query a cohort: its
+// criteria and the cohort's, the measures and index date the same, the
+// ε and δ shared equally (a patient may be in every cohort: sequential
+// composition).
+func (q *Query) perCohort() []*Query {
+	var out []*Query
+	n := float64(len(q.Cohorts))
+	for _, c := range q.Cohorts {
+		qc := *q
+		qc.Cohorts = nil
+		qc.Criteria = c.Criteria
+		if q.Criteria != nil {
+			qc.Criteria = &Criterion{All: []*Criterion{q.Criteria, c.Criteria}}
+		}
+		qc.Epsilon, qc.Delta = q.Epsilon/n, q.Delta/n
+		out = append(out, &qc)
+	}
+	return out
 }
 
 // A ratePeriod is one interval of a rate: the plans of its denominator and
@@ -148,6 +170,19 @@ func Compile(q *Query, seed int64) (*Plan, error) {
 	}
 	if _, err := resolveCodelists(q, nil); err != nil {
 		return nil, fmt.Errorf("compile: a code list was not looked up: %w", err)
+	}
+	if len(q.Cohorts) > 0 {
+		// Each cohort is a query of its own, its measures run in turn.
+		p := &Plan{Query: q}
+		for _, qc := range q.perCohort() {
+			sub, err := Compile(qc, seed)
+			if err != nil {
+				return nil, err
+			}
+			p.cohorts = append(p.cohorts, sub)
+			p.Measures = append(p.Measures, sub.Measures...)
+		}
+		return p, nil
 	}
 	c := &compiler{q: q, seed: seed, cteOf: map[*Event]string{}, byID: map[string]*Event{}, tables: map[*Event]string{}}
 	if q.IndexDate != "" {

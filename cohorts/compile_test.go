@@ -120,6 +120,8 @@ func FuzzQuery(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(`{"dataset": "gp", "criteria": {"condition": {"codes": {"codelist": "test/t2d@1", "icd10": ["E11"]}}}, "measures": [{"kind": "count"}], "epsilon": 1}`)
+	f.Add(`{"dataset": "gp", "cohorts": [{"name": "a", "criteria": {"sex": ["female"]}}, {"name": "b", "criteria": {"not": {"sex": ["female"]}}}],
+		"measures": [{"kind": "count"}], "epsilon": 1}`)
 	f.Add(`{"dataset": "gp", "measures": [{"kind": "rate", "by": ["sex"], "denominator": {"registered": {"days_before": 365}},
 		"numerator": {"observation": {"codes": {"snomed": ["999791000000106"]}, "window": {"relative_to": "interval"}}},
 		"intervals": {"every": "month", "from": "2023-01-01", "to": "2023-06-30"}}], "epsilon": 1}`)
@@ -142,10 +144,12 @@ func FuzzQuery(f *testing.F) {
 			t.Fatal(err)
 		}
 		checkNoLiterals(t, p)
-		for _, periods := range p.rates {
-			for _, rp := range periods {
-				checkNoLiterals(t, rp.den)
-				checkNoLiterals(t, rp.num)
+		for _, sub := range append([]*Plan{p}, p.cohorts...) {
+			for _, periods := range sub.rates {
+				for _, rp := range periods {
+					checkNoLiterals(t, rp.den)
+					checkNoLiterals(t, rp.num)
+				}
 			}
 		}
 	})

@@ -46,6 +46,17 @@ type valueCount struct {
 // exact runs a plan without noise. Only release may see its result; no
 // path from the HTTP API returns it.
 func (e *Engine) exact(ctx context.Context, p *Plan) ([]exact, error) {
+	if p.cohorts != nil {
+		var out []exact
+		for _, sub := range p.cohorts {
+			xs, err := e.exact(ctx, sub)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, xs...)
+		}
+		return out, nil
+	}
 	out := make([]exact, len(p.Measures))
 	for i, st := range p.Measures {
 		if periods, ok := p.rates[i]; ok {

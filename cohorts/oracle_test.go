@@ -81,6 +81,9 @@ func newOracle(t *testing.T, l *catalog.Lake, q *Query) *oracle {
 		}
 	}
 	walk(q.Criteria)
+	for _, c := range q.Cohorts {
+		walk(c.Criteria)
+	}
 	for i := range q.Measures {
 		walk(q.Measures[i].Denominator)
 		walk(q.Measures[i].Numerator)
@@ -728,5 +731,47 @@ func TestRateGroundTruth(t *testing.T) {
 	}
 	if nums == 0 {
 		t.Error("no numerator in any interval: the test checks too little")
+	}
+}
+
+// Cohorts side by side: each measure for each cohort is what the oracle
+// selects with the query's criteria and the cohort's; the ε is shared out
+// among cohorts and measures.
+func TestCohortsSideBySide(t *testing.T) {
+	s := newService(t)
+	q := mustParse(t, `{"dataset": "gp", "index_date": "2024-01-01", "criteria": {"age": {"min": 40}},
+		"cohorts": [{"name": "type 2 diabetes", "criteria": {"condition": {"id": "t2d", "codes": {"snomed": ["44054006"]}}}},
+		            {"name": "hypertension", "criteria": {"condition": {"codes": {"snomed": ["38341003"]}}}},
+		            {"name": "neither", "criteria": {"not": {"condition": {"codes": {"snomed": ["44054006", "38341003"]}}}}}],
+		"measures": [{"kind": "count"}, {"kind": "count", "by": ["sex"]}], "epsilon": 3}`)
+	xs := exactOf(t, s, q)
+	if len(xs) != 6 {
+		t.Fatalf("%d results, want 3 cohorts × 2 measures", len(xs))
+	}
+	var total int64
+	for i, qc := range q.perCohort() {
+		want := int64(len(newOracle(t, lake(t), qc).cohort()))
+		if got := xs[2*i].count; got != want || want == 0 {
+			t.Errorf("%s: %d patients, the oracle %d", q.Cohorts[i].Name, got, want)
+		}
+		var cells int64
+		for _, n := range xs[2*i+1].cells {
+			cells += n
+		}
+		if cells != want {
+			t.Errorf("%s: cells add to %d, want %d", q.Cohorts[i].Name, cells, want)
+		}
+		total += want
+	}
+	all := int64(len(newOracle(t, lake(t), mustParse(t, `{"dataset": "gp", "index_date": "2024-01-01", "criteria": {"age": {"min": 40}}, "measures": [{"kind": "count"}], "epsilon": 1}`)).cohort()))
+	if total <= all/2 {
+		t.Errorf("the cohorts hold %d of %d patients: the test checks too little", total, all)
+	}
+	a, err := release(q, xs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a.Measures) != 6 || a.Measures[0].Cohort != "type 2 diabetes" || a.Measures[5].Cohort != "neither" || a.Measures[3].Epsilon != 0.5 {
+		t.Errorf("released %d measures: %+v", len(a.Measures), a.Measures[0])
 	}
 }

@@ -55,7 +55,11 @@ type Query struct {
 	// dataset; the only one without an index date).
 	Population string     `json:"population,omitempty"`
 	Criteria   *Criterion `json:"criteria,omitempty"`
-	Measures   []Measure  `json:"measures"`
+	// Cohorts, when given, are several cohorts side by side (a "table 1"):
+	// every measure is released for each, among the patients who meet
+	// both Criteria and the cohort's own.
+	Cohorts  []NamedCohort `json:"cohorts,omitempty"`
+	Measures []Measure     `json:"measures"`
 	// Epsilon is the query's whole ε, split equally among its measures.
 	Epsilon float64 `json:"epsilon"`
 	// Delta is the query's whole δ, needed only by breakdowns by
@@ -132,6 +136,15 @@ func (q *Query) population() string {
 	}
 	return PopulationAll
 }
+
+// A NamedCohort is one of several cohorts a query compares.
+type NamedCohort struct {
+	Name     string     `json:"name"`
+	Criteria *Criterion `json:"criteria"`
+}
+
+// MaxCohorts bounds the cohorts of one query.
+const MaxCohorts = 8
 
 // Registered is an at-risk period: continuous GP registration over the
 // DaysBefore days up to and including the index date, breaks between
@@ -429,6 +442,23 @@ func (q *Query) Validate() error {
 	if q.Criteria != nil {
 		if err := v.criterion(q.Criteria, "criteria", 1); err != nil {
 			return err
+		}
+	}
+	if q.Cohorts != nil {
+		if len(q.Cohorts) < 2 || len(q.Cohorts) > MaxCohorts {
+			return bad("cohorts: 2 to %d cohorts side by side (one cohort is the criteria alone)", MaxCohorts)
+		}
+		for i, c := range q.Cohorts {
+			at := fmt.Sprintf("cohorts[%d]", i)
+			if !reName.MatchString(c.Name) {
+				return bad("%s.name: letters, digits, spaces, '_', '.', '-' (at most 64)", at)
+			}
+			if slices.IndexFunc(q.Cohorts, func(o NamedCohort) bool { return o.Name == c.Name }) != i {
+				return bad("%s.name: %q twice", at, c.Name)
+			}
+			if err := v.criterion(c.Criteria, at+".criteria", 1); err != nil {
+				return err
+			}
 		}
 	}
 	if err := v.windows(); err != nil {

@@ -37,8 +37,10 @@ type Answer struct {
 // A Result is one released measure. Value and the 95% interval are null
 // when Suppressed, and for breakdowns, whose values are in Cells.
 type Result struct {
-	Kind       string     `json:"kind"`
-	Name       string     `json:"name,omitempty"`
+	Kind string `json:"kind"`
+	Name string `json:"name,omitempty"`
+	// Cohort names the cohort of a query with several.
+	Cohort     string     `json:"cohort,omitempty"`
 	Epsilon    float64    `json:"epsilon"`
 	Delta      float64    `json:"delta,omitempty"`
 	Value      *float64   `json:"value"`
@@ -93,6 +95,25 @@ func split(q *Query) (eps, delta float64) {
 // max_partitions codes of a by_code breakdown, and one clamped value to a
 // sum, mean or quantile.
 func release(q *Query, xs []exact, granted *governance.ReleaseRules) (*Answer, error) {
+	if len(q.Cohorts) > 0 {
+		var a *Answer
+		nm := len(q.Measures)
+		for i, qc := range q.perCohort() {
+			sub, err := release(qc, xs[i*nm:(i+1)*nm], granted)
+			if err != nil {
+				return nil, err
+			}
+			for j := range sub.Measures {
+				sub.Measures[j].Cohort = q.Cohorts[i].Name
+			}
+			if a == nil {
+				a = sub
+			} else {
+				a.Measures = append(a.Measures, sub.Measures...)
+			}
+		}
+		return a, nil
+	}
 	eps, delta := split(q)
 	rules := applied(q, granted)
 	threshold := int64(rules.SuppressBelow)

@@ -335,6 +335,9 @@ func printAnswer(w io.Writer, a *cohorts.Answer) {
 		if m.Name != "" {
 			title = m.Name + " (" + m.Kind + ")"
 		}
+		if m.Cohort != "" {
+			title = m.Cohort + ": " + title
+		}
 		fmt.Fprintf(w, "\n%s, ε %.4g\n", title, m.Epsilon)
 		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
 		switch {
