@@ -3,6 +3,7 @@ package cohorts
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 )
@@ -152,14 +153,17 @@ func (f *frag) add(g *frag) *frag {
 // birth_mi is the month of birth as year*12+month-1 (July when the month
 // was generalised), so ages compare as integers.
 type compiler struct {
-	q      *Query
-	seed   int64
-	idx    time.Time
-	idxMI  int
-	ctes   []*frag
-	cteOf  map[*Event]string
-	byID   map[string]*Event
-	tables map[*Event]string
+	// negated counts the nots above the criterion being compiled: an
+	// unknown value matters (NULL is not FALSE) only under one.
+	negated int
+	q       *Query
+	seed    int64
+	idx     time.Time
+	idxMI   int
+	ctes    []*frag
+	cteOf   map[*Event]string
+	byID    map[string]*Event
+	tables  map[*Event]string
 }
 
 // Compile compiles a validated query. seed keys the per-patient choice of
@@ -195,7 +199,9 @@ func Compile(q *Query, seed int64) (*Plan, error) {
 	cohort := new(frag).w("cohort AS (SELECT p.* FROM patients p")
 	var where []*frag
 	if q.population() == PopulationAlive {
-		where = append(where, new(frag).w("(p.birth_mi IS NULL OR p.birth_mi <= ").arg(int64(c.idxMI)).w(")"),
+		// Unknown births count as born. The coalesce forms scan faster
+		// than IS NULL OR (6.5 against 8.2 ms over 1 M patients).
+		where = append(where, new(frag).w("coalesce(p.birth_mi, ").arg(int64(0)).w(") <= ").arg(int64(c.idxMI)),
 			c.alive(q.IndexDate))
 	}
 	if q.Criteria != nil {
@@ -302,11 +308,11 @@ func (c *compiler) filter(table string, codes *Codes, types []string, unit strin
 				continue
 			}
 			g := new(frag).w("(", t, ".code_system = ").arg(sys.name).w(" AND (")
-			for i, p := range sys.codes {
+			for i, p := range prefixForms(sys.codes) {
 				if i > 0 {
 					g.w(" OR ")
 				}
-				g.w("starts_with(replace(", t, ".code, ").arg(".").w(", ").arg("").w("), ").arg(strings.ReplaceAll(p, ".", "")).w(")")
+				g.w("starts_with(", t, ".code, ").arg(p).w(")")
 			}
 			alts = append(alts, g.w("))"))
 		}
@@ -331,6 +337,27 @@ func (c *compiler) filter(table string, codes *Codes, types []string, unit strin
 		return f.w("TRUE")
 	}
 	return f.add(join(parts, " AND "))
+}
+
+// prefixForms returns each ICD-10 or OPCS-4 prefix as written with and
+// without the dot after its third character ("E119" and "E11.9"; "E11"
+// alone), once each: matching both forms costs a starts_with a form, where
+// stripping the dot from every row's code cost a replace a row.
+func prefixForms(codes []string) []string {
+	var out []string
+	for _, p := range codes {
+		bare := strings.ReplaceAll(p, ".", "")
+		forms := []string{bare}
+		if len(bare) > 3 {
+			forms = append(forms, bare[:3]+"."+bare[3:])
+		}
+		for _, f := range forms {
+			if !slices.Contains(out, f) {
+				out = append(out, f)
+			}
+		}
+	}
+	return out
 }
 
 // inList is "alias.col IN (?, ...)" bound to vals.
@@ -423,6 +450,8 @@ func (c *compiler) expr(k *Criterion) *frag {
 	case k.Any != nil:
 		return group(k.Any, " OR ")
 	case k.Not != nil:
+		c.negated++
+		defer func() { c.negated-- }()
 		return new(frag).w("(NOT ").add(c.expr(k.Not)).w(")")
 	case k.Condition != nil, k.Medication != nil, k.Observation != nil, k.Encounter != nil, k.Procedure != nil, k.Immunisation != nil:
 		e := firstNonNil(k.Condition, k.Medication, k.Observation, k.Encounter, k.Procedure, k.Immunisation)
@@ -441,7 +470,7 @@ func (c *compiler) expr(k *Criterion) *frag {
 			if k.Age.Max != nil {
 				ps = append(ps, new(frag).w("p.birth_mi >= ").add(at).w(" - CAST(").arg(int64(12*(int(math.Floor(*k.Age.Max))+1)-1)).w(" AS INTEGER)"))
 			}
-			return new(frag).w("p.pid IN (SELECT a.pid FROM ", c.cte(e), " a WHERE ").add(known(join(ps, " AND "), k.Unknown)).w(")")
+			return new(frag).w("p.pid IN (SELECT a.pid FROM ", c.cte(e), " a WHERE ").add(c.known(join(ps, " AND "), k.Unknown)).w(")")
 		}
 		atMI := c.idxMI
 		if k.AgeAt != "" && k.AgeAt != "index" {
@@ -455,15 +484,15 @@ func (c *compiler) expr(k *Criterion) *frag {
 		if k.Age.Max != nil {
 			ps = append(ps, new(frag).w("p.birth_mi >= ").arg(int64(atMI-12*(int(math.Floor(*k.Age.Max))+1)+1)))
 		}
-		return known(join(ps, " AND "), k.Unknown)
+		return c.known(join(ps, " AND "), k.Unknown)
 	case k.Sex != nil:
-		return known(in("sex", k.Sex), k.Unknown)
+		return c.known(in("sex", k.Sex), k.Unknown)
 	case k.Region != nil:
-		return known(in("postcode_area", k.Region), k.Unknown)
+		return c.known(in("postcode_area", k.Region), k.Unknown)
 	case k.District != nil:
-		return known(in("district", k.District), k.Unknown)
+		return c.known(in("district", k.District), k.Unknown)
 	case k.EthnicityGroup != nil:
-		return known(in("ethnicity_group", k.EthnicityGroup), k.Unknown)
+		return c.known(in("ethnicity_group", k.EthnicityGroup), k.Unknown)
 	default: // alive_at
 		d := k.AliveAt
 		if d == "index" {
@@ -494,13 +523,21 @@ func (c *compiler) registered(r *Registered) string {
 
 // known makes an attribute test two-valued: a patient whose attribute is
 // unknown (NULL) matches only when the criterion says unknown: "match".
-func known(pred *frag, unknown string) *frag {
+// Outside any not, with unknowns not matching, the test is left as it is:
+// all and any treat NULL as FALSE there (a WHERE of ANDs and ORs is true
+// with NULL for FALSE exactly when it is true), and a bare test lets
+// DuckDB push it into the scan (the coalesce cost the benchmark's
+// attribute query 2.2 times its time).
+func (c *compiler) known(pred *frag, unknown string) *frag {
+	if c.negated == 0 && unknown != UnknownMatch {
+		return pred
+	}
 	return new(frag).w("coalesce(").add(pred).w(", ").arg(unknown == UnknownMatch).w(")")
 }
 
 // alive is "no death recorded in or before date's month".
 func (c *compiler) alive(date string) *frag {
-	return new(frag).w("(p.death_month IS NULL OR p.death_month > CAST(").arg(date).w(" AS DATE))")
+	return new(frag).w("coalesce(p.death_month, CAST(").arg("9999-12-31").w(" AS DATE)) > CAST(").arg(date).w(" AS DATE)")
 }
 
 func firstNonNil(es ...*Event) *Event {
