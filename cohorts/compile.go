@@ -50,6 +50,31 @@ func (q *Query) perCohort() []*Query {
 	return out
 }
 
+// Statements returns every statement the plan runs, in order: a
+// measure's, or a rate's two an interval, cohort after cohort.
+func (p *Plan) Statements() []Statement {
+	if p.cohorts != nil {
+		var out []Statement
+		for _, sub := range p.cohorts {
+			out = append(out, sub.Statements()...)
+		}
+		return out
+	}
+	var out []Statement
+	for i, st := range p.Measures {
+		periods, ok := p.rates[i]
+		if !ok {
+			out = append(out, st)
+			continue
+		}
+		for _, rp := range periods {
+			out = append(out, rp.den.Statements()...)
+			out = append(out, rp.num.Statements()...)
+		}
+	}
+	return out
+}
+
 // A ratePeriod is one interval of a rate: the plans of its denominator and
 // numerator, each one count (by the rate's keys) with the interval's
 // start as the index date.
