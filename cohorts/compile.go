@@ -296,6 +296,12 @@ func (c *compiler) cte(e *Event) string {
 	f := new(frag).w(name, " AS (SELECT t.pid, min(t.event_date) AS first_date, max(t.event_date) AS last_date FROM ", c.tables[e], " t")
 	f.add(join)
 	f.w(" WHERE ").add(c.filter(c.tables[e], e.Codes, e.Types, e.Unit, e.Value, "t"))
+	if e.Classes != nil {
+		f.w(" AND ").add(inList("t", "class", e.Classes))
+	}
+	if e.AdmissionSources != nil {
+		f.w(" AND ").add(inList("t", "admission_source", e.AdmissionSources))
+	}
 	if pred != nil {
 		f.w(" AND ").add(pred)
 	}
@@ -418,6 +424,14 @@ func join(fs []*frag, sep string) *frag {
 // window returns the join (to an anchor criterion) and the date predicate
 // of a window on alias t; both are empty without a window.
 func (c *compiler) window(w *Window, t string) (joinF, pred *frag) {
+	return c.windowOn(w, t, "event_date", "event_date")
+}
+
+// windowOn is window with the columns the window's start and end are
+// compared with: a death, known to its month, meets a window when the
+// month's last day (low) is not before the start and its first (high) not
+// after the end.
+func (c *compiler) windowOn(w *Window, t, low, high string) (joinF, pred *frag) {
 	joinF = new(frag)
 	if w == nil {
 		return joinF, nil
@@ -432,8 +446,8 @@ func (c *compiler) window(w *Window, t string) (joinF, pred *frag) {
 	pred = new(frag)
 	switch {
 	case w.RelativeTo == "index":
-		pred.w(t, ".event_date >= CAST(").arg(c.idx.AddDate(0, 0, -before).Format(time.DateOnly)).w(" AS DATE) AND ",
-			t, ".event_date <= CAST(").arg(c.idx.AddDate(0, 0, after).Format(time.DateOnly)).w(" AS DATE)")
+		pred.w(t, ".", low, " >= CAST(").arg(c.idx.AddDate(0, 0, -before).Format(time.DateOnly)).w(" AS DATE) AND ",
+			t, ".", high, " <= CAST(").arg(c.idx.AddDate(0, 0, after).Format(time.DateOnly)).w(" AS DATE)")
 	case w.RelativeTo != "":
 		anchor := c.cte(c.byID[w.RelativeTo])
 		joinF.w(" JOIN ", anchor, " a ON a.pid = ", t, ".pid")
@@ -441,15 +455,15 @@ func (c *compiler) window(w *Window, t string) (joinF, pred *frag) {
 		if w.Anchor == "last" {
 			col = "a.last_date"
 		}
-		pred.w(t, ".event_date >= ", col, " - CAST(").arg(int64(before)).w(" AS INTEGER) AND ",
-			t, ".event_date <= ", col, " + CAST(").arg(int64(after)).w(" AS INTEGER)")
+		pred.w(t, ".", low, " >= ", col, " - CAST(").arg(int64(before)).w(" AS INTEGER) AND ",
+			t, ".", high, " <= ", col, " + CAST(").arg(int64(after)).w(" AS INTEGER)")
 	default:
 		var ps []*frag
 		if w.From != "" {
-			ps = append(ps, new(frag).w(t, ".event_date >= CAST(").arg(w.From).w(" AS DATE)"))
+			ps = append(ps, new(frag).w(t, ".", low, " >= CAST(").arg(w.From).w(" AS DATE)"))
 		}
 		if w.To != "" {
-			ps = append(ps, new(frag).w(t, ".event_date <= CAST(").arg(w.To).w(" AS DATE)"))
+			ps = append(ps, new(frag).w(t, ".", high, " <= CAST(").arg(w.To).w(" AS DATE)"))
 		}
 		pred = join(ps, " AND ")
 	}
@@ -483,6 +497,14 @@ func (c *compiler) expr(k *Criterion) *frag {
 		return new(frag).w("p.pid IN (SELECT pid FROM ", c.cte(e), ")")
 	case k.Registered != nil:
 		return new(frag).w("p.pid IN (SELECT pid FROM ", c.registered(k.Registered), ")")
+	case k.Died != nil:
+		f := new(frag).w("p.pid IN (SELECT d.pid FROM (SELECT pid, death_month AS event_date, last_day(death_month) AS event_end FROM patients WHERE death_month IS NOT NULL) d")
+		joinF, pred := c.windowOn(k.Died.Window, "d", "event_end", "event_date")
+		f.add(joinF)
+		if pred != nil {
+			f.w(" WHERE ").add(pred)
+		}
+		return f.w(")")
 	case k.Age != nil:
 		// age >= a  <=>  birth_mi <= at - 12a;  age <= b  <=>  birth_mi >= at - 12(b+1) + 1,
 		// at the anchor's month (year*12 + month - 1).

@@ -1,6 +1,10 @@
 package cohorts
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/nhs-hub/hub/ingest"
+)
 
 // Public domains: every key a breakdown may release is fixed here, never
 // read from the data, so that releasing every key (zeros included) leaks
@@ -12,6 +16,9 @@ var (
 	EthnicityGroups = []string{"White", "Mixed", "Asian", "Black", "Other", "Not stated"}
 	// EncounterTypes are the published encounter types.
 	EncounterTypes = []string{"gp", "outpatient", "inpatient", "ae"}
+	// EncounterClasses are the published encounter classes (HL7 v3
+	// ActEncounterCode in words), as ingest names them.
+	EncounterClasses = ingest.EncounterClasses.Values()
 	// AgeBands are five-year bands, "90+" last.
 	AgeBands = []string{"0-4", "5-9", "10-14", "15-19", "20-24", "25-29", "30-34", "35-39", "40-44",
 		"45-49", "50-54", "55-59", "60-64", "65-69", "70-74", "75-79", "80-84", "85-89", "90+"}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/duckdb/duckdb-go/v2"
@@ -45,8 +46,10 @@ var tableLoads = []struct {
 		`CREATE TABLE observations (pid INTEGER, code_system VARCHAR, code VARCHAR, value DOUBLE, unit VARCHAR, event_date DATE)`,
 		`INSERT INTO observations SELECT p.pid, t.code_system, t.code, t.value, t.unit, t.effective_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`},
 	{"encounters",
-		`CREATE TABLE encounters (pid INTEGER, type VARCHAR, event_date DATE, end_date DATE)`,
-		`INSERT INTO encounters SELECT p.pid, t.type, t.start_date, t.end_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.type, p.pid`},
+		`CREATE TABLE encounters (pid INTEGER, type VARCHAR, event_date DATE, end_date DATE, class VARCHAR, admission_source VARCHAR)`,
+		// class and admission_source are named only when the version has
+		// them (versions published before they were are loaded with NULLs).
+		`INSERT INTO encounters SELECT p.pid, t.type, t.start_date, t.end_date, %[2]s FROM read_parquet(%[1]s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.type, p.pid`},
 	{"procedures",
 		`CREATE TABLE procedures (pid INTEGER, code_system VARCHAR, code VARCHAR, event_date DATE)`,
 		`INSERT INTO procedures SELECT p.pid, t.code_system, t.code, t.performed_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`},
@@ -92,7 +95,11 @@ func OpenEngine(ctx context.Context, m *catalog.Manifest, files map[string][]str
 		if len(files[t.name]) == 0 {
 			continue
 		}
-		if _, err := db.ExecContext(ctx, fmt.Sprintf(t.load, sqlList(files[t.name]))); err != nil {
+		load := fmt.Sprintf(t.load, sqlList(files[t.name]))
+		if t.name == "encounters" {
+			load = fmt.Sprintf(t.load, sqlList(files[t.name]), optionalColumns(m, "encounters", "class", "admission_source"))
+		}
+		if _, err := db.ExecContext(ctx, load); err != nil {
 			db.Close()
 			return nil, fmt.Errorf("load %s: %w", t.name, err)
 		}
@@ -102,6 +109,20 @@ func OpenEngine(ctx context.Context, m *catalog.Manifest, files map[string][]str
 		return nil, fmt.Errorf("load patients: %w", err)
 	}
 	return e, nil
+}
+
+// optionalColumns names the columns, t.NAME where the version's table has
+// it and NULL where not, for a SELECT list.
+func optionalColumns(m *catalog.Manifest, table string, cols ...string) string {
+	var out []string
+	for _, c := range cols {
+		expr := "NULL"
+		if tm := m.Tables[table]; tm != nil && slices.ContainsFunc(tm.Schema, func(col catalog.Column) bool { return col.Name == c }) {
+			expr = "t." + c
+		}
+		out = append(out, expr)
+	}
+	return strings.Join(out, ", ")
 }
 
 // sqlList quotes file paths (the engine's own, never a query's) as a

@@ -123,8 +123,15 @@ func (o *oracle) matches(table string, codes *Codes, types []string, unit string
 
 // inWindow reports whether an event date lies in a window for patient p.
 func (o *oracle) inWindow(w *Window, p *oPatient, d time.Time) bool {
+	lo, hi, ok := o.bounds(w, p)
+	return ok && !d.Before(lo) && !d.After(hi)
+}
+
+// bounds are a window's first and last days for patient p; ok is false
+// when its anchor event is missing.
+func (o *oracle) bounds(w *Window, p *oPatient) (lo, hi time.Time, ok bool) {
 	if w == nil {
-		return true
+		return time.Time{}, time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC), true
 	}
 	before, after := 0, 0
 	if w.DaysBefore != nil {
@@ -133,7 +140,6 @@ func (o *oracle) inWindow(w *Window, p *oPatient, d time.Time) bool {
 	if w.DaysAfter != nil {
 		after = *w.DaysAfter
 	}
-	var lo, hi time.Time
 	switch w.RelativeTo {
 	case "":
 		lo, hi = time.Time{}, time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -149,16 +155,16 @@ func (o *oracle) inWindow(w *Window, p *oPatient, d time.Time) bool {
 	case "interval":
 		lo, hi = o.interval[0], o.interval[1]
 	default:
-		first, last, ok := o.dates(o.ids[w.RelativeTo], p)
-		if !ok {
-			return false
+		first, last, met := o.dates(o.ids[w.RelativeTo], p)
+		if !met {
+			return lo, hi, false
 		}
 		if w.Anchor == "last" {
 			first = last
 		}
 		lo, hi = first.AddDate(0, 0, -before), first.AddDate(0, 0, after)
 	}
-	return !d.Before(lo) && !d.After(hi)
+	return lo, hi, true
 }
 
 // first is the first matching date of an event criterion the patient meets.
@@ -173,6 +179,11 @@ func (o *oracle) dates(e *Event, p *oPatient) (first, last time.Time, ok bool) {
 	n := 0
 	for _, r := range p.events[o.tables[e]] {
 		d := r["event_date"].(time.Time)
+		class, _ := r["class"].(string)
+		source, _ := r["admission_source"].(string)
+		if e.Classes != nil && !slices.Contains(e.Classes, class) || e.AdmissionSources != nil && !slices.Contains(e.AdmissionSources, source) {
+			continue
+		}
 		if o.matches(o.tables[e], e.Codes, e.Types, e.Unit, e.Value, r) && o.inWindow(e.Window, p, d) {
 			if n == 0 || d.Before(first) {
 				first = d
@@ -274,6 +285,16 @@ func (o *oracle) eval(c *Criterion, p *oPatient) tri {
 		at, _ := parseDate(d)
 		death, ok := p.row["death_month"].(time.Time)
 		if !ok || death.After(at) {
+			return tru
+		}
+		return fls
+	case c.Died != nil:
+		death, dead := p.row["death_month"].(time.Time)
+		if !dead {
+			return fls
+		}
+		lo, hi, ok := o.bounds(c.Died.Window, p)
+		if ok && !death.AddDate(0, 1, -1).Before(lo) && !death.After(hi) { // the month meets the window
 			return tru
 		}
 		return fls
@@ -422,6 +443,11 @@ var groundTruthQueries = map[string]string{
 		{"age": {"min": 50, "max": 69}, "age_at": "t2d"},
 		{"not": {"age": {"max": 29}, "age_at": "2000-06-30", "unknown": "match"}}]},
 		"measures": [{"kind": "count", "by": ["sex"]}], "epsilon": 1}`,
+	"died, emergencies": `{"dataset": "gp", "index_date": "2022-01-01", "criteria": {"any": [
+		{"died": {"window": {"from": "2022-03-15", "to": "2024-06-30"}}},
+		{"encounter": {"id": "ae", "classes": ["emergency"], "min_count": 2}},
+		{"died": {"window": {"relative_to": "ae", "days_before": 0, "days_after": 90}}}]},
+		"population": "all", "measures": [{"kind": "count", "by": ["sex"]}], "epsilon": 1}`,
 	"procedures and immunisations": `{"dataset": "gp", "index_date": "2024-01-01", "criteria": {"any": [
 		{"procedure": {"codes": {"opcs4": ["K40", "W37.1", "H01"]}}},
 		{"immunisation": {"codes": {"snomed": ["836377006"]}, "min_count": 2, "window": {"relative_to": "index", "days_before": 1825}}}]},
@@ -773,5 +799,19 @@ func TestCohortsSideBySide(t *testing.T) {
 	}
 	if len(a.Measures) != 6 || a.Measures[0].Cohort != "type 2 diabetes" || a.Measures[5].Cohort != "neither" || a.Measures[3].Epsilon != 0.5 {
 		t.Errorf("released %d measures: %+v", len(a.Measures), a.Measures[0])
+	}
+}
+
+// The fixture holds emergency encounters and deaths in the windows the
+// ground truth asks about, so that those criteria test something.
+func TestClassAndDeathHaveData(t *testing.T) {
+	s := newService(t)
+	for _, crit := range []string{`{"encounter": {"classes": ["emergency"], "min_count": 2}}`,
+		`{"died": {"window": {"from": "2022-03-15", "to": "2024-06-30"}}}`, `{"died": {}}`} {
+		n := count(t, s, `{"dataset": "gp", "population": "all", "criteria": `+crit+`, "measures": [{"kind": "count"}], "epsilon": 1}`)
+		t.Logf("%s: %d", crit, n)
+		if n == 0 {
+			t.Errorf("%s: nobody", crit)
+		}
 	}
 }

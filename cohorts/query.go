@@ -100,6 +100,9 @@ type Criterion struct {
 	EthnicityGroup []string `json:"ethnicity_group,omitempty"`
 	// AliveAt is a date, or "index" for the index date.
 	AliveAt string `json:"alive_at,omitempty"`
+	// Died: a death recorded in a month that meets the window (any time
+	// without one).
+	Died *Died `json:"died,omitempty"`
 
 	// Unknown says whether a patient whose attribute is unknown
 	// (generalised away or missing) meets an attribute criterion (age,
@@ -137,6 +140,11 @@ func (q *Query) population() string {
 	return PopulationAll
 }
 
+// Died selects patients whose recorded month of death meets Window.
+type Died struct {
+	Window *Window `json:"window,omitempty"`
+}
+
 // A NamedCohort is one of several cohorts a query compares.
 type NamedCohort struct {
 	Name     string     `json:"name"`
@@ -159,12 +167,17 @@ type Registered struct {
 type Event struct {
 	// ID names the criterion so that windows and year breakdowns can refer
 	// to its first matching date.
-	ID       string   `json:"id,omitempty"`
-	Codes    *Codes   `json:"codes,omitempty"`
-	Types    []string `json:"types,omitempty"`
-	Value    *Range   `json:"value,omitempty"`
-	Unit     string   `json:"unit,omitempty"`
-	MinCount int      `json:"min_count,omitempty"`
+	ID    string   `json:"id,omitempty"`
+	Codes *Codes   `json:"codes,omitempty"`
+	Types []string `json:"types,omitempty"`
+	// Classes and AdmissionSources (encounters) select by the
+	// encounter's class (emergency, inpatient, ...) and its coded
+	// admission source.
+	Classes          []string `json:"classes,omitempty"`
+	AdmissionSources []string `json:"admission_sources,omitempty"`
+	Value            *Range   `json:"value,omitempty"`
+	Unit             string   `json:"unit,omitempty"`
+	MinCount         int      `json:"min_count,omitempty"`
 	// MaxCount, when set, bounds the matching rows from above: min_count
 	// equal to max_count asks for exactly that many.
 	MaxCount int     `json:"max_count,omitempty"`
@@ -386,11 +399,12 @@ func (q *Query) Hash(version int) string {
 }
 
 var (
-	reOPCS4    = regexp.MustCompile(`^[A-Z][0-9]{2}(\.?[0-9]{1,2})?$`)
-	reID       = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
-	reUnit     = regexp.MustCompile(`^[A-Za-z0-9/%.\[\]*^{}-]{1,24}$`)
-	reDistrict = regexp.MustCompile(`^[A-Z]{1,2}[0-9][0-9A-Z]?$`)
-	reName     = regexp.MustCompile(`^[A-Za-z0-9 _.-]{1,64}$`)
+	reAdmission = regexp.MustCompile(`^[A-Za-z0-9._-]{1,40}$`)
+	reOPCS4     = regexp.MustCompile(`^[A-Z][0-9]{2}(\.?[0-9]{1,2})?$`)
+	reID        = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
+	reUnit      = regexp.MustCompile(`^[A-Za-z0-9/%.\[\]*^{}-]{1,24}$`)
+	reDistrict  = regexp.MustCompile(`^[A-Z]{1,2}[0-9][0-9A-Z]?$`)
+	reName      = regexp.MustCompile(`^[A-Za-z0-9 _.-]{1,64}$`)
 )
 
 // validator carries what checking one query learns: event criteria by id.
@@ -519,6 +533,7 @@ func (v *validator) criterion(c *Criterion, at string, depth int) error {
 	count(c.District != nil)
 	count(c.EthnicityGroup != nil)
 	count(c.AliveAt != "")
+	count(c.Died != nil)
 	if c.AgeAt != "" && c.Age == nil {
 		return bad("%s.age_at goes with age", at)
 	}
@@ -532,7 +547,7 @@ func (v *validator) criterion(c *Criterion, at string, depth int) error {
 		}
 	}
 	if set != 1 {
-		return bad("%s: a criterion holds exactly one of all, any, not, condition, medication, observation, encounter, procedure, immunisation, registered, age, sex, region, district, ethnicity_group, alive_at (found %d)", at, set)
+		return bad("%s: a criterion holds exactly one of all, any, not, condition, medication, observation, encounter, procedure, immunisation, registered, age, sex, region, district, ethnicity_group, alive_at, died (found %d)", at, set)
 	}
 	group := func(name string, cs []*Criterion) error {
 		if len(cs) == 0 {
@@ -564,6 +579,11 @@ func (v *validator) criterion(c *Criterion, at string, depth int) error {
 		return v.event(c.Procedure, "procedures", at+".procedure")
 	case c.Immunisation != nil:
 		return v.event(c.Immunisation, "immunizations", at+".immunisation")
+	case c.Died != nil:
+		if c.Died.Window != nil {
+			return v.window(c.Died.Window, at+".died.window")
+		}
+		return nil
 	case c.Registered != nil:
 		if v.q.IndexDate == "" && !v.rate {
 			return bad("%s.registered: registration is taken up to the index date; set index_date", at)
@@ -664,6 +684,24 @@ func (v *validator) event(e *Event, table, at string) error {
 			return bad("%s.id: %q is used twice", at, e.ID)
 		}
 		v.ids[e.ID] = e
+	}
+	if (e.Classes != nil || e.AdmissionSources != nil) && table != "encounters" {
+		return bad("%s: only encounters have classes and admission sources", at)
+	}
+	if e.Classes != nil {
+		if err := inDomain(e.Classes, EncounterClasses, at+".classes"); err != nil {
+			return err
+		}
+	}
+	if e.AdmissionSources != nil {
+		if len(e.AdmissionSources) == 0 || len(e.AdmissionSources) > MaxCodes {
+			return bad("%s.admission_sources: give 1 to %d codes", at, MaxCodes)
+		}
+		for _, a := range e.AdmissionSources {
+			if !reAdmission.MatchString(a) {
+				return bad("%s.admission_sources: %q is not an admission source code", at, clip(a))
+			}
+		}
 	}
 	if e.MinCount < 0 || e.MinCount > 1000 {
 		return bad("%s.min_count: between 1 and 1000", at)
