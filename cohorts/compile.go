@@ -449,12 +449,15 @@ func (c *compiler) windowOn(w *Window, t, low, high string) (joinF, pred *frag) 
 		pred.w(t, ".", low, " >= CAST(").arg(c.idx.AddDate(0, 0, -before).Format(time.DateOnly)).w(" AS DATE) AND ",
 			t, ".", high, " <= CAST(").arg(c.idx.AddDate(0, 0, after).Format(time.DateOnly)).w(" AS DATE)")
 	case w.RelativeTo != "":
-		anchor := c.cte(c.byID[w.RelativeTo])
-		joinF.w(" JOIN ", anchor, " a ON a.pid = ", t, ".pid")
-		col := "a.first_date"
-		if w.Anchor == "last" {
+		e := c.byID[w.RelativeTo]
+		anchor, col := c.cte(e), "a.first_date"
+		switch w.Anchor {
+		case "last":
 			col = "a.last_date"
+		case "nth":
+			anchor, col = c.nth(e, w.Occurrence), "a.nth_date"
 		}
+		joinF.w(" JOIN ", anchor, " a ON a.pid = ", t, ".pid")
 		pred.w(t, ".", low, " >= ", col, " - CAST(").arg(int64(before)).w(" AS INTEGER) AND ",
 			t, ".", high, " <= ", col, " + CAST(").arg(int64(after)).w(" AS INTEGER)")
 	default:
@@ -467,7 +470,46 @@ func (c *compiler) windowOn(w *Window, t, low, high string) (joinF, pred *frag) 
 		}
 		pred = join(ps, " AND ")
 	}
+	if len(w.Until) > 0 {
+		// The window ends by the death's month's last day and by each date.
+		var ps []*frag
+		if pred != nil && len(pred.b.String()) > 0 {
+			ps = append(ps, pred)
+		}
+		for _, u := range w.Until {
+			if u == "death" {
+				joinF.w(" JOIN patients u ON u.pid = ", t, ".pid")
+				ps = append(ps, new(frag).w(t, ".", high, " <= coalesce(last_day(u.death_month), CAST(").arg("9999-12-31").w(" AS DATE))"))
+			} else {
+				ps = append(ps, new(frag).w(t, ".", high, " <= CAST(").arg(u).w(" AS DATE)"))
+			}
+		}
+		pred = join(ps, " AND ")
+	}
 	return joinF, pred
+}
+
+// nth returns the name of a CTE of each patient's Nth matching date of an
+// event criterion (patients with fewer have none).
+func (c *compiler) nth(e *Event, n int) string {
+	base := c.cte(e)
+	name := fmt.Sprintf("n%d", len(c.ctes)+1)
+	joinF, pred := c.window(e.Window, "t")
+	f := new(frag).w(name, " AS (SELECT pid, event_date AS nth_date FROM (SELECT t.pid, t.event_date, row_number() OVER (PARTITION BY t.pid ORDER BY t.event_date) AS k FROM ",
+		c.tables[e], " t").add(joinF)
+	f.w(" WHERE t.pid IN (SELECT pid FROM ", base, ") AND ").add(c.filter(c.tables[e], e.Codes, e.Types, e.Unit, e.Value, "t"))
+	if e.Classes != nil {
+		f.w(" AND ").add(inList("t", "class", e.Classes))
+	}
+	if e.AdmissionSources != nil {
+		f.w(" AND ").add(inList("t", "admission_source", e.AdmissionSources))
+	}
+	if pred != nil {
+		f.w(" AND ").add(pred)
+	}
+	f.w(") WHERE k = ").arg(int64(n)).w(")")
+	c.ctes = append(c.ctes, f)
+	return name
 }
 
 // expr is a criterion as a predicate on patients p.

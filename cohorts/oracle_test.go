@@ -155,14 +155,45 @@ func (o *oracle) bounds(w *Window, p *oPatient) (lo, hi time.Time, ok bool) {
 	case "interval":
 		lo, hi = o.interval[0], o.interval[1]
 	default:
-		first, last, met := o.dates(o.ids[w.RelativeTo], p)
+		e := o.ids[w.RelativeTo]
+		first, last, met := o.dates(e, p)
 		if !met {
 			return lo, hi, false
 		}
-		if w.Anchor == "last" {
+		switch w.Anchor {
+		case "last":
 			first = last
+		case "nth":
+			var ds []time.Time
+			for _, r := range p.events[o.tables[e]] {
+				d := r["event_date"].(time.Time)
+				class, _ := r["class"].(string)
+				source, _ := r["admission_source"].(string)
+				if (e.Classes == nil || slices.Contains(e.Classes, class)) && (e.AdmissionSources == nil || slices.Contains(e.AdmissionSources, source)) &&
+					o.matches(o.tables[e], e.Codes, e.Types, e.Unit, e.Value, r) && o.inWindow(e.Window, p, d) {
+					ds = append(ds, d)
+				}
+			}
+			slices.SortFunc(ds, time.Time.Compare)
+			if len(ds) < w.Occurrence {
+				return lo, hi, false
+			}
+			first = ds[w.Occurrence-1]
 		}
 		lo, hi = first.AddDate(0, 0, -before), first.AddDate(0, 0, after)
+	}
+	for _, u := range w.Until {
+		end, ok := time.Time{}, true
+		if u == "death" {
+			var d time.Time
+			d, ok = p.row["death_month"].(time.Time)
+			end = d.AddDate(0, 1, -1)
+		} else {
+			end, _ = parseDate(u)
+		}
+		if ok && end.Before(hi) {
+			hi = end
+		}
 	}
 	return lo, hi, true
 }
@@ -448,6 +479,11 @@ var groundTruthQueries = map[string]string{
 		{"encounter": {"id": "ae", "classes": ["emergency"], "min_count": 2}},
 		{"died": {"window": {"relative_to": "ae", "days_before": 0, "days_after": 90}}}]},
 		"population": "all", "measures": [{"kind": "count", "by": ["sex"]}], "epsilon": 1}`,
+	"second emergency, follow-up to death": `{"dataset": "gp", "index_date": "2024-01-01", "population": "all", "criteria": {"all": [
+		{"encounter": {"id": "ae", "classes": ["emergency"], "min_count": 2}},
+		{"encounter": {"types": ["gp"], "min_count": 2, "window": {"relative_to": "ae", "anchor": "nth", "occurrence": 2,
+		  "days_before": -1, "days_after": 365, "until": ["death", "2023-12-31"]}}}]},
+		"measures": [{"kind": "count", "by": ["sex"]}], "epsilon": 1}`,
 	"procedures and immunisations": `{"dataset": "gp", "index_date": "2024-01-01", "criteria": {"any": [
 		{"procedure": {"codes": {"opcs4": ["K40", "W37.1", "H01"]}}},
 		{"immunisation": {"codes": {"snomed": ["836377006"]}, "min_count": 2, "window": {"relative_to": "index", "days_before": 1825}}}]},
@@ -813,5 +849,24 @@ func TestClassAndDeathHaveData(t *testing.T) {
 		if n == 0 {
 			t.Errorf("%s: nobody", crit)
 		}
+	}
+}
+
+// until shortens a window: the same follow-up ended at an earlier date
+// holds fewer patients, and the nth anchor differs from the first.
+func TestUntilAndNthBite(t *testing.T) {
+	s := newService(t)
+	q := func(window string) int64 {
+		return count(t, s, `{"dataset": "gp", "population": "all", "criteria": {"all": [
+			{"encounter": {"id": "ae", "classes": ["emergency"], "min_count": 2}},
+			{"encounter": {"types": ["gp"], "window": `+window+`}}]}, "measures": [{"kind": "count"}], "epsilon": 1}`)
+	}
+	open := q(`{"relative_to": "ae", "days_after": 3650}`)
+	until := q(`{"relative_to": "ae", "days_after": 3650, "until": ["2022-06-30"]}`)
+	nth := q(`{"relative_to": "ae", "anchor": "nth", "occurrence": 2, "days_before": 0, "days_after": 0}`)
+	first := q(`{"relative_to": "ae", "days_before": 0, "days_after": 0}`)
+	t.Logf("open %d, until 2022-06-30 %d; on the first emergency %d, on the second %d", open, until, first, nth)
+	if until >= open || until == 0 || nth == first {
+		t.Errorf("open %d, until %d; first %d, second %d", open, until, first, nth)
 	}
 }

@@ -213,10 +213,15 @@ type Window struct {
 	To         string `json:"to,omitempty"`
 	RelativeTo string `json:"relative_to,omitempty"`
 	// Anchor is which date of the criterion RelativeTo names the window
-	// is taken from: its first matching date (the default) or its last.
+	// is taken from: its first matching date (the default), its last, or
+	// (with Occurrence N) its Nth.
 	Anchor     string `json:"anchor,omitempty"`
+	Occurrence int    `json:"occurrence,omitempty"`
 	DaysBefore *int   `json:"days_before,omitempty"`
 	DaysAfter  *int   `json:"days_after,omitempty"`
+	// Until ends the window earlier: at the patient's death (the end of
+	// the recorded month: "death") or at a date, whichever comes first.
+	Until []string `json:"until,omitempty"`
 }
 
 // Measure kinds.
@@ -846,7 +851,7 @@ func (v *validator) window(w *Window, at string) error {
 		if w.From != "" && w.To != "" && to.Before(from) {
 			return bad("%s: from %s is after to %s", at, w.From, w.To)
 		}
-		return nil
+		return checkUntil(w.Until, at)
 	}
 	if w.RelativeTo == "" {
 		return bad("%s.relative_to: \"index\" or the id of an event criterion", at)
@@ -882,12 +887,31 @@ func (v *validator) window(w *Window, at string) error {
 		return bad("%s: the window is empty (it runs from days_before before the anchor to days_after after it; a negative value moves that end across the anchor)", at)
 	}
 	switch w.Anchor {
-	case "", "first", "last":
+	case "", "first", "last", "nth":
 		if w.Anchor != "" && (w.RelativeTo == "index" || w.RelativeTo == "") {
-			return bad("%s.anchor: first or last date of the criterion relative_to names; the index date has one", at)
+			return bad("%s.anchor: first, last or nth date of the criterion relative_to names; the index date has one", at)
 		}
 	default:
-		return bad("%s.anchor: first (the default) or last", at)
+		return bad("%s.anchor: first (the default), last or nth (with occurrence)", at)
+	}
+	if (w.Anchor == "nth") != (w.Occurrence != 0) || w.Occurrence < 0 || w.Occurrence > 1000 {
+		return bad("%s: anchor nth goes with occurrence, from 1 to 1000", at)
+	}
+	return checkUntil(w.Until, at)
+}
+
+// checkUntil checks a window's until: "death", or dates.
+func checkUntil(until []string, at string) error {
+	if len(until) > 4 {
+		return bad("%s.until: at most 4", at)
+	}
+	for _, u := range until {
+		if u == "death" {
+			continue
+		}
+		if _, err := parseDate(u); err != nil {
+			return bad("%s.until: \"death\" or a date (%v)", at, err)
+		}
 	}
 	return nil
 }
