@@ -33,7 +33,8 @@ func ingestCommand() *cli.Command {
 			"Example:\n  hub ingest --extract ./extract --optouts ndop.txt --dataset gp --key-file key",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "extract", Required: true, EnvVars: []string{"HUB_EXTRACT"}, Usage: "extract folder, s3://bucket/prefix landing area, or a FHIR server's base URL (https://HOST/fhir, or .../Group/ID) to pull a Bulk Data export from"},
-			&cli.StringFlag{Name: "landing", EnvVars: []string{"HUB_LANDING"}, Usage: "with an --extract URL: the folder to keep the pulled export in (the same folder resumes a pull)"},
+			&cli.StringFlag{Name: "landing", EnvVars: []string{"HUB_LANDING"}, Usage: "with an --extract URL: the folder, or s3://bucket/prefix landing area, to keep the pulled export in (the same folder resumes a pull)"},
+			&cli.StringFlag{Name: "landing-cache", EnvVars: []string{"HUB_LANDING_CACHE"}, Usage: "with --landing s3://…: the local folder the pull downloads into (and resumes from) before its files are copied to S3"},
 			&cli.StringFlag{Name: "since", Usage: "with an --extract URL: pull only what changed since an instant, or since the --dataset's last pull (last), merged into that pull's export"},
 			&cli.IntFlag{Name: "fhir-ahead", Usage: "with an --extract URL: files to download ahead, in parallel, of the one ingest reads (up to 3): only for a slow link, where one connection leaves ingest waiting; on a fast one they are written and read back for nothing"},
 			&cli.StringFlag{Name: "fhir-client-id", EnvVars: []string{"HUB_FHIR_CLIENT_ID"}, Usage: "with an --extract URL: the hub's client id at the server (SMART Backend Services)"},

@@ -187,6 +187,10 @@ type pulledStream struct {
 	*bulkdata.Stream
 	w         io.Writer
 	base, dir string
+	// dest, when set, is the S3 landing area the whole export is copied
+	// to (destURL) before ingest ends.
+	dest    *s3.Store
+	destURL string
 }
 
 func (p pulledStream) Finish(ctx context.Context) error {
@@ -197,7 +201,49 @@ func (p pulledStream) Finish(ctx context.Context) error {
 	streamed, back := p.Streamed()
 	fmt.Fprintf(p.w, "pulled %d files of the export of %s (transaction time %s) into %s; ingest read %.0f MB as it arrived and %.0f MB back from the folder\n",
 		len(st.Files), p.base, st.TransactionTime, p.dir, float64(streamed)/1e6, float64(back)/1e6)
+	if p.dest == nil {
+		return nil
+	}
+	// The files first, manifest.json and pull.json last: a landing area
+	// whose pull.json is there holds the whole export.
+	names := []string{}
+	for _, f := range st.Files {
+		names = append(names, f.Name)
+	}
+	var bytes int64
+	for _, name := range append(names, "manifest.json", "pull.json") {
+		n, err := copyToStore(ctx, p.dest, filepath.Join(p.dir, name), name)
+		if err != nil {
+			return fmt.Errorf("copy %s to %s: %w (nothing was published; run again to copy it)", name, p.destURL, err)
+		}
+		bytes += n
+	}
+	fmt.Fprintf(p.w, "copied the export (%d files, %.0f MB) to %s\n", len(names)+2, float64(bytes)/1e6, p.destURL)
 	return nil
+}
+
+// copyToStore streams a local file into a store as name, dropping the
+// upload if it fails part-way.
+func copyToStore(ctx context.Context, st catalog.Store, path, name string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	w, err := st.Create(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(w, f)
+	if err != nil {
+		if a, ok := w.(interface{ Abort() }); ok {
+			a.Abort()
+		} else {
+			w.Close()
+		}
+		return n, err
+	}
+	return n, w.Close()
 }
 
 // storeSource reads an extract's files from a store.
@@ -304,8 +350,26 @@ func pullExtract(c *cli.Context, base string) (ingest.Source, pulledExport, erro
 	if dir == "" {
 		return nil, pulledExport{}, usageError{fmt.Errorf("a pull from %s needs --landing DIR: the folder that keeps the raw export (the version's provenance); run again with the same folder to resume", base)}
 	}
-	if strings.Contains(dir, "://") {
-		return nil, pulledExport{}, usageError{fmt.Errorf("--landing %s: a pull lands in a local folder; landing a pull in S3 is not built yet (copy the folder there after the pull)", dir)}
+	// A pull landing in S3 downloads into a local folder first (it streams
+	// through ingest and resumes from there), and its files are copied to
+	// S3 once whole, before anything is published.
+	var dest *s3.Store
+	var destURL string
+	if strings.HasPrefix(dir, "s3://") {
+		if c.String("since") != "" {
+			return nil, pulledExport{}, usageError{fmt.Errorf("--since with --landing %s: incremental pulls land in a local folder (S3 is not built for them yet)", dir)}
+		}
+		cache := c.String("landing-cache")
+		if cache == "" {
+			return nil, pulledExport{}, usageError{fmt.Errorf("--landing %s needs --landing-cache DIR: the local folder the pull downloads into and resumes from before its files are copied to S3", dir)}
+		}
+		var err error
+		if dest, err = openS3(c, dir); err != nil {
+			return nil, pulledExport{}, err
+		}
+		destURL, dir = strings.TrimSuffix(dir, "/"), cache
+	} else if strings.Contains(dir, "://") {
+		return nil, pulledExport{}, usageError{fmt.Errorf("--landing %s: a folder or s3://bucket/prefix", dir)}
 	}
 	auth, err := fhirAuth(c)
 	if err != nil {
@@ -329,9 +393,13 @@ func pullExtract(c *cli.Context, base string) (ingest.Source, pulledExport, erro
 		if err != nil {
 			return nil, pulledExport{}, fmt.Errorf("pull %s: %w", base, err)
 		}
-		abs, _ := filepath.Abs(dir)
+		folder, _ := filepath.Abs(dir)
+		if dest != nil {
+			folder = destURL
+		}
 		st := s.State()
-		return pulledStream{Stream: s, w: c.App.ErrWriter, base: base, dir: dir}, pulledExport{folder: abs, transactionTime: st.TransactionTime, stream: s}, nil
+		return pulledStream{Stream: s, w: c.App.ErrWriter, base: base, dir: dir, dest: dest, destURL: destURL},
+			pulledExport{folder: folder, transactionTime: st.TransactionTime, stream: s}, nil
 	}
 	st, err := bulkdata.Pull(c.Context, cfg)
 	if progress != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,7 +36,7 @@ func TestPublishS3ToS3(t *testing.T) {
 	}
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
-		if err := upload(t.Context(), landing, filepath.Join(dir, e.Name()), e.Name()); err != nil {
+		if _, err := copyToStore(t.Context(), landing, filepath.Join(dir, e.Name()), e.Name()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -81,7 +82,7 @@ func TestPublishBulkExportFromS3(t *testing.T) {
 		if strings.HasPrefix(e.Name(), "Encounter.") {
 			parts++
 		}
-		if err := upload(t.Context(), landing, filepath.Join(dir, e.Name()), e.Name()); err != nil {
+		if _, err := copyToStore(t.Context(), landing, filepath.Join(dir, e.Name()), e.Name()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -117,21 +118,6 @@ func TestPublishBulkExportFromS3(t *testing.T) {
 		"--s3-endpoint", "http://"+srv.Endpoint, "--s3-tls"); err == nil || exitCode(err) != 2 {
 		t.Fatalf("a TLS flag against an http endpoint: %v", err)
 	}
-}
-
-func upload(ctx context.Context, st *s3.Store, path, name string) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	w, err := st.Create(ctx, name)
-	if err != nil {
-		return err
-	}
-	if _, err := w.Write(b); err != nil {
-		return err
-	}
-	return w.Close()
 }
 
 // hub ingest --extract URL pulls a Bulk Data export from a FHIR server (a
@@ -323,4 +309,71 @@ func TestIncrementalPull(t *testing.T) {
 	if v2["patients"] != v1["patients"]-1 || v2["encounters"] >= v1["encounters"] || v2["observations"] >= v1["observations"] {
 		t.Errorf("v1 %v, v2 %v: the changes and the new opt-out did not take", v1, v2)
 	}
+}
+
+// A pull landing in S3 downloads into --landing-cache, copies every file
+// of the export (and manifest.json and pull.json last) to the landing
+// area, byte for byte, before the version that cites it is published.
+func TestPullLandsInS3(t *testing.T) {
+	srv := miniotest.Start(t)
+	bucket := srv.Bucket(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
+	t.Setenv("HUB_S3_ENDPOINT", "http://"+srv.Endpoint)
+
+	dir := filepath.Join(t.TempDir(), "x")
+	if _, err := runHub(t, "synth", "--patients", "300", "--format", "fhir", "--part-rows", "500", "--out", dir); err != nil {
+		t.Fatal(err)
+	}
+	fhir := bulktest.New(t, dir)
+	keyFile := filepath.Join(t.TempDir(), "key")
+	os.WriteFile(keyFile, []byte(strings.Repeat("k", 32)), 0o600)
+	lake := filepath.Join(t.TempDir(), "lake")
+	landing := "s3://" + bucket + "/raw/2026-12"
+	args := []string{"ingest", "--extract", fhir.Base(), "--landing", landing, "--optouts", filepath.Join(dir, "optouts.txt"),
+		"--lake", lake, "--key-file", keyFile, "--dataset", "pulled"}
+	if _, err := runHub(t, args...); err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), "--landing-cache") {
+		t.Fatalf("an S3 landing without a cache folder: %v", err)
+	}
+	cache := filepath.Join(t.TempDir(), "cache")
+	out, err := runHub(t, append(args, "--landing-cache", cache)...)
+	if err != nil || !strings.Contains(out, "published pulled@1") {
+		t.Fatalf("pull into S3: %v\n%s", err, out)
+	}
+	st, err := s3.Open(t.Context(), s3.Config{Endpoint: srv.Endpoint, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, Bucket: bucket, Prefix: "raw/2026-12"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := readAll(t.Context(), st, "pull.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pull struct {
+		Complete bool
+		Files    []struct{ Name string }
+	}
+	if err := json.Unmarshal(b, &pull); err != nil || !pull.Complete || len(pull.Files) < 8 {
+		t.Fatalf("pull.json in S3: %v %s", err, b)
+	}
+	for _, f := range append(pull.Files, struct{ Name string }{"manifest.json"}) {
+		got, err := readAll(t.Context(), st, f.Name)
+		want, _ := os.ReadFile(filepath.Join(cache, f.Name))
+		if err != nil || len(got) == 0 || string(got) != string(want) {
+			t.Errorf("%s in S3: %d bytes, the cache %d: %v", f.Name, len(got), len(want), err)
+		}
+	}
+	out, err = runHub(t, "catalog", "show", "--lake", lake, "--json", "pulled")
+	if err != nil || !strings.Contains(out, `"extract_folder": "`+landing+`"`) {
+		t.Errorf("the version's provenance does not name the S3 landing area: %v\n%s", err, out)
+	}
+}
+
+// readAll reads an object of a store.
+func readAll(ctx context.Context, st *s3.Store, name string) ([]byte, error) {
+	rc, err := st.Open(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return io.ReadAll(rc)
 }
