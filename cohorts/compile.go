@@ -28,7 +28,14 @@ type Plan struct {
 	rates map[int][]ratePeriod
 	// cohorts holds a plan per cohort of a query with several.
 	cohorts []*Plan
+	// Unknowns count, for each attribute the criteria test (in
+	// unknownAttributes' order), the population's patients without it.
+	Unknowns []Statement
 }
+
+// unknownColumn is the patients column an attribute is read from.
+var unknownColumn = map[string]string{"age": "birth_mi", "sex": "sex", "region": "postcode_area",
+	"district": "district", "ethnicity_group": "ethnicity_group"}
 
 // perCohort returns a query with several cohorts as one query a cohort: its
 // criteria and the cohort's, the measures and index date the same, the
@@ -237,6 +244,14 @@ func Compile(q *Query, seed int64) (*Plan, error) {
 	}
 	cohort.w(")")
 	p := &Plan{Query: q, ids: c.byID, idxMI: c.idxMI}
+	attrs, _ := q.unknownAttributes()
+	for _, a := range attrs {
+		f := new(frag).w("SELECT count(*) FROM patients p WHERE p.", unknownColumn[a], " IS NULL")
+		if q.population() == PopulationAlive {
+			f.w(" AND coalesce(p.birth_mi, ").arg(int64(0)).w(") <= ").arg(int64(c.idxMI)).w(" AND ").add(c.alive(q.IndexDate))
+		}
+		p.Unknowns = append(p.Unknowns, Statement{SQL: f.b.String(), Args: f.args})
+	}
 	for i := range q.Measures {
 		if m := &q.Measures[i]; m.Kind == KindRate {
 			periods, err := compileRate(q, m, seed)

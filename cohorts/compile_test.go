@@ -120,6 +120,7 @@ func FuzzQuery(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(`{"dataset": "gp", "criteria": {"condition": {"codes": {"codelist": "test/t2d@1", "icd10": ["E11"]}}}, "measures": [{"kind": "count"}], "epsilon": 1}`)
+	f.Add(`{"dataset": "gp", "index_date": "2024-01-01", "report_unknowns": true, "criteria": {"not": {"region": ["ZE"]}}, "measures": [{"kind": "count"}], "epsilon": 1}`)
 	f.Add(`{"dataset": "gp", "cohorts": [{"name": "a", "criteria": {"sex": ["female"]}}, {"name": "b", "criteria": {"not": {"sex": ["female"]}}}],
 		"measures": [{"kind": "count"}], "epsilon": 1}`)
 	f.Add(`{"dataset": "gp", "measures": [{"kind": "rate", "by": ["sex"], "denominator": {"registered": {"days_before": 365}},
@@ -144,6 +145,7 @@ func FuzzQuery(f *testing.F) {
 			t.Fatal(err)
 		}
 		checkNoLiterals(t, p)
+		checkNoLiterals(t, &Plan{Measures: p.Unknowns})
 		for _, sub := range append([]*Plan{p}, p.cohorts...) {
 			for _, periods := range sub.rates {
 				for _, rp := range periods {

@@ -116,6 +116,20 @@ func (e *Engine) exact(ctx context.Context, p *Plan) ([]exact, error) {
 	return out, nil
 }
 
+// unknownCounts runs a plan's unknown counts, exactly; only release may
+// see them.
+func (e *Engine) unknownCounts(ctx context.Context, p *Plan) ([]int64, error) {
+	var out []int64
+	for _, st := range p.Unknowns {
+		rows, err := e.rows(ctx, st)
+		if err != nil {
+			return nil, fmt.Errorf("count unknowns: %w", err)
+		}
+		out = append(out, toInt(rows[0][0]))
+	}
+	return out, nil
+}
+
 // domain is the public domain of a breakdown key, Unknown (or "none" for
 // years) last.
 func (p *Plan) domain(key string, m *Measure) []string {

@@ -909,3 +909,61 @@ func TestStudies(t *testing.T) {
 		})
 	}
 }
+
+// report_unknowns counts, for each attribute the criteria test, the
+// population's patients without it, exactly as the oracle does, and
+// releases each as a noisy count for a measure's share of ε.
+func TestReportUnknowns(t *testing.T) {
+	s := newService(t)
+	q := mustParse(t, `{"dataset": "gp", "index_date": "2024-01-01", "report_unknowns": true,
+		"criteria": {"all": [{"not": {"region": ["ZE"]}}, {"age": {"min": 40}}, {"any": [{"district": ["LS6"]}, {"region": ["LS"], "unknown": "match"}]}]},
+		"measures": [{"kind": "count"}], "epsilon": 4}`)
+	eng, err := s.Engine(t.Context(), "gp", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := Compile(q, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts, err := eng.unknownCounts(t.Context(), plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	attrs, paths := q.unknownAttributes()
+	if fmt.Sprint(attrs) != "[age region district]" || len(paths["region"]) != 2 || paths["region"][0] != "criteria.all[0].not" {
+		t.Fatalf("attributes %v, paths %v", attrs, paths)
+	}
+	o := newOracle(t, lake(t), q)
+	for i, a := range attrs {
+		var want int64
+		for _, p := range o.patients {
+			if !o.inPopulation(p) {
+				continue
+			}
+			known := false
+			if a == "age" {
+				_, known = o.birthMI(p)
+			} else {
+				_, known = p.row[unknownColumn[a]].(string)
+			}
+			if !known {
+				want++
+			}
+		}
+		if counts[i] != want {
+			t.Errorf("%s: %d unknown, the oracle %d", a, counts[i], want)
+		}
+		if a == "district" && want == 0 {
+			t.Error("no unknown district: the fixture generalises districts away")
+		}
+	}
+	project(t, s, "p", 10, 1e-5)
+	ans, err := s.Query(t.Context(), "p", q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ans.Unknowns) != 3 || ans.Unknowns[2].Attribute != "district" || ans.Unknowns[2].Value == nil || ans.Unknowns[0].Epsilon != 1 || ans.Measures[0].Epsilon != 1 {
+		t.Errorf("unknowns %+v, measure ε %g", ans.Unknowns, ans.Measures[0].Epsilon)
+	}
+}

@@ -69,6 +69,45 @@ type Query struct {
 	SuppressBelow int `json:"suppress_below,omitempty"`
 	// RoundTo rounds released counts to the nearest 5 (post-processing).
 	RoundTo int `json:"round_to,omitempty"`
+	// ReportUnknowns releases, for each attribute the criteria test, a
+	// noisy count of the population's patients whose value is unknown,
+	// each for a share of ε as a measure's.
+	ReportUnknowns bool `json:"report_unknowns,omitempty"`
+}
+
+// unknownAttributes are the attributes the criteria test, in a fixed
+// order, with the paths of the criteria that test each.
+func (q *Query) unknownAttributes() (attrs []string, paths map[string][]string) {
+	if !q.ReportUnknowns {
+		return nil, nil
+	}
+	paths = map[string][]string{}
+	var walk func(k *Criterion, at string)
+	walk = func(k *Criterion, at string) {
+		if k == nil {
+			return
+		}
+		for i, x := range k.All {
+			walk(x, fmt.Sprintf("%s.all[%d]", at, i))
+		}
+		for i, x := range k.Any {
+			walk(x, fmt.Sprintf("%s.any[%d]", at, i))
+		}
+		walk(k.Not, at+".not")
+		for attr, set := range map[string]bool{"age": k.Age != nil, "sex": k.Sex != nil, "region": k.Region != nil,
+			"district": k.District != nil, "ethnicity_group": k.EthnicityGroup != nil} {
+			if set {
+				paths[attr] = append(paths[attr], at)
+			}
+		}
+	}
+	walk(q.Criteria, "criteria")
+	for _, a := range []string{"age", "sex", "region", "district", "ethnicity_group"} {
+		if len(paths[a]) > 0 {
+			attrs = append(attrs, a)
+		}
+	}
+	return attrs, paths
 }
 
 // A Criterion is one node of a cohort definition: a group (all, any, not)
@@ -488,6 +527,14 @@ func (q *Query) Validate() error {
 	}
 	if len(q.Measures) > MaxMeasures {
 		return bad("measures: at most %d per query", MaxMeasures)
+	}
+	if q.ReportUnknowns {
+		if q.Cohorts != nil || slices.ContainsFunc(q.Measures, func(m Measure) bool { return m.Kind == KindRate }) {
+			return bad("report_unknowns: for a query's criteria, without cohorts or rates")
+		}
+		if attrs, _ := q.unknownAttributes(); len(attrs) == 0 {
+			return bad("report_unknowns: the criteria test no attribute (age, sex, region, district, ethnicity_group)")
+		}
 	}
 	needDelta := false
 	for i := range q.Measures {

@@ -32,6 +32,42 @@ type Answer struct {
 	Codelists []CodelistUse `json:"codelists,omitempty"`
 	// Rules are the release rules the answer obeys.
 	Rules *governance.ReleaseRules `json:"release_rules,omitempty"`
+	// Unknowns are, with report_unknowns, the noisy counts of the
+	// population's patients whose value of each attribute tested is
+	// unknown.
+	Unknowns []UnknownCount `json:"unknowns,omitempty"`
+}
+
+// An UnknownCount is how many patients of the population have no value
+// of an attribute the criteria test (a noisy count, rounded as counts
+// are, never suppressed: it says how much a criterion's unknown choice
+// matters), and the criteria that test it.
+type UnknownCount struct {
+	Attribute string   `json:"attribute"`
+	Criteria  []string `json:"criteria"`
+	Epsilon   float64  `json:"epsilon"`
+	Value     *float64 `json:"value"`
+	CILow     *float64 `json:"ci_low"`
+	CIHigh    *float64 `json:"ci_high"`
+}
+
+// releaseUnknowns releases the unknown counts, each for a measure's share
+// of ε.
+func releaseUnknowns(q *Query, counts []int64, granted *governance.ReleaseRules) ([]UnknownCount, error) {
+	attrs, paths := q.unknownAttributes()
+	eps, _ := split(q)
+	rules := applied(q, granted)
+	var out []UnknownCount
+	for i, a := range attrs {
+		v, lo, hi, err := noisyCount(counts[i], eps)
+		if err != nil {
+			return nil, err
+		}
+		u := UnknownCount{Attribute: a, Criteria: paths[a], Epsilon: eps}
+		u.Value, u.CILow, u.CIHigh = roundCount(rules.RoundTo, float64(v), lo, hi)
+		out = append(out, u)
+	}
+	return out, nil
 }
 
 // A Result is one released measure. Value and the 95% interval are null
@@ -76,7 +112,8 @@ type Quantile struct {
 // (sequential composition), δ equally among the by_code measures, the
 // only ones that use it.
 func split(q *Query) (eps, delta float64) {
-	eps = q.Epsilon / float64(len(q.Measures))
+	attrs, _ := q.unknownAttributes()
+	eps = q.Epsilon / float64(len(q.Measures)+len(attrs))
 	n := 0
 	for _, m := range q.Measures {
 		if m.ByCode != "" {

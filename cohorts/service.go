@@ -315,6 +315,10 @@ func (s *Service) Query(ctx context.Context, project string, q *Query) (*Answer,
 	if err != nil {
 		return nil, err
 	}
+	unknowns, err := eng.unknownCounts(ctx, plan)
+	if err != nil {
+		return nil, err
+	}
 	a, repeat, err := ledger.Spend(charge, func() (*Answer, error) {
 		// The SQL took time: a withdrawal or an expiry since the checks
 		// above stops the charge and the answer (under the ledger's lock,
@@ -327,8 +331,12 @@ func (s *Service) Query(ctx context.Context, project string, q *Query) (*Answer,
 			return nil, err
 		}
 		a, err := release(q, xs, now.Rules)
-		if a != nil {
-			a.Epsilon, a.Delta, a.Codelists = q.Epsilon, q.Delta, lists
+		if err != nil {
+			return nil, err
+		}
+		a.Epsilon, a.Delta, a.Codelists = q.Epsilon, q.Delta, lists
+		if len(unknowns) > 0 {
+			a.Unknowns, err = releaseUnknowns(q, unknowns, now.Rules)
 		}
 		return a, err
 	})

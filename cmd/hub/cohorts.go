@@ -391,4 +391,13 @@ func printAnswer(w io.Writer, a *cohorts.Answer) {
 		}
 		tw.Flush()
 	}
+	if len(a.Unknowns) > 0 {
+		fmt.Fprintln(w, "\npatients of the population whose value is unknown")
+		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "attribute\tvalue\t95% interval\tε\ttested by\t")
+		for _, u := range a.Unknowns {
+			fmt.Fprintf(tw, "%s\t%s\t%s – %s\t%.4g\t%s\t\n", u.Attribute, num(u.Value), num(u.CILow), num(u.CIHigh), u.Epsilon, strings.Join(u.Criteria, ", "))
+		}
+		tw.Flush()
+	}
 }

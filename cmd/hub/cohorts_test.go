@@ -256,17 +256,19 @@ func TestCodelistCommands(t *testing.T) {
 	}
 }
 
-// A rate prints a row an interval and cell, suppressed cells marked.
+// A rate prints a row an interval and cell, suppressed cells marked; the
+// unknown counts follow the measures.
 func TestPrintRate(t *testing.T) {
 	f := func(v float64) *float64 { return &v }
 	a := &cohorts.Answer{Dataset: "demo", Version: 1, QuerySHA256: "0123456789abcdef", Epsilon: 1, Measures: []cohorts.Result{{
 		Kind: "rate", Name: "HbA1c", Epsilon: 1, By: []string{"sex"}, Intervals: []cohorts.RateInterval{
 			{From: "2023-01-01", To: "2023-03-31", Cells: []cohorts.RateCell{
 				{Key: map[string]string{"sex": "female"}, Numerator: f(45), Denominator: f(90), Value: f(0.5), CILow: f(0.41), CIHigh: f(0.59)},
-				{Key: map[string]string{"sex": "other"}, Suppressed: true}}}}}}}
+				{Key: map[string]string{"sex": "other"}, Suppressed: true}}}}}},
+		Unknowns: []cohorts.UnknownCount{{Attribute: "region", Criteria: []string{"criteria.not"}, Epsilon: 0.5, Value: f(120), CILow: f(110), CIHigh: f(130)}}}
 	var b strings.Builder
 	printAnswer(&b, a)
-	for _, want := range []string{"2023-01-01", "female", "45", "90", "0.500", "0.410 – 0.590", "other", "suppressed"} {
+	for _, want := range []string{"2023-01-01", "female", "45", "90", "0.500", "0.410 – 0.590", "other", "suppressed", "region", "120", "criteria.not"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, b.String())
 		}
