@@ -895,8 +895,13 @@ func TestUntilAndNthBite(t *testing.T) {
 // oracle selects, on the test dataset.
 func TestStudies(t *testing.T) {
 	s := newService(t)
+	store, err := OpenCodelists(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	importFixture(t, store, "nhsd-primary-care-domain-refsets-dmtype2_cod.csv", "nhsd-primary-care-domain-refsets/dmtype2_cod", "20250912")
 	files, _ := filepath.Glob(filepath.Join("..", "docs", "studies", "*.json"))
-	if len(files) < 5 {
+	if len(files) < 10 {
 		t.Fatalf("%d study definitions in docs/studies", len(files))
 	}
 	for _, f := range files {
@@ -905,7 +910,11 @@ func TestStudies(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			groundTruth(t, s, mustParse(t, strings.Replace(string(b), `"demo"`, `"gp"`, 1)))
+			q := mustParse(t, strings.Replace(string(b), `"demo"`, `"gp"`, 1))
+			if _, err := resolveCodelists(q, store); err != nil {
+				t.Fatal(err)
+			}
+			groundTruth(t, s, q)
 		})
 	}
 }
