@@ -23,6 +23,7 @@ const (
 	ActAccess          = "access"           // a refused call (wrong role, not a member)
 	ActQuery           = "query"
 	ActPublish         = "dataset.publish"
+	ActCodelist        = "codelist.import"
 	ActRead            = "read" // a refused read of requests, budgets or the log
 )
 

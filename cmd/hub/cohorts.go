@@ -44,7 +44,7 @@ func codelistCommand() *cli.Command {
 				"query's hash covers the codes it used. The system is taken from the codes (SNOMED CT or\n" +
 				"ICD-10) or the dmd_id column unless --system says. The server reads new lists at once.\n\n" +
 				"Example: hub codelist import --state ./state --name opensafely/asthma-diagnosis --version 2020-04-15 asthma.csv",
-			Flags: []cli.Flag{stateFlag(),
+			Flags: []cli.Flag{stateFlag(), auditKeyFlag(),
 				&cli.StringFlag{Name: "name", Required: true, Usage: "owner/name, as OpenCodelists names it (e.g. nhsd-primary-care-domain-refsets/dmtype2_cod)"},
 				&cli.StringFlag{Name: "version", Required: true, Usage: "the version (OpenCodelists' version id or date)"},
 				&cli.StringFlag{Name: "system", Usage: "snomed, icd10 or dmd (default: from the file)"}},
@@ -67,8 +67,23 @@ func codelistCommand() *cli.Command {
 				}
 				cl := &cohorts.Codelist{Name: c.String("name"), Version: c.String("version"), System: system, Codes: codes,
 					Source: filepath.Base(c.Args().First()), Imported: time.Now().UTC()}
+				_, err = lists.Get(cl.Ref())
+				isNew := errors.Is(err, cohorts.ErrNoCodelist)
 				if err := lists.Put(cl); err != nil {
 					return err
+				}
+				if isNew {
+					// A new version goes into the audit log: who brought
+					// which codes in, with their hash.
+					gov, err := openGovernance(c)
+					if err != nil {
+						return err
+					}
+					defer gov.Close()
+					data, _ := json.Marshal(map[string]any{"codelist": cl.Ref(), "system": cl.System, "codes": len(cl.Codes), "sha256": cl.SHA256, "source": cl.Source})
+					if _, err := gov.Record(hostPrincipal(), governance.Entry{Action: governance.ActCodelist, Data: data}); err != nil {
+						return err
+					}
 				}
 				fmt.Fprintf(c.App.Writer, "%s: %d %s codes (sha256 %s)\n", cl.Ref(), len(cl.Codes), cl.System, cl.SHA256)
 				return nil

@@ -254,6 +254,11 @@ func TestCodelistCommands(t *testing.T) {
 	if err != nil || json.Unmarshal([]byte(out), &lists) != nil || len(lists) != 1 || lists[0]["count"] != 23.0 || lists[0]["codes"] != nil {
 		t.Errorf("list: %v\n%s", err, out)
 	}
+	// One audit entry: the version's first import, not the second.
+	out, err = runHub(t, "audit", "verify", "--state", state)
+	if err != nil || !strings.Contains(out, "intact: 1 entries") {
+		t.Errorf("audit: %v\n%s", err, out)
+	}
 }
 
 // A rate prints a row an interval and cell, suppressed cells marked; the
