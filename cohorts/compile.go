@@ -304,22 +304,12 @@ func (c *compiler) cte(e *Event) string {
 	if name, ok := c.cteOf[e]; ok {
 		return name
 	}
-	var join, pred *frag
-	join, pred = c.window(e.Window, "t")
+	join, where := c.eventRows(e)
 	name := fmt.Sprintf("e%d", len(c.cteOf)+1)
 	c.cteOf[e] = name
 	f := new(frag).w(name, " AS (SELECT t.pid, min(t.event_date) AS first_date, max(t.event_date) AS last_date FROM ", c.tables[e], " t")
 	f.add(join)
-	f.w(" WHERE ").add(c.filter(c.tables[e], e.Codes, e.Types, e.Unit, e.Value, "t"))
-	if e.Classes != nil {
-		f.w(" AND ").add(inList("t", "class", e.Classes))
-	}
-	if e.AdmissionSources != nil {
-		f.w(" AND ").add(inList("t", "admission_source", e.AdmissionSources))
-	}
-	if pred != nil {
-		f.w(" AND ").add(pred)
-	}
+	f.w(" WHERE ").add(where)
 	f.w(" GROUP BY t.pid HAVING count(*) >= ").arg(int64(max(e.MinCount, 1)))
 	if e.MaxCount > 0 {
 		f.w(" AND count(*) <= ").arg(int64(e.MaxCount))
@@ -327,6 +317,24 @@ func (c *compiler) cte(e *Event) string {
 	f.w(")")
 	c.ctes = append(c.ctes, f)
 	return name
+}
+
+// eventRows returns the join (to a window's anchor) and the predicate
+// that select an event criterion's matching rows of its table, alias t:
+// codes, types, unit, value, class, admission source, then the window.
+func (c *compiler) eventRows(e *Event) (joinF, where *frag) {
+	joinF, pred := c.window(e.Window, "t")
+	where = c.filter(c.tables[e], e.Codes, e.Types, e.Unit, e.Value, "t")
+	if e.Classes != nil {
+		where.w(" AND ").add(inList("t", "class", e.Classes))
+	}
+	if e.AdmissionSources != nil {
+		where.w(" AND ").add(inList("t", "admission_source", e.AdmissionSources))
+	}
+	if pred != nil {
+		where.w(" AND ").add(pred)
+	}
+	return joinF, where
 }
 
 // filter is the predicate that selects an event table's rows by code,
@@ -509,19 +517,10 @@ func (c *compiler) windowOn(w *Window, t, low, high string) (joinF, pred *frag) 
 func (c *compiler) nth(e *Event, n int) string {
 	base := c.cte(e)
 	name := fmt.Sprintf("n%d", len(c.ctes)+1)
-	joinF, pred := c.window(e.Window, "t")
+	joinF, where := c.eventRows(e)
 	f := new(frag).w(name, " AS (SELECT pid, event_date AS nth_date FROM (SELECT t.pid, t.event_date, row_number() OVER (PARTITION BY t.pid ORDER BY t.event_date) AS k FROM ",
 		c.tables[e], " t").add(joinF)
-	f.w(" WHERE t.pid IN (SELECT pid FROM ", base, ") AND ").add(c.filter(c.tables[e], e.Codes, e.Types, e.Unit, e.Value, "t"))
-	if e.Classes != nil {
-		f.w(" AND ").add(inList("t", "class", e.Classes))
-	}
-	if e.AdmissionSources != nil {
-		f.w(" AND ").add(inList("t", "admission_source", e.AdmissionSources))
-	}
-	if pred != nil {
-		f.w(" AND ").add(pred)
-	}
+	f.w(" WHERE t.pid IN (SELECT pid FROM ", base, ") AND ").add(where)
 	f.w(") WHERE k = ").arg(int64(n)).w(")")
 	c.ctes = append(c.ctes, f)
 	return name

@@ -169,12 +169,8 @@ func (o *oracle) bounds(w *Window, p *oPatient) (lo, hi time.Time, ok bool) {
 		case "nth":
 			var ds []time.Time
 			for _, r := range p.events[o.tables[e]] {
-				d := r["event_date"].(time.Time)
-				class, _ := r["class"].(string)
-				source, _ := r["admission_source"].(string)
-				if (e.Classes == nil || slices.Contains(e.Classes, class)) && (e.AdmissionSources == nil || slices.Contains(e.AdmissionSources, source)) &&
-					o.matches(o.tables[e], e.Codes, e.Types, e.Unit, e.Value, r) && o.inWindow(e.Window, p, d) {
-					ds = append(ds, d)
+				if o.eventRow(e, p, r) {
+					ds = append(ds, r["event_date"].(time.Time))
 				}
 			}
 			slices.SortFunc(ds, time.Time.Compare)
@@ -201,6 +197,16 @@ func (o *oracle) bounds(w *Window, p *oPatient) (lo, hi time.Time, ok bool) {
 	return lo, hi, true
 }
 
+// eventRow reports whether a row of an event criterion's table matches
+// it for patient p: codes, types, unit, value, class, admission source and
+// window.
+func (o *oracle) eventRow(e *Event, p *oPatient, r map[string]any) bool {
+	class, _ := r["class"].(string)
+	source, _ := r["admission_source"].(string)
+	return (e.Classes == nil || slices.Contains(e.Classes, class)) && (e.AdmissionSources == nil || slices.Contains(e.AdmissionSources, source)) &&
+		o.matches(o.tables[e], e.Codes, e.Types, e.Unit, e.Value, r) && o.inWindow(e.Window, p, r["event_date"].(time.Time))
+}
+
 // first is the first matching date of an event criterion the patient meets.
 func (o *oracle) first(e *Event, p *oPatient) (time.Time, bool) {
 	first, _, ok := o.dates(e, p)
@@ -213,12 +219,7 @@ func (o *oracle) dates(e *Event, p *oPatient) (first, last time.Time, ok bool) {
 	n := 0
 	for _, r := range p.events[o.tables[e]] {
 		d := r["event_date"].(time.Time)
-		class, _ := r["class"].(string)
-		source, _ := r["admission_source"].(string)
-		if e.Classes != nil && !slices.Contains(e.Classes, class) || e.AdmissionSources != nil && !slices.Contains(e.AdmissionSources, source) {
-			continue
-		}
-		if o.matches(o.tables[e], e.Codes, e.Types, e.Unit, e.Value, r) && o.inWindow(e.Window, p, d) {
+		if o.eventRow(e, p, r) {
 			if n == 0 || d.Before(first) {
 				first = d
 			}

@@ -175,8 +175,7 @@ func TestFullDiskMessage(t *testing.T) {
 			t.Errorf("unmount: %v (a file of the failed run left open?)", err)
 		}
 	})
-	keyFile := filepath.Join(t.TempDir(), "key")
-	os.WriteFile(keyFile, []byte(strings.Repeat("k", 32)), 0o600)
+	keyFile := testKeyFile(t)
 	_, err := runHub(t, "ingest", "--extract", dir, "--optouts", filepath.Join(dir, "optouts.txt"), "--dataset", "d", "--lake", lake, "--key-file", keyFile)
 	if err == nil || !strings.Contains(err.Error(), "disk is full") || !strings.Contains(err.Error(), "hub catalog gc d") {
 		t.Fatalf("err = %v, want the disk named full and gc suggested", err)

@@ -19,10 +19,7 @@ import (
 
 // An extract dropped in an S3 landing area is published to an S3 lake.
 func TestPublishS3ToS3(t *testing.T) {
-	srv := miniotest.Start(t)
-	bucket := srv.Bucket(t)
-	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
+	srv, bucket := startS3(t)
 	t.Setenv("HUB_S3_ENDPOINT", srv.Endpoint)
 	t.Setenv("HUB_S3_TLS", "false")
 
@@ -30,18 +27,14 @@ func TestPublishS3ToS3(t *testing.T) {
 	if _, err := runHub(t, "synth", "--patients", "300", "--out", dir, "--gzip"); err != nil {
 		t.Fatal(err)
 	}
-	landing, err := s3.Open(t.Context(), s3.Config{Endpoint: srv.Endpoint, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, Bucket: bucket, Prefix: "landing/2025-01"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	landing := openBucket(t, srv, bucket, "landing/2025-01")
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
 		if _, err := copyToStore(t.Context(), landing, filepath.Join(dir, e.Name()), e.Name()); err != nil {
 			t.Fatal(err)
 		}
 	}
-	keyFile := filepath.Join(t.TempDir(), "key")
-	os.WriteFile(keyFile, []byte(strings.Repeat("k", 32)), 0o600)
+	keyFile := testKeyFile(t)
 	lake := "s3://" + bucket + "/lake"
 	out, err := runHub(t, "ingest", "--extract", "s3://"+bucket+"/landing/2025-01", "--optouts", filepath.Join(dir, "optouts.txt"),
 		"--dataset", "s3demo", "--lake", lake, "--key-file", keyFile)
@@ -62,20 +55,14 @@ func TestPublishS3ToS3(t *testing.T) {
 // found there as in a folder; the endpoint is given as the aws cli spells
 // it, the scheme saying TLS or not.
 func TestPublishBulkExportFromS3(t *testing.T) {
-	srv := miniotest.Start(t)
-	bucket := srv.Bucket(t)
-	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
+	srv, bucket := startS3(t)
 	t.Setenv("AWS_ENDPOINT_URL", "http://"+srv.Endpoint)
 
 	dir := filepath.Join(t.TempDir(), "x")
 	if _, err := runHub(t, "synth", "--patients", "400", "--format", "fhir", "--part-rows", "500", "--out", dir); err != nil {
 		t.Fatal(err)
 	}
-	landing, err := s3.Open(t.Context(), s3.Config{Endpoint: srv.Endpoint, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, Bucket: bucket, Prefix: "landing/bulk"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	landing := openBucket(t, srv, bucket, "landing/bulk")
 	entries, _ := os.ReadDir(dir)
 	parts := 0
 	for _, e := range entries {
@@ -89,8 +76,6 @@ func TestPublishBulkExportFromS3(t *testing.T) {
 	if parts < 2 {
 		t.Fatalf("%d encounter parts; the test wants several", parts)
 	}
-	keyFile := filepath.Join(t.TempDir(), "key")
-	os.WriteFile(keyFile, []byte(strings.Repeat("k", 32)), 0o600)
 	out, err := runHub(t, "ingest", "--extract", "s3://"+bucket+"/landing/bulk", "--optouts", filepath.Join(dir, "optouts.txt"), "--check", "--json")
 	if err != nil {
 		t.Fatalf("ingest: %v\n%s", err, out)
@@ -130,8 +115,7 @@ func TestPublishPulledExport(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := bulktest.New(t, dir)
-	keyFile := filepath.Join(t.TempDir(), "key")
-	os.WriteFile(keyFile, []byte(strings.Repeat("k", 32)), 0o600)
+	keyFile := testKeyFile(t)
 	lake := filepath.Join(t.TempDir(), "lake")
 	landing := filepath.Join(t.TempDir(), "landing")
 	base := []string{"ingest", "--optouts", filepath.Join(dir, "optouts.txt"), "--lake", lake, "--key-file", keyFile, "--json"}
@@ -221,8 +205,7 @@ func TestIncrementalPull(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := bulktest.New(t, dir)
-	keyFile := filepath.Join(t.TempDir(), "key")
-	os.WriteFile(keyFile, []byte(strings.Repeat("k", 32)), 0o600)
+	keyFile := testKeyFile(t)
 	lake := filepath.Join(t.TempDir(), "lake")
 	optouts := filepath.Join(dir, "optouts.txt")
 	pub := func(args ...string) {
@@ -315,10 +298,7 @@ func TestIncrementalPull(t *testing.T) {
 // of the export (and manifest.json and pull.json last) to the landing
 // area, byte for byte, before the version that cites it is published.
 func TestPullLandsInS3(t *testing.T) {
-	srv := miniotest.Start(t)
-	bucket := srv.Bucket(t)
-	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
+	srv, bucket := startS3(t)
 	t.Setenv("HUB_S3_ENDPOINT", "http://"+srv.Endpoint)
 
 	dir := filepath.Join(t.TempDir(), "x")
@@ -326,8 +306,7 @@ func TestPullLandsInS3(t *testing.T) {
 		t.Fatal(err)
 	}
 	fhir := bulktest.New(t, dir)
-	keyFile := filepath.Join(t.TempDir(), "key")
-	os.WriteFile(keyFile, []byte(strings.Repeat("k", 32)), 0o600)
+	keyFile := testKeyFile(t)
 	lake := filepath.Join(t.TempDir(), "lake")
 	landing := "s3://" + bucket + "/raw/2026-12"
 	args := []string{"ingest", "--extract", fhir.Base(), "--landing", landing, "--optouts", filepath.Join(dir, "optouts.txt"),
@@ -340,10 +319,7 @@ func TestPullLandsInS3(t *testing.T) {
 	if err != nil || !strings.Contains(out, "published pulled@1") {
 		t.Fatalf("pull into S3: %v\n%s", err, out)
 	}
-	st, err := s3.Open(t.Context(), s3.Config{Endpoint: srv.Endpoint, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, Bucket: bucket, Prefix: "raw/2026-12"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := openBucket(t, srv, bucket, "raw/2026-12")
 	b, err := readAll(t.Context(), st, "pull.json")
 	if err != nil {
 		t.Fatal(err)
@@ -366,6 +342,37 @@ func TestPullLandsInS3(t *testing.T) {
 	if err != nil || !strings.Contains(out, `"extract_folder": "`+landing+`"`) {
 		t.Errorf("the version's provenance does not name the S3 landing area: %v\n%s", err, out)
 	}
+}
+
+// startS3 starts MinIO with a bucket for a test and puts its credentials
+// in the environment, where the hub reads them.
+func startS3(t *testing.T) (*miniotest.Server, string) {
+	t.Helper()
+	srv := miniotest.Start(t)
+	bucket := srv.Bucket(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", srv.AccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.SecretKey)
+	return srv, bucket
+}
+
+// openBucket opens bucket/prefix of a test's MinIO as a store.
+func openBucket(t *testing.T, srv *miniotest.Server, bucket, prefix string) *s3.Store {
+	t.Helper()
+	st, err := s3.Open(t.Context(), s3.Config{Endpoint: srv.Endpoint, AccessKey: srv.AccessKey, SecretKey: srv.SecretKey, Bucket: bucket, Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// testKeyFile writes a 32-byte pseudonymisation key for a test.
+func testKeyFile(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(path, []byte(strings.Repeat("k", 32)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // readAll reads an object of a store.
