@@ -29,36 +29,38 @@ type Engine struct {
 // for a code list.
 var tableLoads = []struct {
 	name, create, load string
+	// optional are columns a version may lack (published before they
+	// were): load names them as its second argument, NULL where absent.
+	optional []string
 }{
 	{"patients",
 		`CREATE TABLE patients (pid INTEGER, patient_id BLOB, year_of_birth SMALLINT, month_of_birth TINYINT, birth_mi INTEGER,
 			age_band VARCHAR, sex VARCHAR, district VARCHAR, postcode_area VARCHAR, ethnicity_group VARCHAR, death_month DATE)`,
 		`INSERT INTO patients SELECT CAST(row_number() OVER () AS INTEGER), patient_id, year_of_birth, month_of_birth,
 			CASE WHEN year_of_birth IS NULL THEN NULL ELSE year_of_birth * 12 + coalesce(month_of_birth, 7) - 1 END,
-			age_band, sex, district, postcode_area, ethnicity_group, death_month FROM read_parquet(%s)`},
+			age_band, sex, district, postcode_area, ethnicity_group, death_month FROM read_parquet(%s)`, nil},
 	{"conditions",
 		`CREATE TABLE conditions (pid INTEGER, code_system VARCHAR, code VARCHAR, event_date DATE)`,
-		`INSERT INTO conditions SELECT p.pid, t.code_system, t.code, t.onset_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`},
+		`INSERT INTO conditions SELECT p.pid, t.code_system, t.code, t.onset_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`, nil},
 	{"medications",
 		`CREATE TABLE medications (pid INTEGER, code_system VARCHAR, code VARCHAR, event_date DATE, end_date DATE)`,
-		`INSERT INTO medications SELECT p.pid, t.code_system, t.code, t.start_date, t.end_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`},
+		`INSERT INTO medications SELECT p.pid, t.code_system, t.code, t.start_date, t.end_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`, nil},
 	{"observations",
 		`CREATE TABLE observations (pid INTEGER, code_system VARCHAR, code VARCHAR, value DOUBLE, unit VARCHAR, event_date DATE)`,
-		`INSERT INTO observations SELECT p.pid, t.code_system, t.code, t.value, t.unit, t.effective_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`},
+		`INSERT INTO observations SELECT p.pid, t.code_system, t.code, t.value, t.unit, t.effective_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`, nil},
 	{"encounters",
 		`CREATE TABLE encounters (pid INTEGER, type VARCHAR, event_date DATE, end_date DATE, class VARCHAR, admission_source VARCHAR)`,
-		// class and admission_source are named only when the version has
-		// them (versions published before they were are loaded with NULLs).
-		`INSERT INTO encounters SELECT p.pid, t.type, t.start_date, t.end_date, %[2]s FROM read_parquet(%[1]s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.type, p.pid`},
+		`INSERT INTO encounters SELECT p.pid, t.type, t.start_date, t.end_date, %[2]s FROM read_parquet(%[1]s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.type, p.pid`,
+		[]string{"class", "admission_source"}},
 	{"procedures",
 		`CREATE TABLE procedures (pid INTEGER, code_system VARCHAR, code VARCHAR, event_date DATE)`,
-		`INSERT INTO procedures SELECT p.pid, t.code_system, t.code, t.performed_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`},
+		`INSERT INTO procedures SELECT p.pid, t.code_system, t.code, t.performed_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`, nil},
 	{"immunizations",
 		`CREATE TABLE immunizations (pid INTEGER, code_system VARCHAR, code VARCHAR, event_date DATE)`,
-		`INSERT INTO immunizations SELECT p.pid, t.code_system, t.code, t.occurrence_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`},
+		`INSERT INTO immunizations SELECT p.pid, t.code_system, t.code, t.occurrence_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`, nil},
 	{"registrations",
 		`CREATE TABLE registrations (pid INTEGER, start_date DATE, end_date DATE)`,
-		`INSERT INTO registrations SELECT p.pid, t.start_date, t.end_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY p.pid, t.start_date`},
+		`INSERT INTO registrations SELECT p.pid, t.start_date, t.end_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY p.pid, t.start_date`, nil},
 }
 
 // OpenEngine loads a version from local, already verified part files
@@ -95,11 +97,11 @@ func OpenEngine(ctx context.Context, m *catalog.Manifest, files map[string][]str
 		if len(files[t.name]) == 0 {
 			continue
 		}
-		load := fmt.Sprintf(t.load, sqlList(files[t.name]))
-		if t.name == "encounters" {
-			load = fmt.Sprintf(t.load, sqlList(files[t.name]), optionalColumns(m, "encounters", "class", "admission_source"))
+		args := []any{sqlList(files[t.name])}
+		if t.optional != nil {
+			args = append(args, optionalColumns(m, t.name, t.optional...))
 		}
-		if _, err := db.ExecContext(ctx, load); err != nil {
+		if _, err := db.ExecContext(ctx, fmt.Sprintf(t.load, args...)); err != nil {
 			db.Close()
 			return nil, fmt.Errorf("load %s: %w", t.name, err)
 		}
