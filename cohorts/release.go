@@ -104,8 +104,10 @@ type Cell struct {
 
 // A Quantile is one released rank.
 type Quantile struct {
-	Rank  float64 `json:"rank"`
-	Value float64 `json:"value"`
+	Rank   float64 `json:"rank"`
+	Value  float64 `json:"value"`
+	CILow  float64 `json:"ci_low"`
+	CIHigh float64 `json:"ci_high"`
 }
 
 // split is how a query's ε and δ are shared: ε equally among measures
@@ -468,28 +470,17 @@ func meanInterval(s float64, c int64, bs, bc float64) (lo, hi float64) {
 	return draws[int(math.Floor(Alpha/2*meanDraws))], draws[int(math.Ceil((1-Alpha/2)*meanDraws))-1]
 }
 
-// noisyQuantiles releases quantiles with the DP library's quantile tree.
+// noisyQuantiles releases quantiles, each with its 95% interval, from
+// one noisy quantile tree (quantileTree).
 func noisyQuantiles(m *Measure, x *exact, eps float64) ([]Quantile, error) {
-	bq, err := dpagg.NewBoundedQuantiles(&dpagg.BoundedQuantilesOptions{Epsilon: eps,
-		MaxPartitionsContributed: 1, MaxContributionsPerPartition: 1, Lower: *m.Lower, Upper: *m.Upper,
-		Noise: noise.Laplace()})
-	if err != nil {
-		return nil, err
-	}
-	for _, h := range x.hist {
-		for range h.n {
-			if err := bq.Add(h.v); err != nil {
-				return nil, err
-			}
-		}
-	}
+	t := newQuantileTree(*m.Lower, *m.Upper, eps, x.hist)
 	out := make([]Quantile, len(m.Ranks))
 	for i, r := range m.Ranks {
-		v, err := bq.Result(r)
+		v, lo, hi, err := t.quantile(r)
 		if err != nil {
 			return nil, err
 		}
-		out[i] = Quantile{Rank: r, Value: v}
+		out[i] = Quantile{Rank: r, Value: v, CILow: lo, CIHigh: hi}
 	}
 	return out, nil
 }
