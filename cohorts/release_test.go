@@ -2,9 +2,9 @@ package cohorts
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
-	"math"
 	"testing"
 
 	"github.com/nhs-hub/hub/governance"
