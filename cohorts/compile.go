@@ -35,7 +35,7 @@ type Plan struct {
 
 // unknownColumn is the patients column an attribute is read from.
 var unknownColumn = map[string]string{"age": "birth_mi", "sex": "sex", "region": "postcode_area",
-	"district": "district", "ethnicity_group": "ethnicity_group"}
+	"district": "district", "ethnicity_group": "ethnicity_group", "practice": "gp_practice"}
 
 // perCohort returns a query with several cohorts as one query a cohort: its
 // criteria and the cohort's, the measures and index date the same, the
@@ -179,7 +179,8 @@ func (f *frag) add(g *frag) *frag {
 // compiler turns a validated query into SQL over the engine's tables:
 //
 //	patients(pid, year_of_birth, month_of_birth, birth_mi, age_band, sex,
-//	         district, postcode_area, ethnicity_group, death_month)
+//	         district, postcode_area, ethnicity_group, death_month,
+//	         gp_practice)
 //	conditions|medications|observations|encounters(pid, event_date, ...)
 //
 // birth_mi is the month of birth as year*12+month-1 (July when the month
@@ -467,20 +468,23 @@ func (c *compiler) windowOn(w *Window, t, low, high string) (joinF, pred *frag) 
 		after = *w.DaysAfter
 	}
 	pred = new(frag)
+	var anchor *frag // the date the window is relative to
 	switch {
 	case w.RelativeTo == "index":
+		anchor = new(frag).w("CAST(").arg(c.idx.Format(time.DateOnly)).w(" AS DATE)")
 		pred.w(t, ".", low, " >= CAST(").arg(c.idx.AddDate(0, 0, -before).Format(time.DateOnly)).w(" AS DATE) AND ",
 			t, ".", high, " <= CAST(").arg(c.idx.AddDate(0, 0, after).Format(time.DateOnly)).w(" AS DATE)")
 	case w.RelativeTo != "":
 		e := c.byID[w.RelativeTo]
-		anchor, col := c.cte(e), "a.first_date"
+		cte, col := c.cte(e), "a.first_date"
 		switch w.Anchor {
 		case "last":
 			col = "a.last_date"
 		case "nth":
-			anchor, col = c.nth(e, w.Occurrence), "a.nth_date"
+			cte, col = c.nth(e, w.Occurrence), "a.nth_date"
 		}
-		joinF.w(" JOIN ", anchor, " a ON a.pid = ", t, ".pid")
+		joinF.w(" JOIN ", cte, " a ON a.pid = ", t, ".pid")
+		anchor = new(frag).w(col)
 		pred.w(t, ".", low, " >= ", col, " - CAST(").arg(int64(before)).w(" AS INTEGER) AND ",
 			t, ".", high, " <= ", col, " + CAST(").arg(int64(after)).w(" AS INTEGER)")
 	default:
@@ -500,10 +504,17 @@ func (c *compiler) windowOn(w *Window, t, low, high string) (joinF, pred *frag) 
 			ps = append(ps, pred)
 		}
 		for _, u := range w.Until {
-			if u == "death" {
+			switch u {
+			case "death":
 				joinF.w(" JOIN patients u ON u.pid = ", t, ".pid")
 				ps = append(ps, new(frag).w(t, ".", high, " <= coalesce(last_day(u.death_month), CAST(").arg("9999-12-31").w(" AS DATE))"))
-			} else {
+			case "deregistration":
+				// The latest end of the registrations current on the anchor
+				// date; none, and the comparison with NULL meets nothing.
+				open := new(frag).w("coalesce(g.end_date, CAST(").arg("9999-12-31").w(" AS DATE))")
+				ps = append(ps, new(frag).w(t, ".", high, " <= (SELECT max(").add(open).w(") FROM registrations g WHERE g.pid = ", t, ".pid AND g.start_date <= ").
+					add(anchor).w(" AND ").add(open).w(" >= ").add(anchor).w(")"))
+			default:
 				ps = append(ps, new(frag).w(t, ".", high, " <= CAST(").arg(u).w(" AS DATE)"))
 			}
 		}
@@ -596,6 +607,8 @@ func (c *compiler) expr(k *Criterion) *frag {
 		return c.known(in("district", k.District), k.Unknown)
 	case k.EthnicityGroup != nil:
 		return c.known(in("ethnicity_group", k.EthnicityGroup), k.Unknown)
+	case k.Practice != nil:
+		return c.known(in("gp_practice", k.Practice), k.Unknown)
 	default: // alive_at
 		d := k.AliveAt
 		if d == "index" {

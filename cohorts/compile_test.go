@@ -156,3 +156,21 @@ func FuzzQuery(f *testing.F) {
 		}
 	})
 }
+
+// Queries that say something the language cannot mean are refused with
+// the path of the mistake and what to write instead.
+func TestQueryErrors(t *testing.T) {
+	for _, c := range []struct{ query, want string }{
+		{`{"dataset": "gp", "criteria": {"encounter": {"window": {"from": "2020-01-01", "until": ["deregistration"]}}}, "measures": [{"kind": "count"}], "epsilon": 1}`,
+			`criteria.encounter.window.until: "deregistration" ends follow-up from an anchor; give relative_to`},
+		{`{"dataset": "gp", "index_date": "2020-01-01", "criteria": {"encounter": {"window": {"relative_to": "index", "days_after": 9, "until": ["discharge"]}}}, "measures": [{"kind": "count"}], "epsilon": 1}`,
+			`criteria.encounter.window.until: "death", "deregistration" or a date`},
+		{`{"dataset": "gp", "criteria": {"practice": ["A81001"], "unknown": "sometimes"}, "measures": [{"kind": "count"}], "epsilon": 1}`,
+			`criteria.unknown`},
+	} {
+		_, err := ParseQuery(strings.NewReader(c.query))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.query, err, c.want)
+		}
+	}
+}

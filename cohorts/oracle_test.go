@@ -133,6 +133,7 @@ func (o *oracle) inWindow(w *Window, p *oPatient, d time.Time) bool {
 // bounds are a window's first and last days for patient p; ok is false
 // when its anchor event is missing.
 func (o *oracle) bounds(w *Window, p *oPatient) (lo, hi time.Time, ok bool) {
+	var anchor time.Time // the date the window is relative to
 	if w == nil {
 		return time.Time{}, time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC), true
 	}
@@ -154,7 +155,7 @@ func (o *oracle) bounds(w *Window, p *oPatient) (lo, hi time.Time, ok bool) {
 		}
 	case "index":
 		idx, _ := parseDate(o.q.IndexDate)
-		lo, hi = idx.AddDate(0, 0, -before), idx.AddDate(0, 0, after)
+		lo, hi, anchor = idx.AddDate(0, 0, -before), idx.AddDate(0, 0, after), idx
 	case "interval":
 		lo, hi = o.interval[0], o.interval[1]
 	default:
@@ -179,15 +180,32 @@ func (o *oracle) bounds(w *Window, p *oPatient) (lo, hi time.Time, ok bool) {
 			}
 			first = ds[w.Occurrence-1]
 		}
-		lo, hi = first.AddDate(0, 0, -before), first.AddDate(0, 0, after)
+		lo, hi, anchor = first.AddDate(0, 0, -before), first.AddDate(0, 0, after), first
 	}
 	for _, u := range w.Until {
 		end, ok := time.Time{}, true
-		if u == "death" {
+		switch u {
+		case "death":
 			var d time.Time
 			d, ok = p.row["death_month"].(time.Time)
 			end = d.AddDate(0, 1, -1)
-		} else {
+		case "deregistration":
+			// The latest end of the registrations current on the anchor;
+			// none, and the window meets nothing.
+			covered := false
+			for _, row := range p.events["registrations"] {
+				e, open := row["end_date"].(time.Time)
+				if !open {
+					e = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
+				}
+				if s := row["start_date"].(time.Time); !s.After(anchor) && !e.Before(anchor) && (!covered || e.After(end)) {
+					end, covered = e, true
+				}
+			}
+			if !covered {
+				return lo, hi, false
+			}
+		default:
 			end, _ = parseDate(u)
 		}
 		if ok && end.Before(hi) {
@@ -312,6 +330,8 @@ func (o *oracle) eval(c *Criterion, p *oPatient) tri {
 		return in("district", c.District)
 	case c.EthnicityGroup != nil:
 		return in("ethnicity_group", c.EthnicityGroup)
+	case c.Practice != nil:
+		return in("gp_practice", c.Practice)
 	case c.AliveAt != "":
 		d := c.AliveAt
 		if d == "index" {
@@ -473,6 +493,14 @@ var groundTruthQueries = map[string]string{
 		{"encounter": {"id": "gp", "types": ["gp"], "min_count": 2, "max_count": 4, "window": {"relative_to": "index", "days_before": 730, "days_after": -1}}},
 		{"observation": {"codes": {"snomed": ["999791000000106"]}, "window": {"relative_to": "gp", "anchor": "last", "days_before": 180, "days_after": -1}}}]},
 		"measures": [{"kind": "count", "by": ["age_band"]}], "epsilon": 1}`,
+	"practices, unknown either way": `{"dataset": "gp", "index_date": "2024-01-01", "criteria": {"any": [
+		{"practice": ["B86011", "B86012", "B82011"]}, {"not": {"practice": ["C87011", "C88012"], "unknown": "match"}}]},
+		"measures": [{"kind": "count", "by": ["sex"]}], "epsilon": 1}`,
+	"follow-up to deregistration": `{"dataset": "gp", "index_date": "2016-01-01", "criteria": {"any": [
+		{"encounter": {"types": ["gp"], "min_count": 3, "window": {"relative_to": "index", "days_before": 0, "days_after": 3650, "until": ["deregistration"]}}},
+		{"all": [{"condition": {"id": "t2d", "codes": {"snomed": ["44054006"]}}},
+			{"observation": {"codes": {"snomed": ["999791000000106"]}, "window": {"relative_to": "t2d", "days_before": -1, "days_after": 3650, "until": ["deregistration", "death"]}}}]}]},
+		"measures": [{"kind": "count", "by": ["sex"]}], "epsilon": 1}`,
 	"age at an event and a date": `{"dataset": "gp", "criteria": {"all": [
 		{"condition": {"id": "t2d", "codes": {"snomed": ["44054006"]}}},
 		{"age": {"min": 50, "max": 69}, "age_at": "t2d"},
@@ -540,7 +568,7 @@ func TestNotIsTheComplement(t *testing.T) {
 		crit    string
 		in, out bool // whether each side must hold someone
 	}{{`{"region": ["ZE", "LS"]}`, true, true}, {`{"ethnicity_group": ["White"]}`, true, true}, {`{"age": {"max": 40}}`, true, true},
-		{`{"sex": ["female"], "unknown": "match"}`, true, true},
+		{`{"sex": ["female"], "unknown": "match"}`, true, true}, {`{"practice": ["B86011", "B82012", "C87013"]}`, true, true},
 		{districts("LS", 29, "no_match"), false, true}, {districts("BD", 24, "match"), true, false}} {
 		in := count(t, s, base+`, "criteria": `+c.crit+`}`)
 		out := count(t, s, base+`, "criteria": {"not": `+c.crit+`}}`)
@@ -585,6 +613,20 @@ func TestGroundTruth(t *testing.T) {
 func groundTruth(t *testing.T, s *Service, q *Query) {
 	t.Helper()
 	xs := exactOf(t, s, q)
+	if q.Cohorts == nil {
+		groundTruthOf(t, q, &xs[0])
+		return
+	}
+	for i, qc := range q.perCohort() {
+		t.Logf("cohort %q", q.Cohorts[i].Name)
+		groundTruthOf(t, qc, &xs[i*len(q.Measures)])
+	}
+}
+
+// groundTruthOf checks x, the exact result of a query's first measure,
+// against the oracle.
+func groundTruthOf(t *testing.T, q *Query, x *exact) {
+	t.Helper()
 	o := newOracle(t, lake(t), q)
 	cohort := o.cohort()
 	if len(cohort) == 0 || len(cohort) == len(o.patients) && q.Criteria != nil {
@@ -593,7 +635,7 @@ func groundTruth(t *testing.T, s *Service, q *Query) {
 	t.Logf("cohort: %d of %d patients", len(cohort), len(o.patients))
 	m := q.Measures[0]
 	if len(m.By) == 0 {
-		if got, want := xs[0].count, int64(len(cohort)); got != want {
+		if got, want := x.count, int64(len(cohort)); got != want {
 			t.Fatalf("count = %d, want %d", got, want)
 		}
 		return
@@ -618,8 +660,8 @@ func groundTruth(t *testing.T, s *Service, q *Query) {
 		want[strings.Join(key, "|")]++
 	}
 	var total int64
-	for i, k := range xs[0].cellKeys {
-		got := xs[0].cells[i]
+	for i, k := range x.cellKeys {
+		got := x.cells[i]
 		total += got
 		if w := want[strings.Join(k, "|")]; got != w {
 			t.Errorf("cell %v = %d, want %d", k, got, w)
@@ -884,11 +926,12 @@ func TestUntilAndNthBite(t *testing.T) {
 	}
 	open := q(`{"relative_to": "ae", "days_after": 3650}`)
 	until := q(`{"relative_to": "ae", "days_after": 3650, "until": ["2022-06-30"]}`)
+	dereg := q(`{"relative_to": "ae", "days_after": 3650, "until": ["deregistration"]}`)
 	nth := q(`{"relative_to": "ae", "anchor": "nth", "occurrence": 2, "days_before": 0, "days_after": 0}`)
 	first := q(`{"relative_to": "ae", "days_before": 0, "days_after": 0}`)
-	t.Logf("open %d, until 2022-06-30 %d; on the first emergency %d, on the second %d", open, until, first, nth)
-	if until >= open || until == 0 || nth == first {
-		t.Errorf("open %d, until %d; first %d, second %d", open, until, first, nth)
+	t.Logf("open %d, until 2022-06-30 %d, until deregistration %d; on the first emergency %d, on the second %d", open, until, dereg, first, nth)
+	if until >= open || until == 0 || dereg >= open || dereg == 0 || nth == first {
+		t.Errorf("open %d, until %d, until deregistration %d; first %d, second %d", open, until, dereg, first, nth)
 	}
 }
 

@@ -94,15 +94,12 @@ func (q *Query) unknownAttributes() (attrs []string, paths map[string][]string) 
 			walk(x, fmt.Sprintf("%s.any[%d]", at, i))
 		}
 		walk(k.Not, at+".not")
-		for attr, set := range map[string]bool{"age": k.Age != nil, "sex": k.Sex != nil, "region": k.Region != nil,
-			"district": k.District != nil, "ethnicity_group": k.EthnicityGroup != nil} {
-			if set {
-				paths[attr] = append(paths[attr], at)
-			}
+		if a := k.attribute(); a != "" {
+			paths[a] = append(paths[a], at)
 		}
 	}
 	walk(q.Criteria, "criteria")
-	for _, a := range []string{"age", "sex", "region", "district", "ethnicity_group"} {
+	for _, a := range attributes {
 		if len(paths[a]) > 0 {
 			attrs = append(attrs, a)
 		}
@@ -137,6 +134,9 @@ type Criterion struct {
 	Region         []string `json:"region,omitempty"`
 	District       []string `json:"district,omitempty"`
 	EthnicityGroup []string `json:"ethnicity_group,omitempty"`
+	// Practice: registered with one of these GP practices (ODS codes) at
+	// the time of the extract; unknown where the policy withholds it.
+	Practice []string `json:"practice,omitempty"`
 	// AliveAt is a date, or "index" for the index date.
 	AliveAt string `json:"alive_at,omitempty"`
 	// Died: a death recorded in a month that meets the window (any time
@@ -145,10 +145,33 @@ type Criterion struct {
 
 	// Unknown says whether a patient whose attribute is unknown
 	// (generalised away or missing) meets an attribute criterion (age,
-	// sex, region, district, ethnicity_group): UnknownNoMatch (the
+	// sex, region, district, ethnicity_group, practice): UnknownNoMatch (the
 	// default) or UnknownMatch. Either way the criterion is true or false
 	// for every patient, so "not" is its exact complement.
 	Unknown string `json:"unknown,omitempty"`
+}
+
+// attributes are the patient attributes a criterion can test, each
+// unknown for some patients.
+var attributes = []string{"age", "sex", "region", "district", "ethnicity_group", "practice"}
+
+// attribute names the patient attribute the criterion tests, or "".
+func (k *Criterion) attribute() string {
+	switch {
+	case k.Age != nil:
+		return "age"
+	case k.Sex != nil:
+		return "sex"
+	case k.Region != nil:
+		return "region"
+	case k.District != nil:
+		return "district"
+	case k.EthnicityGroup != nil:
+		return "ethnicity_group"
+	case k.Practice != nil:
+		return "practice"
+	}
+	return ""
 }
 
 // Populations.
@@ -259,7 +282,10 @@ type Window struct {
 	DaysBefore *int   `json:"days_before,omitempty"`
 	DaysAfter  *int   `json:"days_after,omitempty"`
 	// Until ends the window earlier: at the patient's death (the end of
-	// the recorded month: "death") or at a date, whichever comes first.
+	// the recorded month: "death"), at the end of the GP registration
+	// current on the window's anchor ("deregistration": a patient not
+	// registered on the anchor date has no follow-up, and the window
+	// meets nothing) or at a date, whichever comes first.
 	Until []string `json:"until,omitempty"`
 }
 
@@ -448,7 +474,9 @@ var (
 	reID        = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
 	reUnit      = regexp.MustCompile(`^[A-Za-z0-9/%.\[\]*^{}-]{1,24}$`)
 	reDistrict  = regexp.MustCompile(`^[A-Z]{1,2}[0-9][0-9A-Z]?$`)
-	reName      = regexp.MustCompile(`^[A-Za-z0-9 _.-]{1,64}$`)
+	// reODS is a GP practice's ODS code: a letter and five digits.
+	reODS  = regexp.MustCompile(`^[A-Z][0-9]{5}$`)
+	reName = regexp.MustCompile(`^[A-Za-z0-9 _.-]{1,64}$`)
 )
 
 // validator carries what checking one query learns: event criteria by id.
@@ -533,7 +561,7 @@ func (q *Query) Validate() error {
 			return bad("report_unknowns: for a query's criteria, without cohorts or rates")
 		}
 		if attrs, _ := q.unknownAttributes(); len(attrs) == 0 {
-			return bad("report_unknowns: the criteria test no attribute (age, sex, region, district, ethnicity_group)")
+			return bad("report_unknowns: the criteria test no attribute (%s)", strings.Join(attributes, ", "))
 		}
 	}
 	needDelta := false
@@ -584,22 +612,22 @@ func (v *validator) criterion(c *Criterion, at string, depth int) error {
 	count(c.Region != nil)
 	count(c.District != nil)
 	count(c.EthnicityGroup != nil)
+	count(c.Practice != nil)
 	count(c.AliveAt != "")
 	count(c.Died != nil)
 	if c.AgeAt != "" && c.Age == nil {
 		return bad("%s.age_at goes with age", at)
 	}
 	if c.Unknown != "" {
-		attr := c.Age != nil || c.Sex != nil || c.Region != nil || c.District != nil || c.EthnicityGroup != nil
-		if !attr {
-			return bad("%s.unknown: only age, sex, region, district and ethnicity_group criteria take unknown", at)
+		if c.attribute() == "" {
+			return bad("%s.unknown: only attribute criteria (%s) take unknown", at, strings.Join(attributes, ", "))
 		}
 		if c.Unknown != UnknownNoMatch && c.Unknown != UnknownMatch {
 			return bad("%s.unknown is %q (the default: a patient whose value is unknown does not match) or %q", at, UnknownNoMatch, UnknownMatch)
 		}
 	}
 	if set != 1 {
-		return bad("%s: a criterion holds exactly one of all, any, not, condition, medication, observation, encounter, procedure, immunisation, registered, age, sex, region, district, ethnicity_group, alive_at, died (found %d)", at, set)
+		return bad("%s: a criterion holds exactly one of all, any, not, condition, medication, observation, encounter, procedure, immunisation, registered, age, sex, region, district, ethnicity_group, practice, alive_at, died (found %d)", at, set)
 	}
 	group := func(name string, cs []*Criterion) error {
 		if len(cs) == 0 {
@@ -672,6 +700,15 @@ func (v *validator) criterion(c *Criterion, at string, depth int) error {
 		}
 	case c.EthnicityGroup != nil:
 		return inDomain(c.EthnicityGroup, EthnicityGroups, at+".ethnicity_group")
+	case c.Practice != nil:
+		if len(c.Practice) == 0 || len(c.Practice) > MaxCodes {
+			return bad("%s.practice: give 1 to %d practices", at, MaxCodes)
+		}
+		for _, d := range c.Practice {
+			if !reODS.MatchString(d) {
+				return bad("%s.practice: %q is not a GP practice ODS code such as \"B86011\"", at, clip(d))
+			}
+		}
 	case c.AliveAt != "":
 		if c.AliveAt == "index" {
 			if v.q.IndexDate == "" && !v.rate {
@@ -898,6 +935,9 @@ func (v *validator) window(w *Window, at string) error {
 		if w.From != "" && w.To != "" && to.Before(from) {
 			return bad("%s: from %s is after to %s", at, w.From, w.To)
 		}
+		if slices.Contains(w.Until, "deregistration") {
+			return bad("%s.until: \"deregistration\" ends follow-up from an anchor; give relative_to", at)
+		}
 		return checkUntil(w.Until, at)
 	}
 	if w.RelativeTo == "" {
@@ -947,17 +987,18 @@ func (v *validator) window(w *Window, at string) error {
 	return checkUntil(w.Until, at)
 }
 
-// checkUntil checks a window's until: "death", or dates.
+// checkUntil checks a window's until: "death", "deregistration", or
+// dates.
 func checkUntil(until []string, at string) error {
 	if len(until) > 4 {
 		return bad("%s.until: at most 4", at)
 	}
 	for _, u := range until {
-		if u == "death" {
+		if u == "death" || u == "deregistration" {
 			continue
 		}
 		if _, err := parseDate(u); err != nil {
-			return bad("%s.until: \"death\" or a date (%v)", at, err)
+			return bad("%s.until: \"death\", \"deregistration\" or a date (%v)", at, err)
 		}
 	}
 	return nil

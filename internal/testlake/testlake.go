@@ -57,6 +57,7 @@ func Publish(ctx context.Context, n int) (l *catalog.Lake, root string, err erro
 	}
 	policy := deid.DefaultPolicy()
 	policy.ReferenceDate = "2025-01-01"
+	policy.KeepGPPractice = true // for the cohort language's practice criterion
 	l = catalog.NewLake(store)
 	_, err = pipeline.Run(ctx, pipeline.Config{Dataset: "gp", Source: ingest.Dir(extract), SourceName: "test",
 		Ingest: ingest.Options{OptOuts: optouts}, OptOutDate: time.Now().Format(time.DateOnly), Policy: policy, Key: k, Lake: l})
