@@ -4,12 +4,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/nhs-hub/hub/catalog"
+	"github.com/nhs-hub/hub/cohorts"
 	"github.com/urfave/cli/v2"
 )
 
@@ -22,7 +24,9 @@ func catalogCommand() *cli.Command {
 		Usage: "list, describe, verify and clean the lake's datasets",
 		Subcommands: []*cli.Command{
 			{
-				Name: "list", Usage: "list datasets and their versions", Flags: with(jsonFlag),
+				Name: "list", Usage: "list datasets and their versions, and the code lists queries may name", Flags: with(jsonFlag, stateFlag()),
+				Description: "With --json it prints {\"datasets\": [...], \"codelists\": [...]}; the code lists are the server\n" +
+					"state folder's (`hub codelist import`), none when the folder does not exist.",
 				Action: func(c *cli.Context) error {
 					lake, err := openLake(c)
 					if err != nil {
@@ -51,17 +55,33 @@ func catalogCommand() *cli.Command {
 						}
 						out = append(out, entry{Name: n, Versions: vs, Latest: m.Version, Created: m.Created.Format(time.RFC3339), Patients: m.Tables["patients"].Rows})
 					}
-					if c.Bool("json") {
-						return writeJSON(c.App.Writer, out)
+					lists := []cohorts.Codelist{}
+					if _, err := os.Stat(codelistDir(c)); err == nil {
+						store, err := cohorts.OpenCodelists(codelistDir(c))
+						if err != nil {
+							return err
+						}
+						if lists, err = store.List(); err != nil {
+							return err
+						}
 					}
-					if len(out) == 0 {
-						fmt.Fprintf(c.App.Writer, "no datasets in %s; publish one with `hub ingest --dataset NAME ...`\n", c.String("lake"))
-						return nil
+					if c.Bool("json") {
+						return writeJSON(c.App.Writer, map[string]any{"datasets": out, "codelists": lists})
 					}
 					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(tw, "DATASET\tLATEST\tVERSIONS\tPATIENTS\tCREATED")
-					for _, e := range out {
-						fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", e.Name, e.Latest, len(e.Versions), e.Patients, e.Created)
+					if len(out) == 0 {
+						fmt.Fprintf(tw, "no datasets in %s; publish one with `hub ingest --dataset NAME ...`\n", c.String("lake"))
+					} else {
+						fmt.Fprintln(tw, "DATASET\tLATEST\tVERSIONS\tPATIENTS\tCREATED")
+						for _, e := range out {
+							fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", e.Name, e.Latest, len(e.Versions), e.Patients, e.Created)
+						}
+					}
+					if len(lists) > 0 {
+						fmt.Fprintln(tw, "\nCODE LIST\tSYSTEM\tCODES\tSHA-256\tSOURCE\tIMPORTED")
+						for _, l := range lists {
+							fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", l.Ref(), l.System, l.Count, l.SHA256[:12], l.Source, l.Imported.Format(time.DateOnly))
+						}
 					}
 					return tw.Flush()
 				},

@@ -254,6 +254,15 @@ func TestCodelistCommands(t *testing.T) {
 	if err != nil || json.Unmarshal([]byte(out), &lists) != nil || len(lists) != 1 || lists[0]["count"] != 23.0 || lists[0]["codes"] != nil {
 		t.Errorf("list: %v\n%s", err, out)
 	}
+	// The catalog shows the code lists beside the datasets.
+	out, err = runHub(t, "catalog", "list", "--lake", t.TempDir(), "--state", state)
+	if err != nil || !strings.Contains(out, "no datasets") || !strings.Contains(out, "nhsd-primary-care-domain-refsets/dmtype2_cod@20250912  snomed  23") {
+		t.Errorf("catalog list: %v\n%s", err, out)
+	}
+	var listed struct{ Codelists []map[string]any }
+	if out, err = runHub(t, "catalog", "list", "--lake", t.TempDir(), "--state", state, "--json"); err != nil || json.Unmarshal([]byte(out), &listed) != nil || len(listed.Codelists) != 1 {
+		t.Errorf("catalog list --json: %v\n%s", err, out)
+	}
 	// One audit entry: the version's first import, not the second.
 	out, err = runHub(t, "audit", "verify", "--state", state)
 	if err != nil || !strings.Contains(out, "intact: 1 entries") {
