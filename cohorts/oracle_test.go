@@ -482,6 +482,9 @@ var groundTruthQueries = map[string]string{
 		"measures": [{"kind": "count", "by": ["region", "age_band"]}], "epsilon": 1}`,
 	"population at 1950": `{"dataset": "gp", "index_date": "1950-01-01", "criteria": {"sex": ["female", "male"]},
 		"measures": [{"kind": "count", "by": ["age_band"]}], "epsilon": 1}`,
+	"children in 1960, born implied by age": `{"dataset": "gp", "index_date": "1960-01-01", "criteria": {"all": [
+		{"age": {"min": 0, "max": 15}, "unknown": "match"}, {"sex": ["female", "male"]}]},
+		"measures": [{"kind": "count", "by": ["age_band"]}], "epsilon": 1}`,
 	"population all": `{"dataset": "gp", "index_date": "1950-01-01", "population": "all", "criteria": {"sex": ["female", "male"]},
 		"measures": [{"kind": "count"}], "epsilon": 1}`,
 	"registered a year": `{"dataset": "gp", "index_date": "2023-06-30", "criteria": {"registered": {"days_before": 365}},
