@@ -9,7 +9,7 @@ MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 
 NOTEBOOK_DEBS := jupyter-nbconvert python3-ipykernel python3-pandas python3-matplotlib python3-requests python3-nbformat
 
-.PHONY: build test test-short notebooks notebook-deps demo bench bench-go bench-pipeline bench-cohorts bench-load bench-pull lint tidy-check fuzz clean minio
+.PHONY: build test test-short browser-deps web-deps web-assets screenshots bench-web notebooks notebook-deps demo bench bench-go bench-pipeline bench-cohorts bench-load bench-pull lint tidy-check fuzz clean minio
 
 build:
 	$(GO) build -o $(BIN) ./cmd/hub
@@ -23,7 +23,7 @@ bin/minio:
 
 # go vet, then every test with the race detector, S3 tests against MinIO,
 # then every notebook executed against a live server.
-test: minio
+test: minio web-deps
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 $(PKGS)
 	$(MAKE) notebooks
@@ -40,6 +40,30 @@ notebook-deps:
 	else \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(NOTEBOOK_DEBS) >/dev/null; \
 	fi
+
+# Debian's chromium for the web app's browser tests (as root; CI runs this).
+browser-deps:
+	@if command -v chromium >/dev/null; then echo "chromium present"; else \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; fi
+
+# The web app's npm packages, as web/package-lock.json pins them: axe-core
+# for the browser tests, and nhsuk-frontend, whose built files the binary
+# embeds from web/static/nhsuk (committed; make web-assets copies them).
+web-deps:
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+
+web-assets: web-deps
+	cp web/node_modules/nhsuk-frontend/dist/nhsuk/nhsuk-frontend.min.css web/node_modules/nhsuk-frontend/dist/nhsuk/nhsuk-frontend.min.js web/static/nhsuk/
+	cp web/node_modules/nhsuk-frontend/dist/nhsuk/assets/images/*.svg web/node_modules/nhsuk-frontend/dist/nhsuk/assets/images/favicon.ico web/static/nhsuk/assets/images/
+
+# Issue 19: every page but a query's result, rendered on the test dataset;
+# each page's 95th percentile (aim: under 100 ms).
+bench-web:
+	$(GO) test -run '^$$' -bench Pages -benchtime 200x ./web
+
+# The browser tests' screenshots of the main pages, into docs/img.
+screenshots: web-deps
+	HUB_SCREENSHOTS=$(CURDIR)/docs/img $(GO) test -count=1 -run TestBrowser ./web
 
 test-short:
 	$(GO) test -short -count=1 $(PKGS)

@@ -12,6 +12,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,16 +35,22 @@ type server struct {
 	gov      *governance.Store
 	svc      *cohorts.Service
 	log      *slog.Logger
-	failures *failures
+	failures *Failures
 }
 
 // Handler returns the API over a governance store and a cohort service
 // (whose projects must be gov's).
 func Handler(gov *governance.Store, svc *cohorts.Service, log *slog.Logger) http.Handler {
+	return NewHandler(gov, svc, log, NewFailures(gov.Now))
+}
+
+// NewHandler is Handler counting failed authentications in f, which the
+// web app's sign-in may share.
+func NewHandler(gov *governance.Store, svc *cohorts.Service, log *slog.Logger, f *Failures) http.Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &server{gov: gov, svc: svc, log: log.With("component", "api"), failures: newFailures(gov.Now)}
+	s := &server{gov: gov, svc: svc, log: log.With("component", "api"), failures: f}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -230,8 +237,8 @@ type NewUser struct {
 // authenticated wraps a handler with the bearer-token check.
 func (s *server) authenticated(h func(http.ResponseWriter, *http.Request, *governance.Principal)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		addr := client(r)
-		if blocked, wait := s.failures.blocked(addr); blocked {
+		addr := ClientAddr(r)
+		if blocked, wait := s.failures.Blocked(addr); blocked {
 			w.Header().Set("Retry-After", fmt.Sprint(int(wait.Seconds())+1))
 			writeError(w, http.StatusTooManyRequests, "too many failed authentications from this address; wait, then send a valid token")
 			return
@@ -239,7 +246,7 @@ func (s *server) authenticated(h func(http.ResponseWriter, *http.Request, *gover
 		p, err := s.gov.Authenticate(bearer(r))
 		if err != nil {
 			if errors.Is(err, governance.ErrUnauthorized) {
-				s.failures.fail(addr)
+				s.failures.Fail(addr)
 			}
 			s.reply(w, nil, err)
 			return
@@ -323,15 +330,23 @@ func (s *server) query(w http.ResponseWriter, r *http.Request, p *governance.Pri
 		s.reply(w, nil, s.gov.Refuse(p, governance.ActQuery, project, err))
 		return
 	}
-	a, err := s.svc.Query(r.Context(), project, q)
+	a, err := Query(r.Context(), s.gov, s.svc, p, project, q)
+	s.reply(w, a, err)
+}
+
+// Query asks the service a parsed query for an authorised member of a
+// project and records it in the audit log; the answer is returned only
+// once its audit entry is written. The API and the web app both ask
+// through it.
+func Query(ctx context.Context, gov *governance.Store, svc *cohorts.Service, p *governance.Principal, project string, q *cohorts.Query) (*cohorts.Answer, error) {
+	a, err := svc.Query(ctx, project, q)
 	e := governance.Entry{Action: governance.ActQuery, Project: project, Dataset: q.Dataset, Version: q.Version}
 	if err != nil {
 		e.Outcome, e.Reason = governance.Refused, publicReason(err)
-		if _, rerr := s.gov.Record(p, e); rerr != nil {
+		if _, rerr := gov.Record(p, e); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
-		s.reply(w, nil, err)
-		return
+		return nil, err
 	}
 	e.Version, e.QuerySHA256 = a.Version, a.QuerySHA256
 	if a.Repeat {
@@ -339,17 +354,16 @@ func (s *server) query(w http.ResponseWriter, r *http.Request, p *governance.Pri
 	} else {
 		e.EpsilonU, e.DeltaU = governance.Units(a.Epsilon, governance.EpsilonUnit), governance.Units(a.Delta, governance.DeltaUnit)
 	}
-	if _, err := s.gov.Record(p, e); err != nil {
+	if _, err := gov.Record(p, e); err != nil {
 		if !a.Repeat {
 			// The ledger has charged the query: say so, and that asking
 			// again costs nothing once the log can be written.
 			err = fmt.Errorf("%w: the query was charged ε %g, but its audit entry could not be written, so its answer is withheld; ask the same query again later: a repeat is free (%w)",
 				governance.ErrUnavailable, a.Epsilon, err)
 		}
-		s.reply(w, nil, err)
-		return
+		return nil, err
 	}
-	s.reply(w, a, nil)
+	return a, nil
 }
 
 // publicReason is an error's message for the audit log, or a generic one

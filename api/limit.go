@@ -17,7 +17,9 @@ const (
 	maxTracked      = 10_000 // addresses tracked at once; past it the table starts afresh
 )
 
-type failures struct {
+// Failures counts failed authentications per client address; the API
+// and the web app's sign-in share one.
+type Failures struct {
 	mu   sync.Mutex
 	now  func() time.Time
 	seen map[string]*failureCount
@@ -28,12 +30,13 @@ type failureCount struct {
 	n     int
 }
 
-func newFailures(now func() time.Time) *failures {
-	return &failures{now: now, seen: map[string]*failureCount{}}
+// NewFailures returns an empty count on the clock now.
+func NewFailures(now func() time.Time) *Failures {
+	return &Failures{now: now, seen: map[string]*failureCount{}}
 }
 
-// client is the request's address without its port.
-func client(r *http.Request) string {
+// ClientAddr is the request's address without its port.
+func ClientAddr(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		return r.RemoteAddr
@@ -41,9 +44,9 @@ func client(r *http.Request) string {
 	return host
 }
 
-// blocked reports whether addr has failed too often this window, and
+// Blocked reports whether addr has failed too often this window, and
 // when it may try again.
-func (f *failures) blocked(addr string) (bool, time.Duration) {
+func (f *Failures) Blocked(addr string) (bool, time.Duration) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	c := f.seen[addr]
@@ -58,8 +61,8 @@ func (f *failures) blocked(addr string) (bool, time.Duration) {
 	return c.n >= MaxAuthFailures, left
 }
 
-// fail counts a failed authentication of addr.
-func (f *failures) fail(addr string) {
+// Fail counts a failed authentication of addr.
+func (f *Failures) Fail(addr string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := f.now()

@@ -484,3 +484,20 @@ func noisyQuantiles(m *Measure, x *exact, eps float64) ([]Quantile, error) {
 	}
 	return out, nil
 }
+
+// MeasureEpsilon is the ε each of the query's measures (and unknown
+// counts) receives: what decides the noise of one released figure.
+func (q *Query) MeasureEpsilon() float64 {
+	e, _ := split(q)
+	return e
+}
+
+// CountHalfWidth is the half-width of a count's 95% interval released
+// with ε eps: what a researcher can expect before running a query.
+func CountHalfWidth(eps float64) (float64, error) {
+	ci, err := noise.Laplace().ComputeConfidenceIntervalInt64(0, 1, 1, eps, 0, Alpha)
+	if err != nil {
+		return 0, err
+	}
+	return float64(ci.UpperBound), nil
+}

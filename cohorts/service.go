@@ -412,3 +412,18 @@ func (s *Service) Dataset(ctx context.Context, name string) (*DatasetInfo, error
 	}
 	return &DatasetInfo{Name: name, Versions: vs, Latest: m.Version, Created: m.Created, Tables: tables}, nil
 }
+
+// Released returns a project's earlier answer to the query whose
+// canonical hash is given (ErrNotFound-like error if none): a repeat
+// costs nothing, so showing it again releases nothing new.
+func (s *Service) Released(project, hash string) (*Answer, error) {
+	_, l, err := s.project(project)
+	if err != nil {
+		return nil, err
+	}
+	a := l.Released(hash)
+	if a == nil {
+		return nil, fmt.Errorf("%w: no answer %q in project %s", governance.ErrNotFound, hash, project)
+	}
+	return a, nil
+}

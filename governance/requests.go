@@ -354,7 +354,9 @@ func decide(approvals []Vote, now, latest time.Time) *Decision {
 		d.DecidedBy = append(d.DecidedBy, v.Reviewer)
 		d.Reasons = append(d.Reasons, v.Reason)
 		if v.Conditions != "" {
-			d.Conditions = append(d.Conditions, v.Conditions)
+			if !slices.Contains(d.Conditions, v.Conditions) { // members who agree on a condition state it once
+				d.Conditions = append(d.Conditions, v.Conditions)
+			}
 			d.Outcome = ApprovedWithConditions
 		}
 		d.EpsilonU, d.DeltaU, d.MaxQueryU = min(d.EpsilonU, v.EpsilonU), min(d.DeltaU, v.DeltaU), min(d.MaxQueryU, v.MaxQueryU)
@@ -494,4 +496,46 @@ func (s *Store) Authorize(actor *Principal, project string, scope Scope) (*Proje
 		return nil, s.Refuse(actor, action, project, err)
 	}
 	return p, nil
+}
+
+// A RegisterEntry is one approved project as the public register shows
+// it: what was approved, for what, when and on what terms. It names no
+// one.
+type RegisterEntry struct {
+	Project    string    `json:"project"`
+	Title      string    `json:"title"`
+	LaySummary string    `json:"lay_summary"`
+	Datasets   []string  `json:"datasets"`
+	LegalBasis string    `json:"legal_basis"`
+	Decided    time.Time `json:"decided"`
+	Outcome    State     `json:"outcome"`
+	Conditions []string  `json:"conditions,omitempty"`
+	EpsilonU   int64     `json:"epsilon_units"`
+	Expires    time.Time `json:"expires"`
+	Withdrawn  bool      `json:"withdrawn,omitempty"`
+	Expired    bool      `json:"expired,omitempty"`
+}
+
+// Register lists every project the DAC approved, withdrawn and expired
+// ones included, newest decision first: the public register, which
+// anyone may read.
+func (s *Store) Register() ([]RegisterEntry, error) {
+	var out []RegisterEntry
+	now := s.now()
+	err := s.view(func(st *state) error {
+		for _, id := range st.order {
+			r := st.requests[id]
+			if r.Decision == nil || !r.Decision.Outcome.approved() {
+				continue
+			}
+			d := r.Decision
+			out = append(out, RegisterEntry{Project: r.Project, Title: r.Title, LaySummary: r.LaySummary,
+				Datasets: slices.Clone(r.Datasets), LegalBasis: r.LegalBasis, Decided: d.Time, Outcome: d.Outcome,
+				Conditions: slices.Clone(d.Conditions), EpsilonU: d.EpsilonU, Expires: d.Expires,
+				Withdrawn: r.State == Withdrawn, Expired: !now.Before(d.Expires)})
+		}
+		return nil
+	})
+	slices.SortStableFunc(out, func(a, b RegisterEntry) int { return b.Decided.Compare(a.Decided) })
+	return out, err
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -21,6 +22,7 @@ import (
 	"github.com/nhs-hub/hub/catalog"
 	"github.com/nhs-hub/hub/cohorts"
 	"github.com/nhs-hub/hub/governance"
+	"github.com/nhs-hub/hub/web"
 )
 
 func stateFlag() cli.Flag {
@@ -113,6 +115,22 @@ func codelistCommand() *cli.Command {
 	}
 }
 
+// serveHandler routes the API (/v1/ and /healthz) and the web app (the
+// rest), which share one count of failed authentications.
+func serveHandler(gov *governance.Store, svc *cohorts.Service, lake *catalog.Lake, log *slog.Logger, secure bool) (http.Handler, error) {
+	failures := api.NewFailures(gov.Now)
+	app, err := web.Handler(web.Config{Gov: gov, Svc: svc, Lake: lake, Log: log, Secure: secure, Failures: failures})
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	apiHandler := api.NewHandler(gov, svc, log, failures)
+	mux.Handle("/v1/", apiHandler)
+	mux.Handle("/healthz", apiHandler)
+	mux.Handle("/", app)
+	return mux, nil
+}
+
 func serveCommand() *cli.Command {
 	flags := append([]cli.Flag{
 		&cli.StringFlag{Name: "lake", Value: "./lake", EnvVars: []string{"HUB_LAKE"}, Usage: "the lake: a local folder or s3://bucket/prefix (read through a checksum-verified cache)"},
@@ -122,11 +140,13 @@ func serveCommand() *cli.Command {
 		quorumFlag(),
 		&cli.DurationFlag{Name: "checkpoint-every", Value: 10 * time.Minute, Usage: "how often the audit log's head is written to the lake (audit-checkpoints/), write-once; the server refuses to start on a log that lacks one. They assume one state folder per lake: 0 turns both off"},
 		&cli.StringSliceFlag{Name: "preload", Usage: "load these datasets' latest versions before listening (default: load on first query)"},
+		&cli.BoolFlag{Name: "secure-cookies", EnvVars: []string{"HUB_SECURE_COOKIES"}, Usage: "mark the web app's cookies Secure: set it when a proxy serves the hub over TLS"},
 	}, s3Flags()...)
 	return &cli.Command{
 		Name:  "serve",
-		Usage: "serve the API: data access requests, DAC decisions, the audit log, and DP cohort queries within each approved project's budget",
-		Description: "Endpoints and the roles that may call them: docs/governance.md. The state folder holds\n" +
+		Usage: "serve the web app and the API: data access requests, DAC decisions, the audit log, and DP cohort queries within each approved project's budget",
+		Description: "The web app is at /, the public register at /register, the API at /v1/. Endpoints and\n" +
+			"the roles that may call them: docs/governance.md. The state folder holds\n" +
 			"the audit log (users, requests, decisions, queries), the budget ledgers and the dataset\n" +
 			"cache. Add the first users on this host with `hub user add`.\n\n" +
 			"Example: hub serve --lake ./lake --state ./state --addr 127.0.0.1:8080",
@@ -170,7 +190,11 @@ func serveCommand() *cli.Command {
 			}
 			// Bounded reads, writes and idle keep-alives: a stalled body or
 			// an idle connection does not hold a slot for ever.
-			srv := &http.Server{Handler: api.Handler(gov, svc, log), ReadHeaderTimeout: 10 * time.Second,
+			handler, err := serveHandler(gov, svc, lake, log, c.Bool("secure-cookies"))
+			if err != nil {
+				return err
+			}
+			srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second,
 				ReadTimeout: 30 * time.Second, WriteTimeout: 5 * time.Minute, IdleTimeout: time.Minute}
 			fmt.Fprintf(c.App.ErrWriter, "hub serving %s on http://%s (state %s, DAC quorum %d)\n", c.String("lake"), ln.Addr(), c.String("state"), gov.Quorum())
 			done := make(chan error, 1)

@@ -1,0 +1,694 @@
+package web
+
+import (
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nhs-hub/hub/api"
+	"github.com/nhs-hub/hub/cohorts"
+	"github.com/nhs-hub/hub/governance"
+)
+
+func (a *app) home(w http.ResponseWriter, r *http.Request, v *view) error {
+	v.Title, v.Nav = "Home", "home"
+	a.render(w, "home", v)
+	return nil
+}
+
+// The public register.
+
+type registerProject struct {
+	governance.RegisterEntry
+	Spent float64
+}
+
+type registerDataset struct {
+	Name, Created, OptOutDate string
+	Version                   int
+	Patients                  int64 // rounded to 10
+	NDOP, Dissent             int64 // rounded to 5
+	Tables                    []string
+}
+
+func (a *app) register(w http.ResponseWriter, r *http.Request, v *view) error {
+	entries, err := a.Gov.Register()
+	if err != nil {
+		return err
+	}
+	var projects []registerProject
+	for _, e := range entries {
+		eps, _, err := a.Svc.Spent(e.Project)
+		if err != nil {
+			return err
+		}
+		projects = append(projects, registerProject{e, float64(eps) * governance.EpsilonUnit})
+	}
+	var datasets []registerDataset
+	names, err := a.Lake.Datasets(r.Context())
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		vs, err := a.Lake.Versions(r.Context(), n)
+		if err != nil {
+			return err
+		}
+		m, err := a.Lake.Manifest(r.Context(), n, vs[len(vs)-1])
+		if err != nil {
+			return err
+		}
+		d := registerDataset{Name: n, Version: m.Version, Created: m.Created.Format(time.DateOnly), OptOutDate: m.Provenance.OptOutDate}
+		if t := m.Tables["patients"]; t != nil {
+			d.Patients = roundTo(t.Rows, 10)
+		}
+		d.NDOP, d.Dissent = withheld(m.Reports["ingest"])
+		for t := range m.Tables {
+			d.Tables = append(d.Tables, t)
+		}
+		slices.Sort(d.Tables)
+		datasets = append(datasets, d)
+	}
+	v.Title, v.Nav = "Public register", "register"
+	v.Data = struct {
+		Projects []registerProject
+		Datasets []registerDataset
+	}{projects, datasets}
+	a.render(w, "register", v)
+	return nil
+}
+
+// withheld reads, from a version's ingest report, how many patients'
+// records were withheld for the National Data Opt-out and for type 1
+// dissent, each rounded to 5.
+func withheld(report json.RawMessage) (ndop, dissent int64) {
+	var rep struct {
+		Tables map[string]struct {
+			Reasons map[string]int64 `json:"reasons"`
+		} `json:"tables"`
+	}
+	if json.Unmarshal(report, &rep) != nil {
+		return 0, 0
+	}
+	p := rep.Tables["patients"].Reasons
+	return roundTo(p["ndop"], 5), roundTo(p["type1_dissent"], 5)
+}
+
+func roundTo(n, k int64) int64 { return (n + k/2) / k * k }
+
+// Signing in and out.
+
+func (a *app) signInForm(w http.ResponseWriter, r *http.Request, v *view) error {
+	v.Title, v.Nav = "Sign in", "sign-in"
+	v.Data = map[string]string{"Next": safeNext(r.URL.Query().Get("next"))}
+	a.render(w, "signin", v)
+	return nil
+}
+
+// safeNext is a local path to go to after signing in, "/" otherwise.
+func safeNext(next string) string {
+	if u, err := url.Parse(next); err != nil || !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") || u.Host != "" {
+		return "/"
+	}
+	return next
+}
+
+func (a *app) signIn(w http.ResponseWriter, r *http.Request) {
+	v := &view{Title: "Sign in", Nav: "sign-in", CSRF: a.preSession(w, r)}
+	next := safeNext(r.PostFormValue("next"))
+	v.Data = map[string]string{"Next": next}
+	c, err := r.Cookie(preCookie)
+	if err != nil || !sameToken(r.PostFormValue("csrf"), c.Value) {
+		a.fail(w, r, v, forbidden("the form was stale or not sent by this site: go back, reload the page and try again"))
+		return
+	}
+	addr := api.ClientAddr(r)
+	if blocked, wait := a.Failures.Blocked(addr); blocked {
+		w.Header().Set("Retry-After", fmt.Sprint(int(wait.Seconds())+1))
+		a.fail(w, r, v, &httpError{http.StatusTooManyRequests, "too many failed sign-ins from this address; wait a minute, then try again"})
+		return
+	}
+	token := strings.TrimSpace(r.PostFormValue("token"))
+	if token == "" {
+		v.Errors = []fieldError{{"token", "Enter your hub token"}}
+		w.WriteHeader(http.StatusBadRequest)
+		a.render(w, "signin", v)
+		return
+	}
+	if _, err := a.Gov.Authenticate(token); err != nil {
+		if errors.Is(err, governance.ErrUnauthorized) {
+			a.Failures.Fail(addr)
+		}
+		v.Errors = []fieldError{{"token", "This token was not accepted: it may be mistyped, expired or revoked. Ask an admin for a new one (hub user token)."}}
+		w.WriteHeader(http.StatusUnauthorized)
+		a.render(w, "signin", v)
+		return
+	}
+	a.startSession(w, token)
+	http.Redirect(w, r, next, http.StatusSeeOther)
+}
+
+func (a *app) signOut(w http.ResponseWriter, r *http.Request, v *view) error {
+	a.endSession(w, r)
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+	return nil
+}
+
+// Projects.
+
+type projectRow struct {
+	Project *governance.Project
+	Budget  *cohorts.Budget
+}
+
+// visibleProjects are the approved projects the principal may view.
+func (a *app) visibleProjects(p *governance.Principal) ([]projectRow, error) {
+	entries, err := a.Gov.Register()
+	if err != nil {
+		return nil, err
+	}
+	var out []projectRow
+	for _, e := range entries {
+		pr, err := a.Gov.Project(e.Project)
+		if err != nil {
+			continue
+		}
+		if !slices.Contains(pr.Members, p.Name) && !p.Has(governance.DAC) && !p.Has(governance.Admin) {
+			continue
+		}
+		b, err := a.Svc.Budget(e.Project)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, projectRow{pr, b})
+	}
+	return out, nil
+}
+
+func (a *app) projects(w http.ResponseWriter, r *http.Request, v *view) error {
+	rows, err := a.visibleProjects(v.Principal)
+	if err != nil {
+		return err
+	}
+	v.Title, v.Nav, v.Data = "Projects", "projects", rows
+	a.render(w, "projects", v)
+	return nil
+}
+
+// canQuery reports whether p may spend the project's budget (the
+// governance store's rule, asked without recording a refusal).
+func canQuery(p *governance.Principal, pr *governance.Project) bool {
+	return slices.Contains(pr.Members, p.Name) && (p.Has(governance.Researcher) || p.Has(governance.Analyst))
+}
+
+func (a *app) project(w http.ResponseWriter, r *http.Request, v *view) error {
+	name := r.PathValue("project")
+	pr, err := a.Gov.Authorize(v.Principal, name, governance.ScopeView)
+	if err != nil {
+		return err
+	}
+	b, err := a.Svc.Budget(name)
+	if err != nil {
+		return err
+	}
+	hist, err := a.Svc.History(name)
+	if err != nil {
+		return err
+	}
+	slices.Reverse(hist)
+	v.Title, v.Nav = "Project "+name, "projects"
+	v.Data = struct {
+		Project  *governance.Project
+		Budget   *cohorts.Budget
+		History  []cohorts.Entry
+		CanQuery bool
+	}{pr, b, hist, canQuery(v.Principal, pr)}
+	a.render(w, "project", v)
+	return nil
+}
+
+// The cohort builder.
+
+// builderForm is the builder's fields, as the form posts them.
+type builderForm struct {
+	Dataset, IndexDate, Sex, AgeMin, AgeMax      string
+	Codelist, Snomed, ICD10, CondFrom, CondTo    string
+	ObsCode, ObsMin, ObsFrom, ObsTo, By, Epsilon string
+}
+
+func readBuilder(r *http.Request) builderForm {
+	f := func(k string) string { return strings.TrimSpace(r.PostFormValue(k)) }
+	return builderForm{Dataset: f("dataset"), IndexDate: f("index_date"), Sex: f("sex"), AgeMin: f("age_min"), AgeMax: f("age_max"),
+		Codelist: f("codelist"), Snomed: f("snomed"), ICD10: f("icd10"), CondFrom: f("cond_from"), CondTo: f("cond_to"),
+		ObsCode: f("obs_code"), ObsMin: f("obs_min"), ObsFrom: f("obs_from"), ObsTo: f("obs_to"), By: f("by"), Epsilon: f("epsilon")}
+}
+
+// query writes the form as the cohort language's JSON, the same the API
+// takes; field errors say what to correct.
+func (b builderForm) query() ([]byte, []fieldError) {
+	var errs []fieldError
+	num := func(field, s string) *float64 {
+		if s == "" {
+			return nil
+		}
+		x, err := strconv.ParseFloat(s, 64)
+		if err != nil || math.IsNaN(x) || math.IsInf(x, 0) {
+			errs = append(errs, fieldError{field, "Enter a number"})
+			return nil
+		}
+		return &x
+	}
+	list := func(s string) []string {
+		return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' || r == '\r' || r == '\t' })
+	}
+	window := func(from, to string) map[string]any {
+		if from == "" && to == "" {
+			return nil
+		}
+		w := map[string]any{}
+		if from != "" {
+			w["from"] = from
+		}
+		if to != "" {
+			w["to"] = to
+		}
+		return w
+	}
+	var all []any
+	if b.Sex != "" && b.Sex != "any" {
+		all = append(all, map[string]any{"sex": []string{b.Sex}})
+	}
+	if lo, hi := num("age_min", b.AgeMin), num("age_max", b.AgeMax); lo != nil || hi != nil {
+		age := map[string]any{}
+		if lo != nil {
+			age["min"] = *lo
+		}
+		if hi != nil {
+			age["max"] = *hi
+		}
+		all = append(all, map[string]any{"age": age})
+	}
+	if b.Codelist != "" || b.Snomed != "" || b.ICD10 != "" {
+		codes := map[string]any{}
+		if b.Codelist != "" {
+			codes["codelist"] = b.Codelist
+		}
+		if s := list(b.Snomed); len(s) > 0 {
+			codes["snomed"] = s
+		}
+		if s := list(b.ICD10); len(s) > 0 {
+			codes["icd10"] = s
+		}
+		c := map[string]any{"codes": codes}
+		if w := window(b.CondFrom, b.CondTo); w != nil {
+			c["window"] = w
+		}
+		all = append(all, map[string]any{"condition": c})
+	}
+	if b.ObsCode != "" {
+		o := map[string]any{"codes": map[string]any{"snomed": list(b.ObsCode)}}
+		if m := num("obs_min", b.ObsMin); m != nil {
+			o["value"] = map[string]any{"min": *m}
+		}
+		if w := window(b.ObsFrom, b.ObsTo); w != nil {
+			o["window"] = w
+		}
+		all = append(all, map[string]any{"observation": o})
+	}
+	measure := map[string]any{"kind": "count"}
+	if b.By != "" && b.By != "none" {
+		measure["by"] = []string{b.By}
+	}
+	q := map[string]any{"dataset": b.Dataset, "measures": []any{measure}}
+	if b.IndexDate != "" {
+		q["index_date"] = b.IndexDate
+	}
+	if len(all) > 0 {
+		q["criteria"] = map[string]any{"all": all}
+	}
+	if e := num("epsilon", b.Epsilon); e != nil {
+		q["epsilon"] = *e
+	} else if b.Epsilon == "" {
+		errs = append(errs, fieldError{"epsilon", "Enter the ε to spend, for example 0.5"})
+	}
+	out, _ := json.MarshalIndent(q, "", "  ")
+	return out, errs
+}
+
+type builderData struct {
+	Project   *governance.Project
+	Budget    *cohorts.Budget
+	Codelists []cohorts.Codelist
+	Form      builderForm
+	JSON      string
+	// The preview: the query's cost and what a count will look like.
+	Preview            bool
+	Epsilon, PerFigure float64
+	HalfWidth          float64
+	Fits               bool
+}
+
+func (a *app) builderData(r *http.Request, v *view) (*builderData, error) {
+	name := r.PathValue("project")
+	pr, err := a.Gov.Authorize(v.Principal, name, governance.ScopeQuery)
+	if err != nil {
+		return nil, err
+	}
+	b, err := a.Svc.Budget(name)
+	if err != nil {
+		return nil, err
+	}
+	lists, err := a.Svc.Codelists()
+	if err != nil {
+		return nil, err
+	}
+	v.Title, v.Nav = "Build a cohort query", "projects"
+	return &builderData{Project: pr, Budget: b, Codelists: lists,
+		Form: builderForm{Dataset: pr.Datasets[0], Epsilon: "0.5", IndexDate: a.Now().Format(time.DateOnly), By: "none", Sex: "any"}}, nil
+}
+
+func (a *app) builder(w http.ResponseWriter, r *http.Request, v *view) error {
+	d, err := a.builderData(r, v)
+	if err != nil {
+		return err
+	}
+	v.Data = d
+	a.render(w, "builder", v)
+	return nil
+}
+
+// runBuilder previews (action=preview) or runs (action=run) a query. A
+// run takes the JSON the preview showed, so what runs is what was seen.
+func (a *app) runBuilder(w http.ResponseWriter, r *http.Request, v *view) error {
+	d, err := a.builderData(r, v)
+	if err != nil {
+		return err
+	}
+	v.Data = d
+	d.Form = readBuilder(r)
+	var text []byte
+	if r.PostFormValue("action") == "run" && r.PostFormValue("json") != "" {
+		text = []byte(r.PostFormValue("json"))
+	} else {
+		var errs []fieldError
+		if text, errs = d.Form.query(); len(errs) > 0 {
+			v.Errors = errs
+			w.WriteHeader(http.StatusBadRequest)
+			a.render(w, "builder", v)
+			return nil
+		}
+	}
+	d.JSON = string(text)
+	q, err := cohorts.ParseQuery(strings.NewReader(d.JSON))
+	if err != nil {
+		var qe *cohorts.QueryError
+		if errors.As(err, &qe) {
+			v.Errors = []fieldError{{"json", "The query is not valid: " + qe.Msg}}
+		} else {
+			v.Errors = []fieldError{{"json", err.Error()}}
+		}
+		w.WriteHeader(http.StatusBadRequest)
+		a.render(w, "builder", v)
+		return nil
+	}
+	if r.PostFormValue("action") != "run" {
+		d.Preview, d.Epsilon, d.PerFigure = true, q.Epsilon, q.MeasureEpsilon()
+		if d.HalfWidth, err = cohorts.CountHalfWidth(d.PerFigure); err != nil {
+			return err
+		}
+		d.Fits = q.Epsilon <= d.Budget.EpsilonRemaining+1e-9 && q.Epsilon <= d.Budget.MaxQueryEpsilon+1e-9
+		a.render(w, "builder", v)
+		return nil
+	}
+	ans, err := api.Query(r.Context(), a.Gov, a.Svc, v.Principal, d.Project.Name, q)
+	if err != nil {
+		return err
+	}
+	http.Redirect(w, r, "/projects/"+url.PathEscape(d.Project.Name)+"/answers/"+ans.QuerySHA256, http.StatusSeeOther)
+	return nil
+}
+
+// Answers.
+
+func (a *app) released(r *http.Request, v *view) (*cohorts.Answer, error) {
+	name := r.PathValue("project")
+	if _, err := a.Gov.Authorize(v.Principal, name, governance.ScopeView); err != nil {
+		return nil, err
+	}
+	return a.Svc.Released(name, r.PathValue("hash"))
+}
+
+func (a *app) answer(w http.ResponseWriter, r *http.Request, v *view) error {
+	ans, err := a.released(r, v)
+	if err != nil {
+		return err
+	}
+	var charts []chart
+	for _, m := range ans.Measures {
+		charts = append(charts, chartOf(m))
+	}
+	v.Title, v.Nav = "Answer", "projects"
+	v.Data = struct {
+		Project string
+		Answer  *cohorts.Answer
+		Charts  []chart
+	}{r.PathValue("project"), ans, charts}
+	a.render(w, "answer", v)
+	return nil
+}
+
+func (a *app) answerCSV(w http.ResponseWriter, r *http.Request, v *view) error {
+	ans, err := a.released(r, v)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", "answer-"+ans.QuerySHA256[:12]+".csv"))
+	cw := csv.NewWriter(w)
+	cw.Write([]string{"measure", "kind", "cell", "value", "ci_low", "ci_high", "suppressed", "epsilon"})
+	for _, m := range ans.Measures {
+		for _, row := range rowsOf(m) {
+			cw.Write([]string{m.Name, m.Kind, row.Label, row.Value, row.Low, row.High, strconv.FormatBool(row.Suppressed), strconv.FormatFloat(m.Epsilon, 'g', -1, 64)})
+		}
+	}
+	cw.Flush()
+	return cw.Error()
+}
+
+// Data access requests.
+
+func (a *app) requests(w http.ResponseWriter, r *http.Request, v *view) error {
+	reqs, err := a.Gov.Requests(v.Principal, governance.RequestFilter{})
+	if err != nil {
+		return err
+	}
+	slices.Reverse(reqs)
+	groups := []struct {
+		Heading  string
+		Requests []*governance.Request
+	}{{"Waiting for the committee", nil}, {"Decided", nil}, {"Drafts and withdrawn", nil}}
+	for _, q := range reqs {
+		switch q.State {
+		case governance.Submitted, governance.InReview:
+			groups[0].Requests = append(groups[0].Requests, q)
+		case governance.Approved, governance.ApprovedWithConditions, governance.Rejected:
+			groups[1].Requests = append(groups[1].Requests, q)
+		default:
+			groups[2].Requests = append(groups[2].Requests, q)
+		}
+	}
+	v.Title, v.Nav, v.Data = "Data access requests", "requests", groups
+	a.render(w, "requests", v)
+	return nil
+}
+
+// legalBases are governance.LegalBases in words.
+var legalBases = []struct{ Value, Label string }{
+	{"anonymised", "Anonymised: only differentially private aggregates leave the hub"},
+	{"s251", "Section 251 support (Confidentiality Advisory Group)"},
+	{"consent", "Explicit consent of the patients"},
+	{"statutory", "A statutory basis (e.g. a direction under the Health and Social Care Act)"},
+}
+
+func (a *app) newRequestForm(w http.ResponseWriter, r *http.Request, v *view) error {
+	if !v.Principal.Has(governance.Researcher) {
+		return forbidden("only researchers submit data access requests")
+	}
+	names, err := a.Lake.Datasets(r.Context())
+	if err != nil {
+		return err
+	}
+	v.Title, v.Nav = "New data access request", "requests"
+	v.Data = map[string]any{"Datasets": names, "LegalBases": legalBases, "Form": map[string]string{"epsilon": "2", "max_query_epsilon": "0.5", "delta": "0.00001", "duration_days": "365"}}
+	a.render(w, "newrequest", v)
+	return nil
+}
+
+func (a *app) newRequest(w http.ResponseWriter, r *http.Request, v *view) error {
+	names, err := a.Lake.Datasets(r.Context())
+	if err != nil {
+		return err
+	}
+	form := map[string]string{}
+	for _, k := range []string{"title", "project", "purpose", "lay_summary", "legal_basis", "epsilon", "delta", "max_query_epsilon", "duration_days", "researchers"} {
+		form[k] = strings.TrimSpace(r.PostFormValue(k))
+	}
+	num := func(k string) float64 {
+		x, err := strconv.ParseFloat(form[k], 64)
+		if err != nil {
+			v.Errors = append(v.Errors, fieldError{k, "Enter a number"})
+		}
+		return x
+	}
+	yes := r.PostFormValue("national_opt_out") == "yes"
+	spec := governance.RequestSpec{Project: form["project"], Title: form["title"], Purpose: form["purpose"], LaySummary: form["lay_summary"],
+		Datasets: r.PostForm["datasets"], Epsilon: num("epsilon"), Delta: num("delta"), MaxQueryEpsilon: num("max_query_epsilon"),
+		LegalBasis: form["legal_basis"], NationalOptOutApplies: &yes, Researchers: strings.Fields(strings.ReplaceAll(form["researchers"], ",", " "))}
+	days, err := strconv.Atoi(form["duration_days"])
+	if err != nil {
+		v.Errors = append(v.Errors, fieldError{"duration_days", "Enter a whole number of days"})
+	}
+	spec.DurationDays = days
+	if len(v.Errors) == 0 {
+		req, err := a.Gov.CreateRequest(v.Principal, spec, true)
+		if err == nil {
+			http.Redirect(w, r, "/requests/"+url.PathEscape(req.ID), http.StatusSeeOther)
+			return nil
+		}
+		if !errors.Is(err, governance.ErrInvalid) {
+			return err
+		}
+		field := "title"
+		for _, k := range []string{"legal_basis", "lay_summary", "purpose", "datasets", "epsilon", "delta", "max_query_epsilon", "duration_days", "researchers", "project"} {
+			if strings.Contains(err.Error(), k) {
+				field = k
+				break
+			}
+		}
+		v.Errors = append(v.Errors, fieldError{field, err.Error()})
+	}
+	v.Title, v.Nav = "New data access request", "requests"
+	v.Data = map[string]any{"Datasets": names, "LegalBases": legalBases, "Form": form, "Chosen": r.PostForm["datasets"]}
+	w.WriteHeader(http.StatusBadRequest)
+	a.render(w, "newrequest", v)
+	return nil
+}
+
+type requestData struct {
+	Request *governance.Request
+	Audit   []*governance.Entry
+	CanVote bool
+	Voted   bool
+	// What the requested ε means: a count's 95% interval half-width with
+	// all of it on one count, and with the per-query cap.
+	WholeWidth, CapWidth float64
+	QueriesAtCap         int
+	Defaults             governance.ReleaseRules
+}
+
+func (a *app) request(w http.ResponseWriter, r *http.Request, v *view) error {
+	req, err := a.Gov.Request(v.Principal, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	d := &requestData{Request: req, Defaults: governance.DefaultRules}
+	if v.Principal.Has(governance.DAC) || v.Principal.Has(governance.Admin) {
+		if d.Audit, err = a.Gov.Audit(v.Principal, governance.AuditFilter{Request: req.ID}); err != nil {
+			return err
+		}
+	}
+	d.CanVote = v.Principal.Has(governance.DAC) && (req.State == governance.Submitted || req.State == governance.InReview)
+	d.Voted = slices.ContainsFunc(req.Votes, func(x governance.Vote) bool { return x.Reviewer == v.Principal.Name })
+	if req.Epsilon > 0 {
+		d.WholeWidth, _ = cohorts.CountHalfWidth(req.Epsilon)
+	}
+	if req.MaxQueryEpsilon > 0 {
+		d.CapWidth, _ = cohorts.CountHalfWidth(req.MaxQueryEpsilon)
+		d.QueriesAtCap = int(req.Epsilon / req.MaxQueryEpsilon)
+	}
+	v.Title, v.Nav, v.Data = req.Title, "requests", d
+	a.render(w, "request", v)
+	return nil
+}
+
+func (a *app) approve(w http.ResponseWriter, r *http.Request, v *view) error {
+	f := func(k string) string { return strings.TrimSpace(r.PostFormValue(k)) }
+	num := func(k string) float64 {
+		if f(k) == "" {
+			return 0
+		}
+		x, err := strconv.ParseFloat(f(k), 64)
+		if err != nil {
+			v.Errors = append(v.Errors, fieldError{k, "Enter a number"})
+		}
+		return x
+	}
+	g := governance.Grant{Epsilon: num("epsilon"), MaxQueryEpsilon: num("max_query_epsilon"), Reason: f("reason"), Conditions: f("conditions"),
+		Rules: &governance.ReleaseRules{SuppressBelow: int(num("suppress_below")), RoundTo: int(num("round_to")), MinCohort: int(num("min_cohort"))}}
+	if e := f("expires"); e != "" {
+		t, err := time.Parse(time.DateOnly, e)
+		if err != nil {
+			v.Errors = append(v.Errors, fieldError{"expires", "Enter a date as YYYY-MM-DD"})
+		}
+		g.Expires = t
+	}
+	if len(v.Errors) > 0 {
+		return &httpError{http.StatusBadRequest, v.Errors[0].Field + ": " + v.Errors[0].Message}
+	}
+	if _, err := a.Gov.Approve(v.Principal, r.PathValue("id"), g, a.Svc.Spent); err != nil {
+		return err
+	}
+	http.Redirect(w, r, "/requests/"+url.PathEscape(r.PathValue("id")), http.StatusSeeOther)
+	return nil
+}
+
+func (a *app) reject(w http.ResponseWriter, r *http.Request, v *view) error {
+	if _, err := a.Gov.Reject(v.Principal, r.PathValue("id"), strings.TrimSpace(r.PostFormValue("reason"))); err != nil {
+		return err
+	}
+	http.Redirect(w, r, "/requests/"+url.PathEscape(r.PathValue("id")), http.StatusSeeOther)
+	return nil
+}
+
+// Admins: users and tokens.
+
+func (a *app) users(w http.ResponseWriter, r *http.Request, v *view) error {
+	us, err := a.Gov.Users(v.Principal)
+	if err != nil {
+		return err
+	}
+	v.Title, v.Nav, v.Data = "Users", "users", map[string]any{"Users": us, "Roles": governance.Roles}
+	a.render(w, "users", v)
+	return nil
+}
+
+func (a *app) addUser(w http.ResponseWriter, r *http.Request, v *view) error {
+	var roles []governance.Role
+	for _, x := range r.PostForm["roles"] {
+		roles = append(roles, governance.Role(x))
+	}
+	days, _ := strconv.Atoi(r.PostFormValue("token_days"))
+	if days <= 0 {
+		days = 90
+	}
+	token, err := a.Gov.AddUser(v.Principal, strings.TrimSpace(r.PostFormValue("name")), roles, time.Duration(days)*24*time.Hour)
+	if err != nil {
+		return err
+	}
+	us, err := a.Gov.Users(v.Principal)
+	if err != nil {
+		return err
+	}
+	// The token is shown once, in this response's body only.
+	v.Title, v.Nav, v.Data = "Users", "users", map[string]any{"Users": us, "Roles": governance.Roles, "Token": token, "NewUser": r.PostFormValue("name")}
+	a.render(w, "users", v)
+	return nil
+}
