@@ -26,6 +26,8 @@ bin/minio:
 test: minio web-deps
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 $(PKGS)
+	# The statistical coverage tests, without the race detector's slowdown.
+	$(GO) test -count=1 -run 'Coverage$$' ./cohorts
 	$(MAKE) notebooks
 
 # Run every notebook (jupyter nbconvert --execute) against `hub serve` on a

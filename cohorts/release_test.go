@@ -340,6 +340,9 @@ func TestRateCoverage(t *testing.T) {
 // The library's noise takes no seed and costs ~9 µs a count, so the tree
 // here draws the same Laplace noise from a seeded source.
 func TestQuantileCoverage(t *testing.T) {
+	if raceEnabled {
+		t.Skip("statistical and CPU-bound (a minute, ten under -race): make test runs it without the race detector")
+	}
 	t.Parallel()
 	const trials = 2000
 	r := rand.New(rand.NewPCG(7, 11))

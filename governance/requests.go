@@ -246,8 +246,30 @@ type Grant struct {
 // amendment). When a quorum of distinct DAC members has approved, the
 // request is approved, granting the least of their grants, and its project
 // can be queried. An amendment may not grant less than the project has
-// spent, which spent (nil: nothing) reports in units.
+// spent: the more of what spent (nil: nothing) reports in units and of
+// what the audit log's released queries charged. spent is asked before
+// the store's lock is taken: the cohort service's answer may need the
+// store (a ledger opened for the first time writes its charges missing
+// from the audit log), and asked under the lock it deadlocked.
 func (s *Store) Approve(actor *Principal, id string, g Grant, spent func(project string) (eps, delta int64, err error)) (*Request, error) {
+	var ledgerE, ledgerD int64
+	if spent != nil {
+		var project string
+		if err := s.view(func(st *state) error {
+			if r, err := st.byID(id); err == nil && r.pending() != nil {
+				project = r.Project
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		if project != "" {
+			var err error
+			if ledgerE, ledgerD, err = spent(project); err != nil {
+				return nil, err
+			}
+		}
+	}
 	return s.onRequest(actor, ActRequestApprove, id, dacOnly, func(r *Request, now time.Time) (*payload, error) {
 		if err := checkText("reason", g.Reason, 5000); err != nil {
 			return nil, err
@@ -296,13 +318,8 @@ func (s *Store) Approve(actor *Principal, id string, g Grant, spent func(project
 			}
 			v.Expires = g.Expires.UTC()
 		}
-		var spentE, spentD int64
-		if a != nil && spent != nil {
-			var err error
-			if spentE, spentD, err = spent(r.Project); err != nil {
-				return nil, err
-			}
-		}
+		// Under the lock: the audit log's charges so far (s.spent).
+		spentE, spentD := max(ledgerE, s.spent[r.Project][0]), max(ledgerD, s.spent[r.Project][1])
 		if a != nil && (v.EpsilonU < spentE || v.DeltaU < spentD) {
 			return nil, fmt.Errorf("%w: the project has already spent ε %g (δ %g); an amendment cannot grant less",
 				ErrInvalid, float64(spentE)*EpsilonUnit, float64(spentD)*DeltaUnit)

@@ -230,7 +230,7 @@ func (a *app) project(w http.ResponseWriter, r *http.Request, v *view) error {
 		Budget   *cohorts.Budget
 		History  []cohorts.Entry
 		CanQuery bool
-	}{pr, b, hist, canQuery(v.Principal, pr)}
+	}{pr, b, hist, canQuery(v.Principal, pr) && pr.Allows(pr.Datasets[0], a.Now()) == nil}
 	a.render(w, "project", v)
 	return nil
 }
@@ -360,6 +360,9 @@ func (a *app) builderData(r *http.Request, v *view) (*builderData, error) {
 	name := r.PathValue("project")
 	pr, err := a.Gov.Authorize(v.Principal, name, governance.ScopeQuery)
 	if err != nil {
+		return nil, err
+	}
+	if err := pr.Allows(pr.Datasets[0], a.Now()); err != nil { // withdrawn or expired
 		return nil, err
 	}
 	b, err := a.Svc.Budget(name)
@@ -496,6 +499,11 @@ func (a *app) requests(w http.ResponseWriter, r *http.Request, v *view) error {
 		Requests []*governance.Request
 	}{{"Waiting for the committee", nil}, {"Decided", nil}, {"Drafts and withdrawn", nil}}
 	for _, q := range reqs {
+		switch {
+		case pending(q) != nil:
+			groups[0].Requests = append(groups[0].Requests, q)
+			continue
+		}
 		switch q.State {
 		case governance.Submitted, governance.InReview:
 			groups[0].Requests = append(groups[0].Requests, q)
@@ -582,11 +590,25 @@ func (a *app) newRequest(w http.ResponseWriter, r *http.Request, v *view) error 
 	return nil
 }
 
+// pending is the request's amendment waiting for the committee, if any.
+func pending(r *governance.Request) *governance.Amendment {
+	if n := len(r.Amendments); n > 0 && r.Amendments[n-1].State == "pending" &&
+		(r.State == governance.Approved || r.State == governance.ApprovedWithConditions) {
+		return r.Amendments[n-1]
+	}
+	return nil
+}
+
 type requestData struct {
 	Request *governance.Request
 	Audit   []*governance.Entry
-	CanVote bool
-	Voted   bool
+	// Pending is an amendment waiting for the committee; votes are then
+	// on it.
+	Pending  *governance.Amendment
+	CanVote  bool
+	Voted    bool
+	CanAmend bool
+	CanDrop  bool
 	// What the requested ε means: a count's 95% interval half-width with
 	// all of it on one count, and with the per-query cap.
 	WholeWidth, CapWidth float64
@@ -605,8 +627,17 @@ func (a *app) request(w http.ResponseWriter, r *http.Request, v *view) error {
 			return err
 		}
 	}
-	d.CanVote = v.Principal.Has(governance.DAC) && (req.State == governance.Submitted || req.State == governance.InReview)
-	d.Voted = slices.ContainsFunc(req.Votes, func(x governance.Vote) bool { return x.Reviewer == v.Principal.Name })
+	d.Pending = pending(req)
+	votes := req.Votes
+	if d.Pending != nil {
+		votes = d.Pending.Votes
+	}
+	member := req.Submitter == v.Principal.Name || slices.Contains(req.Researchers, v.Principal.Name)
+	d.CanVote = v.Principal.Has(governance.DAC) && !member && (req.State == governance.Submitted || req.State == governance.InReview || d.Pending != nil)
+	d.Voted = slices.ContainsFunc(votes, func(x governance.Vote) bool { return x.Reviewer == v.Principal.Name })
+	mine := req.Submitter == v.Principal.Name
+	d.CanAmend = mine && d.Pending == nil && (req.State == governance.Approved || req.State == governance.ApprovedWithConditions)
+	d.CanDrop = mine && req.State != governance.Rejected && req.State != governance.Withdrawn
 	if req.Epsilon > 0 {
 		d.WholeWidth, _ = cohorts.CountHalfWidth(req.Epsilon)
 	}
@@ -631,8 +662,12 @@ func (a *app) approve(w http.ResponseWriter, r *http.Request, v *view) error {
 		}
 		return x
 	}
-	g := governance.Grant{Epsilon: num("epsilon"), MaxQueryEpsilon: num("max_query_epsilon"), Reason: f("reason"), Conditions: f("conditions"),
-		Rules: &governance.ReleaseRules{SuppressBelow: int(num("suppress_below")), RoundTo: int(num("round_to")), MinCohort: int(num("min_cohort"))}}
+	g := governance.Grant{Epsilon: num("epsilon"), MaxQueryEpsilon: num("max_query_epsilon"), Reason: f("reason"), Conditions: f("conditions")}
+	// Release rules are a term of the first decision; an amendment keeps
+	// the project's (its form has no rule fields).
+	if rules := (governance.ReleaseRules{SuppressBelow: int(num("suppress_below")), RoundTo: int(num("round_to")), MinCohort: int(num("min_cohort"))}); rules != (governance.ReleaseRules{}) {
+		g.Rules = &rules
+	}
 	if e := f("expires"); e != "" {
 		t, err := time.Parse(time.DateOnly, e)
 		if err != nil {
@@ -658,14 +693,77 @@ func (a *app) reject(w http.ResponseWriter, r *http.Request, v *view) error {
 	return nil
 }
 
+func (a *app) amend(w http.ResponseWriter, r *http.Request, v *view) error {
+	f := func(k string) string { return strings.TrimSpace(r.PostFormValue(k)) }
+	var spec governance.AmendmentSpec
+	for _, x := range []struct {
+		k   string
+		dst *float64
+	}{{"epsilon", &spec.Epsilon}, {"max_query_epsilon", &spec.MaxQueryEpsilon}} {
+		if f(x.k) == "" {
+			continue
+		}
+		n, err := strconv.ParseFloat(f(x.k), 64)
+		if err != nil {
+			return &httpError{http.StatusBadRequest, x.k + ": enter a number"}
+		}
+		*x.dst = n
+	}
+	if f("extend_days") != "" {
+		n, err := strconv.Atoi(f("extend_days"))
+		if err != nil {
+			return &httpError{http.StatusBadRequest, "extend_days: enter a whole number of days"}
+		}
+		spec.ExtendDays = n
+	}
+	spec.Reason = f("reason")
+	if _, err := a.Gov.Amend(v.Principal, r.PathValue("id"), spec); err != nil {
+		return err
+	}
+	http.Redirect(w, r, "/requests/"+url.PathEscape(r.PathValue("id")), http.StatusSeeOther)
+	return nil
+}
+
+func (a *app) withdraw(w http.ResponseWriter, r *http.Request, v *view) error {
+	if _, err := a.Gov.Withdraw(v.Principal, r.PathValue("id")); err != nil {
+		return err
+	}
+	http.Redirect(w, r, "/requests/"+url.PathEscape(r.PathValue("id")), http.StatusSeeOther)
+	return nil
+}
+
 // Admins: users and tokens.
 
 func (a *app) users(w http.ResponseWriter, r *http.Request, v *view) error {
+	return a.usersPage(w, v, "", "", "")
+}
+
+// issueToken gives a user a new token, shown once.
+func (a *app) issueToken(w http.ResponseWriter, r *http.Request, v *view) error {
+	name := r.PathValue("name")
+	token, err := a.Gov.IssueToken(v.Principal, name, 90*24*time.Hour)
+	if err != nil {
+		return err
+	}
+	return a.usersPage(w, v, token, name, "")
+}
+
+// revokeTokens revokes every token of a user, which ends their sessions.
+func (a *app) revokeTokens(w http.ResponseWriter, r *http.Request, v *view) error {
+	ids, err := a.Gov.RevokeTokens(v.Principal, r.PathValue("name"), nil)
+	if err != nil {
+		return err
+	}
+	return a.usersPage(w, v, "", "", fmt.Sprintf("%d of %s's tokens revoked; their sessions have ended.", len(ids), r.PathValue("name")))
+}
+
+func (a *app) usersPage(w http.ResponseWriter, v *view, token, user, notice string) error {
 	us, err := a.Gov.Users(v.Principal)
 	if err != nil {
 		return err
 	}
-	v.Title, v.Nav, v.Data = "Users", "users", map[string]any{"Users": us, "Roles": governance.Roles}
+	v.Title, v.Nav, v.Notice = "Users", "users", notice
+	v.Data = map[string]any{"Users": us, "Roles": governance.Roles, "Token": token, "NewUser": user}
 	a.render(w, "users", v)
 	return nil
 }
@@ -679,16 +777,11 @@ func (a *app) addUser(w http.ResponseWriter, r *http.Request, v *view) error {
 	if days <= 0 {
 		days = 90
 	}
-	token, err := a.Gov.AddUser(v.Principal, strings.TrimSpace(r.PostFormValue("name")), roles, time.Duration(days)*24*time.Hour)
-	if err != nil {
-		return err
-	}
-	us, err := a.Gov.Users(v.Principal)
+	name := strings.TrimSpace(r.PostFormValue("name"))
+	token, err := a.Gov.AddUser(v.Principal, name, roles, time.Duration(days)*24*time.Hour)
 	if err != nil {
 		return err
 	}
 	// The token is shown once, in this response's body only.
-	v.Title, v.Nav, v.Data = "Users", "users", map[string]any{"Users": us, "Roles": governance.Roles, "Token": token, "NewUser": r.PostFormValue("name")}
-	a.render(w, "users", v)
-	return nil
+	return a.usersPage(w, v, token, name, "")
 }

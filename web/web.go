@@ -126,8 +126,12 @@ func Handler(cfg Config) (http.Handler, error) {
 	mux.HandleFunc("GET /requests/{id}", a.signed(a.request))
 	mux.HandleFunc("POST /requests/{id}/approve", a.signed(a.approve))
 	mux.HandleFunc("POST /requests/{id}/reject", a.signed(a.reject))
+	mux.HandleFunc("POST /requests/{id}/amend", a.signed(a.amend))
+	mux.HandleFunc("POST /requests/{id}/withdraw", a.signed(a.withdraw))
 	mux.HandleFunc("GET /admin/users", a.signed(a.users))
 	mux.HandleFunc("POST /admin/users", a.signed(a.addUser))
+	mux.HandleFunc("POST /admin/users/{name}/tokens", a.signed(a.issueToken))
+	mux.HandleFunc("POST /admin/users/{name}/revoke", a.signed(a.revokeTokens))
 	mux.HandleFunc("/", a.page(func(w http.ResponseWriter, r *http.Request, v *view) error {
 		return notFound("no such page")
 	}))

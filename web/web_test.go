@@ -286,3 +286,89 @@ func TestAssetsPinned(t *testing.T) {
 		}
 	}
 }
+
+// An approved request's submitter asks for more budget; two committee
+// members approve the amendment from the request page; the submitter then
+// withdraws the request, which ends the project.
+func TestAmendAndWithdraw(t *testing.T) {
+	x := newHub(t)
+	id := x.approved(t, "t2d")
+	r := x.signedIn(t, "rosa")
+	_, page := r.get("/requests/" + id)
+	if !strings.Contains(page, "Ask for an amendment") {
+		t.Fatal("the submitter is not offered an amendment")
+	}
+	if code, _ := r.post("/requests/"+id+"/amend", url.Values{"csrf": {csrf(page)}, "epsilon": {"8"}, "extend_days": {"30"}, "reason": {"A second outcome."}}); code != http.StatusSeeOther {
+		t.Fatalf("amend: %d", code)
+	}
+	if _, queue := x.signedIn(t, "dina").get("/requests"); !strings.Contains(queue[strings.Index(queue, "Waiting for the committee"):strings.Index(queue, "Decided")], id) {
+		t.Errorf("the pending amendment is not in the committee's queue")
+	}
+	for _, who := range []string{"dina", "dev"} {
+		d := x.signedIn(t, who)
+		_, page := d.get("/requests/" + id)
+		if !strings.Contains(page, "Approve amendment 1") {
+			t.Fatalf("%s is not offered the amendment", who)
+		}
+		if code, body := d.post("/requests/"+id+"/approve", url.Values{"csrf": {csrf(page)}, "reason": {"fine"}}); code != http.StatusSeeOther {
+			t.Fatalf("%s's approval of the amendment: %d %s", who, code, between(body, `nhsuk-body-l">`, "<"))
+		}
+	}
+	if p, _ := x.gov.Project("t2d"); p.EpsilonU != governance.Units(8, governance.EpsilonUnit) {
+		t.Errorf("after the amendment: ε units %d", p.EpsilonU)
+	}
+	_, page = r.get("/requests/" + id)
+	if code, _ := r.post("/requests/"+id+"/withdraw", url.Values{"csrf": {csrf(page)}}); code != http.StatusSeeOther {
+		t.Fatalf("withdraw: %d", code)
+	}
+	if code, _ := r.get("/projects/t2d/query"); code != http.StatusForbidden {
+		t.Errorf("the builder of a withdrawn project: %d", code)
+	}
+	if _, reg := x.browser(t).get("/register"); !strings.Contains(reg, "Withdrawn") {
+		t.Errorf("the register does not mark the withdrawn project")
+	}
+}
+
+// An admin adds a user and sees the token once; a new token signs in;
+// revoking a user's tokens ends their sessions.
+func TestAdminTokens(t *testing.T) {
+	x := newHub(t)
+	a := x.signedIn(t, "ada")
+	_, page := a.get("/admin/users")
+	code, added := a.post("/admin/users", url.Values{"csrf": {csrf(page)}, "name": {"nia"}, "roles": {"researcher"}, "token_days": {"30"}})
+	if code != http.StatusOK || !strings.Contains(added, "nia's new token, shown this once") {
+		t.Fatalf("add user: %d", code)
+	}
+	token := between(added, `<pre class="hub-json" tabindex="0">`, "</pre>")
+	n := x.browser(t)
+	if code, _ := n.signIn(token); code != http.StatusSeeOther {
+		t.Fatalf("the new user's token: %d", code)
+	}
+	if code, _ := a.post("/admin/users/nia/revoke", url.Values{"csrf": {csrf(page)}}); code != http.StatusOK {
+		t.Fatalf("revoke: %d", code)
+	}
+	if code, _ := n.get("/projects"); code != http.StatusSeeOther {
+		t.Errorf("a revoked user's session: %d", code)
+	}
+	code, issued := a.post("/admin/users/nia/tokens", url.Values{"csrf": {csrf(page)}})
+	if code != http.StatusOK {
+		t.Fatalf("new token: %d", code)
+	}
+	if code, _ := x.browser(t).signIn(between(issued, `<pre class="hub-json" tabindex="0">`, "</pre>")); code != http.StatusSeeOther {
+		t.Errorf("the reissued token: %d", code)
+	}
+	rosa := x.signedIn(t, "rosa")
+	_, home := rosa.get("/")
+	if code, _ := rosa.post("/admin/users/nia/tokens", url.Values{"csrf": {csrf(home)}}); code != http.StatusForbidden {
+		t.Errorf("a researcher issuing a token: %d", code)
+	}
+}
+
+func between(s, from, to string) string {
+	i := strings.Index(s, from)
+	if i < 0 {
+		return ""
+	}
+	s = s[i+len(from):]
+	return s[:max(strings.Index(s, to), 0)]
+}

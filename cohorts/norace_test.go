@@ -1,0 +1,5 @@
+//go:build !race
+
+package cohorts
+
+const raceEnabled = false
