@@ -241,14 +241,17 @@ func (a *app) project(w http.ResponseWriter, r *http.Request, v *view) error {
 type builderForm struct {
 	Dataset, IndexDate, Sex, AgeMin, AgeMax      string
 	Codelist, Snomed, ICD10, CondFrom, CondTo    string
+	NotSnomed                                    string
 	ObsCode, ObsMin, ObsFrom, ObsTo, By, Epsilon string
+	Measure, Lower, Upper                        string
 }
 
 func readBuilder(r *http.Request) builderForm {
 	f := func(k string) string { return strings.TrimSpace(r.PostFormValue(k)) }
 	return builderForm{Dataset: f("dataset"), IndexDate: f("index_date"), Sex: f("sex"), AgeMin: f("age_min"), AgeMax: f("age_max"),
 		Codelist: f("codelist"), Snomed: f("snomed"), ICD10: f("icd10"), CondFrom: f("cond_from"), CondTo: f("cond_to"),
-		ObsCode: f("obs_code"), ObsMin: f("obs_min"), ObsFrom: f("obs_from"), ObsTo: f("obs_to"), By: f("by"), Epsilon: f("epsilon")}
+		NotSnomed: f("not_snomed"), ObsCode: f("obs_code"), ObsMin: f("obs_min"), ObsFrom: f("obs_from"), ObsTo: f("obs_to"), By: f("by"),
+		Epsilon: f("epsilon"), Measure: f("measure"), Lower: f("lower"), Upper: f("upper")}
 }
 
 // query writes the form as the cohort language's JSON, the same the API
@@ -323,8 +326,41 @@ func (b builderForm) query() ([]byte, []fieldError) {
 		}
 		all = append(all, map[string]any{"observation": o})
 	}
+	if s := list(b.NotSnomed); len(s) > 0 {
+		all = append(all, map[string]any{"not": map[string]any{"condition": map[string]any{"codes": map[string]any{"snomed": s}}}})
+	}
 	measure := map[string]any{"kind": "count"}
+	bounds := func(lo, hi float64) {
+		l, h := num("lower", b.Lower), num("upper", b.Upper)
+		if l == nil {
+			l = &lo
+		}
+		if h == nil {
+			h = &hi
+		}
+		measure["lower"], measure["upper"] = *l, *h
+	}
+	switch b.Measure {
+	case "", "count":
+	case "mean_age":
+		measure = map[string]any{"kind": "mean", "of": map[string]any{"kind": "age"}}
+		bounds(0, 110)
+	case "quantiles_age":
+		measure = map[string]any{"kind": "quantiles", "of": map[string]any{"kind": "age"}, "ranks": []float64{0.25, 0.5, 0.75}}
+		bounds(0, 110)
+	case "mean_obs":
+		if b.ObsCode == "" {
+			errs = append(errs, fieldError{"obs_code", "Enter the observation's code: the mean is of its last value"})
+		}
+		measure = map[string]any{"kind": "mean", "of": map[string]any{"kind": "observation", "codes": map[string]any{"snomed": list(b.ObsCode)}, "pick": "last"}}
+		bounds(0, 200)
+	default:
+		errs = append(errs, fieldError{"measure", "Choose what to release"})
+	}
 	if b.By != "" && b.By != "none" {
+		if measure["kind"] != "count" {
+			errs = append(errs, fieldError{"by", "Break down a count; a mean or quantiles are of the whole cohort"})
+		}
 		measure["by"] = []string{b.By}
 	}
 	q := map[string]any{"dataset": b.Dataset, "measures": []any{measure}}
@@ -375,7 +411,7 @@ func (a *app) builderData(r *http.Request, v *view) (*builderData, error) {
 	}
 	v.Title, v.Nav = "Build a cohort query", "projects"
 	return &builderData{Project: pr, Budget: b, Codelists: lists,
-		Form: builderForm{Dataset: pr.Datasets[0], Epsilon: "0.5", IndexDate: a.Now().Format(time.DateOnly), By: "none", Sex: "any"}}, nil
+		Form: builderForm{Dataset: pr.Datasets[0], Epsilon: "0.5", IndexDate: a.Now().Format(time.DateOnly), By: "none", Sex: "any", Measure: "count"}}, nil
 }
 
 func (a *app) builder(w http.ResponseWriter, r *http.Request, v *view) error {

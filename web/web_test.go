@@ -372,3 +372,35 @@ func between(s, from, to string) string {
 	s = s[i+len(from):]
 	return s[:max(strings.Index(s, to), 0)]
 }
+
+// The builder writes means, quantiles and exclusions the API takes, and
+// the answer shows each with its interval.
+func TestBuilderMeasures(t *testing.T) {
+	x := newHub(t)
+	x.approved(t, "t2d")
+	b := x.signedIn(t, "rosa")
+	_, page := b.get("/projects/t2d/query")
+	for _, c := range []struct {
+		measure, want string
+	}{{"mean_age", `"kind": "mean"`}, {"quantiles_age", `"ranks"`}, {"mean_obs", `"pick": "last"`}} {
+		form := url.Values{"csrf": {csrf(page)}, "action": {"preview"}, "dataset": {"gp"}, "index_date": {"2024-01-01"}, "sex": {"any"},
+			"not_snomed": {"46635009"}, "obs_code": {"999791000000106"}, "measure": {c.measure}, "by": {"none"}, "epsilon": {"0.5"}}
+		code, preview := b.post("/projects/t2d/query", form)
+		text := strings.ReplaceAll(preview, "&#34;", `"`)
+		if code != http.StatusOK || !strings.Contains(text, c.want) || !strings.Contains(text, `"not"`) {
+			t.Fatalf("%s: %d", c.measure, code)
+		}
+		form.Set("action", "run")
+		code, _, resp := b.postResp("/projects/t2d/query", form)
+		if code != http.StatusSeeOther {
+			t.Fatalf("%s run: %d", c.measure, code)
+		}
+		if code, answer := b.get(resp.Header.Get("Location")); code != http.StatusOK || !strings.Contains(answer, " to ") {
+			t.Errorf("%s answer: %d", c.measure, code)
+		}
+	}
+	form := url.Values{"csrf": {csrf(page)}, "action": {"preview"}, "dataset": {"gp"}, "measure": {"mean_age"}, "by": {"sex"}, "epsilon": {"0.5"}}
+	if code, bad := b.post("/projects/t2d/query", form); code != http.StatusBadRequest || !strings.Contains(bad, "Break down a count") {
+		t.Errorf("a mean by sex: %d", code)
+	}
+}
