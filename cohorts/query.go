@@ -479,6 +479,20 @@ var (
 	reName = regexp.MustCompile(`^[A-Za-z0-9 _.-]{1,64}$`)
 )
 
+// inPattern checks an attribute criterion's values: 1 to MaxCodes, each
+// matching re.
+func inPattern(vals []string, re *regexp.Regexp, at, plural, what string) error {
+	if len(vals) == 0 || len(vals) > MaxCodes {
+		return bad("%s: give 1 to %d %s", at, MaxCodes, plural)
+	}
+	for _, v := range vals {
+		if !re.MatchString(v) {
+			return bad("%s: %q is not %s", at, clip(v), what)
+		}
+	}
+	return nil
+}
+
 // validator carries what checking one query learns: event criteria by id.
 type validator struct {
 	q      *Query
@@ -690,25 +704,11 @@ func (v *validator) criterion(c *Criterion, at string, depth int) error {
 	case c.Region != nil:
 		return inDomain(c.Region, PostcodeAreas, at+".region")
 	case c.District != nil:
-		if len(c.District) == 0 || len(c.District) > MaxCodes {
-			return bad("%s.district: give 1 to %d districts", at, MaxCodes)
-		}
-		for _, d := range c.District {
-			if !reDistrict.MatchString(d) {
-				return bad("%s.district: %q is not a postcode district such as \"LS6\"", at, clip(d))
-			}
-		}
+		return inPattern(c.District, reDistrict, at+".district", "districts", "a postcode district such as \"LS6\"")
 	case c.EthnicityGroup != nil:
 		return inDomain(c.EthnicityGroup, EthnicityGroups, at+".ethnicity_group")
 	case c.Practice != nil:
-		if len(c.Practice) == 0 || len(c.Practice) > MaxCodes {
-			return bad("%s.practice: give 1 to %d practices", at, MaxCodes)
-		}
-		for _, d := range c.Practice {
-			if !reODS.MatchString(d) {
-				return bad("%s.practice: %q is not a GP practice ODS code such as \"B86011\"", at, clip(d))
-			}
-		}
+		return inPattern(c.Practice, reODS, at+".practice", "practices", "a GP practice ODS code such as \"B86011\"")
 	case c.AliveAt != "":
 		if c.AliveAt == "index" {
 			if v.q.IndexDate == "" && !v.rate {

@@ -522,6 +522,39 @@ func (a *app) answerCSV(w http.ResponseWriter, r *http.Request, v *view) error {
 	return cw.Error()
 }
 
+// A posted is a submitted form read field by field; a field that is not
+// the number it should be is noted in errs, beside its name.
+type posted struct {
+	r    *http.Request
+	errs []fieldError
+}
+
+func (p *posted) text(k string) string { return strings.TrimSpace(p.r.PostFormValue(k)) }
+
+// float is a field's number, 0 when empty.
+func (p *posted) float(k string) float64 {
+	if p.text(k) == "" {
+		return 0
+	}
+	x, err := strconv.ParseFloat(p.text(k), 64)
+	if err != nil || math.IsNaN(x) || math.IsInf(x, 0) {
+		p.errs = append(p.errs, fieldError{k, "Enter a number"})
+	}
+	return x
+}
+
+// int is a field's whole number, 0 when empty.
+func (p *posted) int(k string) int {
+	if p.text(k) == "" {
+		return 0
+	}
+	n, err := strconv.Atoi(p.text(k))
+	if err != nil {
+		p.errs = append(p.errs, fieldError{k, "Enter a whole number"})
+	}
+	return n
+}
+
 // Data access requests.
 
 func (a *app) requests(w http.ResponseWriter, r *http.Request, v *view) error {
@@ -585,22 +618,13 @@ func (a *app) newRequest(w http.ResponseWriter, r *http.Request, v *view) error 
 	for _, k := range []string{"title", "project", "purpose", "lay_summary", "legal_basis", "epsilon", "delta", "max_query_epsilon", "duration_days", "researchers"} {
 		form[k] = strings.TrimSpace(r.PostFormValue(k))
 	}
-	num := func(k string) float64 {
-		x, err := strconv.ParseFloat(form[k], 64)
-		if err != nil {
-			v.Errors = append(v.Errors, fieldError{k, "Enter a number"})
-		}
-		return x
-	}
+	p := &posted{r: r}
 	yes := r.PostFormValue("national_opt_out") == "yes"
 	spec := governance.RequestSpec{Project: form["project"], Title: form["title"], Purpose: form["purpose"], LaySummary: form["lay_summary"],
-		Datasets: r.PostForm["datasets"], Epsilon: num("epsilon"), Delta: num("delta"), MaxQueryEpsilon: num("max_query_epsilon"),
-		LegalBasis: form["legal_basis"], NationalOptOutApplies: &yes, Researchers: strings.Fields(strings.ReplaceAll(form["researchers"], ",", " "))}
-	days, err := strconv.Atoi(form["duration_days"])
-	if err != nil {
-		v.Errors = append(v.Errors, fieldError{"duration_days", "Enter a whole number of days"})
-	}
-	spec.DurationDays = days
+		Datasets: r.PostForm["datasets"], Epsilon: p.float("epsilon"), Delta: p.float("delta"), MaxQueryEpsilon: p.float("max_query_epsilon"),
+		LegalBasis: form["legal_basis"], NationalOptOutApplies: &yes, Researchers: strings.Fields(strings.ReplaceAll(form["researchers"], ",", " ")),
+		DurationDays: p.int("duration_days")}
+	v.Errors = p.errs
 	if len(v.Errors) == 0 {
 		req, err := a.Gov.CreateRequest(v.Principal, spec, true)
 		if err == nil {
@@ -687,31 +711,21 @@ func (a *app) request(w http.ResponseWriter, r *http.Request, v *view) error {
 }
 
 func (a *app) approve(w http.ResponseWriter, r *http.Request, v *view) error {
-	f := func(k string) string { return strings.TrimSpace(r.PostFormValue(k)) }
-	num := func(k string) float64 {
-		if f(k) == "" {
-			return 0
-		}
-		x, err := strconv.ParseFloat(f(k), 64)
-		if err != nil {
-			v.Errors = append(v.Errors, fieldError{k, "Enter a number"})
-		}
-		return x
-	}
-	g := governance.Grant{Epsilon: num("epsilon"), MaxQueryEpsilon: num("max_query_epsilon"), Reason: f("reason"), Conditions: f("conditions")}
+	p := &posted{r: r}
+	g := governance.Grant{Epsilon: p.float("epsilon"), MaxQueryEpsilon: p.float("max_query_epsilon"), Reason: p.text("reason"), Conditions: p.text("conditions")}
 	// Release rules are a term of the first decision; an amendment keeps
 	// the project's (its form has no rule fields).
-	if rules := (governance.ReleaseRules{SuppressBelow: int(num("suppress_below")), RoundTo: int(num("round_to")), MinCohort: int(num("min_cohort"))}); rules != (governance.ReleaseRules{}) {
+	if rules := (governance.ReleaseRules{SuppressBelow: p.int("suppress_below"), RoundTo: p.int("round_to"), MinCohort: p.int("min_cohort")}); rules != (governance.ReleaseRules{}) {
 		g.Rules = &rules
 	}
-	if e := f("expires"); e != "" {
+	if e := p.text("expires"); e != "" {
 		t, err := time.Parse(time.DateOnly, e)
 		if err != nil {
-			v.Errors = append(v.Errors, fieldError{"expires", "Enter a date as YYYY-MM-DD"})
+			p.errs = append(p.errs, fieldError{"expires", "Enter a date as YYYY-MM-DD"})
 		}
 		g.Expires = t
 	}
-	if len(v.Errors) > 0 {
+	if v.Errors = p.errs; len(v.Errors) > 0 {
 		return &httpError{http.StatusBadRequest, v.Errors[0].Field + ": " + v.Errors[0].Message}
 	}
 	if _, err := a.Gov.Approve(v.Principal, r.PathValue("id"), g, a.Svc.Spent); err != nil {
@@ -730,29 +744,11 @@ func (a *app) reject(w http.ResponseWriter, r *http.Request, v *view) error {
 }
 
 func (a *app) amend(w http.ResponseWriter, r *http.Request, v *view) error {
-	f := func(k string) string { return strings.TrimSpace(r.PostFormValue(k)) }
-	var spec governance.AmendmentSpec
-	for _, x := range []struct {
-		k   string
-		dst *float64
-	}{{"epsilon", &spec.Epsilon}, {"max_query_epsilon", &spec.MaxQueryEpsilon}} {
-		if f(x.k) == "" {
-			continue
-		}
-		n, err := strconv.ParseFloat(f(x.k), 64)
-		if err != nil {
-			return &httpError{http.StatusBadRequest, x.k + ": enter a number"}
-		}
-		*x.dst = n
+	p := &posted{r: r}
+	spec := governance.AmendmentSpec{Epsilon: p.float("epsilon"), MaxQueryEpsilon: p.float("max_query_epsilon"), ExtendDays: p.int("extend_days"), Reason: p.text("reason")}
+	if len(p.errs) > 0 {
+		return &httpError{http.StatusBadRequest, p.errs[0].Field + ": " + p.errs[0].Message}
 	}
-	if f("extend_days") != "" {
-		n, err := strconv.Atoi(f("extend_days"))
-		if err != nil {
-			return &httpError{http.StatusBadRequest, "extend_days: enter a whole number of days"}
-		}
-		spec.ExtendDays = n
-	}
-	spec.Reason = f("reason")
 	if _, err := a.Gov.Amend(v.Principal, r.PathValue("id"), spec); err != nil {
 		return err
 	}
