@@ -2,8 +2,13 @@ package cohorts
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -12,11 +17,12 @@ import (
 	"github.com/nhs-hub/hub/catalog"
 )
 
-// An Engine is one dataset version loaded into an embedded, in-memory
-// DuckDB that can read no file but the version's own parts: the parts are
-// named in allowed_paths, external access is then switched off and the
-// configuration locked, before anything is loaded. Safe for concurrent
-// use.
+// An Engine is one dataset version loaded into an embedded DuckDB (in
+// memory, or a database file with bounded memory: EngineOptions) that can
+// read no file but the version's own parts: the parts are named in
+// allowed_paths and external access is switched off before anything is
+// loaded, and the configuration is locked before any query runs. Safe
+// for concurrent use.
 type Engine struct {
 	db       *sql.DB
 	Manifest *catalog.Manifest
@@ -65,36 +71,160 @@ var tableLoads = []struct {
 		`INSERT INTO registrations SELECT p.pid, t.start_date, t.end_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY p.pid, t.start_date`, nil},
 }
 
+// EngineOptions bound an engine's memory.
+type EngineOptions struct {
+	// Dir, when set, holds each version as a DuckDB database file, loaded
+	// once and reopened after a restart, and DuckDB's spill files: the
+	// version lives on disk and only what queries touch is in memory. ""
+	// keeps the version in memory, as before.
+	Dir string
+	// MemoryLimit is DuckDB's memory_limit, e.g. "1GB" ("": DuckDB's
+	// default, 80% of the machine's memory).
+	MemoryLimit string
+}
+
 // OpenEngine loads a version from local, already verified part files
-// (see [catalog.Lake.Local]).
-func OpenEngine(ctx context.Context, m *catalog.Manifest, files map[string][]string) (*Engine, error) {
+// (see [catalog.Lake.Local]), or reopens the database file an earlier
+// load left in opt.Dir.
+func OpenEngine(ctx context.Context, m *catalog.Manifest, files map[string][]string, opt EngineOptions) (*Engine, error) {
 	var all []string
 	for _, t := range tableLoads {
 		all = append(all, files[t.name]...)
 	}
-	connector, err := duckdb.NewConnector("", nil)
+	path, loaded := "", false
+	if opt.Dir != "" {
+		var err error
+		if path, err = enginePath(opt, m); err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(path); err != nil {
+			if err := load(ctx, m, files, all, path, opt); err != nil {
+				return nil, err
+			}
+		}
+		loaded = true
+	}
+	e, err := open(ctx, m, path, all, opt)
+	if err != nil {
+		return nil, err
+	}
+	if !loaded {
+		if err := e.load(ctx, m, files); err != nil {
+			e.db.Close()
+			return nil, err
+		}
+	}
+	if _, err := e.db.ExecContext(ctx, "SET lock_configuration = true"); err != nil {
+		e.db.Close()
+		return nil, fmt.Errorf("configure duckdb: %w", err)
+	}
+	return e, nil
+}
+
+// enginePath is a version's database file in opt.Dir, named by its
+// manifest's hash, so that a file is never taken for another version's.
+func enginePath(opt EngineOptions, m *catalog.Manifest) (string, error) {
+	sum, err := manifestHash(m)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(opt.Dir, fmt.Sprintf("%s@%d-%s.duckdb", m.Dataset, m.Version, sum[:16])), nil
+}
+
+// Loaded reports whether opt.Dir holds a version's database file already,
+// so that its parts need not be fetched again.
+func (opt EngineOptions) Loaded(m *catalog.Manifest) bool {
+	if opt.Dir == "" {
+		return false
+	}
+	path, err := enginePath(opt, m)
+	if err != nil {
+		return false
+	}
+	_, err = os.Stat(path)
+	return err == nil
+}
+
+// manifestHash identifies a version's content: its manifest's SHA-256.
+func manifestHash(m *catalog.Manifest) (string, error) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// load writes a version's database file: into a temporary name, renamed
+// into place once whole, so a crash leaves no half-loaded file in use.
+func load(ctx context.Context, m *catalog.Manifest, files map[string][]string, all []string, path string, opt EngineOptions) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("engine folder: %w", err)
+	}
+	tmp := path + ".loading"
+	os.Remove(tmp)
+	os.Remove(tmp + ".wal")
+	e, err := open(ctx, m, tmp, all, opt)
+	if err != nil {
+		return err
+	}
+	err = e.load(ctx, m, files)
+	if err == nil {
+		_, err = e.db.ExecContext(ctx, "CHECKPOINT")
+	}
+	if cerr := e.db.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("load %s@%d: %w", m.Dataset, m.Version, err)
+	}
+	return nil
+}
+
+// open opens a DuckDB database (path "": in memory) with the engine's
+// settings: bounded memory, spill files beside it, and no access to any
+// file but the version's parts.
+func open(ctx context.Context, m *catalog.Manifest, path string, all []string, opt EngineOptions) (*Engine, error) {
+	connector, err := duckdb.NewConnector(path, nil)
 	if err != nil {
 		return nil, fmt.Errorf("open duckdb: %w", err)
 	}
 	db := sql.OpenDB(connector)
-	e := &Engine{db: db, Manifest: m}
-	setup := []string{
-		"SET allowed_paths = " + sqlList(all),
+	setup := []string{}
+	if opt.MemoryLimit != "" {
+		setup = append(setup, "SET memory_limit = "+sqlString(opt.MemoryLimit))
+	}
+	if opt.Dir != "" {
+		tmp := filepath.Join(opt.Dir, "tmp")
+		if err := os.MkdirAll(tmp, 0o700); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("engine folder: %w", err)
+		}
+		setup = append(setup, "SET temp_directory = "+sqlString(tmp))
+	}
+	setup = append(setup,
+		"SET allowed_paths = "+sqlList(all),
 		"SET autoinstall_known_extensions = false",
 		"SET autoload_known_extensions = false",
-		"SET enable_external_access = false",
-		"SET lock_configuration = true",
-	}
+		"SET enable_external_access = false")
 	for _, s := range setup {
 		if _, err := db.ExecContext(ctx, s); err != nil {
 			db.Close()
 			return nil, fmt.Errorf("configure duckdb: %w", err)
 		}
 	}
+	return &Engine{db: db, Manifest: m}, nil
+}
+
+// load creates and fills the engine's tables from the version's parts.
+func (e *Engine) load(ctx context.Context, m *catalog.Manifest, files map[string][]string) error {
 	for _, t := range tableLoads {
-		if _, err := db.ExecContext(ctx, t.create); err != nil {
-			db.Close()
-			return nil, fmt.Errorf("create %s: %w", t.name, err)
+		if _, err := e.db.ExecContext(ctx, t.create); err != nil {
+			return fmt.Errorf("create %s: %w", t.name, err)
 		}
 		if len(files[t.name]) == 0 {
 			continue
@@ -103,16 +233,14 @@ func OpenEngine(ctx context.Context, m *catalog.Manifest, files map[string][]str
 		if t.optional != nil {
 			args = append(args, optionalColumns(m, t.name, t.optional...))
 		}
-		if _, err := db.ExecContext(ctx, fmt.Sprintf(t.load, args...)); err != nil {
-			db.Close()
-			return nil, fmt.Errorf("load %s: %w", t.name, err)
+		if _, err := e.db.ExecContext(ctx, fmt.Sprintf(t.load, args...)); err != nil {
+			return fmt.Errorf("load %s: %w", t.name, err)
 		}
 	}
-	if _, err := db.ExecContext(ctx, "ALTER TABLE patients DROP COLUMN patient_id"); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("load patients: %w", err)
+	if _, err := e.db.ExecContext(ctx, "ALTER TABLE patients DROP COLUMN patient_id"); err != nil {
+		return fmt.Errorf("load patients: %w", err)
 	}
-	return e, nil
+	return nil
 }
 
 // optionalColumns names the columns, t.NAME where the version's table has
@@ -129,12 +257,15 @@ func optionalColumns(m *catalog.Manifest, table string, cols ...string) string {
 	return strings.Join(out, ", ")
 }
 
+// sqlString quotes a string as a SQL literal.
+func sqlString(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
 // sqlList quotes file paths (the engine's own, never a query's) as a
 // DuckDB list literal.
 func sqlList(paths []string) string {
 	q := make([]string, len(paths))
 	for i, p := range paths {
-		q[i] = "'" + strings.ReplaceAll(p, "'", "''") + "'"
+		q[i] = sqlString(p)
 	}
 	return "[" + strings.Join(q, ", ") + "]"
 }

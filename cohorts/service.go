@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +35,12 @@ type Config struct {
 	Logger    *slog.Logger
 	// Now is the clock expiries are checked against (default time.Now).
 	Now func() time.Time
+	// Engine bounds each loaded version's memory (zero: in memory, as
+	// before).
+	Engine EngineOptions
+	// MaxOpen is how many versions stay loaded at once (0: 2); the least
+	// recently used one that no query is using is closed past it.
+	MaxOpen int
 }
 
 // A Service answers cohort queries for projects within their budgets.
@@ -46,15 +53,23 @@ type Service struct {
 	log       *slog.Logger
 	now       func() time.Time
 
+	engineOpt EngineOptions
+	maxOpen   int
+
 	mu      sync.Mutex
 	engines map[string]*engineSlot
 	ledgers map[string]*Ledger
 }
 
+// An engineSlot is a version's engine, loaded once; users counts the
+// queries using it (a pinned slot, asked for by Engine, is never closed).
 type engineSlot struct {
-	once sync.Once
-	e    *Engine
-	err  error
+	once   sync.Once
+	e      *Engine
+	err    error
+	users  int
+	pinned bool
+	used   time.Time
 }
 
 // New returns a service over a lake, keeping its ledgers in cfg.State.
@@ -75,8 +90,12 @@ func New(cfg Config) (*Service, error) {
 	if now == nil {
 		now = time.Now
 	}
+	maxOpen := cfg.MaxOpen
+	if maxOpen <= 0 {
+		maxOpen = 2
+	}
 	return &Service{lake: cfg.Lake, projects: cfg.Projects, codelists: cfg.Codelists, state: cfg.State, log: log.With("component", "cohorts"),
-		now: now, engines: map[string]*engineSlot{}, ledgers: map[string]*Ledger{}}, nil
+		now: now, engineOpt: cfg.Engine, maxOpen: maxOpen, engines: map[string]*engineSlot{}, ledgers: map[string]*Ledger{}}, nil
 }
 
 // Codelists returns the code lists queries may name, without their codes.
@@ -225,45 +244,113 @@ func (s *Service) History(project string) ([]Entry, error) {
 }
 
 // Engine returns the loaded engine of a dataset version (0: latest),
-// loading it on first use from verified local files.
+// loading it on first use from verified local files. The engine stays
+// loaded until the service closes (benchmarks and tests use it directly).
 func (s *Service) Engine(ctx context.Context, dataset string, version int) (*Engine, error) {
 	m, err := s.lake.Manifest(ctx, dataset, version)
 	if err != nil {
 		return nil, err
 	}
-	return s.engine(ctx, m)
+	e, release, err := s.engine(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.engines[engineKey(m)].pinned = true
+	s.mu.Unlock()
+	release()
+	return e, nil
 }
 
-// engine returns the loaded engine of a committed version's manifest.
-func (s *Service) engine(ctx context.Context, m *catalog.Manifest) (*Engine, error) {
-	key := fmt.Sprintf("%s@%d", m.Dataset, m.Version)
+func engineKey(m *catalog.Manifest) string { return fmt.Sprintf("%s@%d", m.Dataset, m.Version) }
+
+// engine returns the loaded engine of a committed version's manifest, in
+// use until release is called; past MaxOpen loaded versions, the least
+// recently used one not in use is closed.
+func (s *Service) engine(ctx context.Context, m *catalog.Manifest) (*Engine, func(), error) {
+	key := engineKey(m)
 	s.mu.Lock()
 	slot, ok := s.engines[key]
 	if !ok {
 		slot = &engineSlot{}
 		s.engines[key] = slot
 	}
+	slot.users++
+	slot.used = s.now()
 	s.mu.Unlock()
+	release := func() {
+		s.mu.Lock()
+		slot.users--
+		s.mu.Unlock()
+	}
 	slot.once.Do(func() {
 		start := time.Now()
-		files, err := s.lake.Local(ctx, m, filepath.Join(s.state, "cache"))
-		if err == nil {
-			slot.e, err = OpenEngine(ctx, m, files)
+		var e *Engine
+		var files map[string][]string
+		var err error
+		cache := filepath.Join(s.state, "cache")
+		if !s.engineOpt.Loaded(m) { // a database file needs no parts
+			files, err = s.lake.Local(ctx, m, cache)
 		}
-		slot.err = err
+		if err == nil {
+			e, err = OpenEngine(ctx, m, files, s.engineOpt)
+		}
+		if err == nil && s.engineOpt.Dir != "" {
+			// Parts copied from a remote lake served only the load: the
+			// database file holds the version now.
+			for _, fs := range files {
+				for _, f := range fs {
+					if strings.HasPrefix(f, cache+string(filepath.Separator)) {
+						os.Remove(f)
+					}
+				}
+			}
+		}
+		s.mu.Lock() // evict reads other slots' engines under the lock
+		slot.e, slot.err = e, err
+		s.mu.Unlock()
 		if err != nil {
 			s.log.Error("load dataset", "dataset", key, "err", err)
 			return
 		}
 		s.log.Info("loaded dataset", "dataset", key, "seconds", time.Since(start).Seconds())
+		s.evict(slot)
 	})
 	if slot.err != nil {
+		release()
 		s.mu.Lock()
-		delete(s.engines, key) // let a later query retry
+		if s.engines[key] == slot {
+			delete(s.engines, key) // let a later query retry
+		}
 		s.mu.Unlock()
-		return nil, slot.err
+		return nil, nil, slot.err
 	}
-	return slot.e, nil
+	return slot.e, release, nil
+}
+
+// evict closes least recently used engines, neither in use nor pinned,
+// while more than maxOpen are loaded.
+func (s *Service) evict(keep *engineSlot) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		loaded, oldest := 0, ""
+		for k, sl := range s.engines {
+			if sl.e == nil {
+				continue
+			}
+			loaded++
+			if sl != keep && sl.users == 0 && !sl.pinned && (oldest == "" || sl.used.Before(s.engines[oldest].used)) {
+				oldest = k
+			}
+		}
+		if loaded <= s.maxOpen || oldest == "" {
+			return
+		}
+		s.log.Info("closed dataset", "dataset", oldest, "reason", "more than --max-open versions loaded")
+		s.engines[oldest].e.Close()
+		delete(s.engines, oldest)
+	}
 }
 
 // Query answers a validated query for a project. In order: the project
@@ -303,10 +390,11 @@ func (s *Service) Query(ctx context.Context, project string, q *Query) (*Answer,
 	if err := ledger.Check(charge); err != nil {
 		return nil, err
 	}
-	eng, err := s.engine(ctx, m)
+	eng, done, err := s.engine(ctx, m)
 	if err != nil {
 		return nil, err
 	}
+	defer done()
 	plan, err := Compile(q, randomSeed())
 	if err != nil {
 		return nil, err

@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nhs-hub/hub/catalog"
 	"github.com/nhs-hub/hub/governance"
@@ -132,13 +135,32 @@ func TestTornLedgerLine(t *testing.T) {
 // TestEngineReachesNoOtherFile: the engine's DuckDB refuses to read any
 // file but the dataset's parts, and its configuration cannot be unlocked.
 func TestEngineReachesNoOtherFile(t *testing.T) {
-	s := newService(t)
+	t.Run("in memory", func(t *testing.T) { reachesNoOtherFile(t, newService(t)) })
+	t.Run("on disk", func(t *testing.T) { reachesNoOtherFile(t, diskService(t, t.TempDir())) })
+}
+
+// diskService is a service whose engines are database files in dir with
+// a small memory limit.
+func diskService(t *testing.T, dir string) *Service {
+	t.Helper()
+	s, err := New(Config{Lake: lake(t), State: t.TempDir(), Projects: &grants{m: map[string]*governance.Project{}},
+		Engine: EngineOptions{Dir: dir, MemoryLimit: "128MB"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func reachesNoOtherFile(t *testing.T, s *Service) {
 	_, root := testlake.Shared(t)
 	eng, err := s.Engine(t.Context(), "gp", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, q := range []string{
+		"SET memory_limit = '64GB'",
+		"ATTACH '" + filepath.Join(t.TempDir(), "other.duckdb") + "' AS other",
 		"SELECT * FROM read_csv('/etc/passwd')",
 		"SELECT * FROM read_parquet('" + root + "/datasets/gp/versions/1/manifest.json')",
 		"SET enable_external_access = true",
@@ -321,4 +343,74 @@ func TestRateQuery(t *testing.T) {
 	if spent, _, _ := s.Spent("p"); spent != units(4, EpsilonUnit) {
 		t.Errorf("spent %d units for one rate, want ε 4", spent)
 	}
+}
+
+// An engine on disk answers exactly as the oracle says, and a restart
+// reopens its database file instead of loading the version again.
+func TestEngineOnDisk(t *testing.T) {
+	dir := t.TempDir()
+	s := diskService(t, dir)
+	for name, text := range groundTruthQueries {
+		t.Run(name, func(t *testing.T) { groundTruth(t, s, mustParse(t, text)) })
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "gp@1-*.duckdb"))
+	if len(files) != 1 {
+		t.Fatalf("database files: %v", files)
+	}
+	before, _ := os.Stat(files[0])
+	s.Close()
+	again := diskService(t, dir)
+	if !again.engineOpt.Loaded(mustManifest(t)) {
+		t.Fatal("the restarted service does not find the database file")
+	}
+	groundTruth(t, again, mustParse(t, groundTruthQueries["issue example"]))
+	if after, _ := os.Stat(files[0]); after.Size() != before.Size() {
+		t.Errorf("the database file changed on reopening: %d bytes, then %d", before.Size(), after.Size())
+	}
+	if tmp, _ := filepath.Glob(filepath.Join(dir, "*.loading")); len(tmp) != 0 {
+		t.Errorf("a load left %v", tmp)
+	}
+}
+
+func mustManifest(t *testing.T) *catalog.Manifest {
+	t.Helper()
+	m, err := lake(t).Manifest(t.Context(), "gp", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// Past MaxOpen loaded versions, the least recently used one that no query
+// uses and nothing pinned is closed.
+func TestEvictLeastRecentlyUsed(t *testing.T) {
+	s, err := New(Config{Lake: lake(t), State: t.TempDir(), Projects: &grants{m: map[string]*governance.Project{}}, MaxOpen: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := mustManifest(t)
+	now := time.Now()
+	slots := map[string]*engineSlot{}
+	for i, k := range []string{"old", "busy", "pinned", "new"} {
+		e, err := OpenEngine(t.Context(), m, nil, EngineOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		slots[k] = &engineSlot{e: e, used: now.Add(time.Duration(i) * time.Minute)}
+		s.engines[k] = slots[k]
+	}
+	slots["busy"].users, slots["pinned"].pinned = 1, true
+	slots["busy"].used = now.Add(-time.Hour)
+	s.evict(slots["new"])
+	if _, ok := s.engines["old"]; ok || len(s.engines) != 3 {
+		t.Errorf("after eviction: %v", slices.Sorted(maps.Keys(s.engines)))
+	}
+	if err := slots["old"].e.DB().Ping(); err == nil {
+		t.Errorf("the evicted engine is still open")
+	}
+	s.evict(slots["new"]) // the rest are busy, pinned or kept: more than MaxOpen stay
+	if len(s.engines) != 3 {
+		t.Errorf("evicted a busy or pinned engine: %v", slices.Sorted(maps.Keys(s.engines)))
+	}
+	s.Close()
 }

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -101,7 +102,11 @@ func newBenchServer(c *cli.Context, dir string) (*benchServer, error) {
 	if b.tok, err = approvedProject(b.gov, "bench", "bench", 100); err != nil {
 		return fail(err)
 	}
-	if b.svc, err = cohorts.New(cohorts.Config{Lake: lake, State: b.state, Projects: b.gov}); err != nil {
+	var engine cohorts.EngineOptions
+	if limit := c.String("memory-limit"); limit != "" {
+		engine = cohorts.EngineOptions{Dir: filepath.Join(b.state, "engines"), MemoryLimit: limit}
+	}
+	if b.svc, err = cohorts.New(cohorts.Config{Lake: lake, State: b.state, Projects: b.gov, Engine: engine}); err != nil {
 		return fail(err)
 	}
 	closers = append(closers, func() { b.svc.Close() })
@@ -151,6 +156,9 @@ func benchCohorts(c *cli.Context, dir string) error {
 	fmt.Fprintf(w, "dataset: %d patients, %d rows; %d concurrent clients, %d requests each\n\n", n, rowsOf(eng.Manifest), clients, per)
 	fmt.Fprintf(w, "%-42s %10s %10s %10s %10s %8s %8s\n", "query", "SQL p50", "SQL p99", "API p50", "API p99", "p50 ×", "p99 ×")
 	for _, bq := range benchQueries {
+		if bq.clients > 0 && c.Bool("no-rate") {
+			continue
+		}
 		plan, err := cohorts.Compile(mustQuery(fmt.Sprintf(bq.text, 0.5)), 1)
 		if err != nil {
 			return err
@@ -186,6 +194,14 @@ func benchCohorts(c *cli.Context, dir string) error {
 	}
 	fmt.Fprintln(w, "\n× is the service's latency over the same SQL run directly by DuckDB (aim: at most 1.15; a rate's at most 1.3).")
 	fmt.Fprintln(w, "A rate runs two statements an interval, with 2 clients making 2 requests each.")
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
+		where := "in memory"
+		if c.String("memory-limit") != "" {
+			where = "a DuckDB file, memory_limit " + c.String("memory-limit")
+		}
+		fmt.Fprintf(w, "Peak RSS of the process (server, engine and clients; %s): %.0f MB.\n", where, float64(ru.Maxrss)/1024)
+	}
 	return nil
 }
 
