@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/duckdb/duckdb-go/v2"
 
@@ -26,6 +27,7 @@ import (
 type Engine struct {
 	db       *sql.DB
 	Manifest *catalog.Manifest
+	path     string // the database file ("": in memory)
 }
 
 // tableLoads are the engine's tables: patients get an integer pid, events
@@ -81,6 +83,10 @@ type EngineOptions struct {
 	// MemoryLimit is DuckDB's memory_limit, e.g. "1GB" ("": DuckDB's
 	// default, 80% of the machine's memory).
 	MemoryLimit string
+	// MaxBytes caps the database files in Dir (0: no cap): past it, the
+	// least recently opened files of versions not loaded are removed (a
+	// later query loads the version again).
+	MaxBytes int64
 }
 
 // OpenEngine loads a version from local, already verified part files
@@ -107,6 +113,18 @@ func OpenEngine(ctx context.Context, m *catalog.Manifest, files map[string][]str
 	e, err := open(ctx, m, path, all, opt)
 	if err != nil {
 		return nil, err
+	}
+	if path != "" {
+		e.path = path
+		// A file removed between the check and the open (over the cap)
+		// opens as an empty database: refuse it, and a retry loads.
+		if _, err := e.db.ExecContext(ctx, "SELECT 1 FROM patients LIMIT 0"); err != nil {
+			e.db.Close()
+			os.Remove(path)
+			return nil, fmt.Errorf("%s@%d: its database file went missing while opening; ask again to load it", m.Dataset, m.Version)
+		}
+		now := time.Now() // the file's time says when it was last opened
+		os.Chtimes(path, now, now)
 	}
 	if !loaded {
 		if err := e.load(ctx, m, files); err != nil {
@@ -145,6 +163,55 @@ func (opt EngineOptions) Loaded(m *catalog.Manifest) bool {
 	return err == nil
 }
 
+// capFiles removes the least recently opened database files in opt.Dir,
+// except those of open engines, until the files take at most
+// opt.MaxBytes. It returns the files removed.
+func capFiles(opt EngineOptions, open map[string]bool) ([]string, error) {
+	if opt.Dir == "" || opt.MaxBytes <= 0 {
+		return nil, nil
+	}
+	paths, err := filepath.Glob(filepath.Join(opt.Dir, "*.duckdb"))
+	if err != nil {
+		return nil, err
+	}
+	type file struct {
+		path string
+		size int64
+		used time.Time
+	}
+	var files []file
+	var total int64
+	for _, p := range paths {
+		st, err := os.Stat(p)
+		if err != nil {
+			continue
+		}
+		size := st.Size()
+		if wal, err := os.Stat(p + ".wal"); err == nil {
+			size += wal.Size()
+		}
+		files = append(files, file{p, size, st.ModTime()})
+		total += size
+	}
+	slices.SortFunc(files, func(a, b file) int { return a.used.Compare(b.used) })
+	var removed []string
+	for _, f := range files {
+		if total <= opt.MaxBytes {
+			break
+		}
+		if open[f.path] {
+			continue
+		}
+		if err := os.Remove(f.path); err != nil {
+			return removed, err
+		}
+		os.Remove(f.path + ".wal")
+		total -= f.size
+		removed = append(removed, f.path)
+	}
+	return removed, nil
+}
+
 // manifestHash identifies a version's content: its manifest's SHA-256.
 func manifestHash(m *catalog.Manifest) (string, error) {
 	b, err := json.Marshal(m)
@@ -158,6 +225,12 @@ func manifestHash(m *catalog.Manifest) (string, error) {
 // load writes a version's database file: into a temporary name, renamed
 // into place once whole, so a crash leaves no half-loaded file in use.
 func load(ctx context.Context, m *catalog.Manifest, files map[string][]string, all []string, path string, opt EngineOptions) error {
+	for name, t := range m.Tables {
+		if len(files[name]) != len(t.Parts) {
+			return fmt.Errorf("load %s@%d: %d of %s's %d parts given; its database file may have been removed meanwhile: ask again",
+				m.Dataset, m.Version, len(files[name]), name, len(t.Parts))
+		}
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("engine folder: %w", err)
 	}

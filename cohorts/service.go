@@ -315,6 +315,7 @@ func (s *Service) engine(ctx context.Context, m *catalog.Manifest) (*Engine, fun
 		}
 		s.log.Info("loaded dataset", "dataset", key, "seconds", time.Since(start).Seconds())
 		s.evict(slot)
+		s.capFiles()
 	})
 	if slot.err != nil {
 		release()
@@ -326,6 +327,25 @@ func (s *Service) engine(ctx context.Context, m *catalog.Manifest) (*Engine, fun
 		return nil, nil, slot.err
 	}
 	return slot.e, release, nil
+}
+
+// capFiles keeps the engines' database files under their cap.
+func (s *Service) capFiles() {
+	open := map[string]bool{}
+	s.mu.Lock()
+	for _, sl := range s.engines {
+		if sl.e != nil && sl.e.path != "" {
+			open[sl.e.path] = true
+		}
+	}
+	s.mu.Unlock()
+	removed, err := capFiles(s.engineOpt, open)
+	if err != nil {
+		s.log.Error("engine files over their cap not removed", "err", err)
+	}
+	for _, f := range removed {
+		s.log.Info("removed an engine file over the cap", "file", filepath.Base(f))
+	}
 }
 
 // evict closes least recently used engines, neither in use nor pinned,

@@ -414,3 +414,53 @@ func TestEvictLeastRecentlyUsed(t *testing.T) {
 	}
 	s.Close()
 }
+
+// Past their cap, the least recently opened database files go first;
+// an open engine's file stays whatever its age.
+func TestCapEngineFiles(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	for i, name := range []string{"a@1-x.duckdb", "b@1-x.duckdb", "c@1-x.duckdb", "d@1-x.duckdb"} {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, make([]byte, 100), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		os.Chtimes(p, now.Add(time.Duration(i)*time.Hour), now.Add(time.Duration(i)*time.Hour))
+	}
+	os.WriteFile(filepath.Join(dir, "e@1-x.duckdb.loading"), make([]byte, 1000), 0o600)
+	removed, err := capFiles(EngineOptions{Dir: dir, MaxBytes: 250}, map[string]bool{filepath.Join(dir, "a@1-x.duckdb"): true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, r := range removed {
+		names = append(names, filepath.Base(r))
+	}
+	if !slices.Equal(names, []string{"b@1-x.duckdb", "c@1-x.duckdb"}) {
+		t.Errorf("removed %v, want the oldest not open: b, c", names)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "e@1-x.duckdb.loading")); err != nil {
+		t.Errorf("a file being loaded was removed")
+	}
+}
+
+// A database file removed before an engine opens it (over the cap) is
+// never replaced by an empty one: without the parts, the open fails, and
+// the next ask fetches them and loads the version again.
+func TestEngineFileGone(t *testing.T) {
+	dir := t.TempDir()
+	s := diskService(t, dir)
+	if _, err := s.Engine(t.Context(), "gp", 0); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	files, _ := filepath.Glob(filepath.Join(dir, "*.duckdb"))
+	os.Remove(files[0])
+	if _, err := OpenEngine(t.Context(), mustManifest(t), nil, EngineOptions{Dir: dir}); err == nil || !strings.Contains(err.Error(), "ask again") {
+		t.Fatalf("opened a removed file without its parts: %v", err)
+	}
+	if after, _ := filepath.Glob(filepath.Join(dir, "*.duckdb")); len(after) != 0 {
+		t.Fatalf("an empty database file was left: %v", after)
+	}
+	groundTruth(t, diskService(t, dir), mustParse(t, groundTruthQueries["issue example"]))
+}

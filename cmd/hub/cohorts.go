@@ -16,6 +16,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/urfave/cli/v2"
 
 	"github.com/nhs-hub/hub/api"
@@ -141,6 +142,7 @@ func serveCommand() *cli.Command {
 		&cli.DurationFlag{Name: "checkpoint-every", Value: 10 * time.Minute, Usage: "how often the audit log's head is written to the lake (audit-checkpoints/), write-once; the server refuses to start on a log that lacks one. They assume one state folder per lake: 0 turns both off"},
 		&cli.StringSliceFlag{Name: "preload", Usage: "load these datasets' latest versions before listening (default: load on first query)"},
 		&cli.StringFlag{Name: "memory-limit", Value: "512MB", EnvVars: []string{"HUB_MEMORY_LIMIT"}, Usage: "DuckDB's memory_limit for the loaded versions, which live in database files in STATE/engines (spilling to STATE/engines/tmp); \"\" loads each version into memory instead, as before December 2026"},
+		&cli.StringFlag{Name: "engine-files-max", Value: "20GB", Usage: "cap on the database files in STATE/engines: past it, the least recently opened files of versions not open are removed (0: no cap)"},
 		&cli.IntFlag{Name: "max-open", Value: 2, Usage: "dataset versions kept open at once; past it the least recently used one not in use is closed (its database file stays)"},
 		&cli.BoolFlag{Name: "secure-cookies", EnvVars: []string{"HUB_SECURE_COOKIES"}, Usage: "mark the web app's cookies Secure: set it when a proxy serves the hub over TLS"},
 	}, s3Flags()...)
@@ -175,7 +177,11 @@ func serveCommand() *cli.Command {
 			}
 			var engine cohorts.EngineOptions
 			if limit := c.String("memory-limit"); limit != "" {
-				engine = cohorts.EngineOptions{Dir: filepath.Join(c.String("state"), "engines"), MemoryLimit: limit}
+				capBytes, err := humanize.ParseBytes(c.String("engine-files-max"))
+				if err != nil {
+					return usageError{fmt.Errorf("--engine-files-max: %w (e.g. 20GB, or 0 for no cap)", err)}
+				}
+				engine = cohorts.EngineOptions{Dir: filepath.Join(c.String("state"), "engines"), MemoryLimit: limit, MaxBytes: int64(capBytes)}
 			}
 			svc, err := cohorts.New(cohorts.Config{Lake: lake, State: c.String("state"), Projects: gov, Codelists: lists, Logger: log,
 				Engine: engine, MaxOpen: c.Int("max-open")})
