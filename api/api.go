@@ -61,10 +61,16 @@ func NewHandler(gov *governance.Store, svc *cohorts.Service, log *slog.Logger, f
 	}))
 	mux.HandleFunc("GET /v1/datasets", user(func(w http.ResponseWriter, r *http.Request, p *governance.Principal) {
 		ds, err := s.svc.Datasets(r.Context())
+		for i := range ds {
+			ds[i] = rounded(p, ds[i])
+		}
 		s.reply(w, ds, err)
 	}))
 	mux.HandleFunc("GET /v1/datasets/{name}", user(func(w http.ResponseWriter, r *http.Request, p *governance.Principal) {
 		d, err := s.svc.Dataset(r.Context(), r.PathValue("name"))
+		if d != nil {
+			*d = rounded(p, *d)
+		}
 		s.reply(w, d, err)
 	}))
 	mux.HandleFunc("GET /v1/codelists", user(func(w http.ResponseWriter, r *http.Request, p *governance.Principal) {
@@ -211,6 +217,22 @@ func NewHandler(gov *governance.Store, svc *cohorts.Service, log *slog.Logger, f
 		writeError(w, http.StatusNotFound, "no such endpoint; docs/governance.md lists them")
 	})
 	return mux
+}
+
+// rounded is a dataset's description as p may see it: row counts rounded
+// to 10 (catalog.RoundCount) for everyone but admins.
+func rounded(p *governance.Principal, d cohorts.DatasetInfo) cohorts.DatasetInfo {
+	if p.Has(governance.Admin) {
+		return d
+	}
+	tables := map[string]*catalog.TableManifest{}
+	for name, t := range d.Tables {
+		c := *t
+		c.Rows = catalog.RoundCount(t.Rows)
+		tables[name] = &c
+	}
+	d.Tables, d.RowsRounded = tables, true
+	return d
 }
 
 // An Approval is the body of POST /v1/requests/{id}/approve. Zero budget

@@ -3,6 +3,7 @@ package api
 import (
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -242,6 +243,16 @@ func TestBadQueries(t *testing.T) {
 	}
 	if code, _ := x.call(t, "rosa", "GET", "/v1/datasets/nope", nil); code != 404 {
 		t.Fatalf("unknown dataset: %d", code)
+	}
+	// Row counts are rounded to 10 for everyone but admins.
+	rows := func(who string) (float64, any) {
+		d := x.must(t, who, "GET", "/v1/datasets/gp", nil)
+		return d["tables"].(map[string]any)["patients"].(map[string]any)["rows"].(float64), d["rows_rounded"]
+	}
+	exact, flag := rows("ada")
+	round, rflag := rows("rosa")
+	if flag != nil || rflag != true || int64(round)%10 != 0 || math.Abs(round-exact) > 5 || (int64(exact)%10 != 0 && round == exact) {
+		t.Errorf("patients rows: admin %v (%v), researcher %v (%v)", exact, flag, round, rflag)
 	}
 }
 

@@ -30,8 +30,8 @@ func Export(m *Manifest, format, publisher string) ([]byte, error) {
 	}
 	sort.Strings(tables)
 	title := fmt.Sprintf("%s (version %d)", m.Dataset, m.Version)
-	abstract := fmt.Sprintf("De-identified shared care record extract: %d patients; %s. Pseudonymised with a keyed HMAC; National Data Opt-out and type 1 dissent applied.",
-		m.Tables["patients"].Rows, strings.Join(tables, ", "))
+	abstract := fmt.Sprintf("De-identified shared care record extract: about %d patients (rounded to 10); %s. Pseudonymised with a keyed HMAC; National Data Opt-out and type 1 dissent applied.",
+		RoundCount(m.Tables["patients"].Rows), strings.Join(tables, ", "))
 	var v any
 	switch format {
 	case "hdruk":
@@ -42,11 +42,11 @@ func Export(m *Manifest, format, publisher string) ([]byte, error) {
 				elems = append(elems, map[string]any{"name": c.Name, "description": c.Description, "dataType": c.Type,
 					"sensitive": strings.HasSuffix(c.Name, "_id"), "isNullable": c.Nullable})
 			}
-			structural = append(structural, map[string]any{"name": t, "description": fmt.Sprintf("%d rows", m.Tables[t].Rows), "elements": elems})
+			structural = append(structural, map[string]any{"name": t, "description": fmt.Sprintf("about %d rows (rounded to 10)", RoundCount(m.Tables[t].Rows)), "elements": elems})
 		}
 		observations := []map[string]any{}
 		for _, t := range tables {
-			observations = append(observations, map[string]any{"observedNode": "EVENTS", "measuredValue": m.Tables[t].Rows,
+			observations = append(observations, map[string]any{"observedNode": "EVENTS", "measuredValue": RoundCount(m.Tables[t].Rows),
 				"disambiguatingDescription": t + " rows", "observationDate": m.Created.Format("2006-01-02"), "measuredProperty": "Count"})
 		}
 		for i, t := range tables {
@@ -103,3 +103,10 @@ func Export(m *Manifest, format, publisher string) ([]byte, error) {
 	}
 	return json.MarshalIndent(v, "", "  ")
 }
+
+// RoundCount is how a count of patients or rows leaves the catalog for
+// anyone but an admin: rounded to the nearest 10. Exact counts of
+// successive versions would tell, by subtraction, how many patients
+// opted out or arrived in between; rounded, the difference is uncertain
+// by up to ±10 (docs/deid-policy.md, "Counts outside the DP service").
+func RoundCount(n int64) int64 { return (n + 5) / 10 * 10 }

@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 )
@@ -9,8 +10,8 @@ import (
 func TestExport(t *testing.T) {
 	m := &Manifest{Dataset: "gp", Version: 2, Created: time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC),
 		Tables: map[string]*TableManifest{
-			"patients":     {Rows: 10, Parts: []Part{{Path: "datasets/gp/versions/2/patients/part-00000.parquet", Size: 100, SHA256: "ab"}}, Schema: []Column{{Name: "patient_id", Type: "fixed_size_binary[16]"}}},
-			"observations": {Rows: 30, Parts: []Part{{Path: "datasets/gp/versions/2/observations/part-00000.parquet", Size: 300, SHA256: "cd"}}},
+			"patients":     {Rows: 2773, Parts: []Part{{Path: "datasets/gp/versions/2/patients/part-00000.parquet", Size: 100, SHA256: "ab"}}, Schema: []Column{{Name: "patient_id", Type: "fixed_size_binary[16]"}}},
+			"observations": {Rows: 30418, Parts: []Part{{Path: "datasets/gp/versions/2/observations/part-00000.parquet", Size: 300, SHA256: "cd"}}},
 		},
 		Reports: map[string]json.RawMessage{"deid": json.RawMessage(`{"events_from":"2022-01-01","events_to":"2024-12-31"}`)}}
 	tests := []struct {
@@ -52,6 +53,14 @@ func TestExport(t *testing.T) {
 	json.Unmarshal(out, &d)
 	if len(d.Dist) != 2 {
 		t.Errorf("%d distributions, want one per part (2)", len(d.Dist))
+	}
+	// No exact count leaves in an export: 2773 patients and 30418 rows
+	// appear only rounded to 10.
+	for _, f := range []string{"hdruk", "dcat"} {
+		out, _ := Export(m, f, "x")
+		if strings.Contains(string(out), "2773") || strings.Contains(string(out), "30418") || !strings.Contains(string(out), "2770") {
+			t.Errorf("%s: an exact count in the export", f)
+		}
 	}
 	if _, err := Export(m, "xml", "x"); err == nil {
 		t.Error("unknown format accepted")

@@ -479,6 +479,9 @@ type DatasetInfo struct {
 	Latest   int                               `json:"latest"`
 	Created  time.Time                         `json:"created"`
 	Tables   map[string]*catalog.TableManifest `json:"tables"`
+	// RowsRounded says the tables' row counts are rounded to 10, as
+	// everyone but admins sees them.
+	RowsRounded bool `json:"rows_rounded,omitempty"`
 }
 
 // Datasets lists the lake's datasets.

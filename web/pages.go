@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nhs-hub/hub/api"
+	"github.com/nhs-hub/hub/catalog"
 	"github.com/nhs-hub/hub/cohorts"
 	"github.com/nhs-hub/hub/governance"
 )
@@ -68,7 +69,7 @@ func (a *app) register(w http.ResponseWriter, r *http.Request, v *view) error {
 		}
 		d := registerDataset{Name: n, Version: m.Version, Created: m.Created.Format(time.DateOnly), OptOutDate: m.Provenance.OptOutDate}
 		if t := m.Tables["patients"]; t != nil {
-			d.Patients = roundTo(t.Rows, 10)
+			d.Patients = catalog.RoundCount(t.Rows)
 		}
 		d.NDOP, d.Dissent = withheld(m.Reports["ingest"])
 		for t := range m.Tables {
