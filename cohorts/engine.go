@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/duckdb/duckdb-go/v2"
@@ -81,7 +82,10 @@ type EngineOptions struct {
 	// keeps the version in memory, as before.
 	Dir string
 	// MemoryLimit is DuckDB's memory_limit, e.g. "1GB" ("": DuckDB's
-	// default, 80% of the machine's memory).
+	// default, 80% of the machine's memory), or "auto": 300 MB a million
+	// patients of the version, at least 256 MB and at most half the
+	// machine's memory (measured: 16 concurrent queries at 5 M patients
+	// ran in 1.5 GB, peak RSS 1.9 GB; in 512 MB one ran out of memory).
 	MemoryLimit string
 	// MaxBytes caps the database files in Dir (0: no cap): past it, the
 	// least recently opened files of versions not loaded are removed (a
@@ -137,6 +141,21 @@ func OpenEngine(ctx context.Context, m *catalog.Manifest, files map[string][]str
 		return nil, fmt.Errorf("configure duckdb: %w", err)
 	}
 	return e, nil
+}
+
+// autoMemoryLimit is the "auto" memory limit of a version: 300 MB a
+// million patients, at least 256 MB, at most half the machine's memory.
+func autoMemoryLimit(m *catalog.Manifest) string {
+	var patients int64
+	if t := m.Tables["patients"]; t != nil {
+		patients = t.Rows
+	}
+	mb := max(256, patients*300/1_000_000)
+	var si syscall.Sysinfo_t
+	if syscall.Sysinfo(&si) == nil {
+		mb = min(mb, int64(si.Totalram)*int64(si.Unit)/2/1_000_000)
+	}
+	return fmt.Sprintf("%dMB", mb)
 }
 
 // enginePath is a version's database file in opt.Dir, named by its
@@ -268,8 +287,11 @@ func open(ctx context.Context, m *catalog.Manifest, path string, all []string, o
 	}
 	db := sql.OpenDB(connector)
 	setup := []string{}
-	if opt.MemoryLimit != "" {
-		setup = append(setup, "SET memory_limit = "+sqlString(opt.MemoryLimit))
+	if limit := opt.MemoryLimit; limit != "" {
+		if limit == "auto" {
+			limit = autoMemoryLimit(m)
+		}
+		setup = append(setup, "SET memory_limit = "+sqlString(limit))
 	}
 	if opt.Dir != "" {
 		tmp := filepath.Join(opt.Dir, "tmp")
@@ -280,6 +302,8 @@ func open(ctx context.Context, m *catalog.Manifest, path string, all []string, o
 		setup = append(setup, "SET temp_directory = "+sqlString(tmp))
 	}
 	setup = append(setup,
+		// Aggregates need no row order; keeping it costs memory.
+		"SET preserve_insertion_order = false",
 		"SET allowed_paths = "+sqlList(all),
 		"SET autoinstall_known_extensions = false",
 		"SET autoload_known_extensions = false",

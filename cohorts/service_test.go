@@ -464,3 +464,16 @@ func TestEngineFileGone(t *testing.T) {
 	}
 	groundTruth(t, diskService(t, dir), mustParse(t, groundTruthQueries["issue example"]))
 }
+
+// The auto memory limit grows with the version's patients.
+func TestAutoMemoryLimit(t *testing.T) {
+	for _, c := range []struct {
+		patients int64
+		want     string
+	}{{10, "256MB"}, {1_000_000, "300MB"}, {5_000_000, "1500MB"}} {
+		m := &catalog.Manifest{Tables: map[string]*catalog.TableManifest{"patients": {Rows: c.patients}}}
+		if got := autoMemoryLimit(m); got != c.want {
+			t.Errorf("%d patients: %s, want %s", c.patients, got, c.want)
+		}
+	}
+}

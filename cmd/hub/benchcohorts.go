@@ -202,6 +202,15 @@ func benchCohorts(c *cli.Context, dir string) error {
 		}
 		fmt.Fprintf(w, "Peak RSS of the process (server, engine and clients; %s): %.0f MB.\n", where, float64(ru.Maxrss)/1024)
 	}
+	if files, _ := filepath.Glob(filepath.Join(b.state, "engines", "*.duckdb")); len(files) > 0 {
+		var size int64
+		for _, f := range files {
+			if st, err := os.Stat(f); err == nil {
+				size += st.Size()
+			}
+		}
+		fmt.Fprintf(w, "The version's DuckDB file: %.0f MB (the lake's Parquet: %.0f MB).\n", float64(size)/1e6, float64(partBytes(eng.Manifest))/1e6)
+	}
 	return nil
 }
 
@@ -211,6 +220,16 @@ func mustQuery(s string) *cohorts.Query {
 		panic(err)
 	}
 	return q
+}
+
+func partBytes(m *catalog.Manifest) int64 {
+	var n int64
+	for _, t := range m.Tables {
+		for _, p := range t.Parts {
+			n += p.Size
+		}
+	}
+	return n
 }
 
 func rowsOf(m *catalog.Manifest) int64 {

@@ -141,7 +141,7 @@ func serveCommand() *cli.Command {
 		quorumFlag(),
 		&cli.DurationFlag{Name: "checkpoint-every", Value: 10 * time.Minute, Usage: "how often the audit log's head is written to the lake (audit-checkpoints/), write-once; the server refuses to start on a log that lacks one. They assume one state folder per lake: 0 turns both off"},
 		&cli.StringSliceFlag{Name: "preload", Usage: "load these datasets' latest versions before listening (default: load on first query)"},
-		&cli.StringFlag{Name: "memory-limit", Value: "512MB", EnvVars: []string{"HUB_MEMORY_LIMIT"}, Usage: "DuckDB's memory_limit for the loaded versions, which live in database files in STATE/engines (spilling to STATE/engines/tmp); \"\" loads each version into memory instead, as before December 2026"},
+		&cli.StringFlag{Name: "memory-limit", Value: "auto", EnvVars: []string{"HUB_MEMORY_LIMIT"}, Usage: "DuckDB's memory_limit for each loaded version, which lives in a database file in STATE/engines (spilling to STATE/engines/tmp): a size (1500MB), or auto (300 MB a million patients, 256 MB to half the machine's memory); \"\" loads each version into memory instead, as before December 2026"},
 		&cli.StringFlag{Name: "engine-files-max", Value: "20GB", Usage: "cap on the database files in STATE/engines: past it, the least recently opened files of versions not open are removed (0: no cap)"},
 		&cli.IntFlag{Name: "max-open", Value: 2, Usage: "dataset versions kept open at once; past it the least recently used one not in use is closed (its database file stays)"},
 		&cli.BoolFlag{Name: "secure-cookies", EnvVars: []string{"HUB_SECURE_COOKIES"}, Usage: "mark the web app's cookies Secure: set it when a proxy serves the hub over TLS"},
