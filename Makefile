@@ -7,7 +7,7 @@ PKGS    := ./...
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 
-NOTEBOOK_DEBS := jupyter-nbconvert python3-ipykernel python3-pandas python3-matplotlib python3-requests python3-nbformat
+NOTEBOOK_DEBS := jupyter-nbconvert python3-ipykernel python3-pandas python3-matplotlib python3-requests python3-nbformat python3-rdflib
 
 .PHONY: build test test-short browser-deps web-deps web-assets screenshots bench-web notebooks notebook-deps demo bench bench-go bench-pipeline bench-cohorts bench-load bench-pull lint tidy-check fuzz clean minio
 
@@ -37,7 +37,7 @@ notebooks: build
 
 # Debian's packages for the notebooks (as root; CI runs this).
 notebook-deps:
-	@if /usr/bin/python3 -c 'import pandas, matplotlib, requests, ipykernel, nbformat' 2>/dev/null && [ -x /usr/bin/jupyter-nbconvert ]; then \
+	@if /usr/bin/python3 -c 'import pandas, matplotlib, requests, ipykernel, nbformat, rdflib' 2>/dev/null && [ -x /usr/bin/jupyter-nbconvert ]; then \
 	  echo "notebook packages present"; \
 	else \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(NOTEBOOK_DEBS) >/dev/null; \

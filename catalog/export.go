@@ -10,13 +10,39 @@ import (
 // ExportFormats are the metadata formats Export writes.
 var ExportFormats = []string{"hdruk", "dcat"}
 
+// ExportOptions say who publishes an export and where its IRIs point.
+type ExportOptions struct {
+	Publisher string
+	// BaseURL is the hub's public address (https://hub.example.nhs.uk):
+	// the dataset's and publisher's IRIs are made from it.
+	BaseURL string
+	// LakeURL is the lake's root as other engines reach it
+	// (s3://bucket/prefix, or file:///path): each part's access URL.
+	LakeURL string
+	// Contact is the data controller's contact e-mail address.
+	Contact string
+	// Licence is the IRI of the terms under which the data may be used.
+	Licence string
+}
+
+// DCAT vocabularies' IRIs: the EU Publications Office's authority tables
+// (as DCAT-AP 3 asks), and IANA's media type for Parquet.
+const (
+	accessRestricted = "http://publications.europa.eu/resource/authority/access-right/RESTRICTED"
+	themeHealth      = "http://publications.europa.eu/resource/authority/data-theme/HEAL"
+	countryGBR       = "http://publications.europa.eu/resource/authority/country/GBR"
+	parquetType      = "https://www.iana.org/assignments/media-types/application/vnd.apache.parquet"
+)
+
 // Export describes a version as metadata for discovery services: "hdruk"
 // follows the sections of the HDR UK Gateway dataset schema (summary,
 // documentation, coverage, provenance, accessibility,
 // enrichmentAndLinkage, observations, structuralMetadata); "dcat" is a
-// DCAT 3 dcat:Dataset in JSON-LD with one distribution per part. Neither
-// holds a row value.
-func Export(m *Manifest, format, publisher string) ([]byte, error) {
+// DCAT-AP 3 dcat:Dataset in JSON-LD with absolute IRIs (from
+// opt.BaseURL and opt.LakeURL) and one distribution per part. Neither
+// holds a row value, and counts are rounded (RoundCount).
+func Export(m *Manifest, format string, opt ExportOptions) ([]byte, error) {
+	publisher := opt.Publisher
 	var events struct {
 		From string `json:"events_from"`
 		To   string `json:"events_to"`
@@ -78,22 +104,43 @@ func Export(m *Manifest, format, publisher string) ([]byte, error) {
 			"structuralMetadata": structural,
 		}
 	case "dcat":
+		base := strings.TrimRight(opt.BaseURL, "/")
+		lakeURL := strings.TrimRight(opt.LakeURL, "/")
+		if !absolute(base) || !absolute(lakeURL) || !absolute(opt.Licence) || !strings.Contains(opt.Contact, "@") {
+			return nil, fmt.Errorf("a DCAT export needs absolute IRIs: --base-url (https://...), the lake's URL, --licence (an IRI) and --contact (an e-mail address)")
+		}
+		id := fmt.Sprintf("%s/catalog/%s/%d", base, m.Dataset, m.Version)
+		licence := map[string]string{"@id": opt.Licence}
 		var dists []map[string]any
 		for _, t := range tables {
 			for _, p := range m.Tables[t].Parts {
-				dists = append(dists, map[string]any{"@type": "dcat:Distribution", "dct:title": t + ": " + p.Path[strings.LastIndex(p.Path, "/")+1:],
-					"dcat:accessURL": map[string]string{"@id": p.Path}, "dcat:mediaType": "application/vnd.apache.parquet", "dcat:byteSize": p.Size,
-					"spdx:checksum": map[string]any{"spdx:algorithm": "spdx:checksumAlgorithm_sha256", "spdx:checksumValue": p.SHA256}})
+				dists = append(dists, map[string]any{"@id": id + "/" + p.Path[strings.Index(p.Path, t+"/"):], "@type": "dcat:Distribution",
+					"dct:title":      t + ": " + p.Path[strings.LastIndex(p.Path, "/")+1:],
+					"dcat:accessURL": map[string]string{"@id": lakeURL + "/" + p.Path}, "dcat:mediaType": map[string]string{"@id": parquetType},
+					"dcat:byteSize": map[string]any{"@value": p.Size, "@type": "xsd:nonNegativeInteger"}, "dct:license": licence,
+					"dct:accessRights": map[string]string{"@id": accessRestricted},
+					"spdx:checksum":    map[string]any{"@type": "spdx:Checksum", "spdx:algorithm": map[string]string{"@id": "http://spdx.org/rdf/terms#checksumAlgorithm_sha256"}, "spdx:checksumValue": p.SHA256}})
 			}
 		}
 		v = map[string]any{
-			"@context": map[string]string{"dcat": "http://www.w3.org/ns/dcat#", "dct": "http://purl.org/dc/terms/", "spdx": "http://spdx.org/rdf/terms#", "xsd": "http://www.w3.org/2001/XMLSchema#", "foaf": "http://xmlns.com/foaf/0.1/", "rdfs": "http://www.w3.org/2000/01/rdf-schema#"},
-			"@type":    "dcat:Dataset", "@id": fmt.Sprintf("%s@%d", m.Dataset, m.Version),
+			"@context": map[string]string{"dcat": "http://www.w3.org/ns/dcat#", "dct": "http://purl.org/dc/terms/", "spdx": "http://spdx.org/rdf/terms#",
+				"xsd": "http://www.w3.org/2001/XMLSchema#", "foaf": "http://xmlns.com/foaf/0.1/", "rdfs": "http://www.w3.org/2000/01/rdf-schema#",
+				"vcard": "http://www.w3.org/2006/vcard/ns#"},
+			"@type": "dcat:Dataset", "@id": id,
 			"dct:identifier": fmt.Sprintf("%s@%d", m.Dataset, m.Version), "dct:title": title, "dct:description": abstract,
-			"dct:issued":   map[string]string{"@value": m.Created.Format("2006-01-02T15:04:05Z"), "@type": "xsd:dateTime"},
-			"dcat:version": fmt.Sprint(m.Version), "dct:publisher": map[string]string{"@type": "foaf:Agent", "foaf:name": publisher},
-			"dct:temporal": map[string]any{"@type": "dct:PeriodOfTime", "dcat:startDate": events.From, "dcat:endDate": events.To},
-			"dct:spatial":  "England", "dcat:keyword": []string{"shared care record", "de-identified"},
+			"dct:issued":    map[string]string{"@value": m.Created.Format("2006-01-02T15:04:05Z"), "@type": "xsd:dateTime"},
+			"dcat:version":  fmt.Sprint(m.Version),
+			"dct:publisher": map[string]string{"@id": base + "/#publisher", "@type": "foaf:Agent", "foaf:name": publisher},
+			"dcat:contactPoint": map[string]any{"@id": base + "/#contact", "@type": "vcard:Organization", "vcard:fn": publisher,
+				"vcard:hasEmail": map[string]string{"@id": "mailto:" + opt.Contact}},
+			"dct:accessRights": map[string]string{"@id": accessRestricted},
+			"dct:license":      licence,
+			"dcat:theme":       map[string]string{"@id": themeHealth},
+			"dct:spatial":      map[string]string{"@id": countryGBR},
+			"dcat:landingPage": map[string]string{"@id": base + "/register"},
+			"dct:temporal": map[string]any{"@type": "dct:PeriodOfTime",
+				"dcat:startDate": map[string]string{"@value": events.From, "@type": "xsd:date"}, "dcat:endDate": map[string]string{"@value": events.To, "@type": "xsd:date"}},
+			"dcat:keyword": []string{"shared care record", "de-identified"},
 			"dct:provenance": map[string]string{"@type": "dct:ProvenanceStatement", "rdfs:label": fmt.Sprintf("%s extract %s; opt-out list %s; policy %s; pseudonym domain %s key %s",
 				m.Provenance.ExtractFormat, m.Provenance.ExtractIdentity, m.Provenance.OptOutSHA256, m.Provenance.PolicyHash, m.Provenance.PseudonymDomain, m.Provenance.KeyFingerprint)},
 			"dcat:distribution": dists,
@@ -102,6 +149,12 @@ func Export(m *Manifest, format, publisher string) ([]byte, error) {
 		return nil, fmt.Errorf("unknown export format %q: use hdruk or dcat", format)
 	}
 	return json.MarshalIndent(v, "", "  ")
+}
+
+// absolute reports whether an IRI has a scheme and something after it.
+func absolute(iri string) bool {
+	scheme, rest, ok := strings.Cut(iri, ":")
+	return ok && scheme != "" && !strings.ContainsAny(scheme, "/ ") && len(rest) > 1
 }
 
 // RoundCount is how a count of patients or rows leaves the catalog for

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -123,13 +125,32 @@ func catalogCommand() *cli.Command {
 			{
 				Name: "export", Usage: "export a version's metadata for the HDR UK Gateway (hdruk) or as DCAT 3 (dcat)", ArgsUsage: "NAME[@VERSION]",
 				Flags: with(&cli.StringFlag{Name: "format", Value: "hdruk", Usage: "hdruk or dcat"},
-					&cli.StringFlag{Name: "publisher", Value: "Digital Innovation Hub", EnvVars: []string{"HUB_PUBLISHER"}, Usage: "publisher named in the metadata"}),
+					&cli.StringFlag{Name: "publisher", Value: "Digital Innovation Hub", EnvVars: []string{"HUB_PUBLISHER"}, Usage: "publisher named in the metadata"},
+					&cli.StringFlag{Name: "base-url", EnvVars: []string{"HUB_BASE_URL"}, Usage: "with dcat: the hub's public address (https://hub.example.nhs.uk), from which the dataset's IRIs are made"},
+					&cli.StringFlag{Name: "contact", EnvVars: []string{"HUB_CONTACT"}, Usage: "with dcat: the data controller's contact e-mail address"},
+					&cli.StringFlag{Name: "licence", EnvVars: []string{"HUB_LICENCE"}, Usage: "with dcat: the IRI of the terms of use (default: BASE-URL/register#terms)"}),
 				Action: func(c *cli.Context) error {
 					_, m, err := manifestArg(c)
 					if err != nil {
 						return err
 					}
-					out, err := catalog.Export(m, c.String("format"), c.String("publisher"))
+					lakeURL := c.String("lake")
+					if !strings.HasPrefix(lakeURL, "s3://") {
+						abs, err := filepath.Abs(lakeURL)
+						if err != nil {
+							return err
+						}
+						lakeURL = (&url.URL{Scheme: "file", Path: filepath.ToSlash(abs)}).String()
+					}
+					licence := c.String("licence")
+					if licence == "" && c.String("base-url") != "" {
+						licence = strings.TrimRight(c.String("base-url"), "/") + "/register#terms"
+					}
+					out, err := catalog.Export(m, c.String("format"), catalog.ExportOptions{Publisher: c.String("publisher"),
+						BaseURL: c.String("base-url"), LakeURL: lakeURL, Contact: c.String("contact"), Licence: licence})
+					if err != nil && c.String("format") == "dcat" {
+						return usageError{err}
+					}
 					if err != nil {
 						return err
 					}
