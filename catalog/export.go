@@ -23,7 +23,14 @@ type ExportOptions struct {
 	Contact string
 	// Licence is the IRI of the terms under which the data may be used.
 	Licence string
+	// HDRUKVersion is the HDR UK dataset schema an "hdruk" export
+	// follows: one of HDRUKVersions ("": the newest).
+	HDRUKVersion string
 }
+
+// HDRUKVersions are the HDR UK Gateway dataset schemas the export writes,
+// the newest first.
+var HDRUKVersions = []string{"4.0.0", "2.1.2"}
 
 // DCAT vocabularies' IRIs: the EU Publications Office's authority tables
 // (as DCAT-AP 3 asks), and IANA's media type for Parquet.
@@ -35,9 +42,9 @@ const (
 )
 
 // Export describes a version as metadata for discovery services: "hdruk"
-// follows the sections of the HDR UK Gateway dataset schema (summary,
-// documentation, coverage, provenance, accessibility,
-// enrichmentAndLinkage, observations, structuralMetadata); "dcat" is a
+// is a document of the HDR UK Gateway's dataset schema (opt.HDRUKVersion,
+// 4.0.0 or 2.1.2; TestHDRUKValidates checks both against HDRUK/schemata's
+// JSON Schemas); "dcat" is a
 // DCAT-AP 3 dcat:Dataset in JSON-LD with absolute IRIs (from
 // opt.BaseURL and opt.LakeURL) and one distribution per part. Neither
 // holds a row value, and counts are rounded (RoundCount).
@@ -61,48 +68,14 @@ func Export(m *Manifest, format string, opt ExportOptions) ([]byte, error) {
 	var v any
 	switch format {
 	case "hdruk":
-		structural := []map[string]any{}
-		for _, t := range tables {
-			var elems []map[string]any
-			for _, c := range m.Tables[t].Schema {
-				elems = append(elems, map[string]any{"name": c.Name, "description": c.Description, "dataType": c.Type,
-					"sensitive": strings.HasSuffix(c.Name, "_id"), "isNullable": c.Nullable})
-			}
-			structural = append(structural, map[string]any{"name": t, "description": fmt.Sprintf("about %d rows (rounded to 10)", RoundCount(m.Tables[t].Rows)), "elements": elems})
+		if opt.HDRUKVersion == "" || opt.HDRUKVersion == "4.0.0" {
+			v = hdruk400(m, tables, title, abstract, events.From, events.To, opt)
+			break
 		}
-		observations := []map[string]any{}
-		for _, t := range tables {
-			observations = append(observations, map[string]any{"observedNode": "EVENTS", "measuredValue": RoundCount(m.Tables[t].Rows),
-				"disambiguatingDescription": t + " rows", "observationDate": m.Created.Format("2006-01-02"), "measuredProperty": "Count"})
+		if opt.HDRUKVersion != "2.1.2" {
+			return nil, fmt.Errorf("HDR UK schema version %q: this hub writes %s", opt.HDRUKVersion, strings.Join(HDRUKVersions, " and "))
 		}
-		for i, t := range tables {
-			if t == "patients" {
-				observations[i]["observedNode"] = "PERSONS"
-			}
-		}
-		v = map[string]any{
-			"identifier": fmt.Sprintf("%s@%d", m.Dataset, m.Version),
-			"version":    fmt.Sprintf("%d.0.0", m.Version),
-			"issued":     m.Created,
-			"summary": map[string]any{"title": title, "abstract": abstract, "publisher": map[string]any{"name": publisher},
-				"keywords": []string{"shared care record", "LHCRE", "primary care", "secondary care", "de-identified"}},
-			"documentation": map[string]any{"description": abstract},
-			"coverage":      map[string]any{"spatial": "England", "typicalAgeRange": "0-150"},
-			"provenance": map[string]any{
-				"origin":   map[string]any{"purpose": []string{"CARE"}, "source": []string{"EPR"}, "collectionSituation": []string{"PRIMARY CARE", "IN-PATIENTS", "OUTPATIENTS", "ACCIDENT AND EMERGENCY"}},
-				"temporal": map[string]any{"startDate": events.From, "endDate": events.To, "distributionReleaseDate": m.Created.Format("2006-01-02"), "accrualPeriodicity": "IRREGULAR"},
-			},
-			"accessibility": map[string]any{
-				"usage":  map[string]any{"dataUseLimitation": []string{"GENERAL RESEARCH USE"}, "dataUseRequirements": []string{"PROJECT SPECIFIC RESTRICTIONS"}},
-				"access": map[string]any{"accessRights": "Aggregate, differentially private queries for projects a data access committee approved", "jurisdiction": []string{"GB-ENG"}},
-				"formatAndStandards": map[string]any{"vocabularyEncodingScheme": []string{"SNOMED CT", "ICD10", "DM+D"}, "conformsTo": []string{"LOCAL"},
-					"language": []string{"en"}, "format": []string{"application/vnd.apache.parquet"}},
-			},
-			"enrichmentAndLinkage": map[string]any{"derivation": []string{fmt.Sprintf("Pseudonymisation domain %s, key fingerprint %s, de-identification policy sha256 %s, opt-out list sha256 %s",
-				m.Provenance.PseudonymDomain, m.Provenance.KeyFingerprint, m.Provenance.PolicyHash, m.Provenance.OptOutSHA256)}},
-			"observations":       observations,
-			"structuralMetadata": structural,
-		}
+		v = hdruk212(m, tables, title, abstract, events.From, events.To, opt)
 	case "dcat":
 		base := strings.TrimRight(opt.BaseURL, "/")
 		lakeURL := strings.TrimRight(opt.LakeURL, "/")
@@ -149,6 +122,141 @@ func Export(m *Manifest, format string, opt ExportOptions) ([]byte, error) {
 		return nil, fmt.Errorf("unknown export format %q: use hdruk or dcat", format)
 	}
 	return json.MarshalIndent(v, "", "  ")
+}
+
+// hdruk400 is a version in the HDR UK Gateway's dataset schema 4.0.0.
+func hdruk400(m *Manifest, tables []string, title, abstract, from, to string, opt ExportOptions) map[string]any {
+	var id any // a URL, or null without a base URL
+	if opt.BaseURL != "" {
+		id = fmt.Sprintf("%s/catalog/%s/%d", strings.TrimRight(opt.BaseURL, "/"), m.Dataset, m.Version)
+	}
+	var contact any
+	if opt.Contact != "" {
+		contact = opt.Contact
+	}
+	date := func(d string) any {
+		if d == "" {
+			return nil
+		}
+		return d + "T00:00:00.000Z"
+	}
+	var dataTables []map[string]any
+	for _, t := range tables {
+		cols := []map[string]any{}
+		for _, c := range m.Tables[t].Schema {
+			cols = append(cols, map[string]any{"name": c.Name, "dataType": c.Type, "description": nonEmpty(c.Description),
+				"sensitive": strings.HasSuffix(c.Name, "_id"), "values": nil})
+		}
+		dataTables = append(dataTables, map[string]any{"name": t, "description": fmt.Sprintf("about %d rows (rounded to 10)", RoundCount(m.Tables[t].Rows)), "columns": cols})
+	}
+	observations := []map[string]any{}
+	for _, t := range tables {
+		node := "Events"
+		if t == "patients" {
+			node = "Persons"
+		}
+		observations = append(observations, map[string]any{"observedNode": node, "measuredValue": RoundCount(m.Tables[t].Rows),
+			"disambiguatingDescription": t + " rows, rounded to 10", "observationDate": m.Created.Format("2006-01-02"), "measuredProperty": "Count"})
+	}
+	issued := m.Created.UTC().Format("2006-01-02T15:04:05.000Z")
+	return map[string]any{
+		"identifier": id,
+		"version":    fmt.Sprintf("%d.0.0", m.Version),
+		"revisions":  []map[string]any{{"version": fmt.Sprintf("%d.0.0", m.Version), "url": id}},
+		"issued":     issued, "modified": issued,
+		"summary": map[string]any{"title": title, "abstract": abstract,
+			"dataCustodian":  map[string]any{"identifier": m.Dataset, "name": opt.Publisher, "logo": nil, "description": nil, "contactPoint": contact, "memberOf": nil},
+			"populationSize": RoundCount(m.Tables["patients"].Rows), "keywords": []string{"Shared care record", "Primary care", "Secondary care", "De-identified"},
+			"doiName": nil, "contactPoint": contact, "datasetAliases": nil},
+		"documentation": map[string]any{"description": abstract, "associatedMedia": nil, "inPipeline": nil},
+		"coverage": map[string]any{"spatial": "England", "typicalAgeRangeMin": 0, "typicalAgeRangeMax": 150, "datasetCompleteness": nil,
+			"materialType": nil, "followUp": nil, "pathway": nil},
+		"provenance": map[string]any{
+			"origin": map[string]any{"purpose": []string{"Care"}, "datasetType": []map[string]any{{"name": "Health and disease", "subTypes": []string{}}},
+				"source": []string{"EPR"}, "collectionSource": []string{"Primary care - Clinic", "Secondary care - In-patients", "Secondary care - Outpatients", "Secondary care - Accident and Emergency"},
+				"imageContrast": nil},
+			"temporal": map[string]any{"publishingFrequency": "Irregular", "distributionReleaseDate": m.Created.Format("2006-01-02"),
+				"startDate": date(from), "endDate": date(to), "timeLag": "Variable"},
+		},
+		"accessibility": map[string]any{
+			"usage": map[string]any{"dataUseLimitation": []string{"General research use"}, "dataUseRequirements": []string{"Project-specific restrictions", "Disclosure control"},
+				"resourceCreator": nil},
+			"access": map[string]any{"accessRights": "Aggregate, differentially private answers only, for projects a data access committee approved",
+				"accessServiceCategory": nil, "accessService": nil, "accessRequestCost": nil, "deliveryLeadTime": nil, "jurisdiction": []string{"GB-ENG"},
+				"dataController": nil, "dataProcessor": nil},
+			"formatAndStandards": map[string]any{"vocabularyEncodingScheme": []string{"SNOMED CT", "ICD10", "DM+D", "OPCS4"}, "conformsTo": []string{"LOCAL"},
+				"language": []string{"en"}, "format": []string{"application/vnd.apache.parquet"}},
+		},
+		"enrichmentAndLinkage": nil,
+		"observations":         observations,
+		"structuralMetadata":   map[string]any{"tables": dataTables, "syntheticDataWebLink": nil},
+		"demographicFrequency": nil,
+		"omics":                nil,
+	}
+}
+
+// hdruk212 is a version in the HDR UK Gateway's dataset schema 2.1.2.
+func hdruk212(m *Manifest, tables []string, title, abstract, from, to string, opt ExportOptions) map[string]any {
+	var id, contact any
+	if opt.BaseURL != "" {
+		id = fmt.Sprintf("%s/catalog/%s/%d", strings.TrimRight(opt.BaseURL, "/"), m.Dataset, m.Version)
+	}
+	if opt.Contact != "" {
+		contact = opt.Contact
+	}
+	structural := []map[string]any{}
+	for _, t := range tables {
+		elems := []map[string]any{}
+		for _, c := range m.Tables[t].Schema {
+			elems = append(elems, map[string]any{"name": c.Name, "description": nonEmpty(c.Description), "dataType": c.Type,
+				"sensitive": strings.HasSuffix(c.Name, "_id"), "isNullable": c.Nullable})
+		}
+		structural = append(structural, map[string]any{"name": t, "description": fmt.Sprintf("about %d rows (rounded to 10)", RoundCount(m.Tables[t].Rows)), "elements": elems})
+	}
+	observations := []map[string]any{}
+	for _, t := range tables {
+		node := "EVENTS"
+		if t == "patients" {
+			node = "PERSONS"
+		}
+		observations = append(observations, map[string]any{"observedNode": node, "measuredValue": RoundCount(m.Tables[t].Rows),
+			"disambiguatingDescription": t + " rows, rounded to 10", "observationDate": m.Created.Format("2006-01-02"), "measuredProperty": "Count"})
+	}
+	version := fmt.Sprintf("%d.0.0", m.Version)
+	return map[string]any{
+		"identifier": id,
+		"version":    version,
+		"revisions":  []map[string]any{{"version": version, "url": id}},
+		"issued":     m.Created, "modified": m.Created,
+		"summary": map[string]any{"title": title, "abstract": abstract, "contactPoint": contact,
+			"publisher": map[string]any{"name": opt.Publisher, "contactPoint": contact},
+			"keywords":  []string{"shared care record", "LHCRE", "primary care", "secondary care", "de-identified"}},
+		"documentation": map[string]any{"description": abstract},
+		"coverage":      map[string]any{"spatial": "England", "typicalAgeRange": "0-150"},
+		"provenance": map[string]any{
+			"origin": map[string]any{"purpose": []string{"CARE"}, "source": []string{"EPR"}, "collectionSituation": []string{"PRIMARY CARE", "IN-PATIENTS", "OUTPATIENTS", "ACCIDENT AND EMERGENCY"}},
+			"temporal": map[string]any{"startDate": from, "endDate": to, "distributionReleaseDate": m.Created.Format("2006-01-02"),
+				"accrualPeriodicity": "IRREGULAR", "timeLag": "VARIABLE"},
+		},
+		"accessibility": map[string]any{
+			"usage": map[string]any{"dataUseLimitation": []string{"GENERAL RESEARCH USE"}, "dataUseRequirements": []string{"PROJECT SPECIFIC RESTRICTIONS"}},
+			"access": map[string]any{"accessRights": "Aggregate, differentially private answers only, for projects a data access committee approved",
+				"jurisdiction": []string{"GB-ENG"}, "dataController": opt.Publisher},
+			"formatAndStandards": map[string]any{"vocabularyEncodingScheme": []string{"SNOMED CT", "ICD10", "DM+D"}, "conformsTo": []string{"LOCAL"},
+				"language": []string{"en"}, "format": []string{"application/vnd.apache.parquet"}},
+		},
+		"enrichmentAndLinkage": map[string]any{"derivation": []string{fmt.Sprintf("Pseudonymisation domain %s, key fingerprint %s, de-identification policy sha256 %s, opt-out list sha256 %s",
+			m.Provenance.PseudonymDomain, m.Provenance.KeyFingerprint, m.Provenance.PolicyHash, m.Provenance.OptOutSHA256)}},
+		"observations":       observations,
+		"structuralMetadata": structural,
+	}
+}
+
+func nonEmpty(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
 }
 
 // absolute reports whether an IRI has a scheme and something after it.

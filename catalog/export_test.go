@@ -120,7 +120,7 @@ func TestExport(t *testing.T) {
 	}
 	out, _ := Export(m, "hdruk", testExport)
 	json.Unmarshal(out, &h)
-	if h.Provenance.Temporal.StartDate != "2022-01-01" || h.Provenance.Temporal.EndDate != "2024-12-31" {
+	if h.Provenance.Temporal.StartDate != "2022-01-01T00:00:00.000Z" || h.Provenance.Temporal.EndDate != "2024-12-31T00:00:00.000Z" {
 		t.Errorf("temporal = %+v", h.Provenance.Temporal)
 	}
 	var d struct {

@@ -126,9 +126,10 @@ func catalogCommand() *cli.Command {
 				Name: "export", Usage: "export a version's metadata for the HDR UK Gateway (hdruk) or as DCAT 3 (dcat)", ArgsUsage: "NAME[@VERSION]",
 				Flags: with(&cli.StringFlag{Name: "format", Value: "hdruk", Usage: "hdruk or dcat"},
 					&cli.StringFlag{Name: "publisher", Value: "Digital Innovation Hub", EnvVars: []string{"HUB_PUBLISHER"}, Usage: "publisher named in the metadata"},
-					&cli.StringFlag{Name: "base-url", EnvVars: []string{"HUB_BASE_URL"}, Usage: "with dcat: the hub's public address (https://hub.example.nhs.uk), from which the dataset's IRIs are made"},
-					&cli.StringFlag{Name: "contact", EnvVars: []string{"HUB_CONTACT"}, Usage: "with dcat: the data controller's contact e-mail address"},
-					&cli.StringFlag{Name: "licence", EnvVars: []string{"HUB_LICENCE"}, Usage: "with dcat: the IRI of the terms of use (default: BASE-URL/register#terms)"}),
+					&cli.StringFlag{Name: "base-url", EnvVars: []string{"HUB_BASE_URL"}, Usage: "the hub's public address (https://hub.example.nhs.uk), from which the dataset's IRIs and HDR UK identifier are made (needed by dcat)"},
+					&cli.StringFlag{Name: "contact", EnvVars: []string{"HUB_CONTACT"}, Usage: "the data controller's contact e-mail address (needed by dcat)"},
+					&cli.StringFlag{Name: "licence", EnvVars: []string{"HUB_LICENCE"}, Usage: "with dcat: the IRI of the terms of use (default: BASE-URL/register#terms)"},
+					&cli.StringFlag{Name: "hdruk-version", Value: catalog.HDRUKVersions[0], Usage: "with hdruk: the HDR UK Gateway dataset schema, " + strings.Join(catalog.HDRUKVersions, " or ")}),
 				Action: func(c *cli.Context) error {
 					_, m, err := manifestArg(c)
 					if err != nil {
@@ -147,8 +148,8 @@ func catalogCommand() *cli.Command {
 						licence = strings.TrimRight(c.String("base-url"), "/") + "/register#terms"
 					}
 					out, err := catalog.Export(m, c.String("format"), catalog.ExportOptions{Publisher: c.String("publisher"),
-						BaseURL: c.String("base-url"), LakeURL: lakeURL, Contact: c.String("contact"), Licence: licence})
-					if err != nil && c.String("format") == "dcat" {
+						BaseURL: c.String("base-url"), LakeURL: lakeURL, Contact: c.String("contact"), Licence: licence, HDRUKVersion: c.String("hdruk-version")})
+					if err != nil {
 						return usageError{err}
 					}
 					if err != nil {
