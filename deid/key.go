@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"math"
 	"os"
 )
 
@@ -16,6 +17,19 @@ const MinKeyBytes = 32
 
 // ErrKeyTooShort is returned for a key of fewer than MinKeyBytes bytes.
 var ErrKeyTooShort = errors.New("pseudonymisation key is shorter than 32 bytes")
+
+// ErrKeyWeak is returned for a key whose bytes are too alike to be a
+// secret (a run of one letter, a short pattern repeated).
+var ErrKeyWeak = errors.New("pseudonymisation key is not random enough (too few distinct bytes): make one with `head -c 32 /dev/urandom > key`")
+
+// Keys must hold at least minDistinct distinct byte values and minEntropy
+// bits of empirical Shannon entropy a byte. 32 random bytes hold about
+// 30 distinct values and 4.85 bits; 32 hex digits, 16 and 4; a run of one
+// letter, 1 and 0.
+const (
+	minDistinct = 8
+	minEntropy  = 3.0
+)
 
 // A Key is a pseudonymisation key. It never prints its secret.
 type Key struct {
@@ -42,6 +56,9 @@ func NewKey(raw []byte) (*Key, error) {
 	}
 	if len(secret) < MinKeyBytes {
 		return nil, ErrKeyTooShort
+	}
+	if distinct, bits := byteEntropy(secret); distinct < minDistinct || bits < minEntropy {
+		return nil, ErrKeyWeak
 	}
 	return &Key{secret: bytes.Clone(secret)}, nil
 }
@@ -110,4 +127,21 @@ func (p *Pseudonymiser) Shift(nhs uint64, max int) int32 {
 		return int32(v - 2*max)
 	}
 	return int32(v + 1)
+}
+
+// byteEntropy is b's count of distinct byte values and its empirical
+// Shannon entropy in bits a byte.
+func byteEntropy(b []byte) (distinct int, bits float64) {
+	var n [256]int
+	for _, c := range b {
+		n[c]++
+	}
+	for _, k := range n {
+		if k > 0 {
+			distinct++
+			p := float64(k) / float64(len(b))
+			bits -= p * math.Log2(p)
+		}
+	}
+	return distinct, bits
 }

@@ -2,19 +2,22 @@ package deid
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/nhs-hub/hub/ingest"
+	"github.com/nhs-hub/hub/internal/testkey"
 )
 
 // testKey is a key of 32 bytes b.
 func testKey(t *testing.T, b byte) *Key {
 	t.Helper()
-	k, err := NewKey(bytes.Repeat([]byte{b}, 32))
+	k, err := NewKey(testkey.Bytes(b))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,5 +152,20 @@ func TestEventPseudonyms(t *testing.T) {
 		}
 		out.Release()
 		in.Release()
+	}
+}
+
+// A key too alike to be secret is refused: a run of one letter, a short
+// pattern repeated; random bytes and hex are taken.
+func TestWeakKeysRefused(t *testing.T) {
+	for _, weak := range [][]byte{[]byte(strings.Repeat("k", 40)), []byte(strings.Repeat("abc", 16)), make([]byte, 32)} {
+		if _, err := NewKey(weak); !errors.Is(err, ErrKeyWeak) {
+			t.Errorf("%q: %v, want ErrKeyWeak", weak[:8], err)
+		}
+	}
+	for _, good := range [][]byte{testkey.Bytes(1), []byte("0123456789abcdef0123456789abcdef"), []byte("correct horse battery staple, a passphrase")} {
+		if _, err := NewKey(good); err != nil {
+			t.Errorf("%q: %v", good[:8], err)
+		}
 	}
 }

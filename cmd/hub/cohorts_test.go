@@ -14,6 +14,7 @@ import (
 	"github.com/nhs-hub/hub/catalog/file"
 	"github.com/nhs-hub/hub/cohorts"
 	"github.com/nhs-hub/hub/governance"
+	"github.com/nhs-hub/hub/internal/testkey"
 )
 
 // TestGovernedQuery: the README's path through the CLI and a live server.
@@ -27,7 +28,7 @@ func TestGovernedQuery(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := filepath.Join(dir, "key")
-	if err := os.WriteFile(key, []byte(strings.Repeat("k", 32)), 0o600); err != nil {
+	if err := os.WriteFile(key, testkey.Bytes(11), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := runHub(t, "ingest", "--extract", extract, "--optouts", filepath.Join(extract, "optouts.txt"),

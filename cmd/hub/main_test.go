@@ -14,6 +14,7 @@ import (
 	"github.com/nhs-hub/hub/api"
 	"github.com/nhs-hub/hub/ingest"
 	"github.com/nhs-hub/hub/internal/synth"
+	"github.com/nhs-hub/hub/internal/testkey"
 )
 
 func runHub(t *testing.T, args ...string) (string, error) {
@@ -194,7 +195,7 @@ func TestPublishRefusesBadOptOuts(t *testing.T) {
 		t.Fatal(err)
 	}
 	keyFile := filepath.Join(t.TempDir(), "key")
-	os.WriteFile(keyFile, bytes.Repeat([]byte{3}, 32), 0o600)
+	os.WriteFile(keyFile, testkey.Bytes(3), 0o600)
 	empty := filepath.Join(t.TempDir(), "empty.txt")
 	os.WriteFile(empty, nil, 0o644)
 	lake := filepath.Join(t.TempDir(), "lake")

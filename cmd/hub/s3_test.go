@@ -10,11 +10,11 @@ import (
 	"strings"
 	"testing"
 
+	jose "github.com/go-jose/go-jose/v4"
 	"github.com/nhs-hub/hub/catalog/s3"
 	"github.com/nhs-hub/hub/internal/bulktest"
-
-	jose "github.com/go-jose/go-jose/v4"
 	"github.com/nhs-hub/hub/internal/miniotest"
+	"github.com/nhs-hub/hub/internal/testkey"
 )
 
 // An extract dropped in an S3 landing area is published to an S3 lake.
@@ -369,7 +369,7 @@ func openBucket(t *testing.T, srv *miniotest.Server, bucket, prefix string) *s3.
 func testKeyFile(t *testing.T) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "key")
-	if err := os.WriteFile(path, []byte(strings.Repeat("k", 32)), 0o600); err != nil {
+	if err := os.WriteFile(path, testkey.Bytes(11), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return path

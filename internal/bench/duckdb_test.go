@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"database/sql"
 	"os"
 	"path/filepath"
@@ -14,6 +13,7 @@ import (
 	"github.com/nhs-hub/hub/ingest"
 	"github.com/nhs-hub/hub/internal/pipeline"
 	"github.com/nhs-hub/hub/internal/synth"
+	"github.com/nhs-hub/hub/internal/testkey"
 )
 
 // Published Parquet is readable unchanged by DuckDB, with the row counts
@@ -26,7 +26,7 @@ func TestDuckDBReadsPublishedParquet(t *testing.T) {
 	root := t.TempDir()
 	store, _ := lakefile.Open(root)
 	lake := catalog.NewLake(store)
-	key, _ := deid.NewKey(bytes.Repeat([]byte{9}, 32))
+	key, _ := deid.NewKey(testkey.Bytes(9))
 	f, _ := os.Open(filepath.Join(dir, "optouts.txt"))
 	optouts, _ := ingest.LoadOptOuts(t.Context(), f)
 	f.Close()

@@ -1,9 +1,9 @@
 package pipeline_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/csv"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -23,11 +23,12 @@ import (
 	"github.com/nhs-hub/hub/ingest"
 	"github.com/nhs-hub/hub/internal/pipeline"
 	"github.com/nhs-hub/hub/internal/synth"
+	"github.com/nhs-hub/hub/internal/testkey"
 	"github.com/nhs-hub/hub/internal/testlake"
 )
 
 func key(t *testing.T, b byte) *deid.Key {
-	k, err := deid.NewKey(bytes.Repeat([]byte{b}, 32))
+	k, err := deid.NewKey(testkey.Bytes(b))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,12 +321,16 @@ func TestKeyRules(t *testing.T) {
 	if _, err := deid.NewKey([]byte("short")); !errors.Is(err, deid.ErrKeyTooShort) {
 		t.Errorf("short key: err = %v", err)
 	}
-	hexKey := []byte(strings.Repeat("ab", 32) + "\n")
+	// Hex text is decoded: 32 bytes of 0xab are one value, refused.
+	if _, err := deid.NewKey([]byte(strings.Repeat("ab", 32) + "\n")); !errors.Is(err, deid.ErrKeyWeak) {
+		t.Errorf("a hex key of one byte value: err = %v", err)
+	}
+	hexKey := []byte(hex.EncodeToString(testkey.Bytes(5)) + "\n")
 	k, err := deid.NewKey(hexKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(k.String(), "abab") || len(k.Fingerprint()) != 16 {
+	if strings.Contains(k.String(), string(hexKey[:8])) || len(k.Fingerprint()) != 16 {
 		t.Errorf("key prints %q", k.String())
 	}
 }

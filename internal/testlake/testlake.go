@@ -23,6 +23,7 @@ import (
 	"github.com/nhs-hub/hub/ingest"
 	"github.com/nhs-hub/hub/internal/pipeline"
 	"github.com/nhs-hub/hub/internal/synth"
+	"github.com/nhs-hub/hub/internal/testkey"
 )
 
 // Publish synthesises an extract of n patients (seed 5) and publishes it
@@ -51,7 +52,7 @@ func Publish(ctx context.Context, n int) (l *catalog.Lake, root string, err erro
 	if err != nil {
 		return nil, "", err
 	}
-	k, err := deid.NewKey(bytes.Repeat([]byte{7}, 32))
+	k, err := deid.NewKey(testkey.Bytes(7))
 	if err != nil {
 		return nil, "", err
 	}
