@@ -126,38 +126,16 @@ func Export(m *Manifest, format string, opt ExportOptions) ([]byte, error) {
 
 // hdruk400 is a version in the HDR UK Gateway's dataset schema 4.0.0.
 func hdruk400(m *Manifest, tables []string, title, abstract, from, to string, opt ExportOptions) map[string]any {
-	var id any // a URL, or null without a base URL
-	if opt.BaseURL != "" {
-		id = fmt.Sprintf("%s/catalog/%s/%d", strings.TrimRight(opt.BaseURL, "/"), m.Dataset, m.Version)
-	}
-	var contact any
-	if opt.Contact != "" {
-		contact = opt.Contact
-	}
+	id, contact, observations := hdrukCommon(m, tables, opt, "Persons", "Events")
 	date := func(d string) any {
 		if d == "" {
 			return nil
 		}
 		return d + "T00:00:00.000Z"
 	}
-	var dataTables []map[string]any
-	for _, t := range tables {
-		cols := []map[string]any{}
-		for _, c := range m.Tables[t].Schema {
-			cols = append(cols, map[string]any{"name": c.Name, "dataType": c.Type, "description": nonEmpty(c.Description),
-				"sensitive": strings.HasSuffix(c.Name, "_id"), "values": nil})
-		}
-		dataTables = append(dataTables, map[string]any{"name": t, "description": fmt.Sprintf("about %d rows (rounded to 10)", RoundCount(m.Tables[t].Rows)), "columns": cols})
-	}
-	observations := []map[string]any{}
-	for _, t := range tables {
-		node := "Events"
-		if t == "patients" {
-			node = "Persons"
-		}
-		observations = append(observations, map[string]any{"observedNode": node, "measuredValue": RoundCount(m.Tables[t].Rows),
-			"disambiguatingDescription": t + " rows, rounded to 10", "observationDate": m.Created.Format("2006-01-02"), "measuredProperty": "Count"})
-	}
+	dataTables := hdrukTables(m, tables, "columns", func(c Column) map[string]any {
+		return map[string]any{"name": c.Name, "dataType": c.Type, "description": nonEmpty(c.Description), "sensitive": strings.HasSuffix(c.Name, "_id"), "values": nil}
+	})
 	issued := m.Created.UTC().Format("2006-01-02T15:04:05.000Z")
 	return map[string]any{
 		"identifier": id,
@@ -197,31 +175,10 @@ func hdruk400(m *Manifest, tables []string, title, abstract, from, to string, op
 
 // hdruk212 is a version in the HDR UK Gateway's dataset schema 2.1.2.
 func hdruk212(m *Manifest, tables []string, title, abstract, from, to string, opt ExportOptions) map[string]any {
-	var id, contact any
-	if opt.BaseURL != "" {
-		id = fmt.Sprintf("%s/catalog/%s/%d", strings.TrimRight(opt.BaseURL, "/"), m.Dataset, m.Version)
-	}
-	if opt.Contact != "" {
-		contact = opt.Contact
-	}
-	structural := []map[string]any{}
-	for _, t := range tables {
-		elems := []map[string]any{}
-		for _, c := range m.Tables[t].Schema {
-			elems = append(elems, map[string]any{"name": c.Name, "description": nonEmpty(c.Description), "dataType": c.Type,
-				"sensitive": strings.HasSuffix(c.Name, "_id"), "isNullable": c.Nullable})
-		}
-		structural = append(structural, map[string]any{"name": t, "description": fmt.Sprintf("about %d rows (rounded to 10)", RoundCount(m.Tables[t].Rows)), "elements": elems})
-	}
-	observations := []map[string]any{}
-	for _, t := range tables {
-		node := "EVENTS"
-		if t == "patients" {
-			node = "PERSONS"
-		}
-		observations = append(observations, map[string]any{"observedNode": node, "measuredValue": RoundCount(m.Tables[t].Rows),
-			"disambiguatingDescription": t + " rows, rounded to 10", "observationDate": m.Created.Format("2006-01-02"), "measuredProperty": "Count"})
-	}
+	id, contact, observations := hdrukCommon(m, tables, opt, "PERSONS", "EVENTS")
+	structural := hdrukTables(m, tables, "elements", func(c Column) map[string]any {
+		return map[string]any{"name": c.Name, "description": nonEmpty(c.Description), "dataType": c.Type, "sensitive": strings.HasSuffix(c.Name, "_id"), "isNullable": c.Nullable}
+	})
 	version := fmt.Sprintf("%d.0.0", m.Version)
 	return map[string]any{
 		"identifier": id,
@@ -250,6 +207,42 @@ func hdruk212(m *Manifest, tables []string, title, abstract, from, to string, op
 		"observations":       observations,
 		"structuralMetadata": structural,
 	}
+}
+
+// hdrukCommon is what both HDR UK versions say alike: the identifier (a
+// URL, or null without a base URL), the contact (null without one), and
+// a count of each table's rows, rounded, the patients' as persons.
+func hdrukCommon(m *Manifest, tables []string, opt ExportOptions, persons, events string) (id, contact any, observations []map[string]any) {
+	if opt.BaseURL != "" {
+		id = fmt.Sprintf("%s/catalog/%s/%d", strings.TrimRight(opt.BaseURL, "/"), m.Dataset, m.Version)
+	}
+	if opt.Contact != "" {
+		contact = opt.Contact
+	}
+	observations = []map[string]any{}
+	for _, t := range tables {
+		node := events
+		if t == "patients" {
+			node = persons
+		}
+		observations = append(observations, map[string]any{"observedNode": node, "measuredValue": RoundCount(m.Tables[t].Rows),
+			"disambiguatingDescription": t + " rows, rounded to 10", "observationDate": m.Created.Format("2006-01-02"), "measuredProperty": "Count"})
+	}
+	return id, contact, observations
+}
+
+// hdrukTables describes each table with its rounded row count and its
+// columns under key, each as column writes it.
+func hdrukTables(m *Manifest, tables []string, key string, column func(Column) map[string]any) []map[string]any {
+	out := []map[string]any{}
+	for _, t := range tables {
+		cols := []map[string]any{}
+		for _, c := range m.Tables[t].Schema {
+			cols = append(cols, column(c))
+		}
+		out = append(out, map[string]any{"name": t, "description": fmt.Sprintf("about %d rows (rounded to 10)", RoundCount(m.Tables[t].Rows)), key: cols})
+	}
+	return out
 }
 
 func nonEmpty(s string) any {
