@@ -1,6 +1,7 @@
 package deid
 
 import (
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -164,10 +165,33 @@ type KAnonymity struct {
 	K        int            `json:"k"`
 	Patients int            `json:"patients"`
 	Levels   map[string]int `json:"patients_by_level"`
-	// Generalised counts patients whose district was dropped; Suppressed,
-	// those that lost more (area, ethnicity, or every quasi-identifier).
+	// Generalised counts patients who lost some quasi-identifiers (levels
+	// 1 to 3: district; area and month of birth; ethnicity) and kept the
+	// rest; Suppressed, those who lost every one (the last level). Before
+	// December 2026 Suppressed counted every patient past level 1, and
+	// reports said "suppressed further" of patients who were generalised.
 	Generalised int `json:"generalised"`
 	Suppressed  int `json:"suppressed"`
+}
+
+// Summary is the report in words: how many patients were generalised at
+// each level and how many suppressed, read from Levels (so that reports
+// written before the fields' meaning changed read right too).
+func (k KAnonymity) Summary() string {
+	var parts []string
+	generalised := 0
+	for _, l := range levelNames[1:maxLevel] {
+		if n := k.Levels[l]; n > 0 {
+			generalised += n
+			parts = append(parts, fmt.Sprintf("%d %s", n, l))
+		}
+	}
+	detail := ""
+	if len(parts) > 0 {
+		detail = " (" + strings.Join(parts, ", ") + ")"
+	}
+	return fmt.Sprintf("k-anonymity (k=%d): %d of %d patients generalised%s, %d suppressed (every quasi-identifier dropped)",
+		k.K, generalised, k.Patients, detail, k.Levels[levelNames[maxLevel]])
 }
 
 // kanonymise raises each patient's generalisation level until every
@@ -224,10 +248,10 @@ func kanonymise(rows []patientRow, k int) KAnonymity {
 	for i := range rows {
 		rep.Levels[levelNames[rows[i].level]]++
 		switch {
-		case rows[i].level == 1:
-			rep.Generalised++
-		case rows[i].level > 1:
+		case rows[i].level == maxLevel:
 			rep.Suppressed++
+		case rows[i].level > 0:
+			rep.Generalised++
 		}
 	}
 	return rep

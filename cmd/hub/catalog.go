@@ -14,6 +14,7 @@ import (
 
 	"github.com/nhs-hub/hub/catalog"
 	"github.com/nhs-hub/hub/cohorts"
+	"github.com/nhs-hub/hub/deid"
 	"github.com/urfave/cli/v2"
 )
 
@@ -258,13 +259,10 @@ func showManifest(w io.Writer, m *catalog.Manifest, verified bool) error {
 	}
 	if raw, ok := m.Reports["deid"]; ok {
 		var d struct {
-			KAnonymity struct {
-				K, Patients, Generalised, Suppressed int
-			} `json:"k_anonymity"`
+			KAnonymity deid.KAnonymity `json:"k_anonymity"`
 		}
 		if json.Unmarshal(raw, &d) == nil {
-			k := d.KAnonymity
-			fmt.Fprintf(w, "\nk-anonymity (k=%d): %d of %d patients generalised, %d suppressed further\n", k.K, k.Generalised, k.Patients, k.Suppressed)
+			fmt.Fprintf(w, "\n%s\n", d.KAnonymity.Summary())
 		}
 	}
 	return nil

@@ -108,9 +108,7 @@ func publish(c *cli.Context) error {
 	if err := res.Ingest.WriteText(c.App.Writer); err != nil {
 		return err
 	}
-	k := res.Deid.KAnonymity
-	fmt.Fprintf(c.App.Writer, "\nk-anonymity (k=%d): %d of %d patients generalised (district dropped), %d suppressed further\n",
-		k.K, k.Generalised, k.Patients, k.Suppressed)
+	fmt.Fprintf(c.App.Writer, "\n%s\n", res.Deid.KAnonymity.Summary())
 	fmt.Fprintf(c.App.Writer, "published %s@%d to %s (key %s, domain %s)\n", name, res.Manifest.Version, c.String("lake"), res.Deid.KeyFingerprint, res.Deid.Domain)
 	return nil
 }
