@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -17,6 +20,40 @@ import (
 	"github.com/nhs-hub/hub/deid"
 	"github.com/urfave/cli/v2"
 )
+
+// hubConfig is the hub's configuration file: who publishes its catalog.
+type hubConfig struct {
+	Publisher string `json:"publisher"`
+	Contact   string `json:"contact"`
+	BaseURL   string `json:"base_url"`
+	Licence   string `json:"licence"`
+}
+
+// applyConfig sets the flags the configuration file (--config, if it
+// exists) gives and the command line does not.
+func applyConfig(c *cli.Context) error {
+	raw, err := os.ReadFile(c.String("config"))
+	if errors.Is(err, fs.ErrNotExist) && !c.IsSet("config") {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("configuration file: %w", err)
+	}
+	var cfg hubConfig
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cfg); err != nil {
+		return fmt.Errorf("configuration file %s: %w (it holds publisher, contact, base_url and licence)", c.String("config"), err)
+	}
+	for flag, v := range map[string]string{"publisher": cfg.Publisher, "contact": cfg.Contact, "base-url": cfg.BaseURL, "licence": cfg.Licence} {
+		if v != "" && !c.IsSet(flag) {
+			if err := c.Set(flag, v); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
 
 func catalogCommand() *cli.Command {
 	lake := append([]cli.Flag{&cli.StringFlag{Name: "lake", Value: "./lake", EnvVars: []string{"HUB_LAKE"}, Usage: "the lake: a local folder or s3://bucket/prefix"}}, s3Flags()...)
@@ -130,10 +167,18 @@ func catalogCommand() *cli.Command {
 					&cli.StringFlag{Name: "base-url", EnvVars: []string{"HUB_BASE_URL"}, Usage: "the hub's public address (https://hub.example.nhs.uk), from which the dataset's IRIs and HDR UK identifier are made (needed by dcat)"},
 					&cli.StringFlag{Name: "contact", EnvVars: []string{"HUB_CONTACT"}, Usage: "the data controller's contact e-mail address (needed by dcat)"},
 					&cli.StringFlag{Name: "licence", EnvVars: []string{"HUB_LICENCE"}, Usage: "with dcat: the IRI of the terms of use (default: BASE-URL/register#terms)"},
-					&cli.StringFlag{Name: "hdruk-version", Value: catalog.HDRUKVersions[0], Usage: "with hdruk: the HDR UK Gateway dataset schema, " + strings.Join(catalog.HDRUKVersions, " or ")}),
+					&cli.StringFlag{Name: "hdruk-version", Value: catalog.HDRUKVersions[0], Usage: "with hdruk: the HDR UK Gateway dataset schema, " + strings.Join(catalog.HDRUKVersions, " or ")},
+					&cli.StringFlag{Name: "config", Value: "hub.json", EnvVars: []string{"HUB_CONFIG"}, Usage: "the hub's configuration file: {\"publisher\", \"contact\", \"base_url\", \"licence\"}, each overridden by its flag (read if it exists)"}),
+				Description: "The catalog's publisher, contact, base URL and licence come from the hub's configuration file\n" +
+					"(--config, default ./hub.json) or their flags, which win. Example hub.json:\n\n" +
+					"  {\"publisher\": \"Yorkshire and Humber Digital Innovation Hub\", \"contact\": \"dpo@example.nhs.uk\",\n" +
+					"   \"base_url\": \"https://hub.example.nhs.uk\"}",
 				Action: func(c *cli.Context) error {
 					_, m, err := manifestArg(c)
 					if err != nil {
+						return err
+					}
+					if err := applyConfig(c); err != nil {
 						return err
 					}
 					lakeURL := c.String("lake")

@@ -291,3 +291,36 @@ func TestKeyedAuditCLI(t *testing.T) {
 		t.Fatal("a keyed state folder was written without its key")
 	}
 }
+
+// hub catalog export takes its publisher and contact from the hub's
+// configuration file, flags winning; a DCAT export without a base URL is
+// a usage error that says what to give.
+func TestCatalogExportConfig(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "x")
+	if _, err := runHub(t, "synth", "--patients", "40", "--out", dir); err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "key")
+	os.WriteFile(keyFile, testkey.Bytes(4), 0o600)
+	lake := filepath.Join(t.TempDir(), "lake")
+	if _, err := runHub(t, "ingest", "--extract", dir, "--optouts", filepath.Join(dir, "optouts.txt"), "--dataset", "d", "--lake", lake, "--key-file", keyFile); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runHub(t, "catalog", "export", "--lake", lake, "--format", "dcat", "--config", filepath.Join(t.TempDir(), "none.json"), "d"); err == nil {
+		t.Errorf("an export with a missing --config file")
+	}
+	if _, err := runHub(t, "catalog", "export", "--lake", lake, "--format", "dcat", "d"); err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), "--base-url") {
+		t.Errorf("a DCAT export without a base URL: %v (exit %d)", err, exitCode(err))
+	}
+	cfg := filepath.Join(t.TempDir(), "hub.json")
+	os.WriteFile(cfg, []byte(`{"publisher": "Test Region Hub", "contact": "dpo@example.nhs.uk", "base_url": "https://hub.example.nhs.uk"}`), 0o600)
+	out, err := runHub(t, "catalog", "export", "--lake", lake, "--format", "dcat", "--config", cfg, "--publisher", "Flag Hub", "d")
+	if err != nil || !strings.Contains(out, `"@id": "https://hub.example.nhs.uk/catalog/d/1"`) || !strings.Contains(out, "mailto:dpo@example.nhs.uk") ||
+		!strings.Contains(out, "Flag Hub") || strings.Contains(out, "Test Region Hub") || !strings.Contains(out, `"@id": "file:///`) {
+		t.Errorf("export with a configuration file: %v\n%s", err, out)
+	}
+	os.WriteFile(cfg, []byte(`{"publisher": "x", "colour": "blue"}`), 0o600)
+	if _, err := runHub(t, "catalog", "export", "--lake", lake, "--config", cfg, "d"); err == nil || !strings.Contains(err.Error(), "colour") {
+		t.Errorf("an unknown configuration field: %v", err)
+	}
+}
