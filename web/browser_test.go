@@ -292,6 +292,8 @@ func TestBrowser(t *testing.T) {
 		t.Errorf("the register: %s", reg)
 	}
 	b.shot("register")
+	b.open("/catalog")
+	b.submit("a[href='/catalog/gp/1']", "caption")
 
 	// The check can fail: an unlabelled field and an image without text
 	// are found.

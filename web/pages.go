@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net/http"
 	"net/url"
@@ -104,6 +105,73 @@ func withheld(report json.RawMessage) (ndop, dissent int64) {
 }
 
 func roundTo(n, k int64) int64 { return (n + k/2) / k * k }
+
+// The catalog: every dataset's versions and the code lists queries may
+// name, for anyone; a version's page is where the DCAT export's dataset
+// IRI (BASE/catalog/NAME/VERSION) leads.
+
+type catalogDataset struct {
+	Name     string
+	Versions []int
+}
+
+func (a *app) catalogPage(w http.ResponseWriter, r *http.Request, v *view) error {
+	names, err := a.Lake.Datasets(r.Context())
+	if err != nil {
+		return err
+	}
+	var ds []catalogDataset
+	for _, n := range names {
+		vs, err := a.Lake.Versions(r.Context(), n)
+		if err != nil {
+			return err
+		}
+		slices.Reverse(vs)
+		ds = append(ds, catalogDataset{n, vs})
+	}
+	lists, err := a.Svc.Codelists()
+	if err != nil {
+		return err
+	}
+	v.Title, v.Nav = "Catalog", "catalog"
+	v.Data = struct {
+		Datasets  []catalogDataset
+		Codelists []cohorts.Codelist
+	}{ds, lists}
+	a.render(w, "catalog", v)
+	return nil
+}
+
+type datasetTable struct {
+	Name    string
+	Rows    int64 // rounded to 10
+	Columns []catalog.Column
+}
+
+func (a *app) datasetPage(w http.ResponseWriter, r *http.Request, v *view) error {
+	version, err := strconv.Atoi(r.PathValue("version"))
+	if err != nil || version < 1 || !catalog.ValidName(r.PathValue("dataset")) {
+		return notFound("no such dataset version")
+	}
+	m, err := a.Lake.Manifest(r.Context(), r.PathValue("dataset"), version)
+	if err != nil {
+		return err
+	}
+	var tables []datasetTable
+	for _, name := range slices.Sorted(maps.Keys(m.Tables)) {
+		t := m.Tables[name]
+		tables = append(tables, datasetTable{name, catalog.RoundCount(t.Rows), t.Schema})
+	}
+	ndop, dissent := withheld(m.Reports["ingest"])
+	v.Title, v.Nav = fmt.Sprintf("%s version %d", m.Dataset, m.Version), "catalog"
+	v.Data = struct {
+		Manifest      *catalog.Manifest
+		Tables        []datasetTable
+		NDOP, Dissent int64
+	}{m, tables, ndop, dissent}
+	a.render(w, "dataset", v)
+	return nil
+}
 
 // Signing in and out.
 

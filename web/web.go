@@ -111,6 +111,8 @@ func Handler(cfg Config) (http.Handler, error) {
 
 	mux.HandleFunc("GET /{$}", a.page(a.home))
 	mux.HandleFunc("GET /register", a.page(a.register))
+	mux.HandleFunc("GET /catalog", a.page(a.catalogPage))
+	mux.HandleFunc("GET /catalog/{dataset}/{version}", a.page(a.datasetPage))
 	mux.HandleFunc("GET /sign-in", a.page(a.signInForm))
 	mux.HandleFunc("POST /sign-in", a.signIn)
 	mux.HandleFunc("POST /sign-out", a.signed(a.signOut))

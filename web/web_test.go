@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -54,9 +55,14 @@ func TestPagesObeyRoles(t *testing.T) {
 			t.Errorf("%s signed out: %d, want a redirect to sign in", c.page, code)
 		}
 	}
-	for _, page := range []string{"/", "/register", "/sign-in"} {
+	for _, page := range []string{"/", "/register", "/sign-in", "/catalog", "/catalog/gp/1"} {
 		if code, _ := x.browser(t).get(page); code != http.StatusOK {
 			t.Errorf("%s signed out: %d", page, code)
+		}
+	}
+	for _, page := range []string{"/catalog/gp/9", "/catalog/gp/x", "/catalog/..%2Fetc/1"} {
+		if code, _ := x.browser(t).get(page); code != http.StatusNotFound {
+			t.Errorf("%s: %d, want 404", page, code)
 		}
 	}
 }
@@ -402,5 +408,24 @@ func TestBuilderMeasures(t *testing.T) {
 	form := url.Values{"csrf": {csrf(page)}, "action": {"preview"}, "dataset": {"gp"}, "measure": {"mean_age"}, "by": {"sex"}, "epsilon": {"0.5"}}
 	if code, bad := b.post("/projects/t2d/query", form); code != http.StatusBadRequest || !strings.Contains(bad, "Break down a count") {
 		t.Errorf("a mean by sex: %d", code)
+	}
+}
+
+// A version's catalog page, where the DCAT export's dataset IRI leads,
+// shows its data dictionary with rounded row counts, and the catalog lists
+// the code lists queries may name.
+func TestCatalogPages(t *testing.T) {
+	x := newHub(t)
+	b := x.browser(t)
+	code, page := b.get("/catalog/gp/1")
+	if code != http.StatusOK || !strings.Contains(page, "<code>patient_id</code>") || !strings.Contains(page, "year_of_birth") {
+		t.Fatalf("dataset page: %d", code)
+	}
+	rows := between(page, "patients: about ", " rows")
+	if n, err := strconv.Atoi(rows); err != nil || n%10 != 0 || n == 0 {
+		t.Errorf("patients rows %q are not rounded to 10", rows)
+	}
+	if code, cat := b.get("/catalog"); code != http.StatusOK || !strings.Contains(cat, `href="/catalog/gp/1"`) || !strings.Contains(cat, "No code list") {
+		t.Errorf("catalog: %d", code)
 	}
 }
