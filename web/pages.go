@@ -849,9 +849,14 @@ func (a *app) issueToken(w http.ResponseWriter, r *http.Request, v *view) error 
 	return a.usersPage(w, v, token, name, "")
 }
 
-// revokeTokens revokes every token of a user, which ends their sessions.
+// revokeTokens revokes a user's token (token: its id) or every token of
+// theirs, which ends their sessions.
 func (a *app) revokeTokens(w http.ResponseWriter, r *http.Request, v *view) error {
-	ids, err := a.Gov.RevokeTokens(v.Principal, r.PathValue("name"), nil)
+	var only []string
+	if id := strings.TrimSpace(r.PostFormValue("token")); id != "" {
+		only = []string{id}
+	}
+	ids, err := a.Gov.RevokeTokens(v.Principal, r.PathValue("name"), only)
 	if err != nil {
 		return err
 	}

@@ -350,6 +350,35 @@ func TestAdminTokens(t *testing.T) {
 	if code, _ := n.signIn(token); code != http.StatusSeeOther {
 		t.Fatalf("the new user's token: %d", code)
 	}
+	// One token revoked by its id (the sessions of another stay).
+	other := x.browser(t)
+	ada, _ := x.gov.Authenticate(x.tok["ada"])
+	second, err := x.gov.IssueToken(ada, "nia", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := other.signIn(second); code != http.StatusSeeOther {
+		t.Fatalf("nia's second token: %d", code)
+	}
+	us, _ := x.gov.Users(ada)
+	var secondID string
+	for _, u := range us {
+		if u.Name == "nia" {
+			secondID = u.Tokens[len(u.Tokens)-1].ID
+		}
+	}
+	if code, listed := a.get("/admin/users"); code != http.StatusOK || !strings.Contains(listed, `name="token" value="`+secondID+`"`) {
+		t.Fatalf("the token %s is not listed with a revoke button", secondID)
+	}
+	if code, _ := a.post("/admin/users/nia/revoke", url.Values{"csrf": {csrf(page)}, "token": {secondID}}); code != http.StatusOK {
+		t.Fatalf("revoke one token: %d", code)
+	}
+	if code, _ := other.get("/projects"); code != http.StatusSeeOther {
+		t.Errorf("the revoked token's session: %d", code)
+	}
+	if code, _ := n.get("/projects"); code != http.StatusOK {
+		t.Errorf("the other token's session ended too: %d", code)
+	}
 	if code, _ := a.post("/admin/users/nia/revoke", url.Values{"csrf": {csrf(page)}}); code != http.StatusOK {
 		t.Fatalf("revoke: %d", code)
 	}
