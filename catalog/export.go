@@ -3,6 +3,7 @@ package catalog
 import (
 	"encoding/json"
 	"fmt"
+	"path"
 	"sort"
 	"strings"
 )
@@ -87,8 +88,9 @@ func Export(m *Manifest, format string, opt ExportOptions) ([]byte, error) {
 		var dists []map[string]any
 		for _, t := range tables {
 			for _, p := range m.Tables[t].Parts {
-				dists = append(dists, map[string]any{"@id": id + "/" + p.Path[strings.Index(p.Path, t+"/"):], "@type": "dcat:Distribution",
-					"dct:title":      t + ": " + p.Path[strings.LastIndex(p.Path, "/")+1:],
+				file := path.Base(p.Path)
+				dists = append(dists, map[string]any{"@id": id + "/" + t + "/" + file, "@type": "dcat:Distribution",
+					"dct:title":      t + ": " + file,
 					"dcat:accessURL": map[string]string{"@id": lakeURL + "/" + p.Path}, "dcat:mediaType": map[string]string{"@id": parquetType},
 					"dcat:byteSize": map[string]any{"@value": p.Size, "@type": "xsd:nonNegativeInteger"}, "dct:license": licence,
 					"dct:accessRights": map[string]string{"@id": accessRestricted},
@@ -263,4 +265,7 @@ func absolute(iri string) bool {
 // successive versions would tell, by subtraction, how many patients
 // opted out or arrived in between; rounded, the difference is uncertain
 // by up to ±10 (docs/deid-policy.md, "Counts outside the DP service").
-func RoundCount(n int64) int64 { return (n + 5) / 10 * 10 }
+func RoundCount(n int64) int64 { return RoundTo(n, 10) }
+
+// RoundTo rounds a count to the nearest multiple of k.
+func RoundTo(n, k int64) int64 { return (n + k/2) / k * k }

@@ -101,7 +101,7 @@ func OpenEngine(ctx context.Context, m *catalog.Manifest, files map[string][]str
 	for _, t := range tableLoads {
 		all = append(all, files[t.name]...)
 	}
-	path, loaded := "", false
+	path := "" // in memory, loaded below; else a database file, loaded once
 	if opt.Dir != "" {
 		var err error
 		if path, err = enginePath(opt, m); err != nil {
@@ -112,7 +112,6 @@ func OpenEngine(ctx context.Context, m *catalog.Manifest, files map[string][]str
 				return nil, err
 			}
 		}
-		loaded = true
 	}
 	e, err := open(ctx, m, path, all, opt)
 	if err != nil {
@@ -130,7 +129,7 @@ func OpenEngine(ctx context.Context, m *catalog.Manifest, files map[string][]str
 		now := time.Now() // the file's time says when it was last opened
 		os.Chtimes(path, now, now)
 	}
-	if !loaded {
+	if path == "" {
 		if err := e.load(ctx, m, files); err != nil {
 			e.db.Close()
 			return nil, err

@@ -182,14 +182,7 @@ var funcs = template.FuncMap{
 	"datetime": func(t time.Time) string { return t.Format("2 Jan 2006 15:04 MST") },
 	"join":     strings.Join,
 	"has":      func(p *governance.Principal, r string) bool { return p != nil && p.Has(governance.Role(r)) },
-	"contains": func(list []string, s string) bool {
-		for _, x := range list {
-			if x == s {
-				return true
-			}
-		}
-		return false
-	},
+	"contains": slices.Contains[[]string],
 	"errorFor": func(errs []fieldError, field string) string {
 		for _, e := range errs {
 			if e.Field == field {

@@ -101,10 +101,8 @@ func withheld(report json.RawMessage) (ndop, dissent int64) {
 		return 0, 0
 	}
 	p := rep.Tables["patients"].Reasons
-	return roundTo(p["ndop"], 5), roundTo(p["type1_dissent"], 5)
+	return catalog.RoundTo(p["ndop"], 5), catalog.RoundTo(p["type1_dissent"], 5)
 }
-
-func roundTo(n, k int64) int64 { return (n + k/2) / k * k }
 
 // The catalog: every dataset's versions and the code lists queries may
 // name, for anyone; a version's page is where the DCAT export's dataset
