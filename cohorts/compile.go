@@ -180,7 +180,7 @@ func (f *frag) add(g *frag) *frag {
 //
 //	patients(pid, year_of_birth, month_of_birth, birth_mi, age_band, sex,
 //	         district, postcode_area, ethnicity_group, death_month,
-//	         gp_practice)
+//	         death_end, gp_practice)
 //	conditions|medications|observations|encounters(pid, event_date, ...)
 //
 // birth_mi is the month of birth as year*12+month-1 (July when the month
@@ -471,9 +471,9 @@ func (c *compiler) window(w *Window, t string) (joinF, pred *frag) {
 }
 
 // windowOn is window with the columns the window's start and end are
-// compared with: a death, known to its month, meets a window when the
-// month's last day (low) is not before the start and its first (high) not
-// after the end.
+// compared with: a death, known to its month (or year), meets a window
+// when the period's last day (low) is not before the start and its first
+// (high) not after the end.
 func (c *compiler) windowOn(w *Window, t, low, high string) (joinF, pred *frag) {
 	joinF = new(frag)
 	if w == nil {
@@ -526,7 +526,7 @@ func (c *compiler) windowOn(w *Window, t, low, high string) (joinF, pred *frag) 
 			switch u {
 			case "death":
 				joinF.w(" JOIN patients u ON u.pid = ", t, ".pid")
-				ps = append(ps, new(frag).w(t, ".", high, " <= coalesce(last_day(u.death_month), CAST(").arg("9999-12-31").w(" AS DATE))"))
+				ps = append(ps, new(frag).w(t, ".", high, " <= coalesce(u.death_end, CAST(").arg("9999-12-31").w(" AS DATE))"))
 			case "deregistration":
 				// The latest end of the registrations current on the anchor
 				// date; none, and the comparison with NULL meets nothing.
@@ -584,7 +584,7 @@ func (c *compiler) expr(k *Criterion) *frag {
 	case k.Registered != nil:
 		return new(frag).w("p.pid IN (SELECT pid FROM ", c.registered(k.Registered), ")")
 	case k.Died != nil:
-		f := new(frag).w("p.pid IN (SELECT d.pid FROM (SELECT pid, death_month AS event_date, last_day(death_month) AS event_end FROM patients WHERE death_month IS NOT NULL) d")
+		f := new(frag).w("p.pid IN (SELECT d.pid FROM (SELECT pid, death_month AS event_date, death_end AS event_end FROM patients WHERE death_month IS NOT NULL) d")
 		joinF, pred := c.windowOn(k.Died.Window, "d", "event_end", "event_date")
 		f.add(joinF)
 		if pred != nil {
@@ -670,7 +670,8 @@ func (c *compiler) known(pred *frag, unknown string) *frag {
 	return new(frag).w("coalesce(").add(pred).w(", ").arg(unknown == UnknownMatch).w(")")
 }
 
-// alive is "no death recorded in or before date's month".
+// alive is "no death recorded in or before date's month" (or year, where
+// only the year is published).
 func (c *compiler) alive(date string) *frag {
 	return new(frag).w("coalesce(p.death_month, CAST(").arg("9999-12-31").w(" AS DATE)) > CAST(").arg(date).w(" AS DATE)")
 }

@@ -39,17 +39,23 @@ type Engine struct {
 var tableLoads = []struct {
 	name, create, load string
 	// optional are columns a version may lack (published before they
-	// were): load names them as its second argument, NULL where absent.
+	// were): load names them as its second and later arguments, NULL
+	// where absent. A death is known to its month (death_month) or, where
+	// the k-anonymity check generalised it, its year (death_year): the
+	// engine's death_month and death_end are the first and last day of
+	// whichever it is.
 	optional []string
 }{
 	{"patients",
 		`CREATE TABLE patients (pid INTEGER, patient_id BLOB, year_of_birth SMALLINT, month_of_birth TINYINT, birth_mi INTEGER,
 			age_band VARCHAR, sex VARCHAR, district VARCHAR, postcode_area VARCHAR, ethnicity_group VARCHAR, death_month DATE,
-			gp_practice VARCHAR)`,
+			death_end DATE, gp_practice VARCHAR)`,
 		`INSERT INTO patients SELECT CAST(row_number() OVER () AS INTEGER), t.patient_id, t.year_of_birth, t.month_of_birth,
 			CASE WHEN t.year_of_birth IS NULL THEN NULL ELSE t.year_of_birth * 12 + coalesce(t.month_of_birth, 7) - 1 END,
-			t.age_band, t.sex, t.district, t.postcode_area, t.ethnicity_group, t.death_month, %[2]s FROM read_parquet(%[1]s) t`,
-		[]string{"gp_practice"}},
+			t.age_band, t.sex, t.district, t.postcode_area, t.ethnicity_group,
+			coalesce(t.death_month, make_date(CAST(%[3]s AS BIGINT), 1, 1)),
+			coalesce(last_day(t.death_month), make_date(CAST(%[3]s AS BIGINT), 12, 31)), %[2]s FROM read_parquet(%[1]s) t`,
+		[]string{"gp_practice", "death_year"}},
 	{"conditions",
 		`CREATE TABLE conditions (pid INTEGER, code_system VARCHAR, code VARCHAR, event_date DATE)`,
 		`INSERT INTO conditions SELECT p.pid, t.code_system, t.code, t.onset_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`, nil},
@@ -61,7 +67,7 @@ var tableLoads = []struct {
 		`INSERT INTO observations SELECT p.pid, t.code_system, t.code, t.value, t.unit, t.effective_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`, nil},
 	{"encounters",
 		`CREATE TABLE encounters (pid INTEGER, type VARCHAR, event_date DATE, end_date DATE, class VARCHAR, admission_source VARCHAR)`,
-		`INSERT INTO encounters SELECT p.pid, t.type, t.start_date, t.end_date, %[2]s FROM read_parquet(%[1]s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.type, p.pid`,
+		`INSERT INTO encounters SELECT p.pid, t.type, t.start_date, t.end_date, %[2]s, %[3]s FROM read_parquet(%[1]s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.type, p.pid`,
 		[]string{"class", "admission_source"}},
 	{"procedures",
 		`CREATE TABLE procedures (pid INTEGER, code_system VARCHAR, code VARCHAR, event_date DATE)`,
@@ -157,14 +163,19 @@ func autoMemoryLimit(m *catalog.Manifest) string {
 	return fmt.Sprintf("%dMB", mb)
 }
 
+// engineLayout numbers the engine's tables' layout: a database file
+// loaded by a build with another layout is not reopened (2: death_end).
+const engineLayout = 2
+
 // enginePath is a version's database file in opt.Dir, named by its
-// manifest's hash, so that a file is never taken for another version's.
+// manifest's hash and the layout, so that a file is never taken for
+// another version's or another build's.
 func enginePath(opt EngineOptions, m *catalog.Manifest) (string, error) {
 	sum, err := manifestHash(m)
 	if err != nil {
 		return "", err
 	}
-	return filepath.Join(opt.Dir, fmt.Sprintf("%s@%d-%s.duckdb", m.Dataset, m.Version, sum[:16])), nil
+	return filepath.Join(opt.Dir, fmt.Sprintf("%s@%d-%s-%d.duckdb", m.Dataset, m.Version, sum[:16], engineLayout)), nil
 }
 
 // Loaded reports whether opt.Dir holds a version's database file already,
@@ -326,8 +337,8 @@ func (e *Engine) load(ctx context.Context, m *catalog.Manifest, files map[string
 			continue
 		}
 		args := []any{sqlList(files[t.name])}
-		if t.optional != nil {
-			args = append(args, optionalColumns(m, t.name, t.optional...))
+		for _, c := range t.optional {
+			args = append(args, optionalColumn(m, t.name, c))
 		}
 		if _, err := e.db.ExecContext(ctx, fmt.Sprintf(t.load, args...)); err != nil {
 			return fmt.Errorf("load %s: %w", t.name, err)
@@ -339,18 +350,13 @@ func (e *Engine) load(ctx context.Context, m *catalog.Manifest, files map[string
 	return nil
 }
 
-// optionalColumns names the columns, t.NAME where the version's table has
-// it and NULL where not, for a SELECT list.
-func optionalColumns(m *catalog.Manifest, table string, cols ...string) string {
-	var out []string
-	for _, c := range cols {
-		expr := "NULL"
-		if tm := m.Tables[table]; tm != nil && slices.ContainsFunc(tm.Schema, func(col catalog.Column) bool { return col.Name == c }) {
-			expr = "t." + c
-		}
-		out = append(out, expr)
+// optionalColumn names the column, t.NAME where the version's table has
+// it and NULL where not.
+func optionalColumn(m *catalog.Manifest, table, c string) string {
+	if tm := m.Tables[table]; tm != nil && slices.ContainsFunc(tm.Schema, func(col catalog.Column) bool { return col.Name == c }) {
+		return "t." + c
 	}
-	return strings.Join(out, ", ")
+	return "NULL"
 }
 
 // sqlString quotes a string as a SQL literal.

@@ -290,7 +290,17 @@ func (d *Deidentifier) flushPatients() error {
 	if err := d.failed(); err != nil {
 		return err // a worker dropped batches: the rows are not all there
 	}
-	d.kanon = kanonymise(d.patients, d.policy.K)
+	path := newPath(d.policy)
+	d.kanon = kanonymise(d.patients, path, d.policy.K)
+	if d.policy.KeepGPPractice {
+		// A registration's practice is the patient's practice: where
+		// the check withheld one, the registrations withhold it too.
+		k := d.tr.known
+		k.noPractice = make([]bool, len(d.patients))
+		for i := range d.patients {
+			k.noPractice[i] = path.levels[d.patients[i].level][qiPractice] != 0
+		}
+	}
 	for _, w := range d.workers {
 		w.tr.known = d.tr.known // read only from now on; the events come after this
 	}
@@ -312,7 +322,7 @@ func (d *Deidentifier) flushPatients() error {
 		g.Go(func() error {
 			for from := 0; from < len(share); from += batch {
 				to := min(from+batch, len(share))
-				rec := d.tr.patientBatch(share[from:to], d.tr.known.pids[(first+from)*n:(first+to)*n], d.names)
+				rec := d.tr.patientBatch(share[from:to], path, d.tr.known.pids[(first+from)*n:(first+to)*n], d.names)
 				err := w.write(rec)
 				rec.Release()
 				if err != nil {

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -13,11 +14,11 @@ import (
 )
 
 // A patientRow is one de-identified patient held until the k-anonymity
-// check has seen them all. It holds no identifier: the pseudonym, year and
-// month of birth, an age band and coarse places.
+// check has seen them all. It holds no identifier: year and month of
+// birth, an age band, coarse places, the month of death.
 //
 // It holds no pointer: places and practices are numbers from a names
-// table, so a million rows are 28 MB that the garbage collector never
+// table, so a million rows are 32 MB that the garbage collector never
 // scans. Nor does it hold the pseudonym: the known patients have it, in
 // the same order.
 type patientRow struct {
@@ -29,9 +30,9 @@ type patientRow struct {
 	district uint32 // names: postcode district, 0 for none
 	area     uint32 // names: postcode area, 0 for none
 	gp       uint32 // names: practice code, 0 for none
-	death    arrow.Date32
-	hasDeath bool
-	level    uint8 // generalisation level, see levelNames
+	dy       int16  // year of death, 0 for none
+	dm       int8   // month of death, 0 for none
+	level    uint8  // the generalisation path's step reached, see path
 }
 
 // names numbers the distinct strings of patient rows; 0 is "".
@@ -53,10 +54,119 @@ func (n *names) id(s string) uint32 {
 	return v
 }
 
-// Generalisation levels of the k-anonymity check: each level drops more.
-var levelNames = []string{"none", "district dropped", "area and month of birth dropped", "ethnicity dropped", "suppressed"}
+// The quasi-identifiers: every patient attribute the patients table
+// releases (the pseudonym aside). Each has a hierarchy of levels, most
+// precise first, "none" (withheld) last.
+const (
+	qiBirth = iota
+	qiSex
+	qiPlace
+	qiEthnicity
+	qiPractice
+	qiDeath
+	nQI
+)
 
-const maxLevel = 4
+var (
+	qiNames     = [nQI]string{"birth", "sex", "place", "ethnicity", "practice", "death"}
+	hierarchies = [nQI][]string{
+		{"month", "year", "band", "none"}, // year and month of birth and the age band; the year; the band
+		{"sex", "none"},
+		{"district", "area", "none"},  // postcode district and area; the area
+		{"category", "group", "none"}, // NHS ethnic category and its group; the group
+		{"practice", "none"},          // the registered practice's ODS code (with keep_gp_practice)
+		{"month", "year", "none"},     // month and year of death; the year
+	}
+)
+
+// DefaultGeneralisation is the default policy's generalisation path:
+// the steps a patient in a class smaller than k takes, one at a time,
+// until their class holds k patients; past the last, every
+// quasi-identifier is withheld (suppressed). What cohort queries use
+// most (age, sex, region) goes last; the ethnic category, which no query
+// reads, and the month of death, which few patients have, go first.
+var DefaultGeneralisation = []string{"ethnicity:group", "death:year", "place:area", "birth:year",
+	"practice:none", "birth:band", "place:none", "ethnicity:none"}
+
+// A path is a generalisation path: state 0 releases everything, each
+// later state one step coarser, the last withholds every quasi-identifier.
+type path struct {
+	steps  []string     // the state's name: "none", a step, "suppressed"
+	levels [][nQI]uint8 // each state's level of each quasi-identifier
+	qi     [nQI]bool    // the policy's quasi-identifiers, which classes are over
+}
+
+func (p path) last() uint8 { return uint8(len(p.steps) - 1) }
+
+// parseStep reads "attribute:level".
+func parseStep(s string) (qi int, level uint8, err error) {
+	a, l, _ := strings.Cut(s, ":")
+	qi = slices.Index(qiNames[:], a)
+	if qi < 0 {
+		return 0, 0, fmt.Errorf("policy: generalisation step %q: %q is not a quasi-identifier (%s)", s, a, strings.Join(qiNames[:], ", "))
+	}
+	i := slices.Index(hierarchies[qi], l)
+	if i <= 0 {
+		return 0, 0, fmt.Errorf("policy: generalisation step %q: %s generalises to %s", s, a, strings.Join(hierarchies[qi][1:], ", "))
+	}
+	if qi == qiDeath && l == "none" {
+		return 0, 0, fmt.Errorf("policy: generalisation step %q: a death is withheld only by suppression (a patient with none reads as alive)", s)
+	}
+	return qi, uint8(i), nil
+}
+
+// newPath builds the policy's path (validated by Policy.Validate): its
+// steps but those of attributes that are not quasi-identifiers, or not
+// released (the practice without keep_gp_practice).
+func newPath(policy Policy) path {
+	var cur [nQI]uint8
+	if !policy.KeepGPPractice {
+		cur[qiPractice] = 1
+	}
+	p := path{steps: []string{"none"}, levels: [][nQI]uint8{cur}}
+	for _, name := range policy.QuasiIdentifiers {
+		if qi := slices.Index(qiNames[:], name); qi >= 0 {
+			p.qi[qi] = true
+		}
+	}
+	for _, s := range policy.Generalisation {
+		qi, l, err := parseStep(s)
+		if err != nil || !p.qi[qi] || l <= cur[qi] {
+			continue
+		}
+		cur[qi] = l
+		p.steps = append(p.steps, s)
+		p.levels = append(p.levels, cur)
+	}
+	for qi := range cur {
+		cur[qi] = uint8(len(hierarchies[qi]) - 1)
+	}
+	p.steps = append(p.steps, "suppressed")
+	p.levels = append(p.levels, cur)
+	return p
+}
+
+// validSteps checks the quasi-identifiers and the generalisation path:
+// known steps, each coarser than the same attribute's before it.
+func validSteps(qis, steps []string) error {
+	for _, q := range qis {
+		if !slices.Contains(qiNames[:], q) {
+			return fmt.Errorf("policy: quasi_identifiers: %q is not a patient attribute (%s)", q, strings.Join(qiNames[:], ", "))
+		}
+	}
+	var cur [nQI]uint8
+	for _, s := range steps {
+		qi, l, err := parseStep(s)
+		if err != nil {
+			return err
+		}
+		if l <= cur[qi] {
+			return fmt.Errorf("policy: generalisation step %q is no coarser than a step before it", s)
+		}
+		cur[qi] = l
+	}
+	return nil
+}
 
 var sexes = []string{"male", "female", "other", "unknown"}
 
@@ -95,6 +205,9 @@ func ethnicityGroup(c byte) string {
 	return "Not stated"
 }
 
+// groupNames are the groups by their first letters, which differ.
+var groupNames = map[byte]string{'W': "White", 'M': "Mixed", 'A': "Asian", 'B': "Black", 'O': "Other", 'N': "Not stated"}
+
 // district and area of a normalised postcode ("LS6 2AB" → "LS6", "LS").
 func districtOf(pc string) (string, string) {
 	d, _, ok := strings.Cut(pc, " ")
@@ -108,101 +221,178 @@ func districtOf(pc string) (string, string) {
 	return d, d[:i]
 }
 
-// classKey packs a patient's released class at its level into an integer:
-// band, sex and ethnicity group above a number standing for the released
-// place: place (district and area), areaOnly (the area alone), or 0 once
-// both are dropped. Counting classes by integer rather than by strings
-// made the check 3× faster (0.85 → 0.26 s for a million patients); it
-// runs alone, after every patient and before any event.
-func (r *patientRow) classKey(place, areaOnly uint32) uint64 {
-	band, sex, eth := uint64(r.band), uint64(r.sex), uint64(ethGroupKey(r.eth))
-	if r.level >= 1 {
-		place = areaOnly
-	}
-	if r.level >= 2 {
-		place = 0
-	}
-	if r.level >= 3 {
-		eth = 0
-	}
-	if r.level >= 4 {
-		band, sex = 255, 255
-	}
-	return band<<48 | sex<<40 | eth<<32 | uint64(place)
+// A class is what the patients table releases of a patient's
+// quasi-identifiers, every column but the pseudonym, with 0 (255 for the
+// band and sex) for a null. The check counts classes and the table is
+// written from them, so the classes it counts are the published ones.
+type class struct {
+	yob      int16
+	mob      int8
+	band     uint8
+	sex      uint8
+	group    byte // the group's first letter
+	eth      byte
+	district uint32
+	area     uint32
+	gp       uint32
+	dy       int16
+	dm       int8
 }
 
-// placeIDs numbers the (district, area) pairs of rows, and the pairs with
-// the district dropped, 0 for neither.
-func placeIDs(rows []patientRow) (place, areaOnly []uint32) {
-	ids := map[uint64]uint32{0: 0}
-	id := func(district, area uint32) uint32 {
-		k := uint64(district)<<32 | uint64(area)
-		v, ok := ids[k]
-		if !ok {
-			v = uint32(len(ids))
-			ids[k] = v
-		}
-		return v
+// release is the class of r at its state.
+func (p path) release(r *patientRow) class {
+	lv := &p.levels[r.level]
+	c := class{band: 255, sex: 255}
+	switch lv[qiBirth] {
+	case 0:
+		c.yob, c.mob, c.band = r.yob, r.mob, r.band
+	case 1:
+		c.yob, c.band = r.yob, r.band
+	case 2:
+		c.band = r.band
 	}
-	place, areaOnly = make([]uint32, len(rows)), make([]uint32, len(rows))
-	for i := range rows {
-		place[i], areaOnly[i] = id(rows[i].district, rows[i].area), id(0, rows[i].area)
+	if lv[qiSex] == 0 {
+		c.sex = r.sex
 	}
-	return place, areaOnly
+	switch lv[qiPlace] {
+	case 0:
+		c.district, c.area = r.district, r.area
+	case 1:
+		c.area = r.area
+	}
+	switch lv[qiEthnicity] {
+	case 0:
+		c.eth, c.group = r.eth, ethnicityGroup(r.eth)[0]
+	case 1:
+		c.group = ethnicityGroup(r.eth)[0]
+	}
+	if lv[qiPractice] == 0 {
+		c.gp = r.gp
+	}
+	switch lv[qiDeath] {
+	case 0:
+		c.dy, c.dm = r.dy, r.dm
+	case 1:
+		c.dy = r.dy
+	}
+	return c
 }
 
-// ethGroupKey is the group's first letter: the quasi-identifier is the
-// ethnicity group, not the category.
-func ethGroupKey(c byte) byte {
-	if c == 0 {
-		return 0
+// key is what the classes are counted by: the class without the
+// attributes that are not quasi-identifiers.
+func (p path) key(r *patientRow) class {
+	c := p.release(r)
+	if !p.qi[qiBirth] {
+		c.yob, c.mob, c.band = 0, 0, 255
 	}
-	return ethnicityGroup(c)[0]
+	if !p.qi[qiSex] {
+		c.sex = 255
+	}
+	if !p.qi[qiPlace] {
+		c.district, c.area = 0, 0
+	}
+	if !p.qi[qiEthnicity] {
+		c.eth, c.group = 0, 0
+	}
+	if !p.qi[qiPractice] {
+		c.gp = 0
+	}
+	if !p.qi[qiDeath] {
+		c.dy, c.dm = 0, 0
+	}
+	return c
+}
+
+// had is the most precise level of each quasi-identifier r has: an
+// attribute the extract does not give (no postcode, no ethnic category,
+// no death) cannot be generalised, so its level is where it starts.
+func (r *patientRow) had() [nQI]uint8 {
+	var h [nQI]uint8
+	if r.district == 0 {
+		h[qiPlace] = 2
+	}
+	if r.eth == 0 {
+		h[qiEthnicity] = 1 // "Not stated" either way
+	}
+	if r.gp == 0 {
+		h[qiPractice] = 1
+	}
+	if r.dy == 0 {
+		h[qiDeath] = 2
+	}
+	return h
 }
 
 // KAnonymity reports what the k-anonymity check did.
 type KAnonymity struct {
-	K        int            `json:"k"`
-	Patients int            `json:"patients"`
-	Levels   map[string]int `json:"patients_by_level"`
-	// Generalised counts patients who lost some quasi-identifiers (levels
-	// 1 to 3: district; area and month of birth; ethnicity) and kept the
-	// rest; Suppressed, those who lost every one (the last level). Before
-	// December 2026 Suppressed counted every patient past level 1, and
-	// reports said "suppressed further" of patients who were generalised.
-	Generalised int `json:"generalised"`
-	Suppressed  int `json:"suppressed"`
+	K        int `json:"k"`
+	Patients int `json:"patients"`
+	// QuasiIdentifiers are the attributes the classes are over (the
+	// policy's); Path is the generalisation path taken, the policy's
+	// steps that apply; Levels counts the patients at each of its states
+	// ("none", a step, "suppressed").
+	QuasiIdentifiers []string       `json:"quasi_identifiers,omitempty"`
+	Path             []string       `json:"path,omitempty"`
+	Levels           map[string]int `json:"patients_by_level"`
+	// Generalised counts patients released with at least one
+	// quasi-identifier coarser than the extract gave it, and not
+	// suppressed; Suppressed, those with every one withheld (in a class
+	// of at least k too: if fewer than k needed it, more are suppressed
+	// from classes that keep k without them). ByAttribute counts, of the
+	// generalised, the patients whose attribute was released at each
+	// coarser level ("birth" → "year": year of birth without the month).
+	// Reports written before December 2026 have no ByAttribute, and
+	// those before its first days counted every patient past the first
+	// level as suppressed.
+	Generalised int                       `json:"generalised"`
+	Suppressed  int                       `json:"suppressed"`
+	ByAttribute map[string]map[string]int `json:"generalised_by_attribute,omitempty"`
 }
 
-// Summary is the report in words: how many patients were generalised at
-// each level and how many suppressed, read from Levels (so that reports
-// written before the fields' meaning changed read right too).
+// oldLevelNames are the levels of reports written before the check
+// covered every quasi-identifier.
+var oldLevelNames = []string{"district dropped", "area and month of birth dropped", "ethnicity dropped"}
+
+// Summary is the report in words.
 func (k KAnonymity) Summary() string {
 	var parts []string
-	generalised := 0
-	for _, l := range levelNames[1:maxLevel] {
-		if n := k.Levels[l]; n > 0 {
-			generalised += n
-			parts = append(parts, fmt.Sprintf("%d %s", n, l))
+	if k.ByAttribute == nil { // an older report
+		generalised := 0
+		for _, l := range oldLevelNames {
+			if n := k.Levels[l]; n > 0 {
+				generalised += n
+				parts = append(parts, fmt.Sprintf("%d %s", n, l))
+			}
+		}
+		return fmt.Sprintf("k-anonymity (k=%d): %d of %d patients generalised%s, %d suppressed (every quasi-identifier dropped)",
+			k.K, generalised, k.Patients, inParens(parts), k.Levels["suppressed"])
+	}
+	for _, qi := range qiNames {
+		for _, l := range hierarchies[slices.Index(qiNames[:], qi)][1:] {
+			if n := k.ByAttribute[qi][l]; n > 0 {
+				parts = append(parts, fmt.Sprintf("%s to %s %d", qi, l, n))
+			}
 		}
 	}
-	detail := ""
-	if len(parts) > 0 {
-		detail = " (" + strings.Join(parts, ", ") + ")"
-	}
-	return fmt.Sprintf("k-anonymity (k=%d): %d of %d patients generalised%s, %d suppressed (every quasi-identifier dropped)",
-		k.K, generalised, k.Patients, detail, k.Levels[levelNames[maxLevel]])
+	return fmt.Sprintf("k-anonymity (k=%d over %s): %d of %d patients generalised%s, %d suppressed (every quasi-identifier withheld)",
+		k.K, strings.Join(k.QuasiIdentifiers, ", "), k.Generalised, k.Patients, inParens(parts), k.Suppressed)
 }
 
-// kanonymise raises each patient's generalisation level until every
-// released class over (age band, sex, district, area, ethnicity group)
-// holds at least k patients, or the patient is fully suppressed.
-func kanonymise(rows []patientRow, k int) KAnonymity {
-	place, areaOnly := placeIDs(rows)
-	classes := make(map[uint64]int32, 1<<14)
+func inParens(parts []string) string {
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
+}
+
+// kanonymise moves each patient along the path until every released
+// class holds at least k patients, or the patient is suppressed; then,
+// if fewer than k are suppressed, suppresses more until k are.
+func kanonymise(rows []patientRow, p path, k int) KAnonymity {
+	classes := make(map[class]int32, 1<<14)
 	var counts []int32
 	classOf := func(i int32) int32 {
-		key := rows[i].classKey(place[i], areaOnly[i])
+		key := p.key(&rows[i])
 		c, ok := classes[key]
 		if !ok {
 			c = int32(len(counts))
@@ -211,30 +401,30 @@ func kanonymise(rows []patientRow, k int) KAnonymity {
 		}
 		return c
 	}
-	class := make([]int32, len(rows)) // each row's class at its level
+	cls := make([]int32, len(rows)) // each row's class at its state
 	for i := range rows {
-		class[i] = classOf(int32(i))
-		counts[class[i]]++
+		cls[i] = classOf(int32(i))
+		counts[cls[i]]++
 	}
-	small := func(i int32) bool { return rows[i].level < maxLevel && counts[class[i]] < int32(k) }
+	last := p.last()
+	small := func(i int32) bool { return rows[i].level < last && counts[cls[i]] < int32(k) }
 	var raise []int32
 	for i := range rows {
 		if small(int32(i)) {
 			raise = append(raise, int32(i))
 		}
 	}
-	// Each pass raises every row of a class smaller than k at once. Only
-	// the rows just raised can be in one next: a class that loses rows
-	// loses all of them (or is the suppressed class, never raised), and one
-	// that gains rows only grows. So after the first count, the passes
-	// touch those rows alone, not every patient again (0.23 → 0.1 s for a
-	// million patients).
+	// Each pass moves every row of a class smaller than k one step at
+	// once. Only the rows just moved can be in one next: a class that
+	// loses rows loses all of them (or is the suppressed class, never
+	// left), and one that gains rows only grows. So after the first
+	// count, the passes touch those rows alone, not every patient again.
 	for len(raise) > 0 {
 		for _, i := range raise {
-			counts[class[i]]--
+			counts[cls[i]]--
 			rows[i].level++
-			class[i] = classOf(i)
-			counts[class[i]]++
+			cls[i] = classOf(i)
+			counts[cls[i]]++
 		}
 		next := raise[:0]
 		for _, i := range raise {
@@ -244,13 +434,62 @@ func kanonymise(rows []patientRow, k int) KAnonymity {
 		}
 		raise = next
 	}
-	rep := KAnonymity{K: k, Patients: len(rows), Levels: map[string]int{}}
+	// The suppressed are a class of their own: fewer than k of them
+	// would be a small class too. Take more from classes of over k (they
+	// keep k), and failing those, whole classes.
+	suppressed := 0
 	for i := range rows {
-		rep.Levels[levelNames[rows[i].level]]++
-		switch {
-		case rows[i].level == maxLevel:
+		if rows[i].level == last {
+			suppressed++
+		}
+	}
+	suppress := func(i int) {
+		counts[cls[i]]--
+		rows[i].level = last
+		suppressed++
+	}
+	for i := 0; i < len(rows) && suppressed > 0 && suppressed < k; i++ {
+		if rows[i].level != last && counts[cls[i]] > int32(k) {
+			suppress(i)
+		}
+	}
+	for i := 0; i < len(rows) && suppressed > 0 && suppressed < k; i++ {
+		if rows[i].level != last {
+			c := cls[i]
+			for j := i; j < len(rows); j++ {
+				if cls[j] == c && rows[j].level != last {
+					suppress(j)
+				}
+			}
+		}
+	}
+
+	rep := KAnonymity{K: k, Patients: len(rows), Path: p.steps[1 : len(p.steps)-1], Levels: map[string]int{},
+		ByAttribute: map[string]map[string]int{}}
+	for qi, ok := range p.qi {
+		if ok && p.levels[0][qi] == 0 {
+			rep.QuasiIdentifiers = append(rep.QuasiIdentifiers, qiNames[qi])
+		}
+	}
+	for i := range rows {
+		r := &rows[i]
+		rep.Levels[p.steps[r.level]]++
+		if r.level == last {
 			rep.Suppressed++
-		case rows[i].level > 0:
+			continue
+		}
+		had, lv, any := r.had(), p.levels[r.level], false
+		for qi := range nQI {
+			if lv[qi] > had[qi] {
+				any = true
+				l := hierarchies[qi][lv[qi]]
+				if rep.ByAttribute[qiNames[qi]] == nil {
+					rep.ByAttribute[qiNames[qi]] = map[string]int{}
+				}
+				rep.ByAttribute[qiNames[qi]][l]++
+			}
+		}
+		if any {
 			rep.Generalised++
 		}
 	}
@@ -304,7 +543,8 @@ func (t *transformer) patientPart(rec arrow.RecordBatch, in *names) patientPart 
 			r.gp = in.id(gp.Value(i))
 		}
 		if dod.IsValid(i) {
-			r.death, r.hasDeath = firstOfMonth(dod.Value(i)), true
+			d := dod.Value(i).ToTime()
+			r.dy, r.dm = int16(d.Year()), int8(d.Month())
 		}
 		rows = append(rows, r)
 	}
@@ -313,45 +553,61 @@ func (t *transformer) patientPart(rec arrow.RecordBatch, in *names) patientPart 
 
 // patientBatch builds the published batch of rows, whose pseudonyms are
 // pids (PseudonymBytes each, in the rows' order; the batch views them).
-func (t *transformer) patientBatch(rows []patientRow, pids []byte, in *names) arrow.RecordBatch {
+// Every other column is the row's class.
+func (t *transformer) patientBatch(rows []patientRow, p path, pids []byte, in *names) arrow.RecordBatch {
 	schema := t.schemas[ingest.Patients]
 	b := array.NewRecordBuilder(t.mem, schema)
 	defer b.Release()
-	optStr := func(f int, s string, ok bool) {
-		if !ok || s == "" {
+	optStr := func(f int, s string) {
+		if s == "" {
 			b.Field(f).AppendNull()
 			return
 		}
 		b.Field(f).(*array.StringBuilder).Append(s)
 	}
+	optInt16 := func(f int, v int16) {
+		if v == 0 {
+			b.Field(f).AppendNull()
+			return
+		}
+		b.Field(f).(*array.Int16Builder).Append(v)
+	}
 	for i := range rows {
-		r := &rows[i]
-		if r.level < 4 {
-			b.Field(1).(*array.Int16Builder).Append(r.yob)
-		} else {
-			b.Field(1).AppendNull()
-		}
-		if r.level < 2 {
-			b.Field(2).(*array.Int8Builder).Append(r.mob)
-		} else {
+		c := p.release(&rows[i])
+		optInt16(1, c.yob)
+		if c.mob == 0 {
 			b.Field(2).AppendNull()
+		} else {
+			b.Field(2).(*array.Int8Builder).Append(c.mob)
 		}
-		optStr(3, bandNames[r.band], r.level < 4)
-		optStr(4, sexes[r.sex], r.level < 4)
-		optStr(5, in.list[r.district], r.level < 1)
-		optStr(6, in.list[r.area], r.level < 2)
-		optStr(7, ethnicityGroup(r.eth), r.level < 3)
-		optStr(8, string(r.eth), r.level < 3 && r.eth != 0)
+		band, sex := "", ""
+		if c.band != 255 {
+			band = bandNames[c.band]
+		}
+		if c.sex != 255 {
+			sex = sexes[c.sex]
+		}
+		optStr(3, band)
+		optStr(4, sex)
+		optStr(5, in.list[c.district])
+		optStr(6, in.list[c.area])
+		optStr(7, groupNames[c.group])
+		eth := ""
+		if c.eth != 0 {
+			eth = string(c.eth)
+		}
+		optStr(8, eth)
 		f := 9
 		if t.policy.KeepGPPractice {
-			optStr(f, in.list[r.gp], r.level < 2)
+			optStr(f, in.list[c.gp])
 			f++
 		}
-		if r.hasDeath {
-			b.Field(f).(*array.Date32Builder).Append(r.death)
+		if c.dm != 0 {
+			b.Field(f).(*array.Date32Builder).Append(arrow.Date32FromTime(time.Date(int(c.dy), time.Month(c.dm), 1, 0, 0, 0, 0, time.UTC)))
 		} else {
 			b.Field(f).AppendNull()
 		}
+		optInt16(f+1, c.dy)
 	}
 	cols := make([]arrow.Array, len(b.Fields()))
 	data := array.NewData(schema.Field(0).Type, len(rows), []*memory.Buffer{nil, memory.NewBufferBytes(pids)}, nil, 0, 0)

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 )
 
@@ -38,8 +39,16 @@ type Policy struct {
 	// ShiftDays bounds the per-patient shift (±) when EventDates is shift.
 	ShiftDays int `json:"shift_days,omitempty"`
 	// K is the smallest equivalence class released over the
-	// quasi-identifiers (age band, sex, district, ethnicity group).
+	// quasi-identifiers: every patient attribute released.
 	K int `json:"k"`
+	// QuasiIdentifiers are the patient attributes the classes are over:
+	// birth, sex, place, ethnicity, practice, death (the default: every
+	// one released).
+	QuasiIdentifiers []string `json:"quasi_identifiers"`
+	// Generalisation is the path a patient in a class smaller than K
+	// takes, one "attribute:level" step at a time (see
+	// DefaultGeneralisation); past its end, the patient is suppressed.
+	Generalisation []string `json:"generalisation"`
 	// ReferenceDate fixes the date ages are computed at (YYYY-MM-DD);
 	// empty means the day of the run.
 	ReferenceDate string `json:"reference_date,omitempty"`
@@ -51,7 +60,8 @@ type Policy struct {
 
 // DefaultPolicy returns the safe defaults.
 func DefaultPolicy() Policy {
-	return Policy{Domain: "hub-research", PseudonymBytes: 16, EventDates: DatesKeep, K: 5}
+	return Policy{Domain: "hub-research", PseudonymBytes: 16, EventDates: DatesKeep, K: 5,
+		QuasiIdentifiers: slices.Clone(qiNames[:]), Generalisation: slices.Clone(DefaultGeneralisation)}
 }
 
 // LoadPolicy reads a JSON policy; fields left out keep their defaults and
@@ -79,6 +89,9 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("policy: shift_days must be 1 to 365")
 	case p.K < 2:
 		return fmt.Errorf("policy: k must be at least 2")
+	}
+	if err := validSteps(p.QuasiIdentifiers, p.Generalisation); err != nil {
+		return err
 	}
 	if p.ReferenceDate != "" {
 		if _, err := time.Parse(time.DateOnly, p.ReferenceDate); err != nil {

@@ -24,19 +24,20 @@ func Schemas(p Policy) map[ingest.Table]*arrow.Schema {
 	dateDoc := map[EventDates]string{DatesKeep: "", DatesMonth: " (first of the month)", DatesShift: " (shifted per patient)"}[p.EventDates]
 	patients := []arrow.Field{
 		pid,
-		field("year_of_birth", "year of birth; null when suppressed by the k-anonymity check", arrow.PrimitiveTypes.Int16, true),
+		field("year_of_birth", "year of birth; null when generalised to the age band by the k-anonymity check", arrow.PrimitiveTypes.Int16, true),
 		field("month_of_birth", "month of birth (1-12); null when generalised", arrow.PrimitiveTypes.Int8, true),
 		field("age_band", "five-year age band at the policy's reference date (90+ last)", str, true),
 		field("sex", "administrative gender: male, female, other or unknown", str, true),
 		field("district", "postcode district (e.g. LS6); null when generalised by the k-anonymity check", str, true),
-		field("postcode_area", "postcode area (e.g. LS); null when suppressed", str, true),
-		field("ethnicity_group", "NHS ethnic category group: White, Mixed, Asian, Black, Other, Not stated", str, true),
-		field("ethnicity", "NHS ethnic category code", str, true),
+		field("postcode_area", "postcode area (e.g. LS); null when generalised by the k-anonymity check", str, true),
+		field("ethnicity_group", "NHS ethnic category group: White, Mixed, Asian, Black, Other, Not stated; null when generalised", str, true),
+		field("ethnicity", "NHS ethnic category code; null when generalised to the group", str, true),
 	}
 	if p.KeepGPPractice {
-		patients = append(patients, field("gp_practice", "ODS code of the registered GP practice", str, true))
+		patients = append(patients, field("gp_practice", "ODS code of the registered GP practice; null when generalised by the k-anonymity check", str, true))
 	}
-	patients = append(patients, field("death_month", "month of death (first of the month)", date, true))
+	patients = append(patients, field("death_month", "month of death (first of the month); null when the k-anonymity check released the year alone", date, true),
+		field("death_year", "year of death; null when alive or suppressed", arrow.PrimitiveTypes.Int16, true))
 	encounters := []arrow.Field{
 		eid(false), pid,
 		field("type", "encounter type: gp, outpatient, inpatient or ae; null when the extract does not say", str, true),
@@ -58,7 +59,7 @@ func Schemas(p Policy) map[ingest.Table]*arrow.Schema {
 	}
 	registrations := []arrow.Field{pid}
 	if p.KeepGPPractice {
-		registrations = append(registrations, field("gp_practice", "ODS code of the GP practice registered with", str, false))
+		registrations = append(registrations, field("gp_practice", "ODS code of the GP practice registered with; null for a patient whose practice the k-anonymity check withheld", str, true))
 	}
 	registrations = append(registrations,
 		field("start_date", "start of the registration"+dateDoc, date, false),

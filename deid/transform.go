@@ -1,6 +1,7 @@
 package deid
 
 import (
+	"slices"
 	"unsafe"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -53,6 +54,9 @@ func (t *transformer) seen(d arrow.Date32) {
 type knownPatients struct {
 	nhs  []uint64
 	pids []byte // PseudonymBytes each
+	// noPractice says which patients' practice the k-anonymity check
+	// withheld (nil when practices are not published).
+	noPractice []bool
 }
 
 // add appends patients and their pseudonyms (PseudonymBytes each).
@@ -177,12 +181,41 @@ func (t *transformer) event(tb ingest.Table, rec arrow.RecordBatch) arrow.Record
 	case ingest.Registrations:
 		pids()
 		if t.policy.KeepGPPractice {
-			keep(1)
+			cols = append(cols, t.practices(nhs, places, rec.Column(1)))
 		}
 		dates(2)
 		dates(3)
 	}
 	return array.NewRecordBatch(t.batchSchema(tb, cols), cols, int64(n))
+}
+
+// practices is a registrations batch's practice column with the
+// practices of patients the k-anonymity check withheld practices from,
+// and of patients not among the known, made null: the same buffers under
+// a new validity bitmap.
+func (t *transformer) practices(nhs *array.Uint64, places *array.Uint32, col arrow.Array) arrow.Array {
+	n, k, off := col.Len(), t.known, col.Data().Offset()
+	valid := memory.NewResizableBuffer(t.mem)
+	valid.Resize(int(bitutil.BytesForBits(int64(off + n))))
+	bits, nulls := valid.Bytes(), 0
+	for i := range n {
+		p := int(places.Value(i))
+		ok := col.IsValid(i) && k != nil && p >= 0 && p < len(k.noPractice) && k.nhs[p] == nhs.Value(i) && !k.noPractice[p]
+		bitutil.SetBitTo(bits, off+i, ok)
+		if !ok {
+			nulls++
+		}
+	}
+	in := col.Data()
+	bufs := slices.Clone(in.Buffers())
+	bufs[0] = valid
+	out := array.NewData(in.DataType(), n, bufs, in.Children(), nulls, in.Offset())
+	if d := in.Dictionary(); d != nil {
+		out.SetDictionary(d)
+	}
+	valid.Release()
+	defer out.Release()
+	return array.MakeFromData(out)
 }
 
 // batchSchema is the published schema of tb with the types of cols: the

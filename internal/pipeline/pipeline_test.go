@@ -47,6 +47,12 @@ func newFixture(t *testing.T, patients int) *fixture {
 	if _, err := synth.Generate(t.Context(), dir, synth.Options{Patients: patients, Seed: 11, FaultRate: 0.02}); err != nil {
 		t.Fatal(err)
 	}
+	return newFixtureAt(t, dir)
+}
+
+// newFixtureAt is a fixture of the extract in dir and a new lake.
+func newFixtureAt(t *testing.T, dir string) *fixture {
+	t.Helper()
 	root := t.TempDir()
 	store, err := lakefile.Open(root)
 	if err != nil {

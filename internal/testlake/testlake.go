@@ -59,6 +59,13 @@ func Publish(ctx context.Context, n int) (l *catalog.Lake, root string, err erro
 	policy := deid.DefaultPolicy()
 	policy.ReferenceDate = "2025-01-01"
 	policy.KeepGPPractice = true // for the cohort language's practice criterion
+	// A few thousand patients, and the tests need ages and practices:
+	// k = 2 over sex, place, ethnicity and death (some deaths are
+	// generalised to the year). The default policy, k = 5 over every
+	// attribute, leaves 3,000 patients their age band alone and no
+	// practice: k-anonymity over many attributes needs many patients.
+	policy.K = 2
+	policy.QuasiIdentifiers = []string{"sex", "place", "ethnicity", "death"}
 	l = catalog.NewLake(store)
 	_, err = pipeline.Run(ctx, pipeline.Config{Dataset: "gp", Source: ingest.Dir(extract), SourceName: "test",
 		Ingest: ingest.Options{OptOuts: optouts}, OptOutDate: time.Now().Format(time.DateOnly), Policy: policy, Key: k, Lake: l})
