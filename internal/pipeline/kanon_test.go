@@ -189,9 +189,9 @@ func TestKAnonymityFromOutside(t *testing.T) {
 			for _, rec := range regs {
 				pids, gps := rec.Column(0), rec.Column(1)
 				for i := range int(rec.NumRows()) {
-					pid := string(pids.(interface{ Value(int) []byte }).Value(i))
-					if gps.IsNull(i) != withheld[pid] {
-						t.Fatalf("a registration's practice null=%v, the patient's practice withheld=%v", gps.IsNull(i), withheld[pid])
+					w := withheld[string(pids.(interface{ Value(int) []byte }).Value(i))]
+					if gps.IsNull(i) != w {
+						t.Fatalf("a registration's practice null=%v, the patient's practice withheld=%v", gps.IsNull(i), w)
 					}
 					if gps.IsNull(i) {
 						nulls++
