@@ -220,7 +220,8 @@ func NewHandler(gov *governance.Store, svc *cohorts.Service, log *slog.Logger, f
 }
 
 // rounded is a dataset's description as p may see it: row counts rounded
-// to 10 (catalog.RoundCount) for everyone but admins.
+// to 10 (catalog.RoundCount) for everyone but admins, and no parts (a
+// patients part's size is close to 16 bytes a patient: the pseudonyms).
 func rounded(p *governance.Principal, d cohorts.DatasetInfo) cohorts.DatasetInfo {
 	if p.Has(governance.Admin) {
 		return d
@@ -228,7 +229,7 @@ func rounded(p *governance.Principal, d cohorts.DatasetInfo) cohorts.DatasetInfo
 	tables := map[string]*catalog.TableManifest{}
 	for name, t := range d.Tables {
 		c := *t
-		c.Rows = catalog.RoundCount(t.Rows)
+		c.Rows, c.Parts = catalog.RoundCount(t.Rows), nil
 		tables[name] = &c
 	}
 	d.Tables, d.RowsRounded = tables, true

@@ -89,12 +89,19 @@ func Export(m *Manifest, format string, opt ExportOptions) ([]byte, error) {
 		for _, t := range tables {
 			for _, p := range m.Tables[t].Parts {
 				file := path.Base(p.Path)
-				dists = append(dists, map[string]any{"@id": id + "/" + t + "/" + file, "@type": "dcat:Distribution",
+				d := map[string]any{"@id": id + "/" + t + "/" + file, "@type": "dcat:Distribution",
 					"dct:title":      t + ": " + file,
 					"dcat:accessURL": map[string]string{"@id": lakeURL + "/" + p.Path}, "dcat:mediaType": map[string]string{"@id": parquetType},
-					"dcat:byteSize": map[string]any{"@value": p.Size, "@type": "xsd:nonNegativeInteger"}, "dct:license": licence,
+					"dct:license":      licence,
 					"dct:accessRights": map[string]string{"@id": accessRestricted},
-					"spdx:checksum":    map[string]any{"@type": "spdx:Checksum", "spdx:algorithm": map[string]string{"@id": "http://spdx.org/rdf/terms#checksumAlgorithm_sha256"}, "spdx:checksumValue": p.SHA256}})
+					"spdx:checksum":    map[string]any{"@type": "spdx:Checksum", "spdx:algorithm": map[string]string{"@id": "http://spdx.org/rdf/terms#checksumAlgorithm_sha256"}, "spdx:checksumValue": p.SHA256}}
+				if t != "patients" {
+					// The patients parts' sizes are left out: a pseudonym is
+					// 16 random bytes that no codec shrinks, so a part's size
+					// over 16 is close to its patient count.
+					d["dcat:byteSize"] = map[string]any{"@value": p.Size, "@type": "xsd:nonNegativeInteger"}
+				}
+				dists = append(dists, d)
 			}
 		}
 		v = map[string]any{
