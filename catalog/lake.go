@@ -69,7 +69,11 @@ type Provenance struct {
 	PolicyHash      string `json:"deid_policy_sha256"`
 	PseudonymDomain string `json:"pseudonym_domain"`
 	KeyFingerprint  string `json:"pseudonym_key_fingerprint"`
-	HubVersion      string `json:"hub_version,omitempty"`
+	// KeyVersion numbers the dataset's keys in the order its versions
+	// first used them: 1 for the first key, 2 after a rotation, and a
+	// key used before keeps its number (see KeyVersion).
+	KeyVersion int    `json:"pseudonym_key_version,omitempty"`
+	HubVersion string `json:"hub_version,omitempty"`
 	// PublishedBy is the operating-system account and host that ran the
 	// publish: the lake records who published, audit log or not.
 	PublishedBy string `json:"published_by,omitempty"`
@@ -431,4 +435,28 @@ func (l *Lake) claimOlder(ctx context.Context, path string, minAge time.Duration
 	b, _ := io.ReadAll(io.LimitReader(r, 128))
 	t, err := time.Parse(time.RFC3339Nano, string(b))
 	return err != nil || time.Since(t) >= minAge
+}
+
+// KeyVersion is the version number of the key with fingerprint fp for
+// a new version of dataset name: the number the dataset's versions gave
+// it, or one more than the keys they used.
+func (l *Lake) KeyVersion(ctx context.Context, name, fp string) (int, error) {
+	vs, err := l.Versions(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	seen := map[string]int{}
+	for _, v := range vs {
+		m, err := l.Manifest(ctx, name, v)
+		if err != nil {
+			return 0, err
+		}
+		if f := m.Provenance.KeyFingerprint; f != "" && seen[f] == 0 {
+			seen[f] = len(seen) + 1
+		}
+	}
+	if n := seen[fp]; n > 0 {
+		return n, nil
+	}
+	return len(seen) + 1, nil
 }

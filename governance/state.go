@@ -24,6 +24,7 @@ const (
 	ActQuery           = "query"
 	ActPublish         = "dataset.publish"
 	ActCodelist        = "codelist.import"
+	ActKeyRotate       = "key.rotate"
 	ActRead            = "read" // a refused read of requests, budgets or the log
 )
 

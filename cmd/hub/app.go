@@ -43,7 +43,7 @@ func newApp() *cli.App {
 			}
 			return nil
 		},
-		Commands: []*cli.Command{synthCommand(), ingestCommand(), catalogCommand(), serveCommand(), userCommand(), requestCommand(), dacCommand(), queryCommand(), codelistCommand(), budgetCommand(), auditCommand(), benchCommand(), fhirCommand(), completionCommand()},
+		Commands: []*cli.Command{synthCommand(), ingestCommand(), catalogCommand(), serveCommand(), userCommand(), requestCommand(), dacCommand(), queryCommand(), codelistCommand(), budgetCommand(), auditCommand(), keyCommand(), benchCommand(), fhirCommand(), completionCommand()},
 	}
 	usageErrors(app.Commands)
 	return app

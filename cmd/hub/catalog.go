@@ -268,8 +268,12 @@ func manifestArg(c *cli.Context) (*catalog.Lake, *catalog.Manifest, error) {
 func showManifest(w io.Writer, m *catalog.Manifest, verified bool) error {
 	p := m.Provenance
 	fmt.Fprintf(w, "%s@%d, published %s\n\n", m.Dataset, m.Version, m.Created.Format(time.RFC3339))
-	fmt.Fprintf(w, "Provenance\n  extract: %s from %s (identity %s)\n  opt-out list: sha256 %s, dated %s\n  de-identification policy: sha256 %s\n  pseudonyms: domain %s, key fingerprint %s\n",
-		p.ExtractFormat, p.ExtractSource, short(p.ExtractIdentity), short(p.OptOutSHA256), p.OptOutDate, short(p.PolicyHash), p.PseudonymDomain, p.KeyFingerprint)
+	key := p.KeyFingerprint
+	if p.KeyVersion > 0 {
+		key = fmt.Sprintf("version %d, fingerprint %s", p.KeyVersion, p.KeyFingerprint)
+	}
+	fmt.Fprintf(w, "Provenance\n  extract: %s from %s (identity %s)\n  opt-out list: sha256 %s, dated %s\n  de-identification policy: sha256 %s\n  pseudonyms: domain %s, key %s\n",
+		p.ExtractFormat, p.ExtractSource, short(p.ExtractIdentity), short(p.OptOutSHA256), p.OptOutDate, short(p.PolicyHash), p.PseudonymDomain, key)
 	if p.PublishedBy != "" {
 		fmt.Fprintf(w, "  published by: %s\n", p.PublishedBy)
 	}

@@ -324,3 +324,60 @@ func TestCatalogExportConfig(t *testing.T) {
 		t.Errorf("an unknown configuration field: %v", err)
 	}
 }
+
+// Keys: hub key new writes a key that loads with the fingerprint it
+// printed and is never overwritten; a rotation's new key gives the next
+// key version, and a key used before keeps its number; the rotation is
+// in the audit log with fingerprints only.
+func TestKeyRotation(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "x")
+	if _, err := runHub(t, "synth", "--patients", "40", "--out", dir); err != nil {
+		t.Fatal(err)
+	}
+	tmp, lake, state := t.TempDir(), filepath.Join(t.TempDir(), "lake"), t.TempDir()
+	k1, k2 := filepath.Join(tmp, "k1"), filepath.Join(tmp, "k2")
+	out, err := runHub(t, "key", "new", "--out", k1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp1 := out[strings.LastIndex(out, " ")+1 : len(out)-1]
+	if show, err := runHub(t, "key", "show", "--key-file", k1); err != nil || show != "fingerprint "+fp1+"\n" {
+		t.Fatalf("key show: %q %v, key new printed %s", show, err, fp1)
+	}
+	before, _ := os.ReadFile(k1)
+	if _, err := runHub(t, "key", "new", "--out", k1); err == nil || !strings.Contains(err.Error(), "never overwritten") {
+		t.Errorf("key new over a key: %v", err)
+	}
+	if after, _ := os.ReadFile(k1); string(after) != string(before) {
+		t.Fatal("key new overwrote a key")
+	}
+	publish := func(key string) string {
+		t.Helper()
+		out, err := runHub(t, "ingest", "--extract", dir, "--optouts", filepath.Join(dir, "optouts.txt"), "--dataset", "d", "--lake", lake, "--key-file", key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	if out := publish(k1); !strings.Contains(out, "key version 1, fingerprint "+fp1) {
+		t.Errorf("first publish: %s", out)
+	}
+	out, err = runHub(t, "key", "rotate", "--key-file", k1, "--out", k2, "--lake", lake, "--dataset", "d", "--state", state)
+	if err != nil || !strings.Contains(out, "key version 2") {
+		t.Fatalf("rotate: %v\n%s", err, out)
+	}
+	if out := publish(k2); !strings.Contains(out, "key version 2") {
+		t.Errorf("after the rotation: %s", out)
+	}
+	if out := publish(k1); !strings.Contains(out, "key version 1") {
+		t.Errorf("the first key again: %s", out)
+	}
+	if show, _ := runHub(t, "catalog", "show", "--lake", lake, "d"); !strings.Contains(show, "key version 1, fingerprint "+fp1) {
+		t.Errorf("catalog show: %s", show)
+	}
+	log, _ := os.ReadFile(filepath.Join(state, "audit.jsonl"))
+	secret, _ := os.ReadFile(k2)
+	if !strings.Contains(string(log), `"key.rotate"`) || !strings.Contains(string(log), fp1) || strings.Contains(string(log), strings.TrimSpace(string(secret))) {
+		t.Errorf("audit log: %s", log)
+	}
+}

@@ -109,7 +109,8 @@ func publish(c *cli.Context) error {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "\n%s\n", res.Deid.KAnonymity.Summary())
-	fmt.Fprintf(c.App.Writer, "published %s@%d to %s (key %s, domain %s)\n", name, res.Manifest.Version, c.String("lake"), res.Deid.KeyFingerprint, res.Deid.Domain)
+	fmt.Fprintf(c.App.Writer, "published %s@%d to %s (key version %d, fingerprint %s, domain %s)\n", name, res.Manifest.Version, c.String("lake"),
+		res.Manifest.Provenance.KeyVersion, res.Deid.KeyFingerprint, res.Deid.Domain)
 	return nil
 }
 

@@ -105,6 +105,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		PolicyHash: drep.PolicyHash, PseudonymDomain: drep.Domain, KeyFingerprint: drep.KeyFingerprint,
 		Overrides: g.passed,
 	}
+	if m.Provenance.KeyVersion, err = cfg.Lake.KeyVersion(ctx, cfg.Dataset, drep.KeyFingerprint); err != nil {
+		return nil, err
+	}
 	if m.Reports["ingest"], err = json.Marshal(irep); err != nil {
 		return nil, err
 	}
