@@ -303,6 +303,44 @@ func (p path) key(r *patientRow) class {
 	return c
 }
 
+// packed is a class key in two words: key(r) packed, its place as a
+// number of the (district, area) pair. Hashing 16 bytes is several times
+// quicker than the class's fields.
+type packed [2]uint64
+
+func (p path) packed(r *patientRow, place, areaOnly uint32) packed {
+	c := p.key(r)
+	var pl uint32
+	switch {
+	case c.district != 0:
+		pl = place
+	case c.area != 0:
+		pl = areaOnly
+	}
+	return packed{uint64(uint16(c.yob)) | uint64(uint16(c.dy))<<16 | uint64(c.mob&15)<<32 | uint64(c.dm&15)<<36 |
+		uint64(c.band&31)<<40 | uint64(c.sex&7)<<45 | uint64(c.group)<<48 | uint64(c.eth)<<56, uint64(pl) | uint64(c.gp)<<32}
+}
+
+// placeIDs numbers the (district, area) pairs of rows, and the pairs with
+// the district dropped; 0 is neither.
+func placeIDs(rows []patientRow) (place, areaOnly []uint32) {
+	ids := map[uint64]uint32{0: 0}
+	id := func(district, area uint32) uint32 {
+		k := uint64(district)<<32 | uint64(area)
+		v, ok := ids[k]
+		if !ok {
+			v = uint32(len(ids))
+			ids[k] = v
+		}
+		return v
+	}
+	place, areaOnly = make([]uint32, len(rows)), make([]uint32, len(rows))
+	for i := range rows {
+		place[i], areaOnly[i] = id(rows[i].district, rows[i].area), id(0, rows[i].area)
+	}
+	return place, areaOnly
+}
+
 // had is the most precise level of each quasi-identifier r has: an
 // attribute the extract does not give (no postcode, no ethnic category,
 // no death) cannot be generalised, so its level is where it starts.
@@ -389,10 +427,12 @@ func inParens(parts []string) string {
 // class holds at least k patients, or the patient is suppressed; then,
 // if fewer than k are suppressed, suppresses more until k are.
 func kanonymise(rows []patientRow, p path, k int) KAnonymity {
-	classes := make(map[class]int32, 1<<14)
+	place, areaOnly := placeIDs(rows)
+	keyOf := func(i int32) packed { return p.packed(&rows[i], place[i], areaOnly[i]) }
+	classes := make(map[packed]int32, len(rows)) // at first nearly every patient is a class
 	var counts []int32
 	classOf := func(i int32) int32 {
-		key := p.key(&rows[i])
+		key := keyOf(i)
 		c, ok := classes[key]
 		if !ok {
 			c = int32(len(counts))
@@ -419,10 +459,20 @@ func kanonymise(rows []patientRow, p path, k int) KAnonymity {
 	// loses rows loses all of them (or is the suppressed class, never
 	// left), and one that gains rows only grows. So after the first
 	// count, the passes touch those rows alone, not every patient again.
+	//
+	// A step that changes nothing the row releases (the year of death of
+	// a patient alive, the ethnic category of one without) leaves it in
+	// its class and costs no look-up. (Taking the next step at once
+	// instead would be quicker still, but a row that waits a pass can be
+	// joined by others: at k = 11, 35% more patients were suppressed.)
 	for len(raise) > 0 {
 		for _, i := range raise {
-			counts[cls[i]]--
+			old := keyOf(i)
 			rows[i].level++
+			if keyOf(i) == old {
+				continue
+			}
+			counts[cls[i]]--
 			cls[i] = classOf(i)
 			counts[cls[i]]++
 		}

@@ -49,6 +49,9 @@ type Policy struct {
 	// takes, one "attribute:level" step at a time (see
 	// DefaultGeneralisation); past its end, the patient is suppressed.
 	Generalisation []string `json:"generalisation"`
+	// RareCodes is "generalise" (codes fewer than K patients have are
+	// published as their ICD-10 category or "other") or "keep".
+	RareCodes RareCodes `json:"rare_codes"`
 	// ReferenceDate fixes the date ages are computed at (YYYY-MM-DD);
 	// empty means the day of the run.
 	ReferenceDate string `json:"reference_date,omitempty"`
@@ -61,7 +64,7 @@ type Policy struct {
 // DefaultPolicy returns the safe defaults.
 func DefaultPolicy() Policy {
 	return Policy{Domain: "hub-research", PseudonymBytes: 16, EventDates: DatesKeep, K: 5,
-		QuasiIdentifiers: slices.Clone(qiNames[:]), Generalisation: slices.Clone(DefaultGeneralisation)}
+		QuasiIdentifiers: slices.Clone(qiNames[:]), Generalisation: slices.Clone(DefaultGeneralisation), RareCodes: RareGeneralise}
 }
 
 // LoadPolicy reads a JSON policy; fields left out keep their defaults and
@@ -89,6 +92,8 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("policy: shift_days must be 1 to 365")
 	case p.K < 2:
 		return fmt.Errorf("policy: k must be at least 2")
+	case p.RareCodes != RareGeneralise && p.RareCodes != RareKeep:
+		return fmt.Errorf("policy: rare_codes must be generalise or keep")
 	}
 	if err := validSteps(p.QuasiIdentifiers, p.Generalisation); err != nil {
 		return err

@@ -37,6 +37,9 @@ func TestKAnonymityFromOutside(t *testing.T) {
 			if _, err := synth.Generate(t.Context(), dir, synth.Options{Patients: tc.patients, Seed: 21}); err != nil {
 				t.Fatal(err)
 			}
+			if !tc.practices {
+				addRareCodes(t, dir)
+			}
 			f := newFixtureAt(t, dir)
 			p := policy()
 			p.KeepGPPractice = tc.practices
@@ -181,6 +184,59 @@ func TestKAnonymityFromOutside(t *testing.T) {
 				t.Errorf("report by attribute %v;\nthe outside count finds %v", rep.ByAttribute, got)
 			}
 			t.Logf("%d classes over %d patients", len(classes), n)
+			// Codes: every published (system, code) but "other" has k
+			// patients, and the rows published as "other" are the ones
+			// the report says it changed.
+			for _, table := range []string{"conditions", "medications", "observations", "procedures", "immunizations"} {
+				patients := map[[2]string]map[string]bool{}
+				others := 0
+				for _, rec := range testlake.ReadTable(t, f.lake, res.Manifest, table) {
+					pids, systems, codes := rec.Column(0), rec.Column(1), rec.Column(2)
+					for i := range int(rec.NumRows()) {
+						c := [2]string{systems.ValueStr(i), codes.ValueStr(i)}
+						if patients[c] == nil {
+							patients[c] = map[string]bool{}
+						}
+						patients[c][string(pids.(interface{ Value(int) []byte }).Value(i))] = true
+						if c[1] == deid.Other {
+							others++
+						}
+					}
+					rec.Release()
+				}
+				for c, ps := range patients {
+					if len(ps) < p.K && c[1] != deid.Other {
+						t.Errorf("%s: code %s %s published for %d patients, fewer than k=%d", table, c[0], c[1], len(ps), p.K)
+					}
+				}
+				// Rows whose code the extract never had are generalised
+				// to a category.
+				had := extractCodes(t, filepath.Join(dir, table+".csv"))
+				categories := 0
+				for c := range patients {
+					if c[1] != deid.Other && !had[c] {
+						categories++
+						if c[0] != "icd10" || len(c[1]) != 3 {
+							t.Errorf("%s: %s %s published, a code the extract does not have", table, c[0], c[1])
+						}
+					}
+				}
+				r := res.Deid.RareCodes[table]
+				if r == nil || r.ToCategory+r.ToOther != r.Codes || (r.Rows == 0) != (r.Codes == 0) || r.Rows < others {
+					t.Errorf("%s: rare codes report %+v; %d rows published as other", table, r, others)
+				}
+				if table == "conditions" && !tc.practices {
+					if !had[[2]string{"icd10", "Q87.1"}] || patients[[2]string{"icd10", "Q87.1"}] != nil ||
+						len(patients[[2]string{"icd10", "Q87"}]) < p.K || patients[[2]string{"snomed", "6142004"}] != nil ||
+						patients[[2]string{"icd10", "Q90.0"}] != nil || others == 0 || categories != 1 {
+						t.Errorf("conditions: the rare codes added are published as %v %v %v, %d rows as other",
+							len(patients[[2]string{"icd10", "Q87"}]), patients[[2]string{"snomed", "6142004"}], patients[[2]string{"icd10", "Q90.0"}], others)
+					}
+				}
+				if r != nil && r.Codes > 0 {
+					t.Logf("%s: %+v", table, *r)
+				}
+			}
 			if !tc.practices {
 				return
 			}
@@ -206,4 +262,53 @@ func TestKAnonymityFromOutside(t *testing.T) {
 			}
 		})
 	}
+}
+
+// addRareCodes appends rare codes to an extract's conditions: ICD-10
+// Q87.1 and Q87.4 for four patients each (each rare, their category Q87
+// not), Q90.0 for two (its category rare too), SNOMED CT 6142004 for one.
+func addRareCodes(t *testing.T, dir string) {
+	b, err := os.ReadFile(filepath.Join(dir, "patients.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(b), "\n")
+	nhs := func(i int) string { return lines[1+i][:10] }
+	var add strings.Builder
+	for i := range 11 {
+		system, code := "icd10", "Q87.1"
+		switch {
+		case i >= 4 && i < 8:
+			code = "Q87.4"
+		case i >= 8 && i < 10:
+			code = "Q90.0"
+		case i == 10:
+			system, code = "snomed", "6142004"
+		}
+		fmt.Fprintf(&add, "%s,%s,%s,2020-01-0%d,,,\n", nhs(100+i*37), system, code, 1+i%9)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "conditions.csv"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(add.String()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// extractCodes are the (system, code) pairs of an extract's CSV table.
+func extractCodes(t *testing.T, path string) map[[2]string]bool {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[[2]string]bool{}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.SplitN(line, ",", 4)
+		if len(f) == 4 {
+			out[[2]string{f[1], f[2]}] = true
+		}
+	}
+	return out
 }
