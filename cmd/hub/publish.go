@@ -355,9 +355,6 @@ func pullExtract(c *cli.Context, base string) (ingest.Source, pulledExport, erro
 	var dest *s3.Store
 	var destURL string
 	if strings.HasPrefix(dir, "s3://") {
-		if c.String("since") != "" {
-			return nil, pulledExport{}, usageError{fmt.Errorf("--since with --landing %s: incremental pulls land in a local folder (S3 is not built for them yet)", dir)}
-		}
 		cache := c.String("landing-cache")
 		if cache == "" {
 			return nil, pulledExport{}, usageError{fmt.Errorf("--landing %s needs --landing-cache DIR: the local folder the pull downloads into and resumes from before its files are copied to S3", dir)}
@@ -408,6 +405,17 @@ func pullExtract(c *cli.Context, base string) (ingest.Source, pulledExport, erro
 		return nil, pulledExport{}, fmt.Errorf("pull %s: %w", base, err)
 	}
 	fmt.Fprintf(c.App.ErrWriter, "pulled %d files of the changes since %s from %s into %s\n", len(st.Files), since, base, dir)
+	if strings.HasPrefix(prev, "s3://") {
+		// The last pull's export is in S3: the merge reads it from a copy
+		// in the cache folder.
+		local := filepath.Join(dir, "previous")
+		n, err := fetchExport(c, prev, local)
+		if err != nil {
+			return nil, pulledExport{}, fmt.Errorf("fetch the last pull's export from %s: %w", prev, err)
+		}
+		fmt.Fprintf(c.App.ErrWriter, "fetched the last pull's export (%.0f MB) from %s\n", float64(n)/1e6, prev)
+		prev = local
+	}
 	folder := filepath.Join(dir, "merged")
 	dropped, err := bulkdata.Merge(c.Context, prev, dir, folder)
 	if err != nil {
@@ -415,7 +423,78 @@ func pullExtract(c *cli.Context, base string) (ingest.Source, pulledExport, erro
 	}
 	fmt.Fprintf(c.App.ErrWriter, "merged the changes since %s into the last pull's export: %d resources replaced or deleted\n", since, dropped)
 	abs, _ := filepath.Abs(folder)
+	if dest != nil {
+		// The merged export under merged/, then the changes, and
+		// manifest.json and pull.json last, before anything is published.
+		merged, err := os.ReadDir(folder)
+		if err != nil {
+			return nil, pulledExport{}, err
+		}
+		var names []string
+		for _, e := range merged {
+			names = append(names, "merged/"+e.Name())
+		}
+		for _, f := range st.Files {
+			names = append(names, f.Name)
+		}
+		var bytes int64
+		for _, name := range append(names, "manifest.json", "pull.json") {
+			n, err := copyToStore(c.Context, dest, filepath.Join(dir, filepath.FromSlash(name)), name)
+			if err != nil {
+				return nil, pulledExport{}, fmt.Errorf("copy %s to %s: %w (nothing was published; run again to copy it)", name, destURL, err)
+			}
+			bytes += n
+		}
+		fmt.Fprintf(c.App.ErrWriter, "copied the changes and the merged export (%d files, %.0f MB) to %s\n", len(names)+2, float64(bytes)/1e6, destURL)
+		abs = destURL + "/merged"
+	}
 	return ingest.Dir(folder), pulledExport{folder: abs, transactionTime: st.TransactionTime}, nil
+}
+
+// fetchExport copies the files at the top of an S3 landing area (a pull's
+// export) into a new local folder.
+func fetchExport(c *cli.Context, url, dir string) (int64, error) {
+	st, err := openS3(c, url)
+	if err != nil {
+		return 0, err
+	}
+	names, err := st.List(c.Context, "")
+	if err != nil {
+		return 0, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return 0, err
+	}
+	var total int64
+	for _, name := range names {
+		if strings.Contains(name, "/") {
+			continue // a merged/ folder of an incremental pull, or others
+		}
+		n, err := copyFromStore(c.Context, st, name, filepath.Join(dir, name))
+		if err != nil {
+			return total, fmt.Errorf("%s: %w", name, err)
+		}
+		total += n
+	}
+	return total, nil
+}
+
+// copyFromStore writes a store's file to a new local file.
+func copyFromStore(ctx context.Context, st catalog.Store, name, path string) (int64, error) {
+	r, err := st.Open(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	defer r.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(f, r)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return n, err
 }
 
 // sincePull reads --since: nothing (a full pull), an instant, or "last",
@@ -452,7 +531,15 @@ func sincePull(c *cli.Context, base string) (since, prev string, err error) {
 	if p.TransactionTime == "" || p.ExtractFolder == "" || p.ExtractSource != base {
 		return "", "", fmt.Errorf("--since last: %s@%d was not pulled from %s; pull it whole first (without --since)", name, m.Version, base)
 	}
-	if _, err := os.Stat(p.ExtractFolder); err != nil {
+	if strings.HasPrefix(p.ExtractFolder, "s3://") {
+		st, err := openS3(c, p.ExtractFolder)
+		if err != nil {
+			return "", "", err
+		}
+		if names, err := st.List(c.Context, ""); err != nil || len(names) == 0 {
+			return "", "", fmt.Errorf("--since last: the export %s@%d was read from is gone from %s (%v); pull it whole again", name, m.Version, p.ExtractFolder, err)
+		}
+	} else if _, err := os.Stat(p.ExtractFolder); err != nil {
 		return "", "", fmt.Errorf("--since last: the export %s@%d was read from is gone (%w); pull it whole again", name, m.Version, err)
 	}
 	return p.TransactionTime, p.ExtractFolder, nil

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -341,6 +342,75 @@ func TestPullLandsInS3(t *testing.T) {
 	out, err = runHub(t, "catalog", "show", "--lake", lake, "--json", "pulled")
 	if err != nil || !strings.Contains(out, `"extract_folder": "`+landing+`"`) {
 		t.Errorf("the version's provenance does not name the S3 landing area: %v\n%s", err, out)
+	}
+}
+
+// An incremental pull into S3: the last pull's export is fetched from
+// its S3 landing area, the changes merged into it, and the changes and
+// the merged export copied to the new landing area (merged/), which the
+// version's provenance names and the next --since last reads.
+func TestIncrementalPullLandsInS3(t *testing.T) {
+	srv, bucket := startS3(t)
+	t.Setenv("HUB_S3_ENDPOINT", "http://"+srv.Endpoint)
+	dir := filepath.Join(t.TempDir(), "x")
+	if _, err := runHub(t, "synth", "--patients", "200", "--format", "fhir", "--fault-rate", "0", "--part-rows", "500", "--out", dir); err != nil {
+		t.Fatal(err)
+	}
+	fhir := bulktest.New(t, dir)
+	keyFile := testKeyFile(t)
+	lake := filepath.Join(t.TempDir(), "lake")
+	pull := func(landing string, extra ...string) string {
+		t.Helper()
+		out, err := runHub(t, append([]string{"ingest", "--extract", fhir.Base(), "--landing", "s3://" + bucket + "/" + landing,
+			"--landing-cache", filepath.Join(t.TempDir(), "cache"), "--optouts", filepath.Join(dir, "optouts.txt"),
+			"--lake", lake, "--key-file", keyFile, "--dataset", "inc", "--json"}, extra...)...)
+		if err != nil {
+			t.Fatalf("pull into %s: %v\n%s", landing, err, out)
+		}
+		return out
+	}
+	rows := func(version string) map[string]int64 {
+		out, err := runHub(t, "catalog", "show", "--lake", lake, "--json", "inc@"+version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m struct {
+			Tables     map[string]struct{ Rows int64 }
+			Provenance struct {
+				ExtractFolder string `json:"extract_folder"`
+			}
+		}
+		json.Unmarshal([]byte(out), &m)
+		r := map[string]int64{}
+		for k, v := range m.Tables {
+			r[k] = v.Rows
+		}
+		r["folder:"+m.Provenance.ExtractFolder] = 1
+		return r
+	}
+	pull("raw/full")
+	added := `{"resourceType":"Condition","id":"con-new","subject":{"reference":"Patient/pat-0"},"code":{"coding":[{"system":"http://snomed.info/sct","code":"44054006"}]},"onsetDateTime":"2024-01-01"}`
+	deltaDir := t.TempDir()
+	os.WriteFile(filepath.Join(deltaDir, "Condition.000.ndjson"), []byte(added+"\n"), 0o644)
+	fhir.Delta = &bulktest.Delta{Dir: deltaDir, Deleted: []string{"Observation/obs-1"}}
+	pull("raw/delta-1", "--since", "last")
+	v1, v2 := rows("1"), rows("2")
+	if v2["conditions"] != v1["conditions"]+1 || v2["observations"] != v1["observations"]-1 || v2["patients"] != v1["patients"] {
+		t.Errorf("v1 %v, v2 %v: the changes did not take", v1, v2)
+	}
+	if v2["folder:s3://"+bucket+"/raw/delta-1/merged"] != 1 {
+		t.Errorf("v2's provenance: %v", v2)
+	}
+	st := openBucket(t, srv, bucket, "raw/delta-1")
+	names, err := st.List(t.Context(), "")
+	if err != nil || !slices.Contains(names, "pull.json") || !slices.Contains(names, "merged/Condition.000.ndjson") {
+		t.Errorf("the S3 landing area holds %v (%v)", names, err)
+	}
+	// The next --since last reads the merged export from S3.
+	fhir.Delta = &bulktest.Delta{Dir: t.TempDir(), Deleted: []string{"Observation/obs-2"}}
+	pull("raw/delta-2", "--since", "last")
+	if v3 := rows("3"); v3["observations"] != v2["observations"]-1 || v3["conditions"] != v2["conditions"] {
+		t.Errorf("v2 %v, v3 %v", v2, v3)
 	}
 }
 
