@@ -178,11 +178,15 @@ func (f *frag) add(g *frag) *frag {
 
 // compiler turns a validated query into SQL over the engine's tables:
 //
-//	patients(pid, year_of_birth, month_of_birth, birth_mi, age_band, sex,
+//	patients(pid, year_of_birth, month_of_birth, birth_mi, birth_lo, birth_hi, age_band, sex,
 //	         district, postcode_area, ethnicity_group, death_month,
 //	         death_end, gp_practice)
 //	conditions|medications|observations|encounters(pid, event_date, ...)
 //
+// birth_lo and birth_hi bound the month of birth: both are birth_mi where
+// it is known, and the first and last months a patient of the age band at
+// the version's reference month could be born in where the k-anonymity
+// check left the band alone (NULL where it left nothing).
 // birth_mi is the month of birth as year*12+month-1 (July when the month
 // was generalised), so ages compare as integers.
 type compiler struct {
@@ -592,16 +596,23 @@ func (c *compiler) expr(k *Criterion) *frag {
 		}
 		return f.w(")")
 	case k.Age != nil:
-		// age >= a  <=>  birth_mi <= at - 12a;  age <= b  <=>  birth_mi >= at - 12(b+1) + 1,
-		// at the anchor's month (year*12 + month - 1).
+		// age >= a  <=>  birth <= at - 12a;  age <= b  <=>  birth >= at - 12(b+1) + 1,
+		// at the anchor's month (year*12 + month - 1). A birth known
+		// only to its age band lies in [birth_lo, birth_hi] (a known one
+		// has both equal to birth_mi): with unknowns not matching, every
+		// birth of the span must pass; with them matching, one must.
+		minCol, maxCol := "p.birth_hi", "p.birth_lo"
+		if k.Unknown == UnknownMatch {
+			minCol, maxCol = "p.birth_lo", "p.birth_hi"
+		}
 		if e, ok := c.byID[k.AgeAt]; ok {
 			at := new(frag).w("(year(a.first_date) * CAST(").arg(int64(12)).w(" AS INTEGER) + month(a.first_date) - CAST(").arg(int64(1)).w(" AS INTEGER))")
 			var ps []*frag
 			if k.Age.Min != nil {
-				ps = append(ps, new(frag).w("p.birth_mi <= ").add(at).w(" - CAST(").arg(int64(12*int(math.Ceil(*k.Age.Min)))).w(" AS INTEGER)"))
+				ps = append(ps, new(frag).w(minCol, " <= ").add(at).w(" - CAST(").arg(int64(12*int(math.Ceil(*k.Age.Min)))).w(" AS INTEGER)"))
 			}
 			if k.Age.Max != nil {
-				ps = append(ps, new(frag).w("p.birth_mi >= ").add(at).w(" - CAST(").arg(int64(12*(int(math.Floor(*k.Age.Max))+1)-1)).w(" AS INTEGER)"))
+				ps = append(ps, new(frag).w(maxCol, " >= ").add(at).w(" - CAST(").arg(int64(12*(int(math.Floor(*k.Age.Max))+1)-1)).w(" AS INTEGER)"))
 			}
 			return new(frag).w("p.pid IN (SELECT a.pid FROM ", c.cte(e), " a WHERE ").add(c.known(join(ps, " AND "), k.Unknown)).w(")")
 		}
@@ -612,10 +623,10 @@ func (c *compiler) expr(k *Criterion) *frag {
 		}
 		var ps []*frag
 		if k.Age.Min != nil {
-			ps = append(ps, new(frag).w("p.birth_mi <= ").arg(int64(atMI-12*int(math.Ceil(*k.Age.Min)))))
+			ps = append(ps, new(frag).w(minCol, " <= ").arg(int64(atMI-12*int(math.Ceil(*k.Age.Min)))))
 		}
 		if k.Age.Max != nil {
-			ps = append(ps, new(frag).w("p.birth_mi >= ").arg(int64(atMI-12*(int(math.Floor(*k.Age.Max))+1)+1)))
+			ps = append(ps, new(frag).w(maxCol, " >= ").arg(int64(atMI-12*(int(math.Floor(*k.Age.Max))+1)+1)))
 		}
 		return c.known(join(ps, " AND "), k.Unknown)
 	case k.Sex != nil:
@@ -708,7 +719,14 @@ func (c *compiler) measure(m *Measure) *frag {
 			switch k {
 			case "age_band":
 				if c.q.IndexDate != "" {
-					f.w("p.birth_mi")
+					// A birth known to a span falls in one band at the index
+					// when both ends do: then the span's last month stands
+					// for it.
+					band := func(col string) *frag {
+						return new(frag).w("least(greatest((CAST(").arg(int64(c.idxMI)).w(" AS INTEGER) - ", col, ") // CAST(").arg(int64(12)).
+							w(" AS INTEGER), CAST(").arg(int64(0)).w(" AS INTEGER)) // CAST(").arg(int64(5)).w(" AS INTEGER), CAST(").arg(int64(len(AgeBands)-1)).w(" AS INTEGER))")
+					}
+					f.w("CASE WHEN p.birth_mi IS NOT NULL THEN p.birth_mi WHEN ").add(band("p.birth_lo")).w(" = ").add(band("p.birth_hi")).w(" THEN p.birth_hi END")
 				} else {
 					f.w("p.age_band")
 				}

@@ -48,10 +48,15 @@ var tableLoads = []struct {
 }{
 	{"patients",
 		`CREATE TABLE patients (pid INTEGER, patient_id BLOB, year_of_birth SMALLINT, month_of_birth TINYINT, birth_mi INTEGER,
-			age_band VARCHAR, sex VARCHAR, district VARCHAR, postcode_area VARCHAR, ethnicity_group VARCHAR, death_month DATE,
+			birth_lo INTEGER, birth_hi INTEGER, age_band VARCHAR, sex VARCHAR, district VARCHAR, postcode_area VARCHAR, ethnicity_group VARCHAR, death_month DATE,
 			death_end DATE, gp_practice VARCHAR)`,
 		`INSERT INTO patients SELECT CAST(row_number() OVER () AS INTEGER), t.patient_id, t.year_of_birth, t.month_of_birth,
 			CASE WHEN t.year_of_birth IS NULL THEN NULL ELSE t.year_of_birth * 12 + coalesce(t.month_of_birth, 7) - 1 END,
+			CASE WHEN t.year_of_birth IS NOT NULL THEN t.year_of_birth * 12 + coalesce(t.month_of_birth, 7) - 1
+				WHEN t.age_band = '90+' THEN 0
+				WHEN t.age_band IS NOT NULL THEN %[4]s - 12 * (CAST(split_part(t.age_band, '-', 2) AS INTEGER) + 1) END,
+			CASE WHEN t.year_of_birth IS NOT NULL THEN t.year_of_birth * 12 + coalesce(t.month_of_birth, 7) - 1
+				WHEN t.age_band IS NOT NULL THEN %[4]s - 12 * CAST(regexp_extract(t.age_band, '^[0-9]+') AS INTEGER) END,
 			t.age_band, t.sex, t.district, t.postcode_area, t.ethnicity_group,
 			coalesce(t.death_month, make_date(CAST(%[3]s AS BIGINT), 1, 1)),
 			coalesce(last_day(t.death_month), make_date(CAST(%[3]s AS BIGINT), 12, 31)), %[2]s FROM read_parquet(%[1]s) t`,
@@ -164,8 +169,9 @@ func autoMemoryLimit(m *catalog.Manifest) string {
 }
 
 // engineLayout numbers the engine's tables' layout: a database file
-// loaded by a build with another layout is not reopened (2: death_end).
-const engineLayout = 2
+// loaded by a build with another layout is not reopened (2: death_end;
+// 3: birth_lo and birth_hi).
+const engineLayout = 3
 
 // enginePath is a version's database file in opt.Dir, named by its
 // manifest's hash and the layout, so that a file is never taken for
@@ -340,6 +346,9 @@ func (e *Engine) load(ctx context.Context, m *catalog.Manifest, files map[string
 		for _, c := range t.optional {
 			args = append(args, optionalColumn(m, t.name, c))
 		}
+		if t.name == "patients" {
+			args = append(args, fmt.Sprint(ReferenceMonth(m)))
+		}
 		if _, err := e.db.ExecContext(ctx, fmt.Sprintf(t.load, args...)); err != nil {
 			return fmt.Errorf("load %s: %w", t.name, err)
 		}
@@ -348,6 +357,24 @@ func (e *Engine) load(ctx context.Context, m *catalog.Manifest, files map[string
 		return fmt.Errorf("load patients: %w", err)
 	}
 	return nil
+}
+
+// ReferenceMonth is the month (year*12 + month - 1) a version's age bands
+// were computed at: its de-identification policy's reference date, or
+// the day it was published.
+func ReferenceMonth(m *catalog.Manifest) int {
+	ref := m.Created.UTC()
+	var rep struct {
+		Policy struct {
+			ReferenceDate string `json:"reference_date"`
+		} `json:"policy"`
+	}
+	if raw, ok := m.Reports["deid"]; ok && json.Unmarshal(raw, &rep) == nil {
+		if d, err := time.Parse(time.DateOnly, rep.Policy.ReferenceDate); err == nil {
+			ref = d
+		}
+	}
+	return ref.Year()*12 + int(ref.Month()) - 1
 }
 
 // optionalColumn names the column, t.NAME where the version's table has

@@ -38,6 +38,7 @@ type oracle struct {
 	// "interval" take.
 	interval [2]time.Time
 	q        *Query
+	refMI    int // the version's reference month, which age bands are at
 	patients []*oPatient
 	ids      map[string]*Event
 	tables   map[*Event]string
@@ -48,7 +49,7 @@ func newOracle(t *testing.T, l *catalog.Lake, q *Query) *oracle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := &oracle{q: q, ids: map[string]*Event{}, tables: map[*Event]string{}}
+	o := &oracle{q: q, ids: map[string]*Event{}, tables: map[*Event]string{}, refMI: ReferenceMonth(m)}
 	byID := map[string]*oPatient{}
 	for _, r := range tableRows(t, l, m, "patients") {
 		p := &oPatient{row: r, events: map[string][]map[string]any{}}
@@ -260,6 +261,26 @@ func (o *oracle) birthMI(p *oPatient) (int, bool) {
 	return int(y*12 + m - 1), true
 }
 
+// birthRange is the span of months a patient's birth lies in: birthMI
+// both ends where it is known, else the months a patient of their age
+// band at the version's reference month could be born in.
+func (o *oracle) birthRange(p *oPatient) (lo, hi int, ok bool) {
+	if b, ok := o.birthMI(p); ok {
+		return b, b, true
+	}
+	band, ok := p.row["age_band"].(string)
+	if !ok {
+		return 0, 0, false
+	}
+	ref := o.refMI
+	if band == "90+" {
+		return 0, ref - 12*90, true
+	}
+	var a, z int
+	fmt.Sscanf(band, "%d-%d", &a, &z)
+	return ref - 12*(z+1), ref - 12*a, true
+}
+
 func (o *oracle) eval(c *Criterion, p *oPatient) tri {
 	unknown := fls
 	if c.Unknown == UnknownMatch {
@@ -311,15 +332,23 @@ func (o *oracle) eval(c *Criterion, p *oPatient) tri {
 		} else if c.AgeAt != "" && c.AgeAt != "index" {
 			at, _ = parseDate(c.AgeAt)
 		}
-		bmi, ok := o.birthMI(p)
+		lo, hi, ok := o.birthRange(p)
 		if !ok {
 			return unknown
 		}
-		age := (at.Year()*12 + int(at.Month()) - 1 - bmi) / 12
-		if c.Age.Min != nil && float64(age) < *c.Age.Min || c.Age.Max != nil && float64(age) > *c.Age.Max {
+		// The ages the span allows run from the youngest (born last) to
+		// the oldest.
+		atMI := at.Year()*12 + int(at.Month()) - 1
+		youngest, oldest := (atMI-hi)/12, (atMI-lo)/12
+		aboveMin := func(a int) bool { return c.Age.Min == nil || float64(a) >= *c.Age.Min }
+		belowMax := func(a int) bool { return c.Age.Max == nil || float64(a) <= *c.Age.Max }
+		switch {
+		case aboveMin(youngest) && belowMax(oldest):
+			return tru
+		case !aboveMin(oldest) || !belowMax(youngest):
 			return fls
 		}
-		return tru
+		return unknown
 	case c.Sex != nil:
 		return in("sex", c.Sex)
 	case c.Region != nil:
@@ -437,12 +466,16 @@ func (o *oracle) cohort() []*oPatient {
 
 // ageBandOf is a patient's age band at the index date, or Unknown.
 func (o *oracle) ageBandOf(p *oPatient) string {
-	bmi, ok := o.birthMI(p)
+	lo, hi, ok := o.birthRange(p)
 	if !ok {
 		return Unknown
 	}
 	idx, _ := parseDate(o.q.IndexDate)
-	return ageBand((idx.Year()*12 + int(idx.Month()) - 1 - bmi) / 12)
+	at := idx.Year()*12 + int(idx.Month()) - 1
+	if band := ageBand((at - hi) / 12); band == ageBand((at-lo)/12) {
+		return band
+	}
+	return Unknown // a span across two bands
 }
 
 func mustParse(t *testing.T, s string) *Query {

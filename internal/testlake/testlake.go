@@ -65,7 +65,7 @@ func Publish(ctx context.Context, n int) (l *catalog.Lake, root string, err erro
 	// attribute, leaves 3,000 patients their age band alone and no
 	// practice: k-anonymity over many attributes needs many patients.
 	policy.K = 2
-	policy.QuasiIdentifiers = []string{"sex", "place", "ethnicity", "death"}
+	policy.QuasiIdentifiers = []string{"birth", "sex", "place", "ethnicity", "death"}
 	l = catalog.NewLake(store)
 	_, err = pipeline.Run(ctx, pipeline.Config{Dataset: "gp", Source: ingest.Dir(extract), SourceName: "test",
 		Ingest: ingest.Options{OptOuts: optouts}, OptOutDate: time.Now().Format(time.DateOnly), Policy: policy, Key: k, Lake: l})
