@@ -724,7 +724,7 @@ func (c *compiler) measure(m *Measure) *frag {
 					// for it.
 					band := func(col string) *frag {
 						return new(frag).w("least(greatest((CAST(").arg(int64(c.idxMI)).w(" AS INTEGER) - ", col, ") // CAST(").arg(int64(12)).
-							w(" AS INTEGER), CAST(").arg(int64(0)).w(" AS INTEGER)) // CAST(").arg(int64(5)).w(" AS INTEGER), CAST(").arg(int64(len(AgeBands)-1)).w(" AS INTEGER))")
+							w(" AS INTEGER), CAST(").arg(int64(0)).w(" AS INTEGER)) // CAST(").arg(int64(5)).w(" AS INTEGER), CAST(").arg(int64(len(AgeBands) - 1)).w(" AS INTEGER))")
 					}
 					f.w("CASE WHEN p.birth_mi IS NOT NULL THEN p.birth_mi WHEN ").add(band("p.birth_lo")).w(" = ").add(band("p.birth_hi")).w(" THEN p.birth_hi END")
 				} else {
