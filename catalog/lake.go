@@ -10,6 +10,7 @@ import (
 	"hash"
 	"io"
 	"io/fs"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -35,6 +36,10 @@ type TableManifest struct {
 	Rows   int64    `json:"rows"`
 	Parts  []Part   `json:"parts"`
 	Schema []Column `json:"schema"`
+	// Iceberg is the table's Apache Iceberg metadata file, from the
+	// lake's root (see package icelake); empty for versions published
+	// before December 2026, or without a known lake location.
+	Iceberg string `json:"iceberg_metadata,omitempty"`
 }
 
 // A Part is one immutable Parquet file.
@@ -234,6 +239,24 @@ func (l *Lake) Begin(ctx context.Context, name string) (*Publication, error) {
 
 // Version returns the version number being published.
 func (p *Publication) Version() int { return p.version }
+
+// Prefix is the version's folder in the lake (datasets/NAME/versions/V/).
+func (p *Publication) Prefix() string { return versionPrefix(p.name, p.version) }
+
+// Parts returns the paths of the parts of each table finished so far.
+func (p *Publication) Parts() map[string][]string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string][]string{}
+	for t, ps := range p.parts {
+		for _, part := range ps {
+			out[t] = append(out[t], part.Path)
+		}
+		slices.Sort(out[t])
+		out[t] = slices.Compact(out[t]) // a part written again is one file
+	}
+	return out
+}
 
 type partWriter struct {
 	w      io.WriteCloser

@@ -142,7 +142,11 @@ func catalogCommand() *cli.Command {
 					if c.Bool("json") {
 						return writeJSON(c.App.Writer, m)
 					}
-					return showManifest(c.App.Writer, m, c.Bool("verify"))
+					root := c.String("lake")
+					if !strings.HasPrefix(root, "s3://") {
+						root, _ = filepath.Abs(root)
+					}
+					return showManifest(c.App.Writer, m, c.Bool("verify"), strings.TrimRight(root, "/"))
 				},
 			},
 			{
@@ -265,7 +269,7 @@ func manifestArg(c *cli.Context) (*catalog.Lake, *catalog.Manifest, error) {
 	return lake, m, nil
 }
 
-func showManifest(w io.Writer, m *catalog.Manifest, verified bool) error {
+func showManifest(w io.Writer, m *catalog.Manifest, verified bool, root string) error {
 	p := m.Provenance
 	fmt.Fprintf(w, "%s@%d, published %s\n\n", m.Dataset, m.Version, m.Created.Format(time.RFC3339))
 	key := p.KeyFingerprint
@@ -296,6 +300,9 @@ func showManifest(w io.Writer, m *catalog.Manifest, verified bool) error {
 			size += part.Size
 		}
 		fmt.Fprintf(w, "\n%s: %d rows in %d part(s), %.1f MB\n", t, tm.Rows, len(tm.Parts), float64(size)/1e6)
+		if tm.Iceberg != "" {
+			fmt.Fprintf(w, "  Iceberg table: %s/%s\n", root, tm.Iceberg)
+		}
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		for _, col := range tm.Schema {
 			null := ""

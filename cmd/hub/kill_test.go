@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -79,7 +80,18 @@ func TestKilledPublishLeavesOnlyWholeVersions(t *testing.T) {
 		t.Fatal(err)
 	}
 	left, _ := store.List(t.Context(), "datasets/k/versions/")
+	committed := map[string]bool{}
 	for _, p := range left {
+		if filepath.Base(p) == "manifest.json" {
+			committed[filepath.Dir(p)] = true
+		}
+	}
+	for _, p := range left {
+		// A committed version's Iceberg tables stay with it.
+		version, _, iceberg := strings.Cut(p, "/iceberg/")
+		if iceberg && committed[version] {
+			continue
+		}
 		if filepath.Ext(p) != ".parquet" && filepath.Base(p) != "manifest.json" && filepath.Base(p) != "_claim" {
 			t.Errorf("gc left %s", p)
 		}

@@ -80,11 +80,16 @@ func publish(c *cli.Context) error {
 		return err
 	}
 	defer pulled.Close()
+	location, icebergProps, err := lakeLocation(c)
+	if err != nil {
+		return err
+	}
 	res, err := pipeline.Run(c.Context, pipeline.Config{
 		Dataset: name, Source: src, SourceName: c.String("extract"),
 		Ingest: opts, OptOutDate: date, Policy: policy, Key: key, Lake: lake, Logger: logger(c),
 		OptOutMaxAge: maxAge, MaxQuarantine: c.Float64("max-quarantine") / 100, Overrides: over,
 		ExtractFolder: pulled.folder, TransactionTime: pulled.transactionTime, PublishedBy: publisher(),
+		LakeLocation: location, IcebergProps: icebergProps,
 	})
 	var refused *pipeline.RefusedError
 	if errors.As(err, &refused) {
@@ -123,6 +128,32 @@ func s3Flags() []cli.Flag {
 		&cli.StringFlag{Name: "s3-region", EnvVars: []string{"HUB_S3_REGION", "AWS_REGION"}, Usage: "S3 region"},
 		&cli.BoolFlag{Name: "s3-tls", Value: true, EnvVars: []string{"HUB_S3_TLS"}, Usage: "use TLS for an endpoint given without a scheme (--s3-tls=false for a local MinIO)"},
 	}
+}
+
+// lakeLocation is the lake's location as other engines reach it, for
+// the Iceberg tables' metadata: the lake folder's absolute path, or its
+// s3://bucket/prefix with the properties iceberg-go's S3 file IO needs
+// (the credentials only in memory, from the environment as for the lake).
+func lakeLocation(c *cli.Context) (string, map[string]string, error) {
+	loc := c.String("lake")
+	if !strings.HasPrefix(loc, "s3://") {
+		abs, err := filepath.Abs(loc)
+		return abs, nil, err
+	}
+	endpoint, tls, err := s3Endpoint(c.String("s3-endpoint"), c.Bool("s3-tls"), c.IsSet("s3-tls"))
+	if err != nil {
+		return "", nil, err
+	}
+	scheme := "http://"
+	if tls {
+		scheme = "https://"
+	}
+	region := c.String("s3-region")
+	if region == "" {
+		region = "us-east-1"
+	}
+	return strings.TrimRight(loc, "/"), map[string]string{"s3.endpoint": scheme + endpoint, "s3.region": region,
+		"s3.access-key-id": os.Getenv("AWS_ACCESS_KEY_ID"), "s3.secret-access-key": os.Getenv("AWS_SECRET_ACCESS_KEY")}, nil
 }
 
 // openLake opens the lake named by --lake: a folder or s3://bucket/prefix.

@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	icebergio "github.com/apache/iceberg-go/io"
+	"github.com/apache/iceberg-go/table"
+	"github.com/nhs-hub/hub/catalog"
 	"io"
 	"os"
 	"path/filepath"
@@ -45,6 +48,39 @@ func TestPublishS3ToS3(t *testing.T) {
 	out, err = runHub(t, "catalog", "show", "--lake", lake, "--verify", "s3demo")
 	if err != nil || !strings.Contains(out, "every part verified") {
 		t.Fatalf("show: %v\n%s", err, out)
+	}
+	// An outside reader reads every table from its Iceberg metadata in
+	// MinIO, with the manifest's row counts; no credential is in it.
+	out, err = runHub(t, "catalog", "show", "--lake", lake, "--json", "s3demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m catalog.Manifest
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatal(err)
+	}
+	props := map[string]string{"s3.endpoint": "http://" + srv.Endpoint, "s3.region": "us-east-1",
+		"s3.access-key-id": srv.AccessKey, "s3.secret-access-key": srv.SecretKey}
+	lakeStore := openBucket(t, srv, bucket, "lake")
+	for name, tm := range m.Tables {
+		loc := lake + "/" + tm.Iceberg
+		tbl, err := table.NewFromLocation(t.Context(), table.Identifier{"s3demo", name}, loc, icebergio.LoadFSFunc(props, loc), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		at, err := tbl.Scan().ToArrowTable(t.Context())
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if at.NumRows() != tm.Rows {
+			t.Errorf("%s: Iceberg reads %d rows from S3, the manifest has %d", name, at.NumRows(), tm.Rows)
+		}
+		at.Release()
+		meta, err := readAll(t.Context(), lakeStore, tm.Iceberg)
+		if err != nil || !strings.Contains(string(meta), `"location": "s3://`+bucket+`/lake/`) && !strings.Contains(string(meta), `"location":"s3://`+bucket+`/lake/`) ||
+			strings.Contains(string(meta), srv.SecretKey) || strings.Contains(string(meta), srv.AccessKey) {
+			t.Errorf("%s: metadata %v:\n%.300s", name, err, meta)
+		}
 	}
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "wrong")
 	if _, err := runHub(t, "catalog", "list", "--lake", lake); err == nil || !strings.Contains(err.Error(), "check the access key") {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/nhs-hub/hub/catalog"
+	"github.com/nhs-hub/hub/catalog/icelake"
 	"github.com/nhs-hub/hub/deid"
 	"github.com/nhs-hub/hub/ingest"
 )
@@ -32,7 +33,13 @@ type Config struct {
 	Policy      deid.Policy
 	Key         *deid.Key
 	Lake        *catalog.Lake
-	Logger      *slog.Logger
+	// LakeLocation is the lake's location as other engines reach it (an
+	// absolute folder, or s3://bucket/prefix): when set, every table of
+	// the version is registered as an Iceberg table before the manifest
+	// commits (package icelake), with IcebergProps for its file IO.
+	LakeLocation string
+	IcebergProps map[string]string
+	Logger       *slog.Logger
 
 	// The safety checks (see [Check]): the opt-out list's maximum age
 	// (0: DefaultOptOutMaxAge) and the largest share of a table that may
@@ -113,6 +120,20 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	if m.Reports["deid"], err = json.Marshal(drep); err != nil {
 		return nil, err
+	}
+	if cfg.LakeLocation != "" {
+		start := time.Now()
+		locs, err := icelake.Register(ctx, cfg.LakeLocation, pub.Prefix(), pub.Parts(), cfg.IcebergProps)
+		if err != nil {
+			if aerr := pub.Abandon(ctx); aerr != nil {
+				err = errors.Join(err, aerr)
+			}
+			return nil, err
+		}
+		for t, loc := range locs {
+			m.Tables[t].Iceberg = loc
+		}
+		cfg.Logger.Info("iceberg tables registered", "tables", len(locs), "seconds", time.Since(start).Seconds())
 	}
 	if err := pub.Commit(ctx, m); err != nil {
 		return nil, err

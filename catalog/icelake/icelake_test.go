@@ -1,0 +1,125 @@
+package icelake_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	icebergio "github.com/apache/iceberg-go/io"
+	"github.com/apache/iceberg-go/table"
+	"github.com/nhs-hub/hub/catalog"
+	lakefile "github.com/nhs-hub/hub/catalog/file"
+	"github.com/nhs-hub/hub/deid"
+	"github.com/nhs-hub/hub/ingest"
+	"github.com/nhs-hub/hub/internal/pipeline"
+	"github.com/nhs-hub/hub/internal/synth"
+	"github.com/nhs-hub/hub/internal/testkey"
+)
+
+// An outside reader (iceberg-go, knowing nothing of the hub's manifest)
+// reads every table of a published version from its Iceberg metadata,
+// with the manifest's row counts; the metadata names the parts where
+// they are; and a version without a manifest has no Iceberg tables left
+// once abandoned.
+func TestOutsideReaderReadsIceberg(t *testing.T) {
+	dir := t.TempDir()
+	extract, root := filepath.Join(dir, "extract"), filepath.Join(dir, "lake")
+	if _, err := synth.Generate(t.Context(), extract, synth.Options{Patients: 2000, Seed: 3}); err != nil {
+		t.Fatal(err)
+	}
+	o, err := os.Open(filepath.Join(extract, "optouts.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	optouts, err := ingest.LoadOptOuts(t.Context(), o)
+	o.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := lakefile.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := deid.NewKey(testkey.Bytes(9))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := catalog.NewLake(store)
+	res, err := pipeline.Run(t.Context(), pipeline.Config{Dataset: "gp", Source: ingest.Dir(extract), SourceName: "test",
+		Ingest: ingest.Options{OptOuts: optouts}, OptOutDate: time.Now().Format(time.DateOnly), Policy: deid.DefaultPolicy(),
+		Key: key, Lake: l, LakeLocation: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := res.Manifest
+	if len(m.Tables) != len(ingest.Tables) {
+		t.Fatalf("%d tables", len(m.Tables))
+	}
+	for name, tm := range m.Tables {
+		if tm.Iceberg == "" || !strings.HasPrefix(tm.Iceberg, "datasets/gp/versions/1/iceberg/"+name+"/metadata/") {
+			t.Fatalf("%s: Iceberg metadata at %q", name, tm.Iceberg)
+		}
+		loc := filepath.Join(root, tm.Iceberg)
+		tbl, err := table.NewFromLocation(t.Context(), table.Identifier{"gp", name}, loc, icebergio.LoadFSFunc(nil, loc), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		at, err := tbl.Scan().ToArrowTable(t.Context())
+		if err != nil {
+			t.Fatalf("%s: scan: %v", name, err)
+		}
+		if at.NumRows() != tm.Rows || tm.Rows == 0 && name != "procedures" {
+			t.Errorf("%s: Iceberg reads %d rows, the manifest has %d", name, at.NumRows(), tm.Rows)
+		}
+		if at.Schema().NumFields() != len(tm.Schema) {
+			t.Errorf("%s: %d columns, the manifest %d", name, at.Schema().NumFields(), len(tm.Schema))
+		}
+		at.Release()
+		// The snapshot's data files are the manifest's parts, in place.
+		files := 0
+		tasks, err := tbl.Scan().PlanFiles(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, task := range tasks {
+			files++
+			if !strings.HasPrefix(task.File.FilePath(), root+"/datasets/gp/versions/1/"+name+"/part-") {
+				t.Errorf("%s: data file %s", name, task.File.FilePath())
+			}
+		}
+		if files != len(tm.Parts) {
+			t.Errorf("%s: %d data files, %d parts", name, files, len(tm.Parts))
+		}
+	}
+
+	// A publication abandoned after its Iceberg tables were written
+	// leaves none of their files.
+	pub, err := l.Begin(t.Context(), "gp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, _ := pub.Create(t.Context(), "patients", 0)
+	src, _ := os.ReadFile(filepath.Join(root, m.Tables["patients"].Parts[0].Path))
+	w.Write(src)
+	w.Close()
+	if _, err := icelakeRegister(t, root, pub); err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Abandon(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	left, _ := filepath.Glob(filepath.Join(root, "datasets/gp/versions/2/iceberg/*/metadata/*.json"))
+	if len(left) != 0 {
+		t.Errorf("abandoned: %v left", left)
+	}
+	// The folders a removal of files leaves (the lake's gc removes files)
+	// do not stop the version's number being registered again.
+	w, _ = pub.Create(t.Context(), "patients", 0)
+	w.Write(src)
+	w.Close()
+	if _, err := icelakeRegister(t, root, pub); err != nil {
+		t.Fatalf("registering over an abandoned version's empty folders: %v", err)
+	}
+}
