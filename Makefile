@@ -9,7 +9,7 @@ MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 
 NOTEBOOK_DEBS := jupyter-nbconvert python3-ipykernel python3-pandas python3-matplotlib python3-requests python3-nbformat python3-rdflib
 
-.PHONY: build test test-short browser-deps web-deps web-assets screenshots bench-web notebooks notebook-deps demo bench bench-go bench-pipeline bench-cohorts bench-load bench-pull lint tidy-check fuzz clean minio
+.PHONY: build test test-short browser-deps web-deps chdb-deps web-assets screenshots bench-web notebooks notebook-deps demo bench bench-go bench-pipeline bench-cohorts bench-load bench-pull lint tidy-check fuzz clean minio
 
 build:
 	$(GO) build -o $(BIN) ./cmd/hub
@@ -23,12 +23,25 @@ bin/minio:
 
 # go vet, then every test with the race detector, S3 tests against MinIO,
 # then every notebook executed against a live server.
-test: minio web-deps
+test: minio web-deps chdb-deps
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 $(PKGS)
 	# The statistical coverage tests, without the race detector's slowdown.
 	$(GO) test -count=1 -run 'Coverage$$' ./cohorts
+	# ClickHouse in process (chdb) reading the lake's Iceberg tables.
+	CHDB_LIB_PATH=$(CHDB_LIB) $(GO) test -count=1 -tags chdb -run Chdb ./cmd/hub
 	$(MAKE) notebooks
+
+# ClickHouse's engine as a library (libchdb.so, 570 MB) from the npm
+# package chdb-go loads it from, into a git-ignored folder.
+CHDB_VERSION = 26.7.3-stable.1
+CHDB_LIB = $(CURDIR)/.cache/chdb/$(CHDB_VERSION)/libchdb.so
+chdb-deps: $(CHDB_LIB)
+$(CHDB_LIB):
+	mkdir -p $(dir $@)
+	cd $(dir $@) && npm pack --silent @chdb/lib-linux-x64-gnu@$(CHDB_VERSION) >/dev/null && \
+	  tar xzf chdb-lib-linux-x64-gnu-$(CHDB_VERSION).tgz --strip-components=1 package/libchdb.so && \
+	  rm chdb-lib-linux-x64-gnu-$(CHDB_VERSION).tgz
 
 # Run every notebook (jupyter nbconvert --execute) against `hub serve` on a
 # fresh synthetic dataset; a failing cell fails. HUB_FIGURES=DIR keeps plots.
