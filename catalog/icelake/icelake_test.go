@@ -5,17 +5,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	icebergio "github.com/apache/iceberg-go/io"
 	"github.com/apache/iceberg-go/table"
-	"github.com/nhs-hub/hub/catalog"
-	lakefile "github.com/nhs-hub/hub/catalog/file"
-	"github.com/nhs-hub/hub/deid"
 	"github.com/nhs-hub/hub/ingest"
-	"github.com/nhs-hub/hub/internal/pipeline"
-	"github.com/nhs-hub/hub/internal/synth"
-	"github.com/nhs-hub/hub/internal/testkey"
+	"github.com/nhs-hub/hub/internal/testlake"
 )
 
 // An outside reader (iceberg-go, knowing nothing of the hub's manifest)
@@ -24,36 +18,17 @@ import (
 // they are; and a version without a manifest has no Iceberg tables left
 // once abandoned.
 func TestOutsideReaderReadsIceberg(t *testing.T) {
-	dir := t.TempDir()
-	extract, root := filepath.Join(dir, "extract"), filepath.Join(dir, "lake")
-	if _, err := synth.Generate(t.Context(), extract, synth.Options{Patients: 2000, Seed: 3}); err != nil {
-		t.Fatal(err)
+	l, root, err := testlake.Publish(t.Context(), 2000)
+	if root != "" {
+		t.Cleanup(func() { os.RemoveAll(filepath.Dir(root)) })
 	}
-	o, err := os.Open(filepath.Join(extract, "optouts.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	optouts, err := ingest.LoadOptOuts(t.Context(), o)
-	o.Close()
+	m, err := l.Manifest(t.Context(), "gp", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := lakefile.Open(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := deid.NewKey(testkey.Bytes(9))
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := catalog.NewLake(store)
-	res, err := pipeline.Run(t.Context(), pipeline.Config{Dataset: "gp", Source: ingest.Dir(extract), SourceName: "test",
-		Ingest: ingest.Options{OptOuts: optouts}, OptOutDate: time.Now().Format(time.DateOnly), Policy: deid.DefaultPolicy(),
-		Key: key, Lake: l, LakeLocation: root})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := res.Manifest
 	if len(m.Tables) != len(ingest.Tables) {
 		t.Fatalf("%d tables", len(m.Tables))
 	}

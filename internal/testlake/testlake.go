@@ -28,7 +28,7 @@ import (
 
 // Publish synthesises an extract of n patients (seed 5) and publishes it
 // as dataset "gp" under a new temporary folder, with a fixed key and the
-// reference date 2025-01-01. root is the lake's folder; the caller
+// reference date 2025-01-01, its tables registered as Iceberg tables. root is the lake's folder; the caller
 // removes filepath.Dir(root).
 func Publish(ctx context.Context, n int) (l *catalog.Lake, root string, err error) {
 	dir, err := os.MkdirTemp("", "hub-testlake-")
@@ -68,7 +68,8 @@ func Publish(ctx context.Context, n int) (l *catalog.Lake, root string, err erro
 	policy.QuasiIdentifiers = []string{"birth", "sex", "place", "ethnicity", "death"}
 	l = catalog.NewLake(store)
 	_, err = pipeline.Run(ctx, pipeline.Config{Dataset: "gp", Source: ingest.Dir(extract), SourceName: "test",
-		Ingest: ingest.Options{OptOuts: optouts}, OptOutDate: time.Now().Format(time.DateOnly), Policy: policy, Key: k, Lake: l})
+		Ingest: ingest.Options{OptOuts: optouts}, OptOutDate: time.Now().Format(time.DateOnly), Policy: policy, Key: k, Lake: l,
+		LakeLocation: root})
 	return l, root, err
 }
 
