@@ -40,6 +40,8 @@ const (
 	themeHealth      = "http://publications.europa.eu/resource/authority/data-theme/HEAL"
 	countryGBR       = "http://publications.europa.eu/resource/authority/country/GBR"
 	parquetType      = "https://www.iana.org/assignments/media-types/application/vnd.apache.parquet"
+	jsonType         = "https://www.iana.org/assignments/media-types/application/json"
+	icebergSpec      = "https://iceberg.apache.org/spec/"
 )
 
 // Export describes a version as metadata for discovery services: "hdruk"
@@ -102,6 +104,15 @@ func Export(m *Manifest, format string, opt ExportOptions) ([]byte, error) {
 					d["dcat:byteSize"] = map[string]any{"@value": p.Size, "@type": "xsd:nonNegativeInteger"}
 				}
 				dists = append(dists, d)
+			}
+			if ice := m.Tables[t].Iceberg; ice != "" {
+				// The table as an Apache Iceberg table: its metadata file,
+				// which Spark, Trino, ClickHouse, DuckDB and PyIceberg read.
+				dists = append(dists, map[string]any{"@id": id + "/" + t + "/iceberg", "@type": "dcat:Distribution",
+					"dct:title":      t + ": Apache Iceberg table",
+					"dcat:accessURL": map[string]string{"@id": lakeURL + "/" + ice}, "dcat:mediaType": map[string]string{"@id": jsonType},
+					"dct:conformsTo": map[string]string{"@id": icebergSpec}, "dct:license": licence,
+					"dct:accessRights": map[string]string{"@id": accessRestricted}})
 			}
 		}
 		v = map[string]any{

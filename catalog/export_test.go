@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,8 +17,9 @@ var testExport = ExportOptions{Publisher: "Test Hub", BaseURL: "https://hub.exam
 func testManifest() *Manifest {
 	return &Manifest{Dataset: "gp", Version: 2, Created: time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC),
 		Tables: map[string]*TableManifest{
-			"patients":     {Rows: 2773, Parts: []Part{{Path: "datasets/gp/versions/2/patients/part-00000.parquet", Size: 100, SHA256: "ab"}}, Schema: []Column{{Name: "patient_id", Type: "fixed_size_binary[16]"}}},
-			"observations": {Rows: 30418, Parts: []Part{{Path: "datasets/gp/versions/2/observations/part-00000.parquet", Size: 300, SHA256: "cd"}, {Path: "datasets/gp/versions/2/observations/part-00001.parquet", Size: 310, SHA256: "ef"}}},
+			"patients": {Rows: 2773, Parts: []Part{{Path: "datasets/gp/versions/2/patients/part-00000.parquet", Size: 100, SHA256: "ab"}}, Schema: []Column{{Name: "patient_id", Type: "fixed_size_binary[16]"}}},
+			"observations": {Rows: 30418, Parts: []Part{{Path: "datasets/gp/versions/2/observations/part-00000.parquet", Size: 300, SHA256: "cd"}, {Path: "datasets/gp/versions/2/observations/part-00001.parquet", Size: 310, SHA256: "ef"}},
+				Iceberg: "datasets/gp/versions/2/iceberg/observations/metadata/v2.metadata.json"},
 		},
 		Reports: map[string]json.RawMessage{"deid": json.RawMessage(`{"events_from":"2022-01-01","events_to":"2024-12-31"}`)}}
 }
@@ -50,6 +52,7 @@ print(json.dumps({
   "distributions": len(dists),
   "access": sorted(iri(x, DCAT.accessURL) or "" for x in dists),
   "media": sorted(set(iri(x, DCAT.mediaType) or "" for x in dists)),
+  "conforms": sorted(iri(x, DCTERMS.conformsTo) for x in dists if iri(x, DCTERMS.conformsTo)),
   "licence": iri(d, DCTERMS.license), "rights": iri(d, DCTERMS.accessRights),
   "theme": iri(d, DCAT.theme), "spatial": iri(d, DCTERMS.spatial),
   "contact": iri(d, DCAT.contactPoint), "publisher": iri(d, DCTERMS.publisher),
@@ -64,7 +67,7 @@ print(json.dumps({
 	var r struct {
 		Datasets                                            []string
 		Distributions                                       int
-		Access, Media                                       []string
+		Access, Media, Conforms                             []string
 		Licence, Rights, Theme, Spatial, Contact, Publisher string
 		Triples                                             int
 	}
@@ -72,7 +75,9 @@ print(json.dumps({
 		t.Fatalf("%v: %s", err, res)
 	}
 	t.Logf("%d triples", r.Triples)
-	if len(r.Datasets) != 1 || r.Datasets[0] != "https://hub.example.nhs.uk/catalog/gp/2" || r.Distributions != 3 {
+	// Three parts, and the observations table as an Iceberg table.
+	if len(r.Datasets) != 1 || r.Datasets[0] != "https://hub.example.nhs.uk/catalog/gp/2" || r.Distributions != 4 ||
+		len(r.Conforms) != 1 || r.Conforms[0] != icebergSpec || !slices.Contains(r.Access, "s3://lake-bucket/prefix/datasets/gp/versions/2/iceberg/observations/metadata/v2.metadata.json") {
 		t.Errorf("datasets %v, distributions %d", r.Datasets, r.Distributions)
 	}
 	for _, a := range r.Access {
@@ -80,7 +85,7 @@ print(json.dumps({
 			t.Errorf("access URL %q is not in the lake", a)
 		}
 	}
-	if len(r.Media) != 1 || r.Media[0] != parquetType || r.Licence != testExport.Licence || r.Rights != accessRestricted ||
+	if len(r.Media) != 2 || r.Media[0] != jsonType || r.Media[1] != parquetType || r.Licence != testExport.Licence || r.Rights != accessRestricted ||
 		r.Theme != themeHealth || r.Spatial != countryGBR || !strings.HasPrefix(r.Contact, "https://") || !strings.HasPrefix(r.Publisher, "https://") {
 		t.Errorf("IRIs: %+v", r)
 	}
@@ -128,8 +133,8 @@ func TestExport(t *testing.T) {
 	}
 	out, _ = Export(m, "dcat", testExport)
 	json.Unmarshal(out, &d)
-	if len(d.Dist) != 3 {
-		t.Errorf("%d distributions, want one per part (3)", len(d.Dist))
+	if len(d.Dist) != 4 {
+		t.Errorf("%d distributions, want one per part (3) and the Iceberg table", len(d.Dist))
 	}
 	// No exact count leaves in an export: 2773 patients and 30418 rows
 	// appear only rounded to 10.
