@@ -9,7 +9,7 @@ MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 
 NOTEBOOK_DEBS := jupyter-nbconvert python3-ipykernel python3-pandas python3-matplotlib python3-requests python3-nbformat python3-rdflib
 
-.PHONY: build test test-short browser-deps web-deps chdb-deps web-assets screenshots bench-web notebooks notebook-deps demo bench bench-go bench-pipeline bench-cohorts bench-load bench-pull lint tidy-check fuzz clean minio
+.PHONY: build test test-short browser-deps web-deps chdb-deps bench-chdb web-assets screenshots bench-web notebooks notebook-deps demo bench bench-go bench-pipeline bench-cohorts bench-load bench-pull lint tidy-check fuzz clean minio
 
 build:
 	$(GO) build -o $(BIN) ./cmd/hub
@@ -31,6 +31,12 @@ test: minio web-deps chdb-deps
 	# ClickHouse in process (chdb) reading the lake's Iceberg tables.
 	CHDB_LIB_PATH=$(CHDB_LIB) $(GO) test -count=1 -tags chdb -run Chdb ./cmd/hub
 	$(MAKE) notebooks
+
+# Issue 20's sizing: ClickHouse (chdb) and DuckDB on the same Parquet of
+# the bench lake (make bench-cohorts publishes it), two cohort questions.
+bench-chdb: chdb-deps
+	CHDB_LIB_PATH=$(CHDB_LIB) HUB_BENCH_LAKE=$(CURDIR)/.cache/bench/lake-$${BENCH_PATIENTS:-1000000}-1/datasets/bench/versions/1 \
+		$(GO) test -count=1 -tags chdb -run ChdbAgainstDuckDB -v ./cmd/hub
 
 # ClickHouse's engine as a library (libchdb.so, 570 MB) from the npm
 # package chdb-go loads it from, into a git-ignored folder.
