@@ -19,6 +19,7 @@ import (
 	"maps"
 	"path"
 	"strings"
+	"sync"
 
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/apache/arrow-go/v18/parquet/file"
@@ -29,6 +30,7 @@ import (
 	icebergio "github.com/apache/iceberg-go/io"
 	_ "github.com/apache/iceberg-go/io/gocloud/s3" // the s3:// backend
 	"github.com/apache/iceberg-go/table"
+	"golang.org/x/sync/errgroup"
 )
 
 // Namespace is the Iceberg namespace of a version's tables in its
@@ -61,7 +63,12 @@ func Register(ctx context.Context, root, prefix string, parts map[string][]strin
 	if err := cat.CreateNamespace(ctx, table.Identifier{Namespace}, nil); err != nil && !errors.Is(err, catalog.ErrNamespaceAlreadyExists) {
 		return nil, fmt.Errorf("iceberg: %w", err)
 	}
+	// The tables at once: on S3 each is a dozen round trips (the parts'
+	// footers, the metadata's files), 0.74 s for eight tables one after
+	// another against MinIO on the same machine.
 	out := map[string]string{}
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
 	for name, ps := range parts {
 		if len(ps) == 0 {
 			continue
@@ -70,15 +77,23 @@ func Register(ctx context.Context, root, prefix string, parts map[string][]strin
 		for i, p := range ps {
 			locs[i] = root + "/" + p
 		}
-		t, err := registerTable(ctx, cat, props, name, locs)
-		if err != nil {
-			return nil, fmt.Errorf("iceberg: table %s: %w", name, err)
-		}
-		rel, ok := strings.CutPrefix(t.MetadataLocation(), root+"/")
-		if !ok {
-			return nil, fmt.Errorf("iceberg: table %s: metadata at %s, outside the lake", name, t.MetadataLocation())
-		}
-		out[name] = rel
+		g.Go(func() error {
+			t, err := registerTable(gctx, cat, props, name, locs)
+			if err != nil {
+				return fmt.Errorf("iceberg: table %s: %w", name, err)
+			}
+			rel, ok := strings.CutPrefix(t.MetadataLocation(), root+"/")
+			if !ok {
+				return fmt.Errorf("iceberg: table %s: metadata at %s, outside the lake", name, t.MetadataLocation())
+			}
+			mu.Lock()
+			out[name] = rel
+			mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
