@@ -55,10 +55,8 @@ type knownPatients struct {
 	nhs  []uint64
 	pids []byte // PseudonymBytes each
 	// noPractice says which patients' practice the k-anonymity check
-	// withheld (nil when practices are not published), once ready is
-	// closed.
+	// withheld (nil when practices are not published).
 	noPractice []bool
-	ready      chan struct{}
 }
 
 // add appends patients and their pseudonyms (PseudonymBytes each).
@@ -197,9 +195,6 @@ func (t *transformer) event(tb ingest.Table, rec arrow.RecordBatch) arrow.Record
 // a new validity bitmap.
 func (t *transformer) practices(nhs *array.Uint64, places *array.Uint32, col arrow.Array) arrow.Array {
 	n, k, off := col.Len(), t.known, col.Data().Offset()
-	if k != nil && k.ready != nil {
-		<-k.ready // the k-anonymity check runs beside the events
-	}
 	valid := memory.NewResizableBuffer(t.mem)
 	valid.Resize(int(bitutil.BytesForBits(int64(off + n))))
 	bits, nulls := valid.Bytes(), 0
