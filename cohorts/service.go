@@ -262,6 +262,9 @@ func (s *Service) Engine(ctx context.Context, dataset string, version int) (*Eng
 	return e, nil
 }
 
+// Lake is the lake the service answers from.
+func (s *Service) Lake() *catalog.Lake { return s.lake }
+
 func engineKey(m *catalog.Manifest) string { return fmt.Sprintf("%s@%d", m.Dataset, m.Version) }
 
 // engine returns the loaded engine of a committed version's manifest, in
