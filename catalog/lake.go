@@ -29,6 +29,10 @@ type Manifest struct {
 	// Reports holds the ingest and de-identification reports, as written
 	// by those stages (counts and hashes only).
 	Reports map[string]json.RawMessage `json:"reports,omitempty"`
+	// IcebergFiles are the files of the version's Iceberg tables (see
+	// TableManifest.Iceberg), with their sizes and SHA-256, which Verify
+	// checks as it checks the parts.
+	IcebergFiles []Part `json:"iceberg_files,omitempty"`
 }
 
 // TableManifest describes one table of a version.
@@ -243,6 +247,30 @@ func (p *Publication) Version() int { return p.version }
 // Prefix is the version's folder in the lake (datasets/NAME/versions/V/).
 func (p *Publication) Prefix() string { return versionPrefix(p.name, p.version) }
 
+// Checksums returns the files under the version's folder sub (e.g.
+// "iceberg/") with their sizes and SHA-256, for the manifest.
+func (p *Publication) Checksums(ctx context.Context, sub string) ([]Part, error) {
+	paths, err := p.lake.store.List(ctx, p.Prefix()+sub)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Part, 0, len(paths))
+	for _, path := range paths {
+		r, err := p.lake.store.Open(ctx, path)
+		if err != nil {
+			return nil, err
+		}
+		h := sha256.New()
+		n, err := io.Copy(h, r)
+		r.Close()
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", path, err)
+		}
+		out = append(out, Part{Path: path, Size: n, SHA256: hex.EncodeToString(h.Sum(nil))})
+	}
+	return out, nil
+}
+
 // Parts returns the paths of the parts of each table finished so far.
 func (p *Publication) Parts() map[string][]string {
 	p.mu.Lock()
@@ -365,20 +393,31 @@ func (p *Publication) Commit(ctx context.Context, m *Manifest) error {
 
 // Verify reads every part of a version and checks its size and SHA-256.
 func (l *Lake) Verify(ctx context.Context, m *Manifest) error {
+	check := func(what string, part Part) error {
+		r, err := l.store.Open(ctx, part.Path)
+		if err != nil {
+			return fmt.Errorf("%s: open %s: %w", what, part.Path, err)
+		}
+		err = matches(r, part)
+		r.Close()
+		if errors.Is(err, ErrTampered) {
+			return fmt.Errorf("%s: %s does not match its manifest: %w", what, part.Path, err)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: read %s: %w", what, part.Path, err)
+		}
+		return nil
+	}
 	for table, tm := range m.Tables {
 		for _, part := range tm.Parts {
-			r, err := l.store.Open(ctx, part.Path)
-			if err != nil {
-				return fmt.Errorf("%s: open %s: %w", table, part.Path, err)
+			if err := check(table, part); err != nil {
+				return err
 			}
-			err = matches(r, part)
-			r.Close()
-			if errors.Is(err, ErrTampered) {
-				return fmt.Errorf("%s: %s does not match its manifest: %w", table, part.Path, err)
-			}
-			if err != nil {
-				return fmt.Errorf("%s: read %s: %w", table, part.Path, err)
-			}
+		}
+	}
+	for _, f := range m.IcebergFiles {
+		if err := check("iceberg", f); err != nil {
+			return err
 		}
 	}
 	return nil

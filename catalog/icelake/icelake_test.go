@@ -1,6 +1,7 @@
 package icelake_test
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,6 +9,7 @@ import (
 
 	icebergio "github.com/apache/iceberg-go/io"
 	"github.com/apache/iceberg-go/table"
+	"github.com/nhs-hub/hub/catalog"
 	"github.com/nhs-hub/hub/ingest"
 	"github.com/nhs-hub/hub/internal/testlake"
 )
@@ -68,6 +70,22 @@ func TestOutsideReaderReadsIceberg(t *testing.T) {
 			t.Errorf("%s: %d data files, %d parts", name, files, len(tm.Parts))
 		}
 	}
+
+	// The manifest checks the Iceberg tables' files too: verify passes,
+	// and fails once a metadata file is changed.
+	if len(m.IcebergFiles) < 8*3 {
+		t.Fatalf("%d Iceberg files in the manifest", len(m.IcebergFiles))
+	}
+	if err := l.Verify(t.Context(), m); err != nil {
+		t.Fatal(err)
+	}
+	meta := filepath.Join(root, m.Tables["patients"].Iceberg)
+	b, _ := os.ReadFile(meta)
+	os.WriteFile(meta, []byte(strings.Replace(string(b), "/versions/1/", "/versions/9/", 1)), 0o644)
+	if err := l.Verify(t.Context(), m); !errors.Is(err, catalog.ErrTampered) {
+		t.Errorf("verify after changing %s: %v", m.Tables["patients"].Iceberg, err)
+	}
+	os.WriteFile(meta, b, 0o644)
 
 	// A publication abandoned after its Iceberg tables were written
 	// leaves none of their files.

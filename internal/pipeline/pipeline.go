@@ -133,6 +133,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		for t, loc := range locs {
 			m.Tables[t].Iceberg = loc
 		}
+		if m.IcebergFiles, err = pub.Checksums(ctx, "iceberg/"); err != nil {
+			return nil, err
+		}
 		cfg.Logger.Info("iceberg tables registered", "tables", len(locs), "seconds", time.Since(start).Seconds())
 	}
 	if err := pub.Commit(ctx, m); err != nil {
