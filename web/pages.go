@@ -161,12 +161,27 @@ func (a *app) datasetPage(w http.ResponseWriter, r *http.Request, v *view) error
 		tables = append(tables, datasetTable{name, catalog.RoundCount(t.Rows), t.Schema})
 	}
 	ndop, dissent := withheld(m.Reports["ingest"])
+	// What protects the rows, in words and without a count: the
+	// k-anonymity check's k and attributes, and the rare-code rule.
+	var deid struct {
+		KAnonymity struct {
+			K                int      `json:"k"`
+			QuasiIdentifiers []string `json:"quasi_identifiers"`
+		} `json:"k_anonymity"`
+		Policy struct {
+			RareCodes string `json:"rare_codes"`
+		} `json:"policy"`
+	}
+	json.Unmarshal(m.Reports["deid"], &deid)
 	v.Title, v.Nav = fmt.Sprintf("%s version %d", m.Dataset, m.Version), "catalog"
 	v.Data = struct {
 		Manifest      *catalog.Manifest
 		Tables        []datasetTable
 		NDOP, Dissent int64
-	}{m, tables, ndop, dissent}
+		K             int
+		Attributes    string
+		RareCodes     bool
+	}{m, tables, ndop, dissent, deid.KAnonymity.K, strings.Join(deid.KAnonymity.QuasiIdentifiers, ", "), deid.Policy.RareCodes == "generalise"}
 	a.render(w, "dataset", v)
 	return nil
 }

@@ -450,6 +450,10 @@ func TestCatalogPages(t *testing.T) {
 	if code != http.StatusOK || !strings.Contains(page, "<code>patient_id</code>") || !strings.Contains(page, "year_of_birth") {
 		t.Fatalf("dataset page: %d", code)
 	}
+	if !strings.Contains(page, "key version 1") && !strings.Contains(page, "version 1, fingerprint") ||
+		!strings.Contains(page, "is shared by at least 2 patients") || !strings.Contains(page, "birth, sex, place, ethnicity, death") {
+		t.Errorf("dataset page: no key version or k-anonymity:\n%s", between(page, "<dl", "</dl>"))
+	}
 	rows := between(page, "patients: about ", " rows")
 	if n, err := strconv.Atoi(rows); err != nil || n%10 != 0 || n == 0 {
 		t.Errorf("patients rows %q are not rounded to 10", rows)
