@@ -37,52 +37,71 @@ type Engine struct {
 // by type), so that DuckDB's per-row-group min/max skips most of a table
 // for a code list.
 var tableLoads = []struct {
-	name, create, load string
+	name, create string
+	// cols is the SELECT list of the table's columns but pid, from the
+	// part files as t; order, the order events are stored in. load
+	// makes a table of them, ParquetViews a view.
+	cols, order string
 	// optional are columns a version may lack (published before they
-	// were): load names them as its second and later arguments, NULL
+	// were): cols names them as its arguments, in order, NULL
 	// where absent. A death is known to its month (death_month) or, where
 	// the k-anonymity check generalised it, its year (death_year): the
 	// engine's death_month and death_end are the first and last day of
-	// whichever it is.
+	// whichever it is. The patients' last argument is the version's
+	// reference month, which age bands are at.
 	optional []string
 }{
 	{"patients",
 		`CREATE TABLE patients (pid INTEGER, patient_id BLOB, year_of_birth SMALLINT, month_of_birth TINYINT, birth_mi INTEGER,
 			birth_lo INTEGER, birth_hi INTEGER, age_band VARCHAR, sex VARCHAR, district VARCHAR, postcode_area VARCHAR, ethnicity_group VARCHAR, death_month DATE,
 			death_end DATE, gp_practice VARCHAR)`,
-		`INSERT INTO patients SELECT CAST(row_number() OVER () AS INTEGER), t.patient_id, t.year_of_birth, t.month_of_birth,
-			CASE WHEN t.year_of_birth IS NULL THEN NULL ELSE t.year_of_birth * 12 + coalesce(t.month_of_birth, 7) - 1 END,
+		`t.year_of_birth, t.month_of_birth,
+			CASE WHEN t.year_of_birth IS NULL THEN NULL ELSE t.year_of_birth * 12 + coalesce(t.month_of_birth, 7) - 1 END AS birth_mi,
 			CASE WHEN t.year_of_birth IS NOT NULL THEN t.year_of_birth * 12 + coalesce(t.month_of_birth, 7) - 1
 				WHEN t.age_band = '90+' THEN 0
-				WHEN t.age_band IS NOT NULL THEN %[4]s - 12 * (CAST(split_part(t.age_band, '-', 2) AS INTEGER) + 1) END,
+				WHEN t.age_band IS NOT NULL THEN %[3]s - 12 * (CAST(split_part(t.age_band, '-', 2) AS INTEGER) + 1) END AS birth_lo,
 			CASE WHEN t.year_of_birth IS NOT NULL THEN t.year_of_birth * 12 + coalesce(t.month_of_birth, 7) - 1
-				WHEN t.age_band IS NOT NULL THEN %[4]s - 12 * CAST(regexp_extract(t.age_band, '^[0-9]+') AS INTEGER) END,
+				WHEN t.age_band IS NOT NULL THEN %[3]s - 12 * CAST(regexp_extract(t.age_band, '^[0-9]+') AS INTEGER) END AS birth_hi,
 			t.age_band, t.sex, t.district, t.postcode_area, t.ethnicity_group,
-			coalesce(t.death_month, make_date(CAST(%[3]s AS BIGINT), 1, 1)),
-			coalesce(last_day(t.death_month), make_date(CAST(%[3]s AS BIGINT), 12, 31)), %[2]s FROM read_parquet(%[1]s) t`,
+			coalesce(t.death_month, make_date(CAST(%[2]s AS BIGINT), 1, 1)) AS death_month,
+			coalesce(last_day(t.death_month), make_date(CAST(%[2]s AS BIGINT), 12, 31)) AS death_end, %[1]s AS gp_practice`, "",
 		[]string{"gp_practice", "death_year"}},
 	{"conditions",
 		`CREATE TABLE conditions (pid INTEGER, code_system VARCHAR, code VARCHAR, event_date DATE)`,
-		`INSERT INTO conditions SELECT p.pid, t.code_system, t.code, t.onset_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`, nil},
+		`t.code_system, t.code, t.onset_date AS event_date`, "t.code, p.pid", nil},
 	{"medications",
 		`CREATE TABLE medications (pid INTEGER, code_system VARCHAR, code VARCHAR, event_date DATE, end_date DATE)`,
-		`INSERT INTO medications SELECT p.pid, t.code_system, t.code, t.start_date, t.end_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`, nil},
+		`t.code_system, t.code, t.start_date AS event_date, t.end_date`, "t.code, p.pid", nil},
 	{"observations",
 		`CREATE TABLE observations (pid INTEGER, code_system VARCHAR, code VARCHAR, value DOUBLE, unit VARCHAR, event_date DATE)`,
-		`INSERT INTO observations SELECT p.pid, t.code_system, t.code, t.value, t.unit, t.effective_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`, nil},
+		`t.code_system, t.code, t.value, t.unit, t.effective_date AS event_date`, "t.code, p.pid", nil},
 	{"encounters",
 		`CREATE TABLE encounters (pid INTEGER, type VARCHAR, event_date DATE, end_date DATE, class VARCHAR, admission_source VARCHAR)`,
-		`INSERT INTO encounters SELECT p.pid, t.type, t.start_date, t.end_date, %[2]s, %[3]s FROM read_parquet(%[1]s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.type, p.pid`,
+		`t.type, t.start_date AS event_date, t.end_date, %[1]s AS class, %[2]s AS admission_source`, "t.type, p.pid",
 		[]string{"class", "admission_source"}},
 	{"procedures",
 		`CREATE TABLE procedures (pid INTEGER, code_system VARCHAR, code VARCHAR, event_date DATE)`,
-		`INSERT INTO procedures SELECT p.pid, t.code_system, t.code, t.performed_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`, nil},
+		`t.code_system, t.code, t.performed_date AS event_date`, "t.code, p.pid", nil},
 	{"immunizations",
 		`CREATE TABLE immunizations (pid INTEGER, code_system VARCHAR, code VARCHAR, event_date DATE)`,
-		`INSERT INTO immunizations SELECT p.pid, t.code_system, t.code, t.occurrence_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY t.code, p.pid`, nil},
+		`t.code_system, t.code, t.occurrence_date AS event_date`, "t.code, p.pid", nil},
 	{"registrations",
 		`CREATE TABLE registrations (pid INTEGER, start_date DATE, end_date DATE)`,
-		`INSERT INTO registrations SELECT p.pid, t.start_date, t.end_date FROM read_parquet(%s) t JOIN patients p ON p.patient_id = t.patient_id ORDER BY p.pid, t.start_date`, nil},
+		`t.start_date, t.end_date`, "p.pid, t.start_date", nil},
+}
+
+// columns is table t's cols for a version: its optional columns and
+// (patients) its reference month filled in.
+func columns(m *catalog.Manifest, t int) string {
+	tl := tableLoads[t]
+	var args []any
+	for _, c := range tl.optional {
+		args = append(args, optionalColumn(m, tl.name, c))
+	}
+	if tl.name == "patients" {
+		args = append(args, fmt.Sprint(ReferenceMonth(m)))
+	}
+	return fmt.Sprintf(tl.cols, args...)
 }
 
 // EngineOptions bound an engine's memory.
@@ -335,21 +354,22 @@ func open(ctx context.Context, m *catalog.Manifest, path string, all []string, o
 
 // load creates and fills the engine's tables from the version's parts.
 func (e *Engine) load(ctx context.Context, m *catalog.Manifest, files map[string][]string) error {
-	for _, t := range tableLoads {
+	for i, t := range tableLoads {
 		if _, err := e.db.ExecContext(ctx, t.create); err != nil {
 			return fmt.Errorf("create %s: %w", t.name, err)
 		}
 		if len(files[t.name]) == 0 {
 			continue
 		}
-		args := []any{sqlList(files[t.name])}
-		for _, c := range t.optional {
-			args = append(args, optionalColumn(m, t.name, c))
+		// Patients get an integer pid in file order; events take it by
+		// joining on the pseudonym, and are stored in t.order.
+		load := "INSERT INTO patients SELECT CAST(row_number() OVER () AS INTEGER), t.patient_id, " + columns(m, i) +
+			" FROM read_parquet(" + sqlList(files[t.name]) + ") t"
+		if t.order != "" {
+			load = "INSERT INTO " + t.name + " SELECT p.pid, " + columns(m, i) + " FROM read_parquet(" + sqlList(files[t.name]) +
+				") t JOIN patients p ON p.patient_id = t.patient_id ORDER BY " + t.order
 		}
-		if t.name == "patients" {
-			args = append(args, fmt.Sprint(ReferenceMonth(m)))
-		}
-		if _, err := e.db.ExecContext(ctx, fmt.Sprintf(t.load, args...)); err != nil {
+		if _, err := e.db.ExecContext(ctx, load); err != nil {
 			return fmt.Errorf("load %s: %w", t.name, err)
 		}
 	}
