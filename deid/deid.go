@@ -279,30 +279,30 @@ func (d *Deidentifier) finishTable() {
 	if d.workers[0].rare != nil {
 		// Every worker has counted the table: decide its rare codes,
 		// which the workers' held rows are written with as they close.
-		done := make(chan struct{}, len(d.workers))
-		for _, w := range d.workers {
-			w.in <- job{sync: done}
-		}
+		d.barrier(false)
 		states := make([]*rareState, len(d.workers))
-		for i := range d.workers {
-			<-done
-			states[i] = d.workers[i].rare
+		for i, w := range d.workers {
+			states[i] = w.rare
 		}
 		m, rep := rareMapping(states, d.policy.K)
 		d.mu.Lock()
 		d.rareMap, d.rareRep[d.cur.String()] = m, &rep
 		d.mu.Unlock()
 	}
-	d.barrier()
+	d.barrier(true)
 	d.active = false
 }
 
 // barrier waits until every worker has done the jobs sent it so far,
 // closing the current table's writer if it has one.
-func (d *Deidentifier) barrier() {
+func (d *Deidentifier) barrier(close bool) {
 	done := make(chan struct{}, len(d.workers))
 	for _, w := range d.workers {
-		w.in <- job{close: done}
+		if close {
+			w.in <- job{close: done}
+		} else {
+			w.in <- job{sync: done}
+		}
 	}
 	for range d.workers {
 		<-done
@@ -313,7 +313,7 @@ func (d *Deidentifier) barrier() {
 // order ingest emitted them: one names table for their places, and the
 // known patients in file order.
 func (d *Deidentifier) gatherPatients() {
-	d.barrier()
+	d.barrier(true)
 	total := 0
 	remap := make([][]uint32, len(d.workers))
 	for i, w := range d.workers {
@@ -376,7 +376,7 @@ func (d *Deidentifier) flushPatients() error {
 // writePatients runs the k-anonymity check and writes the patients table.
 func (d *Deidentifier) writePatients() error {
 	path := newPath(d.policy)
-	kanon := kanonymise(d.patients, path, d.policy.K)
+	d.kanon = kanonymise(d.patients, path, d.policy.K)
 	k := d.tr.known
 	if d.policy.KeepGPPractice {
 		// A registration's practice is the patient's practice: where
@@ -386,7 +386,7 @@ func (d *Deidentifier) writePatients() error {
 			k.noPractice[i] = path.levels[d.patients[i].level][qiPractice] != 0
 		}
 	}
-	d.log.Info("k-anonymity", "k", d.policy.K, "patients", kanon.Patients, "generalised", kanon.Generalised, "suppressed", kanon.Suppressed)
+	d.log.Info("k-anonymity", "k", d.policy.K, "patients", d.kanon.Patients, "generalised", d.kanon.Generalised, "suppressed", d.kanon.Suppressed)
 	// The patients are written in contiguous shares, one per worker (a
 	// part each), at once: nothing else runs meanwhile, so one writer
 	// would leave a core idle. Shares are at least 512 patients; fewer
@@ -415,10 +415,6 @@ func (d *Deidentifier) writePatients() error {
 		})
 	}
 	err := g.Wait()
-	if err == nil {
-		err = d.failed() // an aborted run commits no part
-	}
-	rows := int64(0)
 	for _, w := range writers {
 		if err != nil {
 			w.abort()
@@ -428,15 +424,11 @@ func (d *Deidentifier) writePatients() error {
 			w.abort()
 			continue
 		}
-		rows += w.rows
+		d.rows[ingest.Patients] += w.rows
 	}
 	if err != nil {
 		return err
 	}
-	d.mu.Lock()
-	d.rows[ingest.Patients] += rows
-	d.kanon = kanon
-	d.mu.Unlock()
 	d.patients, d.names = nil, nil
 	return nil
 }

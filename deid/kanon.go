@@ -405,8 +405,8 @@ func (k KAnonymity) Summary() string {
 		return fmt.Sprintf("k-anonymity (k=%d): %d of %d patients generalised%s, %d suppressed (every quasi-identifier dropped)",
 			k.K, generalised, k.Patients, inParens(parts), k.Levels["suppressed"])
 	}
-	for _, qi := range qiNames {
-		for _, l := range hierarchies[slices.Index(qiNames[:], qi)][1:] {
+	for i, qi := range qiNames {
+		for _, l := range hierarchies[i][1:] {
 			if n := k.ByAttribute[qi][l]; n > 0 {
 				parts = append(parts, fmt.Sprintf("%s to %s %d", qi, l, n))
 			}

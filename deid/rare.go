@@ -94,9 +94,7 @@ func (s *rareState) split(rec, out arrow.RecordBatch) ([]arrow.RecordBatch, erro
 		if c.common {
 			continue
 		}
-		if p := nhs.Value(i); !slices.Contains(c.patients, p) {
-			c.patients = append(c.patients, p)
-		}
+		c.patients = addPatient(c.patients, nhs.Value(i), s.k)
 		if len(c.patients) >= s.k {
 			c.common, c.patients = true, nil
 			continue // its rows pass from now on (those held are written at the end)
@@ -132,6 +130,15 @@ func (s *rareState) split(rec, out arrow.RecordBatch) ([]arrow.RecordBatch, erro
 	}
 	s.held = append(s.held, copied)
 	return pass, nil
+}
+
+// addPatient adds p to the distinct patients ps, which stop at k: k is
+// all a count of them needs to know.
+func addPatient(ps []uint64, p uint64, k int) []uint64 {
+	if len(ps) >= k || slices.Contains(ps, p) {
+		return ps
+	}
+	return append(ps, p)
 }
 
 // concatBatches copies batches of one schema into one compact batch, so
@@ -189,9 +196,7 @@ func rareMapping(states []*rareState, k int) (map[string]map[string]string, Rare
 					continue
 				}
 				for _, p := range c.patients {
-					if !slices.Contains(patients[kk], p) {
-						patients[kk] = append(patients[kk], p)
-					}
+					patients[kk] = addPatient(patients[kk], p, k)
 				}
 			}
 		}
@@ -224,9 +229,7 @@ func rareMapping(states []*rareState, k int) (map[string]map[string]string, Rare
 		if cat, ok := category(kk); ok {
 			ck := key{kk.system, cat}
 			for _, p := range patients[kk] {
-				if !slices.Contains(catPatients[ck], p) && len(catPatients[ck]) < k {
-					catPatients[ck] = append(catPatients[ck], p)
-				}
+				catPatients[ck] = addPatient(catPatients[ck], p, k)
 			}
 		}
 	}
