@@ -260,13 +260,12 @@ func (p *Publication) Checksums(ctx context.Context, sub string) ([]Part, error)
 		if err != nil {
 			return nil, err
 		}
-		h := sha256.New()
-		n, err := io.Copy(h, r)
+		n, sum, err := digest(r)
 		r.Close()
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", path, err)
 		}
-		out = append(out, Part{Path: path, Size: n, SHA256: hex.EncodeToString(h.Sum(nil))})
+		out = append(out, Part{Path: path, Size: n, SHA256: sum})
 	}
 	return out, nil
 }
@@ -429,15 +428,21 @@ var ErrTampered = errors.New("part checksum mismatch")
 // matches reads r to its end and returns ErrTampered unless its size and
 // SHA-256 are the part's.
 func matches(r io.Reader, part Part) error {
-	h := sha256.New()
-	n, err := io.Copy(h, r)
+	n, sum, err := digest(r)
 	if err != nil {
 		return err
 	}
-	if n != part.Size || hex.EncodeToString(h.Sum(nil)) != part.SHA256 {
+	if n != part.Size || sum != part.SHA256 {
 		return ErrTampered
 	}
 	return nil
+}
+
+// digest reads r to its end and returns its size and SHA-256 in hex.
+func digest(r io.Reader) (int64, string, error) {
+	h := sha256.New()
+	n, err := io.Copy(h, r)
+	return n, hex.EncodeToString(h.Sum(nil)), err
 }
 
 // GC removes the files of versions without a manifest whose claim is older

@@ -142,11 +142,11 @@ func catalogCommand() *cli.Command {
 					if c.Bool("json") {
 						return writeJSON(c.App.Writer, m)
 					}
-					root := c.String("lake")
-					if !strings.HasPrefix(root, "s3://") {
-						root, _ = filepath.Abs(root)
+					root, err := lakeRoot(c)
+					if err != nil {
+						return err
 					}
-					return showManifest(c.App.Writer, m, c.Bool("verify"), strings.TrimRight(root, "/"))
+					return showManifest(c.App.Writer, m, c.Bool("verify"), root)
 				},
 			},
 			{
@@ -185,13 +185,12 @@ func catalogCommand() *cli.Command {
 					if err := applyConfig(c); err != nil {
 						return err
 					}
-					lakeURL := c.String("lake")
+					lakeURL, err := lakeRoot(c)
+					if err != nil {
+						return err
+					}
 					if !strings.HasPrefix(lakeURL, "s3://") {
-						abs, err := filepath.Abs(lakeURL)
-						if err != nil {
-							return err
-						}
-						lakeURL = (&url.URL{Scheme: "file", Path: filepath.ToSlash(abs)}).String()
+						lakeURL = (&url.URL{Scheme: "file", Path: filepath.ToSlash(lakeURL)}).String()
 					}
 					licence := c.String("licence")
 					if licence == "" && c.String("base-url") != "" {

@@ -135,10 +135,9 @@ func s3Flags() []cli.Flag {
 // s3://bucket/prefix with the properties iceberg-go's S3 file IO needs
 // (the credentials only in memory, from the environment as for the lake).
 func lakeLocation(c *cli.Context) (string, map[string]string, error) {
-	loc := c.String("lake")
-	if !strings.HasPrefix(loc, "s3://") {
-		abs, err := filepath.Abs(loc)
-		return abs, nil, err
+	loc, err := lakeRoot(c)
+	if err != nil || !strings.HasPrefix(loc, "s3://") {
+		return loc, nil, err
 	}
 	endpoint, tls, err := s3Endpoint(c.String("s3-endpoint"), c.Bool("s3-tls"), c.IsSet("s3-tls"))
 	if err != nil {
@@ -152,8 +151,18 @@ func lakeLocation(c *cli.Context) (string, map[string]string, error) {
 	if region == "" {
 		region = "us-east-1"
 	}
-	return strings.TrimRight(loc, "/"), map[string]string{"s3.endpoint": scheme + endpoint, "s3.region": region,
+	return loc, map[string]string{"s3.endpoint": scheme + endpoint, "s3.region": region,
 		"s3.access-key-id": os.Getenv("AWS_ACCESS_KEY_ID"), "s3.secret-access-key": os.Getenv("AWS_SECRET_ACCESS_KEY")}, nil
+}
+
+// lakeRoot is --lake as other programs reach it: the folder's absolute
+// path, or s3://bucket/prefix without a trailing slash.
+func lakeRoot(c *cli.Context) (string, error) {
+	loc := c.String("lake")
+	if strings.HasPrefix(loc, "s3://") {
+		return strings.TrimRight(loc, "/"), nil
+	}
+	return filepath.Abs(loc)
 }
 
 // openLake opens the lake named by --lake: a folder or s3://bucket/prefix.
@@ -234,22 +243,31 @@ func (p pulledStream) Finish(ctx context.Context) error {
 	if p.dest == nil {
 		return nil
 	}
-	// The files first, manifest.json and pull.json last: a landing area
-	// whose pull.json is there holds the whole export.
 	names := []string{}
 	for _, f := range st.Files {
 		names = append(names, f.Name)
 	}
-	var bytes int64
-	for _, name := range append(names, "manifest.json", "pull.json") {
-		n, err := copyToStore(ctx, p.dest, filepath.Join(p.dir, name), name)
-		if err != nil {
-			return fmt.Errorf("copy %s to %s: %w (nothing was published; run again to copy it)", name, p.destURL, err)
-		}
-		bytes += n
+	n, bytes, err := land(ctx, p.dest, p.destURL, p.dir, names)
+	if err != nil {
+		return err
 	}
-	fmt.Fprintf(p.w, "copied the export (%d files, %.0f MB) to %s\n", len(names)+2, float64(bytes)/1e6, p.destURL)
+	fmt.Fprintf(p.w, "copied the export (%d files, %.0f MB) to %s\n", n, float64(bytes)/1e6, p.destURL)
 	return nil
+}
+
+// land copies a pull's files (names, from dir, slash-separated) to its S3
+// landing area, then manifest.json and pull.json last: a landing area
+// whose pull.json is there holds the whole export. It returns how many
+// files and bytes it copied.
+func land(ctx context.Context, dest *s3.Store, destURL, dir string, names []string) (files int, bytes int64, err error) {
+	for _, name := range append(names, "manifest.json", "pull.json") {
+		n, err := copyToStore(ctx, dest, filepath.Join(dir, filepath.FromSlash(name)), name)
+		if err != nil {
+			return files, bytes, fmt.Errorf("copy %s to %s: %w (nothing was published; run again to copy it)", name, destURL, err)
+		}
+		files, bytes = files+1, bytes+n
+	}
+	return files, bytes, nil
 }
 
 // copyToStore streams a local file into a store as name, dropping the
@@ -468,15 +486,11 @@ func pullExtract(c *cli.Context, base string) (ingest.Source, pulledExport, erro
 		for _, f := range st.Files {
 			names = append(names, f.Name)
 		}
-		var bytes int64
-		for _, name := range append(names, "manifest.json", "pull.json") {
-			n, err := copyToStore(c.Context, dest, filepath.Join(dir, filepath.FromSlash(name)), name)
-			if err != nil {
-				return nil, pulledExport{}, fmt.Errorf("copy %s to %s: %w (nothing was published; run again to copy it)", name, destURL, err)
-			}
-			bytes += n
+		n, bytes, err := land(c.Context, dest, destURL, dir, names)
+		if err != nil {
+			return nil, pulledExport{}, err
 		}
-		fmt.Fprintf(c.App.ErrWriter, "copied the changes and the merged export (%d files, %.0f MB) to %s\n", len(names)+2, float64(bytes)/1e6, destURL)
+		fmt.Fprintf(c.App.ErrWriter, "copied the changes and the merged export (%d files, %.0f MB) to %s\n", n, float64(bytes)/1e6, destURL)
 		abs = destURL + "/merged"
 	}
 	return ingest.Dir(folder), pulledExport{folder: abs, transactionTime: st.TransactionTime}, nil
