@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/nhs-hub/hub/internal/secretfile"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -28,18 +29,11 @@ func NewAuditKey(path string) error {
 	if _, err := rand.Read(key); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	err := secretfile.Create(path, []byte(hex.EncodeToString(key)+"\n"))
 	if errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("%s already exists: a new key would not verify the log the old one keyed", path)
 	}
-	if err != nil {
-		return err
-	}
-	if _, err := f.WriteString(hex.EncodeToString(key) + "\n"); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return err
 }
 
 // LoadAuditKey reads the audit key at path for the state folder dir. The

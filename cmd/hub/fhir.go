@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/nhs-hub/hub/ingest/bulkdata"
+	"github.com/nhs-hub/hub/internal/secretfile"
 	"github.com/urfave/cli/v2"
 )
 
@@ -37,19 +38,11 @@ func fhirCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				f, err := os.OpenFile(c.String("out"), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+				err = secretfile.Create(c.String("out"), pemBytes)
 				if errors.Is(err, os.ErrExist) {
 					return fmt.Errorf("%s exists: keygen never overwrites a key; give another --out", c.String("out"))
 				}
 				if err != nil {
-					return fmt.Errorf("write the key: %w", err)
-				}
-				if _, err := f.Write(pemBytes); err != nil {
-					f.Close()
-					os.Remove(c.String("out"))
-					return fmt.Errorf("write the key: %w", err)
-				}
-				if err := f.Close(); err != nil {
 					return fmt.Errorf("write the key: %w", err)
 				}
 				fmt.Fprintf(c.App.Writer, "%s\n", jwks)

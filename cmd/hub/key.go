@@ -10,6 +10,7 @@ import (
 
 	"github.com/nhs-hub/hub/deid"
 	"github.com/nhs-hub/hub/governance"
+	"github.com/nhs-hub/hub/internal/secretfile"
 	"github.com/urfave/cli/v2"
 )
 
@@ -122,19 +123,11 @@ func writeKey(path string) (*deid.Key, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	err = secretfile.Create(path, []byte(hex.EncodeToString(raw)+"\n"))
 	if errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("%s exists: a key is never overwritten; give another --out", path)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("write the key: %w", err)
-	}
-	_, err = f.WriteString(hex.EncodeToString(raw) + "\n")
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(path)
 		return nil, fmt.Errorf("write the key: %w", err)
 	}
 	return k, nil
