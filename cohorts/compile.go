@@ -94,7 +94,7 @@ type ratePeriod struct {
 // criteria and the denominator, then those and the numerator, each with
 // the interval's start as the index date and windows relative to the
 // interval made its dates.
-func compileRate(q *Query, m *Measure, seed int64) ([]ratePeriod, error) {
+func compileRate(q *Query, m *Measure, seed int64, d Dialect) ([]ratePeriod, error) {
 	var out []ratePeriod
 	for _, iv := range m.Intervals.periods() {
 		from, to := iv[0].Format(time.DateOnly), iv[1].Format(time.DateOnly)
@@ -110,7 +110,7 @@ func compileRate(q *Query, m *Measure, seed int64) ([]ratePeriod, error) {
 			if len(all) > 0 {
 				pq.Criteria = &Criterion{All: all}
 			}
-			return Compile(pq, seed)
+			return CompileFor(pq, seed, d)
 		}
 		den, err := sub(m.Denominator)
 		if err != nil {
@@ -189,12 +189,17 @@ func (f *frag) add(g *frag) *frag {
 // check left the band alone (NULL where it left nothing).
 // birth_mi is the month of birth as year*12+month-1 (July when the month
 // was generalised), so ages compare as integers.
+//
+// Every column a CTE or subquery gives is named (t.pid AS pid): ClickHouse
+// names an unaliased t.pid "t.pid" where several tables are joined, and a
+// later "SELECT pid" would take an outer query's pid instead.
 type compiler struct {
 	// negated counts the nots above the criterion being compiled: an
 	// unknown value matters (NULL is not FALSE) only under one.
 	negated int
 	q       *Query
 	seed    int64
+	d       Dialect
 	idx     time.Time
 	idxMI   int
 	ctes    []*frag
@@ -203,9 +208,69 @@ type compiler struct {
 	tables  map[*Event]string
 }
 
-// Compile compiles a validated query. seed keys the per-patient choice of
-// codes in breakdowns by_code.
-func Compile(q *Query, seed int64) (*Plan, error) {
+// A Dialect is the SQL an engine speaks: the compiler writes the same
+// statements for each, but for the few functions and types where DuckDB
+// and ClickHouse differ.
+type Dialect int
+
+const (
+	// DuckDB is the embedded engine's SQL.
+	DuckDB Dialect = iota
+	// ClickHouse is ClickHouse's: dates are Date32 (1900-2299; Date
+	// stops at 1970 and 2149), integer division is intDiv (// starts a
+	// comment), and lag needs a Nullable argument to give NULL before a
+	// partition's first row (else 1970-01-01).
+	ClickHouse
+)
+
+func (d Dialect) String() string { return [...]string{"duckdb", "clickhouse"}[d] }
+
+// date is the type dates are cast to.
+func (c *compiler) date() string {
+	if c.d == ClickHouse {
+		return "Date32"
+	}
+	return "DATE"
+}
+
+// startsWith is the prefix test's function.
+func (c *compiler) startsWith() string {
+	if c.d == ClickHouse {
+		return "startsWith"
+	}
+	return "starts_with"
+}
+
+// lag is the previous row's value of col, NULL before the first.
+func (c *compiler) lag(col string) string {
+	if c.d == ClickHouse {
+		return "lag(toNullable(" + col + "))"
+	}
+	return "lag(" + col + ")"
+}
+
+// hash is the function that orders a patient's codes by seed.
+func (c *compiler) hash() string {
+	if c.d == ClickHouse {
+		return "cityHash64"
+	}
+	return "hash"
+}
+
+// div is the integer quotient a / b, truncated.
+func (c *compiler) div(a, b *frag) *frag {
+	if c.d == ClickHouse {
+		return new(frag).w("intDiv(").add(a).w(", ").add(b).w(")")
+	}
+	return new(frag).add(a).w(" // ").add(b)
+}
+
+// Compile compiles a validated query to DuckDB's SQL. seed keys the
+// per-patient choice of codes in breakdowns by_code.
+func Compile(q *Query, seed int64) (*Plan, error) { return CompileFor(q, seed, DuckDB) }
+
+// CompileFor compiles a validated query to an engine's dialect.
+func CompileFor(q *Query, seed int64, d Dialect) (*Plan, error) {
 	if err := q.Validate(); err != nil {
 		return nil, err
 	}
@@ -216,7 +281,7 @@ func Compile(q *Query, seed int64) (*Plan, error) {
 		// Each cohort is a query of its own, its measures run in turn.
 		p := &Plan{Query: q}
 		for _, qc := range q.perCohort() {
-			sub, err := Compile(qc, seed)
+			sub, err := CompileFor(qc, seed, d)
 			if err != nil {
 				return nil, err
 			}
@@ -225,7 +290,7 @@ func Compile(q *Query, seed int64) (*Plan, error) {
 		}
 		return p, nil
 	}
-	c := &compiler{q: q, seed: seed, cteOf: map[*Event]string{}, byID: map[string]*Event{}, tables: map[*Event]string{}}
+	c := &compiler{q: q, seed: seed, d: d, cteOf: map[*Event]string{}, byID: map[string]*Event{}, tables: map[*Event]string{}}
 	if q.IndexDate != "" {
 		c.idx, _ = parseDate(q.IndexDate)
 		c.idxMI = c.idx.Year()*12 + int(c.idx.Month()) - 1
@@ -261,7 +326,7 @@ func Compile(q *Query, seed int64) (*Plan, error) {
 	}
 	for i := range q.Measures {
 		if m := &q.Measures[i]; m.Kind == KindRate {
-			periods, err := compileRate(q, m, seed)
+			periods, err := compileRate(q, m, seed, d)
 			if err != nil {
 				return nil, err
 			}
@@ -314,7 +379,7 @@ func (c *compiler) cte(e *Event) string {
 	join, where := c.eventRows(e)
 	name := fmt.Sprintf("e%d", len(c.cteOf)+1)
 	c.cteOf[e] = name
-	f := new(frag).w(name, " AS (SELECT t.pid, min(t.event_date) AS first_date, max(t.event_date) AS last_date FROM ", c.tables[e], " t")
+	f := new(frag).w(name, " AS (SELECT t.pid AS pid, min(t.event_date) AS first_date, max(t.event_date) AS last_date FROM ", c.tables[e], " t")
 	f.add(join)
 	f.w(" WHERE ").add(where)
 	f.w(" GROUP BY t.pid HAVING count(*) >= ").arg(int64(max(e.MinCount, 1)))
@@ -373,7 +438,7 @@ func (c *compiler) filter(table string, codes *Codes, types []string, unit strin
 				if i > 0 {
 					g.w(" OR ")
 				}
-				g.w("starts_with(", t, ".code, ").arg(p).w(")")
+				g.w(c.startsWith(), "(", t, ".code, ").arg(p).w(")")
 			}
 			alts = append(alts, g.w("))"))
 		}
@@ -494,9 +559,9 @@ func (c *compiler) windowOn(w *Window, t, low, high string) (joinF, pred *frag) 
 	var anchor *frag // the date the window is relative to
 	switch {
 	case w.RelativeTo == "index":
-		anchor = new(frag).w("CAST(").arg(c.idx.Format(time.DateOnly)).w(" AS DATE)")
-		pred.w(t, ".", low, " >= CAST(").arg(c.idx.AddDate(0, 0, -before).Format(time.DateOnly)).w(" AS DATE) AND ",
-			t, ".", high, " <= CAST(").arg(c.idx.AddDate(0, 0, after).Format(time.DateOnly)).w(" AS DATE)")
+		anchor = new(frag).w("CAST(").arg(c.idx.Format(time.DateOnly)).w(" AS ", c.date(), ")")
+		pred.w(t, ".", low, " >= CAST(").arg(c.idx.AddDate(0, 0, -before).Format(time.DateOnly)).w(" AS ", c.date(), ") AND ",
+			t, ".", high, " <= CAST(").arg(c.idx.AddDate(0, 0, after).Format(time.DateOnly)).w(" AS ", c.date(), ")")
 	case w.RelativeTo != "":
 		e := c.byID[w.RelativeTo]
 		cte, col := c.cte(e), "a.first_date"
@@ -513,10 +578,10 @@ func (c *compiler) windowOn(w *Window, t, low, high string) (joinF, pred *frag) 
 	default:
 		var ps []*frag
 		if w.From != "" {
-			ps = append(ps, new(frag).w(t, ".", low, " >= CAST(").arg(w.From).w(" AS DATE)"))
+			ps = append(ps, new(frag).w(t, ".", low, " >= CAST(").arg(w.From).w(" AS ", c.date(), ")"))
 		}
 		if w.To != "" {
-			ps = append(ps, new(frag).w(t, ".", high, " <= CAST(").arg(w.To).w(" AS DATE)"))
+			ps = append(ps, new(frag).w(t, ".", high, " <= CAST(").arg(w.To).w(" AS ", c.date(), ")"))
 		}
 		pred = join(ps, " AND ")
 	}
@@ -530,15 +595,15 @@ func (c *compiler) windowOn(w *Window, t, low, high string) (joinF, pred *frag) 
 			switch u {
 			case "death":
 				joinF.w(" JOIN patients u ON u.pid = ", t, ".pid")
-				ps = append(ps, new(frag).w(t, ".", high, " <= coalesce(u.death_end, CAST(").arg("9999-12-31").w(" AS DATE))"))
+				ps = append(ps, new(frag).w(t, ".", high, " <= coalesce(u.death_end, CAST(").arg("9999-12-31").w(" AS ", c.date(), "))"))
 			case "deregistration":
 				// The latest end of the registrations current on the anchor
 				// date; none, and the comparison with NULL meets nothing.
-				open := new(frag).w("coalesce(g.end_date, CAST(").arg("9999-12-31").w(" AS DATE))")
+				open := new(frag).w("coalesce(g.end_date, CAST(").arg("9999-12-31").w(" AS ", c.date(), "))")
 				ps = append(ps, new(frag).w(t, ".", high, " <= (SELECT max(").add(open).w(") FROM registrations g WHERE g.pid = ", t, ".pid AND g.start_date <= ").
 					add(anchor).w(" AND ").add(open).w(" >= ").add(anchor).w(")"))
 			default:
-				ps = append(ps, new(frag).w(t, ".", high, " <= CAST(").arg(u).w(" AS DATE)"))
+				ps = append(ps, new(frag).w(t, ".", high, " <= CAST(").arg(u).w(" AS ", c.date(), ")"))
 			}
 		}
 		pred = join(ps, " AND ")
@@ -552,7 +617,7 @@ func (c *compiler) nth(e *Event, n int) string {
 	base := c.cte(e)
 	name := fmt.Sprintf("n%d", len(c.ctes)+1)
 	joinF, where := c.eventRows(e)
-	f := new(frag).w(name, " AS (SELECT pid, event_date AS nth_date FROM (SELECT t.pid, t.event_date, row_number() OVER (PARTITION BY t.pid ORDER BY t.event_date) AS k FROM ",
+	f := new(frag).w(name, " AS (SELECT pid, event_date AS nth_date FROM (SELECT t.pid AS pid, t.event_date AS event_date, row_number() OVER (PARTITION BY t.pid ORDER BY t.event_date) AS k FROM ",
 		c.tables[e], " t").add(joinF)
 	f.w(" WHERE t.pid IN (SELECT pid FROM ", base, ") AND ").add(where)
 	f.w(") WHERE k = ").arg(int64(n)).w(")")
@@ -606,6 +671,10 @@ func (c *compiler) expr(k *Criterion) *frag {
 			minCol, maxCol = "p.birth_lo", "p.birth_hi"
 		}
 		if e, ok := c.byID[k.AgeAt]; ok {
+			// The anchor's patients joined to their own row (q), not a
+			// subquery correlated with p: ClickHouse takes no correlated
+			// subquery under IN.
+			minCol, maxCol := "q"+minCol[1:], "q"+maxCol[1:]
 			at := new(frag).w("(year(a.first_date) * CAST(").arg(int64(12)).w(" AS INTEGER) + month(a.first_date) - CAST(").arg(int64(1)).w(" AS INTEGER))")
 			var ps []*frag
 			if k.Age.Min != nil {
@@ -614,7 +683,7 @@ func (c *compiler) expr(k *Criterion) *frag {
 			if k.Age.Max != nil {
 				ps = append(ps, new(frag).w(maxCol, " >= ").add(at).w(" - CAST(").arg(int64(12*(int(math.Floor(*k.Age.Max))+1)-1)).w(" AS INTEGER)"))
 			}
-			return new(frag).w("p.pid IN (SELECT a.pid FROM ", c.cte(e), " a WHERE ").add(c.known(join(ps, " AND "), k.Unknown)).w(")")
+			return new(frag).w("p.pid IN (SELECT a.pid FROM ", c.cte(e), " a JOIN patients q ON q.pid = a.pid WHERE ").add(c.known(join(ps, " AND "), k.Unknown)).w(")")
 		}
 		atMI := c.idxMI
 		if k.AgeAt != "" && k.AgeAt != "index" {
@@ -659,10 +728,10 @@ func (c *compiler) registered(r *Registered) string {
 	idx := c.idx.Format(time.DateOnly)
 	f := new(frag).w(name, " AS (SELECT pid FROM (SELECT pid, island, min(start_date) AS s, max(end_date) AS e FROM (",
 		"SELECT pid, start_date, end_date, sum(CAST(prev_end IS NULL OR start_date > prev_end + CAST(").arg(int64(r.GapDays+1)).w(" AS INTEGER) AS INTEGER)) OVER (PARTITION BY pid ORDER BY start_date, end_date ROWS UNBOUNDED PRECEDING) AS island FROM (",
-		"SELECT pid, start_date, end_date, lag(run_end) OVER (PARTITION BY pid ORDER BY start_date, end_date) AS prev_end FROM (",
+		"SELECT pid, start_date, end_date, ", c.lag("run_end"), " OVER (PARTITION BY pid ORDER BY start_date, end_date) AS prev_end FROM (",
 		"SELECT pid, start_date, end_date, max(end_date) OVER (PARTITION BY pid ORDER BY start_date, end_date ROWS UNBOUNDED PRECEDING) AS run_end FROM (",
-		"SELECT pid, start_date, coalesce(end_date, CAST(").arg("9999-12-31").w(" AS DATE)) AS end_date FROM registrations WHERE start_date <= CAST(").arg(idx).w(" AS DATE))))",
-		") GROUP BY pid, island) WHERE s <= CAST(").arg(c.idx.AddDate(0, 0, -r.DaysBefore).Format(time.DateOnly)).w(" AS DATE) AND e >= CAST(").arg(idx).w(" AS DATE) GROUP BY pid)")
+		"SELECT pid, start_date, coalesce(end_date, CAST(").arg("9999-12-31").w(" AS ", c.date(), ")) AS end_date FROM registrations WHERE start_date <= CAST(").arg(idx).w(" AS ", c.date(), "))))",
+		") GROUP BY pid, island) WHERE s <= CAST(").arg(c.idx.AddDate(0, 0, -r.DaysBefore).Format(time.DateOnly)).w(" AS ", c.date(), ") AND e >= CAST(").arg(idx).w(" AS ", c.date(), ") GROUP BY pid)")
 	c.ctes = append(c.ctes, f)
 	return name
 }
@@ -684,7 +753,7 @@ func (c *compiler) known(pred *frag, unknown string) *frag {
 // alive is "no death recorded in or before date's month" (or year, where
 // only the year is published).
 func (c *compiler) alive(date string) *frag {
-	return new(frag).w("coalesce(p.death_month, CAST(").arg("9999-12-31").w(" AS DATE)) > CAST(").arg(date).w(" AS DATE)")
+	return new(frag).w("coalesce(p.death_month, CAST(").arg("9999-12-31").w(" AS ", c.date(), ")) > CAST(").arg(date).w(" AS ", c.date(), ")")
 }
 
 func firstNonNil(es ...*Event) *Event {
@@ -702,12 +771,12 @@ func (c *compiler) measure(m *Measure) *frag {
 	switch {
 	case m.Kind == KindCount && m.ByCode != "":
 		joinF, pred := c.window(m.Window, "t")
-		f.w(",\ncodes AS (SELECT DISTINCT t.pid, t.code_system, t.code FROM ", m.ByCode, " t JOIN cohort p ON p.pid = t.pid")
+		f.w(",\ncodes AS (SELECT DISTINCT t.pid AS pid, t.code_system AS code_system, t.code AS code FROM ", m.ByCode, " t JOIN cohort p ON p.pid = t.pid")
 		f.add(joinF)
 		if pred != nil {
 			f.w(" WHERE ").add(pred)
 		}
-		f.w("),\nranked AS (SELECT code_system, code, row_number() OVER (PARTITION BY pid ORDER BY hash(pid, code_system, code, ").arg(c.seed).w(")) AS r FROM codes)\n")
+		f.w("),\nranked AS (SELECT code_system, code, row_number() OVER (PARTITION BY pid ORDER BY ", c.hash(), "(pid, code_system, code, ").arg(c.seed).w(")) AS r FROM codes)\n")
 		f.w("SELECT code_system, code, count(*) FROM ranked WHERE r <= ").arg(int64(partitions(m))).w(" GROUP BY ALL")
 	case m.Kind == KindCount && len(m.By) > 0:
 		f.w("\nSELECT ")
@@ -723,8 +792,10 @@ func (c *compiler) measure(m *Measure) *frag {
 					// when both ends do: then the span's last month stands
 					// for it.
 					band := func(col string) *frag {
-						return new(frag).w("least(greatest((CAST(").arg(int64(c.idxMI)).w(" AS INTEGER) - ", col, ") // CAST(").arg(int64(12)).
-							w(" AS INTEGER), CAST(").arg(int64(0)).w(" AS INTEGER)) // CAST(").arg(int64(5)).w(" AS INTEGER), CAST(").arg(int64(len(AgeBands) - 1)).w(" AS INTEGER))")
+						integer := func(v int) *frag { return new(frag).w("CAST(").arg(int64(v)).w(" AS INTEGER)") }
+						years := c.div(new(frag).w("(").add(integer(c.idxMI)).w(" - ", col, ")"), integer(12))
+						bands := c.div(new(frag).w("greatest(").add(years).w(", ").add(integer(0)).w(")"), integer(5))
+						return new(frag).w("least(").add(bands).w(", ").add(integer(len(AgeBands) - 1)).w(")")
 					}
 					f.w("CASE WHEN p.birth_mi IS NOT NULL THEN p.birth_mi WHEN ").add(band("p.birth_lo")).w(" = ").add(band("p.birth_hi")).w(" THEN p.birth_hi END")
 				} else {
@@ -769,12 +840,17 @@ func (c *compiler) value(x *Value) *frag {
 	f := new(frag)
 	switch x.Kind {
 	case ValueAge:
-		f.w("SELECT p.pid, CAST((").arg(int64(c.idxMI)).w(" - p.birth_mi) // ").arg(int64(12)).w(" AS DOUBLE) AS v FROM cohort p WHERE p.birth_mi IS NOT NULL")
+		years := c.div(new(frag).w("(").arg(int64(c.idxMI)).w(" - p.birth_mi)"), new(frag).arg(int64(12)))
+		f.w("SELECT p.pid, CAST(").add(years).w(" AS DOUBLE) AS v FROM cohort p WHERE p.birth_mi IS NOT NULL")
 	case ValueObservation:
-		agg := map[string]string{"": "arg_max(t.value, t.event_date)", "last": "arg_max(t.value, t.event_date)",
-			"first": "arg_min(t.value, t.event_date)", "min": "min(t.value)", "max": "max(t.value)", "mean": "avg(t.value)"}[x.Pick]
+		argMax, argMin := "arg_max", "arg_min"
+		if c.d == ClickHouse {
+			argMax, argMin = "argMax", "argMin"
+		}
+		agg := map[string]string{"": argMax + "(t.value, t.event_date)", "last": argMax + "(t.value, t.event_date)",
+			"first": argMin + "(t.value, t.event_date)", "min": "min(t.value)", "max": "max(t.value)", "mean": "avg(t.value)"}[x.Pick]
 		joinF, pred := c.window(x.Window, "t")
-		f.w("SELECT t.pid, CAST(", agg, " AS DOUBLE) AS v FROM observations t JOIN cohort p ON p.pid = t.pid").add(joinF)
+		f.w("SELECT t.pid AS pid, CAST(", agg, " AS DOUBLE) AS v FROM observations t JOIN cohort p ON p.pid = t.pid").add(joinF)
 		f.w(" WHERE t.value IS NOT NULL AND ").add(c.filter("observations", x.Codes, nil, x.Unit, nil, "t"))
 		if pred != nil {
 			f.w(" AND ").add(pred)
@@ -782,7 +858,7 @@ func (c *compiler) value(x *Value) *frag {
 		f.w(" GROUP BY t.pid")
 	case ValueEvents:
 		joinF, pred := c.window(x.Window, "t")
-		f.w("SELECT p.pid, CAST(coalesce(x.n, ").arg(int64(0)).w(") AS DOUBLE) AS v FROM cohort p LEFT JOIN (SELECT t.pid, count(*) AS n FROM ", x.Table, " t").add(joinF)
+		f.w("SELECT p.pid, CAST(coalesce(x.n, ").arg(int64(0)).w(") AS DOUBLE) AS v FROM cohort p LEFT JOIN (SELECT t.pid AS pid, count(*) AS n FROM ", x.Table, " t").add(joinF)
 		f.w(" WHERE ").add(c.filter(x.Table, x.Codes, x.Types, x.Unit, nil, "t"))
 		if pred != nil {
 			f.w(" AND ").add(pred)

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -25,11 +26,53 @@ import (
 // allowed_paths and external access is switched off before anything is
 // loaded, and the configuration is locked before any query runs. Safe
 // for concurrent use.
+//
+// An Engine may instead run on another engine (EngineOptions.Engine): its
+// backend then answers the compiled statements, in its dialect.
 type Engine struct {
 	db       *sql.DB
 	Manifest *catalog.Manifest
 	path     string // the database file ("": in memory)
+	dialect  Dialect
+	backend  backend // nil: db
 }
+
+// A backend is an engine other than the embedded DuckDB: it runs a
+// statement of its dialect and returns every row's values (int64,
+// float64, string or nil).
+type backend interface {
+	rows(ctx context.Context, st Statement) ([][]any, error)
+	close() error
+}
+
+// clickHouse opens versions on ClickHouse, where the build has it (-tags
+// chdb: chdb-go loads libchdb.so when its package loads, and panics
+// without it).
+var clickHouse interface {
+	open(ctx context.Context, m *catalog.Manifest, files map[string][]string, opt EngineOptions) (*Engine, error)
+	loaded(m *catalog.Manifest) bool
+}
+
+// errNoClickHouse says how to get a build with ClickHouse.
+var errNoClickHouse = errors.New("this hub was built without the ClickHouse engine: build it with -tags chdb and libchdb.so (make hub-chdb), or use --engine duckdb")
+
+// ParseEngine names an engine: duckdb or clickhouse.
+func ParseEngine(name string) (Dialect, error) {
+	switch name {
+	case "", "duckdb":
+		return DuckDB, nil
+	case "clickhouse":
+		if clickHouse == nil {
+			return DuckDB, errNoClickHouse
+		}
+		return ClickHouse, nil
+	}
+	return DuckDB, fmt.Errorf("engine %q: duckdb or clickhouse", name)
+}
+
+// Dialect is the SQL the engine speaks: compile a query for it with
+// [CompileFor].
+func (e *Engine) Dialect() Dialect { return e.dialect }
 
 // tableLoads are the engine's tables: patients get an integer pid, events
 // refer to it and carry their date as event_date. Only the columns the
@@ -121,12 +164,22 @@ type EngineOptions struct {
 	// least recently opened files of versions not loaded are removed (a
 	// later query loads the version again).
 	MaxBytes int64
+	// Engine is the engine that answers: DuckDB, embedded (the default),
+	// or ClickHouse, in process (chdb), its tables kept in
+	// Dir/clickhouse.
+	Engine Dialect
 }
 
 // OpenEngine loads a version from local, already verified part files
 // (see [catalog.Lake.Local]), or reopens the database file an earlier
 // load left in opt.Dir.
 func OpenEngine(ctx context.Context, m *catalog.Manifest, files map[string][]string, opt EngineOptions) (*Engine, error) {
+	if opt.Engine == ClickHouse {
+		if clickHouse == nil {
+			return nil, errNoClickHouse
+		}
+		return clickHouse.open(ctx, m, files, opt)
+	}
 	var all []string
 	for _, t := range tableLoads {
 		all = append(all, files[t.name]...)
@@ -206,6 +259,9 @@ func enginePath(opt EngineOptions, m *catalog.Manifest) (string, error) {
 // Loaded reports whether opt.Dir holds a version's database file already,
 // so that its parts need not be fetched again.
 func (opt EngineOptions) Loaded(m *catalog.Manifest) bool {
+	if opt.Engine == ClickHouse {
+		return clickHouse != nil && clickHouse.loaded(m)
+	}
 	if opt.Dir == "" {
 		return false
 	}
@@ -315,7 +371,7 @@ func load(ctx context.Context, m *catalog.Manifest, files map[string][]string, a
 // open opens a DuckDB database (path "": in memory) with the engine's
 // settings: bounded memory, spill files beside it, and no access to any
 // file but the version's parts.
-func open(ctx context.Context, m *catalog.Manifest, path string, all []string, opt EngineOptions) (*Engine, error) {
+func open(ctx context.Context, m *catalog.Manifest, path string, all []string, opt EngineOptions, writable ...string) (*Engine, error) {
 	connector, err := duckdb.NewConnector(path, nil)
 	if err != nil {
 		return nil, fmt.Errorf("open duckdb: %w", err)
@@ -340,6 +396,7 @@ func open(ctx context.Context, m *catalog.Manifest, path string, all []string, o
 		// Aggregates need no row order; keeping it costs memory.
 		"SET preserve_insertion_order = false",
 		"SET allowed_paths = "+sqlList(all),
+		"SET allowed_directories = "+sqlList(writable),
 		"SET autoinstall_known_extensions = false",
 		"SET autoload_known_extensions = false",
 		"SET enable_external_access = false")
@@ -377,6 +434,42 @@ func (e *Engine) load(ctx context.Context, m *catalog.Manifest, files map[string
 		return fmt.Errorf("load patients: %w", err)
 	}
 	return nil
+}
+
+// WriteEngineParquet writes a version's engine tables, as an engine
+// loads them (an integer pid; events sorted by code, so that row groups
+// prune on it), to Parquet files in dir, one a table: what another engine
+// loads, the derivations (births, deaths, ages from bands) written once.
+// DuckDB does the work in a database file in dir, within opt's memory
+// limit. It returns each table's file.
+func WriteEngineParquet(ctx context.Context, m *catalog.Manifest, files map[string][]string, dir string, opt EngineOptions) (map[string]string, error) {
+	var all []string
+	for _, t := range tableLoads {
+		all = append(all, files[t.name]...)
+	}
+	path := filepath.Join(dir, "load.duckdb")
+	opt.Dir = dir
+	e, err := open(ctx, m, path, all, opt, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		e.db.Close()
+		os.Remove(path)
+		os.Remove(path + ".wal")
+	}()
+	if err := e.load(ctx, m, files); err != nil {
+		return nil, fmt.Errorf("load %s@%d: %w", m.Dataset, m.Version, err)
+	}
+	out := map[string]string{}
+	for _, t := range tableLoads {
+		f := filepath.Join(dir, t.name+".parquet")
+		if _, err := e.db.ExecContext(ctx, "COPY "+t.name+" TO "+sqlString(f)+" (FORMAT parquet, COMPRESSION zstd)"); err != nil {
+			return nil, fmt.Errorf("write %s's %s: %w", m.Dataset, t.name, err)
+		}
+		out[t.name] = f
+	}
+	return out, nil
 }
 
 // ReferenceMonth is the month (year*12 + month - 1) a version's age bands
@@ -420,14 +513,26 @@ func sqlList(paths []string) string {
 }
 
 // Close releases the database.
-func (e *Engine) Close() error { return e.db.Close() }
+func (e *Engine) Close() error {
+	if e.backend != nil {
+		return e.backend.close()
+	}
+	return e.db.Close()
+}
 
 // DB is the engine's database, for benchmarks that run a plan's SQL
-// directly.
+// directly (nil on an engine other than DuckDB).
 func (e *Engine) DB() *sql.DB { return e.db }
+
+// Rows runs a statement of the engine's dialect and returns every row's
+// values, for benchmarks and tests; only release may see a plan's.
+func (e *Engine) Rows(ctx context.Context, st Statement) ([][]any, error) { return e.rows(ctx, st) }
 
 // rows runs a statement and returns every row's values.
 func (e *Engine) rows(ctx context.Context, st Statement) ([][]any, error) {
+	if e.backend != nil {
+		return e.backend.rows(ctx, st)
+	}
 	rs, err := e.db.QueryContext(ctx, st.SQL, st.Args...)
 	if err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package cohorts
 
 import (
 	"fmt"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -36,11 +37,29 @@ func (g *grants) Project(name string) (*governance.Project, error) {
 	return &c, nil
 }
 
+// testEngine is the engine the package's services run on: DuckDB, or
+// ClickHouse with HUB_TEST_ENGINE=clickhouse in a build with it (-tags
+// chdb; make test runs the cohort tests so).
+func testEngine(t *testing.T) EngineOptions {
+	switch e := os.Getenv("HUB_TEST_ENGINE"); e {
+	case "", "duckdb":
+		return EngineOptions{}
+	case "clickhouse":
+		if clickHouse == nil {
+			t.Fatal("HUB_TEST_ENGINE=clickhouse needs -tags chdb")
+		}
+		return EngineOptions{Engine: ClickHouse}
+	default:
+		t.Fatalf("HUB_TEST_ENGINE=%s: duckdb or clickhouse", e)
+	}
+	return EngineOptions{}
+}
+
 // newService is a service over the test lake with a fresh state folder
-// and no projects.
+// and no projects, on the test engine.
 func newService(t *testing.T) *Service {
 	t.Helper()
-	s, err := New(Config{Lake: lake(t), State: t.TempDir(), Projects: &grants{m: map[string]*governance.Project{}}})
+	s, err := New(Config{Lake: lake(t), State: t.TempDir(), Projects: &grants{m: map[string]*governance.Project{}}, Engine: testEngine(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -620,7 +620,7 @@ func exactOf(t *testing.T, s *Service, q *Query) []exact {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plan, err := Compile(q, 1)
+	plan, err := CompileFor(q, 1, eng.Dialect())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -811,7 +811,7 @@ func TestByCodePicksPerPatient(t *testing.T) {
 	const seeds = 10
 	got := map[string]float64{}
 	for seed := range int64(seeds) {
-		plan, err := Compile(q, seed)
+		plan, err := CompileFor(q, seed, eng.Dialect())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1010,7 +1010,7 @@ func TestReportUnknowns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plan, err := Compile(q, 1)
+	plan, err := CompileFor(q, 1, eng.Dialect())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -418,7 +418,7 @@ func (s *Service) Query(ctx context.Context, project string, q *Query) (*Answer,
 		return nil, err
 	}
 	defer done()
-	plan, err := Compile(q, randomSeed())
+	plan, err := CompileFor(q, randomSeed(), eng.Dialect())
 	if err != nil {
 		return nil, err
 	}

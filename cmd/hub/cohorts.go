@@ -132,6 +132,12 @@ func serveHandler(gov *governance.Store, svc *cohorts.Service, lake *catalog.Lak
 	return mux, nil
 }
 
+// engineFlag chooses the engine that answers cohort queries.
+func engineFlag() cli.Flag {
+	return &cli.StringFlag{Name: "engine", Value: "duckdb", EnvVars: []string{"HUB_ENGINE"},
+		Usage: "the engine that answers cohort queries: duckdb (embedded), or clickhouse (in process, chdb: a build with -tags chdb and libchdb.so, make hub-chdb; its tables live in STATE/engines/clickhouse)"}
+}
+
 func serveCommand() *cli.Command {
 	flags := append([]cli.Flag{
 		&cli.StringFlag{Name: "lake", Value: "./lake", EnvVars: []string{"HUB_LAKE"}, Usage: "the lake: a local folder or s3://bucket/prefix (read through a checksum-verified cache)"},
@@ -142,6 +148,7 @@ func serveCommand() *cli.Command {
 		&cli.DurationFlag{Name: "checkpoint-every", Value: 10 * time.Minute, Usage: "how often the audit log's head is written to the lake (audit-checkpoints/), write-once; the server refuses to start on a log that lacks one. They assume one state folder per lake: 0 turns both off"},
 		&cli.StringSliceFlag{Name: "preload", Usage: "load these datasets' latest versions before listening (default: load on first query)"},
 		&cli.StringFlag{Name: "memory-limit", Value: "auto", EnvVars: []string{"HUB_MEMORY_LIMIT"}, Usage: "DuckDB's memory_limit for each loaded version, which lives in a database file in STATE/engines (spilling to STATE/engines/tmp): a size (1500MB), or auto (300 MB a million patients, 256 MB to half the machine's memory); \"\" loads each version into memory instead, as before December 2026"},
+		engineFlag(),
 		&cli.StringFlag{Name: "engine-files-max", Value: "20GB", Usage: "cap on the database files in STATE/engines: past it, the least recently opened files of versions not open are removed (0: no cap)"},
 		&cli.IntFlag{Name: "max-open", Value: 2, Usage: "dataset versions kept open at once; past it the least recently used one not in use is closed (its database file stays)"},
 		&cli.BoolFlag{Name: "secure-cookies", EnvVars: []string{"HUB_SECURE_COOKIES"}, Usage: "mark the web app's cookies Secure: set it when a proxy serves the hub over TLS"},
@@ -182,6 +189,9 @@ func serveCommand() *cli.Command {
 					return usageError{fmt.Errorf("--engine-files-max: %w (e.g. 20GB, or 0 for no cap)", err)}
 				}
 				engine = cohorts.EngineOptions{Dir: filepath.Join(c.String("state"), "engines"), MemoryLimit: limit, MaxBytes: int64(capBytes)}
+			}
+			if engine.Engine, err = cohorts.ParseEngine(c.String("engine")); err != nil {
+				return usageError{fmt.Errorf("--engine: %w", err)}
 			}
 			svc, err := cohorts.New(cohorts.Config{Lake: lake, State: c.String("state"), Projects: gov, Codelists: lists, Logger: log,
 				Engine: engine, MaxOpen: c.Int("max-open")})
