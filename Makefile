@@ -9,7 +9,7 @@ MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 
 NOTEBOOK_DEBS := jupyter-nbconvert python3-ipykernel python3-pandas python3-matplotlib python3-requests python3-nbformat python3-rdflib
 
-.PHONY: build test test-short browser-deps web-deps chdb-deps bench-chdb web-assets screenshots bench-web notebooks notebook-deps demo bench bench-go bench-pipeline bench-cohorts bench-load bench-pull lint tidy-check fuzz clean minio
+.PHONY: build test test-short browser-deps web-deps chdb-deps hub-chdb bench-chdb web-assets screenshots bench-web notebooks notebook-deps demo bench bench-go bench-pipeline bench-cohorts bench-load bench-pull lint tidy-check fuzz clean minio
 
 build:
 	$(GO) build -o $(BIN) ./cmd/hub
@@ -28,9 +28,22 @@ test: minio web-deps chdb-deps
 	$(GO) test -race -count=1 $(PKGS)
 	# The statistical coverage tests, without the race detector's slowdown.
 	$(GO) test -count=1 -run 'Coverage$$' ./cohorts
-	# ClickHouse in process (chdb) reading the lake's Iceberg tables.
+	# ClickHouse in process (chdb) reading the lake's Iceberg tables, and
+	# answering hub serve --engine clickhouse.
 	CHDB_LIB_PATH=$(CHDB_LIB) $(GO) test -count=1 -tags chdb -run Chdb ./cmd/hub
+	# The ClickHouse cohort engine: the parity suite against DuckDB, and the
+	# cohort tests against the oracle on ClickHouse.
+	CHDB_LIB_PATH=$(CHDB_LIB) HUB_TEST_ENGINE=clickhouse $(GO) test -count=1 -tags chdb -run '$(CLICKHOUSE_TESTS)' ./cohorts
 	$(MAKE) notebooks
+
+# The cohort tests that run on either engine (the others test DuckDB's own
+# settings: its files, memory limit and file access).
+CLICKHOUSE_TESTS = ClickHouseParity|GroundTruth|ByCodePicksPerPatient|RateGroundTruth|CohortsSideBySide|ClassAndDeath|UntilAndNth|Studies|ReportUnknowns|Population|NotIsTheComplement|ConcurrentBudget|RepeatIsFree|EveryGoldenQuery|RateQuery|WithdrawalBeforeTheCharge
+
+# hub with the ClickHouse engine (hub serve --engine clickhouse): run it
+# with CHDB_LIB_PATH=$(CHDB_LIB).
+hub-chdb: chdb-deps
+	$(GO) build -tags chdb -o bin/hub-chdb ./cmd/hub
 
 # Issue 20's sizing: ClickHouse (chdb) and DuckDB on the same Parquet of
 # the bench lake (make bench-cohorts publishes it), two cohort questions.
