@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -162,7 +163,77 @@ func (chOpener) open(ctx context.Context, m *catalog.Manifest, files map[string]
 		}
 		maxMemory = int64(n)
 	}
-	return &Engine{Manifest: m, dialect: ClickHouse, backend: &chEngine{db: name, maxMemory: maxMemory}}, nil
+	now := time.Now() // the file's time says when the database was last opened
+	if f, err := os.Create(chUsed(name)); err == nil {
+		f.Close()
+		os.Chtimes(chUsed(name), now, now)
+	}
+	return &Engine{Manifest: m, path: name, dialect: ClickHouse, backend: &chEngine{db: name, maxMemory: maxMemory}}, nil
+}
+
+// chUsed is the file whose time says when a database was last opened:
+// beside the session's folder, in clickhouse-used.
+func chUsed(name string) string {
+	ch.Lock()
+	dir := filepath.Join(filepath.Dir(ch.path), "clickhouse-used")
+	ch.Unlock()
+	os.MkdirAll(dir, 0o700)
+	return filepath.Join(dir, name)
+}
+
+func (chOpener) capBytes(maxBytes int64, open map[string]bool) ([]string, error) {
+	ch.Lock()
+	if ch.conn == nil {
+		ch.Unlock()
+		return nil, nil
+	}
+	out, err := chExec("SELECT database, sum(bytes_on_disk) FROM system.parts WHERE active AND startsWith(database, 'v_') GROUP BY database")
+	var rows [][]any
+	if err == nil {
+		rows, err = chRows(out)
+	}
+	ch.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse databases' sizes: %w", err)
+	}
+	type database struct {
+		name string
+		size int64
+		used time.Time
+	}
+	var dbs []database
+	var total int64
+	for _, r := range rows {
+		d := database{name: str(r[0]), size: toInt(r[1])}
+		total += d.size
+		if st, err := os.Stat(chUsed(d.name)); err == nil {
+			d.used = st.ModTime()
+		}
+		dbs = append(dbs, d)
+	}
+	slices.SortFunc(dbs, func(a, b database) int { return a.used.Compare(b.used) })
+	ch.Lock()
+	defer ch.Unlock()
+	var dropped []string
+	for _, d := range dbs {
+		if total <= maxBytes {
+			break
+		}
+		// A database being loaded has no marker yet: left alone.
+		if open[d.name] || !chHas(d.name) {
+			continue
+		}
+		if _, err := chExec("DROP DATABASE " + d.name + " SYNC"); err != nil {
+			return dropped, err
+		}
+		if ch.db == d.name {
+			ch.db = ""
+		}
+		os.Remove(filepath.Join(filepath.Dir(ch.path), "clickhouse-used", d.name))
+		total -= d.size
+		dropped = append(dropped, d.name)
+	}
+	return dropped, nil
 }
 
 // chOrder is the sorting key of each engine table in ClickHouse: events

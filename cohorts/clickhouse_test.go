@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -186,4 +187,48 @@ func total(rows [][]any, col int) int64 {
 		n += toInt(r[col])
 	}
 	return n
+}
+
+// Past --engine-files-max, the least recently opened ClickHouse databases
+// are dropped, but never an open one or one being loaded.
+func TestCapClickHouseDatabases(t *testing.T) {
+	e := engineOn(t, EngineOptions{Engine: ClickHouse})
+	ch.Lock()
+	for _, s := range []string{
+		"CREATE DATABASE v_00000000000000aa_1", "CREATE TABLE v_00000000000000aa_1.t ENGINE = MergeTree ORDER BY n AS SELECT number AS n FROM numbers(100000)",
+		"CREATE TABLE v_00000000000000aa_1.loaded (ok UInt8) ENGINE = TinyLog",
+		"CREATE DATABASE v_00000000000000bb_1", "CREATE TABLE v_00000000000000bb_1.t ENGINE = MergeTree ORDER BY n AS SELECT number AS n FROM numbers(100000)",
+	} {
+		if _, err := chExec(s); err != nil {
+			ch.Unlock()
+			t.Fatal(err)
+		}
+	}
+	ch.Unlock()
+	t.Cleanup(func() {
+		ch.Lock()
+		chExec("DROP DATABASE IF EXISTS v_00000000000000bb_1 SYNC")
+		ch.Unlock()
+	})
+	dropped, err := capFiles(EngineOptions{Engine: ClickHouse, MaxBytes: 1}, map[string]bool{e.path: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Other tests' versions, not open, may go too.
+	if !slices.Contains(dropped, "v_00000000000000aa_1") || slices.Contains(dropped, "v_00000000000000bb_1") || slices.Contains(dropped, e.path) {
+		t.Errorf("dropped %v, want the whole database not open, not the one being loaded nor the open one (%s)", dropped, e.path)
+	}
+	xs, err := e.exact(t.Context(), mustPlan(t, e, groundTruthQueries["everyone"]))
+	if err != nil || xs[0].count == 0 {
+		t.Fatalf("the open database after the cap: %v, %v", xs, err)
+	}
+}
+
+func mustPlan(t *testing.T, e *Engine, text string) *Plan {
+	t.Helper()
+	p, err := CompileFor(mustParse(t, text), 1, e.Dialect())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -51,6 +51,9 @@ type backend interface {
 var clickHouse interface {
 	open(ctx context.Context, m *catalog.Manifest, files map[string][]string, opt EngineOptions) (*Engine, error)
 	loaded(m *catalog.Manifest) bool
+	// capBytes drops the least recently opened databases, but those
+	// open, until they take at most max bytes, and returns their names.
+	capBytes(max int64, open map[string]bool) ([]string, error)
 }
 
 // errNoClickHouse says how to get a build with ClickHouse.
@@ -275,8 +278,15 @@ func (opt EngineOptions) Loaded(m *catalog.Manifest) bool {
 
 // capFiles removes the least recently opened database files in opt.Dir,
 // except those of open engines, until the files take at most
-// opt.MaxBytes. It returns the files removed.
+// opt.MaxBytes. It returns the files removed. On ClickHouse it drops
+// databases instead (open names them).
 func capFiles(opt EngineOptions, open map[string]bool) ([]string, error) {
+	if opt.Engine == ClickHouse {
+		if clickHouse == nil || opt.MaxBytes <= 0 {
+			return nil, nil
+		}
+		return clickHouse.capBytes(opt.MaxBytes, open)
+	}
 	if opt.Dir == "" || opt.MaxBytes <= 0 {
 		return nil, nil
 	}

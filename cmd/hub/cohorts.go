@@ -149,7 +149,7 @@ func serveCommand() *cli.Command {
 		&cli.StringSliceFlag{Name: "preload", Usage: "load these datasets' latest versions before listening (default: load on first query)"},
 		&cli.StringFlag{Name: "memory-limit", Value: "auto", EnvVars: []string{"HUB_MEMORY_LIMIT"}, Usage: "DuckDB's memory_limit for each loaded version, which lives in a database file in STATE/engines (spilling to STATE/engines/tmp): a size (1500MB), or auto (300 MB a million patients, 256 MB to half the machine's memory); \"\" loads each version into memory instead, as before December 2026"},
 		engineFlag(),
-		&cli.StringFlag{Name: "engine-files-max", Value: "20GB", Usage: "cap on the database files in STATE/engines: past it, the least recently opened files of versions not open are removed (0: no cap)"},
+		&cli.StringFlag{Name: "engine-files-max", Value: "20GB", Usage: "cap on the database files in STATE/engines (with --engine clickhouse, its databases): past it, the least recently opened files of versions not open are removed (0: no cap)"},
 		&cli.IntFlag{Name: "max-open", Value: 2, Usage: "dataset versions kept open at once; past it the least recently used one not in use is closed (its database file stays)"},
 		&cli.BoolFlag{Name: "secure-cookies", EnvVars: []string{"HUB_SECURE_COOKIES"}, Usage: "mark the web app's cookies Secure: set it when a proxy serves the hub over TLS"},
 	}, s3Flags()...)
