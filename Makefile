@@ -177,6 +177,9 @@ lint:
 	@test -z "$$(gofmt -l .)" || (gofmt -l . && echo "gofmt: the files above need formatting" && exit 1)
 	$(GO) vet $(PKGS)
 	$(GO) run $(STATICCHECK) $(PKGS)
+	# The files behind the chdb build tag (they build without libchdb.so).
+	$(GO) vet -tags chdb ./cohorts ./cmd/hub
+	$(GO) run $(STATICCHECK) -tags chdb ./cohorts ./cmd/hub
 
 tidy-check:
 	$(GO) mod tidy

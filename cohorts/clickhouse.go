@@ -67,7 +67,7 @@ func chConn(dir string) (chdbpurego.ChdbConn, error) {
 	if err := os.MkdirAll(path, 0o700); err != nil {
 		return nil, fmt.Errorf("clickhouse folder: %w", err)
 	}
-	conn, err := chdbpurego.NewConnection(2, []string{"clickhouse", "--path=" + path})
+	conn, err := chdbpurego.NewConnectionFromConnString(path)
 	if err != nil {
 		return nil, fmt.Errorf("start clickhouse (chdb) in %s: %w", path, err)
 	}
