@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -196,44 +195,30 @@ func (chOpener) capBytes(maxBytes int64, open map[string]bool) ([]string, error)
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse databases' sizes: %w", err)
 	}
-	type database struct {
-		name string
-		size int64
-		used time.Time
-	}
-	var dbs []database
-	var total int64
+	var dbs []stored
 	for _, r := range rows {
-		d := database{name: str(r[0]), size: toInt(r[1])}
-		total += d.size
+		d := stored{name: str(r[0]), size: toInt(r[1])}
 		if st, err := os.Stat(chUsed(d.name)); err == nil {
 			d.used = st.ModTime()
 		}
 		dbs = append(dbs, d)
 	}
-	slices.SortFunc(dbs, func(a, b database) int { return a.used.Compare(b.used) })
 	ch.Lock()
 	defer ch.Unlock()
-	var dropped []string
-	for _, d := range dbs {
-		if total <= maxBytes {
-			break
-		}
+	return dropOldest(dbs, maxBytes, func(name string) (bool, error) {
 		// A database being loaded has no marker yet: left alone.
-		if open[d.name] || !chHas(d.name) {
-			continue
+		if open[name] || !chHas(name) {
+			return false, nil
 		}
-		if _, err := chExec("DROP DATABASE " + d.name + " SYNC"); err != nil {
-			return dropped, err
+		if _, err := chExec("DROP DATABASE " + name + " SYNC"); err != nil {
+			return false, err
 		}
-		if ch.db == d.name {
+		if ch.db == name {
 			ch.db = ""
 		}
-		os.Remove(filepath.Join(filepath.Dir(ch.path), "clickhouse-used", d.name))
-		total -= d.size
-		dropped = append(dropped, d.name)
-	}
-	return dropped, nil
+		os.Remove(filepath.Join(filepath.Dir(ch.path), "clickhouse-used", name))
+		return true, nil
+	})
 }
 
 // chOrder is the sorting key of each engine table in ClickHouse: events

@@ -19,7 +19,7 @@ import (
 // parityQueries are the parity suite: every golden query (the ground
 // truth's included), every example of docs/cohort-language.md and every
 // study of docs/studies, on the test lake.
-func parityQueries(t *testing.T, store *Codelists) map[string]*Query {
+func parityQueries(t *testing.T) map[string]*Query {
 	t.Helper()
 	out := map[string]*Query{}
 	for name, text := range goldenQueries {
@@ -45,20 +45,8 @@ func parityQueries(t *testing.T, store *Codelists) map[string]*Query {
 	if examples < 3 {
 		t.Fatalf("%d examples found in docs/cohort-language.md", examples)
 	}
-	files, _ := filepath.Glob(filepath.Join("..", "docs", "studies", "*.json"))
-	if len(files) < 10 {
-		t.Fatalf("%d study definitions in docs/studies", len(files))
-	}
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		q := mustParse(t, strings.Replace(string(b), `"demo"`, `"gp"`, 1))
-		if _, err := resolveCodelists(q, store); err != nil {
-			t.Fatal(err)
-		}
-		out["study "+filepath.Base(f)] = q
+	for name, q := range studyQueries(t) {
+		out["study "+name] = q
 	}
 	return out
 }
@@ -70,17 +58,12 @@ func parityQueries(t *testing.T, store *Codelists) map[string]*Query {
 // totals must agree, and every cell with a patient limit no patient
 // reaches.
 func TestClickHouseParity(t *testing.T) {
-	store, err := OpenCodelists(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	importFixture(t, store, "nhsd-primary-care-domain-refsets-dmtype2_cod.csv", "nhsd-primary-care-domain-refsets/dmtype2_cod", "20250912")
 	duck, click := engineOn(t, EngineOptions{}), engineOn(t, EngineOptions{Engine: ClickHouse})
 	if click.Dialect() != ClickHouse {
 		t.Fatal("the ClickHouse engine is not ClickHouse's")
 	}
 	statements := 0
-	for name, q := range parityQueries(t, store) {
+	for name, q := range parityQueries(t) {
 		t.Run(name, func(t *testing.T) {
 			dp, err := CompileFor(q, 7, DuckDB)
 			if err != nil {

@@ -294,13 +294,7 @@ func capFiles(opt EngineOptions, open map[string]bool) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	type file struct {
-		path string
-		size int64
-		used time.Time
-	}
-	var files []file
-	var total int64
+	var files []stored
 	for _, p := range paths {
 		st, err := os.Stat(p)
 		if err != nil {
@@ -310,26 +304,52 @@ func capFiles(opt EngineOptions, open map[string]bool) ([]string, error) {
 		if wal, err := os.Stat(p + ".wal"); err == nil {
 			size += wal.Size()
 		}
-		files = append(files, file{p, size, st.ModTime()})
-		total += size
+		files = append(files, stored{p, size, st.ModTime()})
 	}
-	slices.SortFunc(files, func(a, b file) int { return a.used.Compare(b.used) })
-	var removed []string
-	for _, f := range files {
-		if total <= opt.MaxBytes {
+	return dropOldest(files, opt.MaxBytes, func(p string) (bool, error) {
+		if open[p] {
+			return false, nil
+		}
+		if err := os.Remove(p); err != nil {
+			return false, err
+		}
+		os.Remove(p + ".wal")
+		return true, nil
+	})
+}
+
+// stored is a version an engine keeps between runs (a DuckDB file, a
+// ClickHouse database), its size and when it was last opened.
+type stored struct {
+	name string
+	size int64
+	used time.Time
+}
+
+// dropOldest drops the least recently opened versions, oldest first,
+// until the rest take at most max bytes: drop removes one, or says it
+// must stay (in use). It returns the names dropped.
+func dropOldest(all []stored, max int64, drop func(name string) (bool, error)) ([]string, error) {
+	var total int64
+	for _, s := range all {
+		total += s.size
+	}
+	slices.SortFunc(all, func(a, b stored) int { return a.used.Compare(b.used) })
+	var dropped []string
+	for _, s := range all {
+		if total <= max {
 			break
 		}
-		if open[f.path] {
-			continue
+		ok, err := drop(s.name)
+		if err != nil {
+			return dropped, err
 		}
-		if err := os.Remove(f.path); err != nil {
-			return removed, err
+		if ok {
+			total -= s.size
+			dropped = append(dropped, s.name)
 		}
-		os.Remove(f.path + ".wal")
-		total -= f.size
-		removed = append(removed, f.path)
 	}
-	return removed, nil
+	return dropped, nil
 }
 
 // manifestHash identifies a version's content: its manifest's SHA-256.

@@ -2,6 +2,7 @@ package cohorts
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -974,6 +975,17 @@ func TestUntilAndNthBite(t *testing.T) {
 // oracle selects, on the test dataset.
 func TestStudies(t *testing.T) {
 	s := newService(t)
+	studies := studyQueries(t)
+	names := slices.Sorted(maps.Keys(studies))
+	for _, name := range names {
+		t.Run(name, func(t *testing.T) { groundTruth(t, s, studies[name]) })
+	}
+}
+
+// studyQueries are the study definitions of docs/studies, by file name,
+// asked of the test lake, their code lists looked up.
+func studyQueries(t *testing.T) map[string]*Query {
+	t.Helper()
 	store, err := OpenCodelists(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -983,19 +995,19 @@ func TestStudies(t *testing.T) {
 	if len(files) < 10 {
 		t.Fatalf("%d study definitions in docs/studies", len(files))
 	}
+	out := map[string]*Query{}
 	for _, f := range files {
-		t.Run(filepath.Base(f), func(t *testing.T) {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			q := mustParse(t, strings.Replace(string(b), `"demo"`, `"gp"`, 1))
-			if _, err := resolveCodelists(q, store); err != nil {
-				t.Fatal(err)
-			}
-			groundTruth(t, s, q)
-		})
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := mustParse(t, strings.Replace(string(b), `"demo"`, `"gp"`, 1))
+		if _, err := resolveCodelists(q, store); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		out[filepath.Base(f)] = q
 	}
+	return out
 }
 
 // report_unknowns counts, for each attribute the criteria test, the
