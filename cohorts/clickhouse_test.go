@@ -215,3 +215,26 @@ func mustPlan(t *testing.T, e *Engine, text string) *Plan {
 	}
 	return p
 }
+
+// A statement on the ClickHouse engine reads no file and no URL, and
+// writes nothing: it runs read-only.
+func TestClickHouseReadsNoFile(t *testing.T) {
+	e := engineOn(t, EngineOptions{Engine: ClickHouse})
+	secret := filepath.Join(t.TempDir(), "secret.csv")
+	os.WriteFile(secret, []byte("a\n1\n"), 0o600)
+	for _, q := range []string{
+		"SELECT count() FROM file(" + sqlString(secret) + ", 'CSV')",
+		"SELECT count() FROM url('http://127.0.0.1:1/x', 'CSV')",
+		"INSERT INTO patients (pid) VALUES (1)",
+		"CREATE TABLE x (a UInt8) ENGINE = Memory",
+	} {
+		if rows, err := e.rows(t.Context(), Statement{SQL: q}); err == nil {
+			t.Errorf("%s: ran, %v", q, rows)
+		} else if !strings.Contains(err.Error(), "READONLY") && !strings.Contains(err.Error(), "readonly") {
+			t.Errorf("%s: %v (want a read-only refusal)", q, err)
+		}
+	}
+	if rows, err := e.rows(t.Context(), Statement{SQL: "SELECT count(*) FROM patients"}); err != nil || toInt(rows[0][0]) == 0 {
+		t.Fatalf("the engine answers nothing after the refusals: %v %v", rows, err)
+	}
+}
