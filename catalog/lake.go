@@ -33,6 +33,12 @@ type Manifest struct {
 	// TableManifest.Iceberg), with their sizes and SHA-256, which Verify
 	// checks as it checks the parts.
 	IcebergFiles []Part `json:"iceberg_files,omitempty"`
+	// EngineTables are the cohort engine's tables, written at publish
+	// beside the tables (engine/; see package cohorts/enginetables): an
+	// integer patient key, events sorted by code, for engines to read as
+	// they are. Verify checks their parts as the tables'. Empty for
+	// versions published without them.
+	EngineTables map[string]*TableManifest `json:"engine_tables,omitempty"`
 }
 
 // TableManifest describes one table of a version.
@@ -417,6 +423,13 @@ func (l *Lake) Verify(ctx context.Context, m *Manifest) error {
 	for _, f := range m.IcebergFiles {
 		if err := check("iceberg", f); err != nil {
 			return err
+		}
+	}
+	for table, tm := range m.EngineTables {
+		for _, part := range tm.Parts {
+			if err := check("engine table "+table, part); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

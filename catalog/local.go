@@ -21,15 +21,24 @@ type LocalPather interface {
 // downloaded into cacheDir (kept between calls, and checked again on
 // every call, so that a corrupted cache is refetched, not trusted).
 func (l *Lake) Local(ctx context.Context, m *Manifest, cacheDir string) (map[string][]string, error) {
+	return l.local(ctx, m.Tables, cacheDir)
+}
+
+// LocalEngine is Local for a version's engine tables (Manifest.EngineTables).
+func (l *Lake) LocalEngine(ctx context.Context, m *Manifest, cacheDir string) (map[string][]string, error) {
+	return l.local(ctx, m.EngineTables, cacheDir)
+}
+
+func (l *Lake) local(ctx context.Context, byName map[string]*TableManifest, cacheDir string) (map[string][]string, error) {
 	out := map[string][]string{}
-	tables := make([]string, 0, len(m.Tables))
-	for t := range m.Tables {
+	tables := make([]string, 0, len(byName))
+	for t := range byName {
 		tables = append(tables, t)
 	}
 	sort.Strings(tables)
 	lp, local := l.store.(LocalPather)
 	for _, table := range tables {
-		for _, part := range m.Tables[table].Parts {
+		for _, part := range byName[table].Parts {
 			var path string
 			var err error
 			if local {

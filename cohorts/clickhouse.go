@@ -18,6 +18,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/nhs-hub/hub/catalog"
+	"github.com/nhs-hub/hub/cohorts/enginetables"
 )
 
 // The ClickHouse engine runs ClickHouse in process (chdb: libchdb.so,
@@ -152,7 +153,7 @@ func (chOpener) open(ctx context.Context, m *catalog.Manifest, files map[string]
 	}
 	limit := opt.MemoryLimit
 	if limit == "auto" {
-		limit = autoMemoryLimit(m)
+		limit = enginetables.AutoMemoryLimit(m)
 	}
 	var maxMemory int64
 	if limit != "" {
@@ -252,8 +253,8 @@ func chLoad(ctx context.Context, m *catalog.Manifest, files map[string][]string,
 	}
 	stmts := []string{"DROP DATABASE IF EXISTS " + name + " SYNC", "CREATE DATABASE " + name}
 	for _, t := range tableLoads {
-		stmts = append(stmts, "CREATE TABLE "+name+"."+t.name+" ENGINE = MergeTree ORDER BY "+chOrder[t.name]+
-			" SETTINGS allow_nullable_key = 1 AS SELECT * FROM file("+sqlString(out[t.name])+", 'Parquet')")
+		stmts = append(stmts, "CREATE TABLE "+name+"."+t.Name+" ENGINE = MergeTree ORDER BY "+chOrder[t.Name]+
+			" SETTINGS allow_nullable_key = 1 AS SELECT * FROM file("+sqlString(out[t.Name])+", 'Parquet')")
 	}
 	stmts = append(stmts, "CREATE TABLE "+name+".loaded (ok UInt8) ENGINE = TinyLog")
 	ch.Lock()

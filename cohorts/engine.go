@@ -11,13 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/duckdb/duckdb-go/v2"
 
 	"github.com/nhs-hub/hub/catalog"
+	"github.com/nhs-hub/hub/cohorts/enginetables"
 )
 
 // An Engine is one dataset version loaded into an embedded DuckDB (in
@@ -77,77 +76,26 @@ func ParseEngine(name string) (Dialect, error) {
 // [CompileFor].
 func (e *Engine) Dialect() Dialect { return e.dialect }
 
-// tableLoads are the engine's tables: patients get an integer pid, events
-// refer to it and carry their date as event_date. Only the columns the
-// compiler knows are loaded. Events are stored sorted by code (encounters
-// by type), so that DuckDB's per-row-group min/max skips most of a table
-// for a code list.
-var tableLoads = []struct {
-	name, create string
-	// cols is the SELECT list of the table's columns but pid, from the
-	// part files as t; order, the order events are stored in. load
-	// makes a table of them, ParquetViews a view.
-	cols, order string
-	// optional are columns a version may lack (published before they
-	// were): cols names them as its arguments, in order, NULL
-	// where absent. A death is known to its month (death_month) or, where
-	// the k-anonymity check generalised it, its year (death_year): the
-	// engine's death_month and death_end are the first and last day of
-	// whichever it is. The patients' last argument is the version's
-	// reference month, which age bands are at.
-	optional []string
-}{
-	{"patients",
-		`CREATE TABLE patients (pid INTEGER, patient_id BLOB, year_of_birth SMALLINT, month_of_birth TINYINT, birth_mi INTEGER,
-			birth_lo INTEGER, birth_hi INTEGER, age_band VARCHAR, sex VARCHAR, district VARCHAR, postcode_area VARCHAR, ethnicity_group VARCHAR, death_month DATE,
-			death_end DATE, gp_practice VARCHAR)`,
-		`t.year_of_birth, t.month_of_birth,
-			CASE WHEN t.year_of_birth IS NULL THEN NULL ELSE t.year_of_birth * 12 + coalesce(t.month_of_birth, 7) - 1 END AS birth_mi,
-			CASE WHEN t.year_of_birth IS NOT NULL THEN t.year_of_birth * 12 + coalesce(t.month_of_birth, 7) - 1
-				WHEN t.age_band = '90+' THEN 0
-				WHEN t.age_band IS NOT NULL THEN %[3]s - 12 * (CAST(split_part(t.age_band, '-', 2) AS INTEGER) + 1) END AS birth_lo,
-			CASE WHEN t.year_of_birth IS NOT NULL THEN t.year_of_birth * 12 + coalesce(t.month_of_birth, 7) - 1
-				WHEN t.age_band IS NOT NULL THEN %[3]s - 12 * CAST(regexp_extract(t.age_band, '^[0-9]+') AS INTEGER) END AS birth_hi,
-			t.age_band, t.sex, t.district, t.postcode_area, t.ethnicity_group,
-			coalesce(t.death_month, make_date(CAST(%[2]s AS BIGINT), 1, 1)) AS death_month,
-			coalesce(last_day(t.death_month), make_date(CAST(%[2]s AS BIGINT), 12, 31)) AS death_end, %[1]s AS gp_practice`, "",
-		[]string{"gp_practice", "death_year"}},
-	{"conditions",
-		`CREATE TABLE conditions (pid INTEGER, code_system VARCHAR, code VARCHAR, event_date DATE)`,
-		`t.code_system, t.code, t.onset_date AS event_date`, "t.code, p.pid", nil},
-	{"medications",
-		`CREATE TABLE medications (pid INTEGER, code_system VARCHAR, code VARCHAR, event_date DATE, end_date DATE)`,
-		`t.code_system, t.code, t.start_date AS event_date, t.end_date`, "t.code, p.pid", nil},
-	{"observations",
-		`CREATE TABLE observations (pid INTEGER, code_system VARCHAR, code VARCHAR, value DOUBLE, unit VARCHAR, event_date DATE)`,
-		`t.code_system, t.code, t.value, t.unit, t.effective_date AS event_date`, "t.code, p.pid", nil},
-	{"encounters",
-		`CREATE TABLE encounters (pid INTEGER, type VARCHAR, event_date DATE, end_date DATE, class VARCHAR, admission_source VARCHAR)`,
-		`t.type, t.start_date AS event_date, t.end_date, %[1]s AS class, %[2]s AS admission_source`, "t.type, p.pid",
-		[]string{"class", "admission_source"}},
-	{"procedures",
-		`CREATE TABLE procedures (pid INTEGER, code_system VARCHAR, code VARCHAR, event_date DATE)`,
-		`t.code_system, t.code, t.performed_date AS event_date`, "t.code, p.pid", nil},
-	{"immunizations",
-		`CREATE TABLE immunizations (pid INTEGER, code_system VARCHAR, code VARCHAR, event_date DATE)`,
-		`t.code_system, t.code, t.occurrence_date AS event_date`, "t.code, p.pid", nil},
-	{"registrations",
-		`CREATE TABLE registrations (pid INTEGER, start_date DATE, end_date DATE)`,
-		`t.start_date, t.end_date`, "p.pid, t.start_date", nil},
-}
+// The engine's tables, and how they are made from a version's parts.
+var (
+	tableLoads = enginetables.Tables
+	columns    = enginetables.Columns
+	sqlString  = enginetables.SQLString
+	sqlList    = enginetables.SQLList
+)
 
-// columns is table t's cols for a version: its optional columns and
-// (patients) its reference month filled in.
-func columns(m *catalog.Manifest, t int) string {
-	tl := tableLoads[t]
-	var args []any
-	for _, c := range tl.optional {
-		args = append(args, optionalColumn(m, tl.name, c))
+// ReferenceMonth is the month (year*12 + month - 1) a version's age bands
+// were computed at (see [enginetables.ReferenceMonth]).
+func ReferenceMonth(m *catalog.Manifest) int { return enginetables.ReferenceMonth(m) }
+
+// sources are the tables an engine loads a version from: the engine
+// tables published with it, or (before them, or published without) its
+// tables, and which.
+func sources(m *catalog.Manifest) (tables map[string]*catalog.TableManifest, engine bool) {
+	if len(m.EngineTables) > 0 {
+		return m.EngineTables, true
 	}
-	if tl.name == "patients" {
-		args = append(args, fmt.Sprint(ReferenceMonth(m)))
-	}
-	return fmt.Sprintf(tl.cols, args...)
+	return m.Tables, false
 }
 
 // EngineOptions bound an engine's memory.
@@ -185,7 +133,7 @@ func OpenEngine(ctx context.Context, m *catalog.Manifest, files map[string][]str
 	}
 	var all []string
 	for _, t := range tableLoads {
-		all = append(all, files[t.name]...)
+		all = append(all, files[t.Name]...)
 	}
 	path := "" // in memory, loaded below; else a database file, loaded once
 	if opt.Dir != "" {
@@ -226,21 +174,6 @@ func OpenEngine(ctx context.Context, m *catalog.Manifest, files map[string][]str
 		return nil, fmt.Errorf("configure duckdb: %w", err)
 	}
 	return e, nil
-}
-
-// autoMemoryLimit is the "auto" memory limit of a version: 300 MB a
-// million patients, at least 256 MB, at most half the machine's memory.
-func autoMemoryLimit(m *catalog.Manifest) string {
-	var patients int64
-	if t := m.Tables["patients"]; t != nil {
-		patients = t.Rows
-	}
-	mb := max(256, patients*300/1_000_000)
-	var si syscall.Sysinfo_t
-	if syscall.Sysinfo(&si) == nil {
-		mb = min(mb, int64(si.Totalram)*int64(si.Unit)/2/1_000_000)
-	}
-	return fmt.Sprintf("%dMB", mb)
 }
 
 // engineLayout numbers the engine's tables' layout: a database file
@@ -365,7 +298,8 @@ func manifestHash(m *catalog.Manifest) (string, error) {
 // load writes a version's database file: into a temporary name, renamed
 // into place once whole, so a crash leaves no half-loaded file in use.
 func load(ctx context.Context, m *catalog.Manifest, files map[string][]string, all []string, path string, opt EngineOptions) error {
-	for name, t := range m.Tables {
+	tables, _ := sources(m)
+	for name, t := range tables {
 		if len(files[name]) != len(t.Parts) {
 			return fmt.Errorf("load %s@%d: %d of %s's %d parts given; its database file may have been removed meanwhile: ask again",
 				m.Dataset, m.Version, len(files[name]), name, len(t.Parts))
@@ -407,29 +341,15 @@ func open(ctx context.Context, m *catalog.Manifest, path string, all []string, o
 		return nil, fmt.Errorf("open duckdb: %w", err)
 	}
 	db := sql.OpenDB(connector)
-	setup := []string{}
-	if limit := opt.MemoryLimit; limit != "" {
-		if limit == "auto" {
-			limit = autoMemoryLimit(m)
-		}
-		setup = append(setup, "SET memory_limit = "+sqlString(limit))
-	}
+	tmp := ""
 	if opt.Dir != "" {
-		tmp := filepath.Join(opt.Dir, "tmp")
+		tmp = filepath.Join(opt.Dir, "tmp")
 		if err := os.MkdirAll(tmp, 0o700); err != nil {
 			db.Close()
 			return nil, fmt.Errorf("engine folder: %w", err)
 		}
-		setup = append(setup, "SET temp_directory = "+sqlString(tmp))
 	}
-	setup = append(setup,
-		// Aggregates need no row order; keeping it costs memory.
-		"SET preserve_insertion_order = false",
-		"SET allowed_paths = "+sqlList(all),
-		"SET allowed_directories = "+sqlList(writable),
-		"SET autoinstall_known_extensions = false",
-		"SET autoload_known_extensions = false",
-		"SET enable_external_access = false")
+	setup := enginetables.Settings(m, opt.MemoryLimit, tmp, all, writable)
 	for _, s := range setup {
 		if _, err := db.ExecContext(ctx, s); err != nil {
 			db.Close()
@@ -439,107 +359,25 @@ func open(ctx context.Context, m *catalog.Manifest, path string, all []string, o
 	return &Engine{db: db, Manifest: m}, nil
 }
 
-// load creates and fills the engine's tables from the version's parts.
+// load creates and fills the engine's tables from the version's files.
 func (e *Engine) load(ctx context.Context, m *catalog.Manifest, files map[string][]string) error {
-	for i, t := range tableLoads {
-		if _, err := e.db.ExecContext(ctx, t.create); err != nil {
-			return fmt.Errorf("create %s: %w", t.name, err)
-		}
-		if len(files[t.name]) == 0 {
-			continue
-		}
-		// Patients get an integer pid in file order; events take it by
-		// joining on the pseudonym, and are stored in t.order.
-		load := "INSERT INTO patients SELECT CAST(row_number() OVER () AS INTEGER), t.patient_id, " + columns(m, i) +
-			" FROM read_parquet(" + sqlList(files[t.name]) + ") t"
-		if t.order != "" {
-			load = "INSERT INTO " + t.name + " SELECT p.pid, " + columns(m, i) + " FROM read_parquet(" + sqlList(files[t.name]) +
-				") t JOIN patients p ON p.patient_id = t.patient_id ORDER BY " + t.order
-		}
-		if _, err := e.db.ExecContext(ctx, load); err != nil {
-			return fmt.Errorf("load %s: %w", t.name, err)
-		}
-	}
-	if _, err := e.db.ExecContext(ctx, "ALTER TABLE patients DROP COLUMN patient_id"); err != nil {
-		return fmt.Errorf("load patients: %w", err)
-	}
-	return nil
+	_, engine := sources(m)
+	return enginetables.Load(ctx, e.db, m, files, engine)
 }
 
-// WriteEngineParquet writes a version's engine tables, as an engine
-// loads them (an integer pid; events sorted by code, so that row groups
-// prune on it), to Parquet files in dir, one a table: what another engine
-// loads, the derivations (births, deaths, ages from bands) written once.
-// DuckDB does the work in a database file in dir, within opt's memory
-// limit. It returns each table's file.
+// WriteEngineParquet writes a version's engine tables, made from its
+// tables' local files, as Parquet files in dir (see [enginetables.Write]),
+// within opt's memory limit, and returns each table's file.
 func WriteEngineParquet(ctx context.Context, m *catalog.Manifest, files map[string][]string, dir string, opt EngineOptions) (map[string]string, error) {
-	var all []string
-	for _, t := range tableLoads {
-		all = append(all, files[t.name]...)
-	}
-	path := filepath.Join(dir, "load.duckdb")
-	opt.Dir = dir
-	e, err := open(ctx, m, path, all, opt, dir)
+	written, err := enginetables.Write(ctx, m, files, dir, opt.MemoryLimit)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		e.db.Close()
-		os.Remove(path)
-		os.Remove(path + ".wal")
-	}()
-	if err := e.load(ctx, m, files); err != nil {
-		return nil, fmt.Errorf("load %s@%d: %w", m.Dataset, m.Version, err)
-	}
 	out := map[string]string{}
-	for _, t := range tableLoads {
-		f := filepath.Join(dir, t.name+".parquet")
-		if _, err := e.db.ExecContext(ctx, "COPY "+t.name+" TO "+sqlString(f)+" (FORMAT parquet, COMPRESSION zstd)"); err != nil {
-			return nil, fmt.Errorf("write %s's %s: %w", m.Dataset, t.name, err)
-		}
-		out[t.name] = f
+	for name, w := range written {
+		out[name] = w.Path
 	}
 	return out, nil
-}
-
-// ReferenceMonth is the month (year*12 + month - 1) a version's age bands
-// were computed at: its de-identification policy's reference date, or
-// the day it was published.
-func ReferenceMonth(m *catalog.Manifest) int {
-	ref := m.Created.UTC()
-	var rep struct {
-		Policy struct {
-			ReferenceDate string `json:"reference_date"`
-		} `json:"policy"`
-	}
-	if raw, ok := m.Reports["deid"]; ok && json.Unmarshal(raw, &rep) == nil {
-		if d, err := time.Parse(time.DateOnly, rep.Policy.ReferenceDate); err == nil {
-			ref = d
-		}
-	}
-	return ref.Year()*12 + int(ref.Month()) - 1
-}
-
-// optionalColumn names the column, t.NAME where the version's table has
-// it and NULL where not.
-func optionalColumn(m *catalog.Manifest, table, c string) string {
-	if tm := m.Tables[table]; tm != nil && slices.ContainsFunc(tm.Schema, func(col catalog.Column) bool { return col.Name == c }) {
-		return "t." + c
-	}
-	return "NULL"
-}
-
-// sqlString quotes a string as a SQL literal.
-func sqlString(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
-
-// sqlList quotes file paths (the engine's own, never a query's) as a
-// DuckDB list literal.
-func sqlList(paths []string) string {
-	q := make([]string, len(paths))
-	for i, p := range paths {
-		q[i] = sqlString(p)
-	}
-	return "[" + strings.Join(q, ", ") + "]"
 }
 
 // Close releases the database.

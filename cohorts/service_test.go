@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nhs-hub/hub/catalog"
+	"github.com/nhs-hub/hub/cohorts/enginetables"
 	"github.com/nhs-hub/hub/governance"
 	"github.com/nhs-hub/hub/internal/testlake"
 )
@@ -472,7 +473,7 @@ func TestAutoMemoryLimit(t *testing.T) {
 		want     string
 	}{{10, "256MB"}, {1_000_000, "300MB"}, {5_000_000, "1500MB"}} {
 		m := &catalog.Manifest{Tables: map[string]*catalog.TableManifest{"patients": {Rows: c.patients}}}
-		if got := autoMemoryLimit(m); got != c.want {
+		if got := enginetables.AutoMemoryLimit(m); got != c.want {
 			t.Errorf("%d patients: %s, want %s", c.patients, got, c.want)
 		}
 	}

@@ -20,14 +20,14 @@ func ParquetViews(ctx context.Context, m *catalog.Manifest, files map[string][]s
 		return nil, err
 	}
 	for i, t := range tableLoads {
-		if len(files[t.name]) == 0 {
+		if len(files[t.Name]) == 0 {
 			continue
 		}
-		view := "CREATE VIEW " + t.name + " AS SELECT t.patient_id AS pid, " + columns(m, i) +
-			" FROM read_parquet(" + sqlList(files[t.name]) + ") t"
+		view := "CREATE VIEW " + t.Name + " AS SELECT t.patient_id AS pid, " + columns(m, i) +
+			" FROM read_parquet(" + sqlList(files[t.Name]) + ") t"
 		if _, err := db.ExecContext(ctx, view); err != nil {
 			db.Close()
-			return nil, fmt.Errorf("view %s: %w", t.name, err)
+			return nil, fmt.Errorf("view %s: %w", t.Name, err)
 		}
 	}
 	return db, nil

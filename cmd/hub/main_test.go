@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -220,7 +221,8 @@ func TestPublishRefusesBadOptOuts(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) || exitCode(err) != c.code {
 			t.Errorf("%s: err = %v (exit %d), want %q and exit %d", c.name, err, exitCode(err), c.want, c.code)
 		}
-		if strings.Contains(fmt.Sprint(err), "999") {
+		// The paths aside: a temporary folder's random digits may hold 999.
+		if strings.Contains(regexp.MustCompile(`/[^\s:)]+`).ReplaceAllString(fmt.Sprint(err), "PATH"), "999") {
 			t.Errorf("%s: the error names a number: %v", c.name, err)
 		}
 	}
