@@ -254,7 +254,7 @@ func chLoad(ctx context.Context, m *catalog.Manifest, files map[string][]string,
 	stmts := []string{"DROP DATABASE IF EXISTS " + name + " SYNC", "CREATE DATABASE " + name}
 	for _, t := range tableLoads {
 		stmts = append(stmts, "CREATE TABLE "+name+"."+t.Name+" ENGINE = MergeTree ORDER BY "+chOrder[t.Name]+
-			" SETTINGS allow_nullable_key = 1 AS SELECT * FROM file("+sqlString(out[t.Name])+", 'Parquet')")
+			" SETTINGS allow_nullable_key = 1 AS SELECT * FROM file("+enginetables.SQLString(out[t.Name])+", 'Parquet')")
 	}
 	stmts = append(stmts, "CREATE TABLE "+name+".loaded (ok UInt8) ENGINE = TinyLog")
 	ch.Lock()

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nhs-hub/hub/cohorts/enginetables"
 	"github.com/nhs-hub/hub/governance"
 )
 
@@ -223,7 +224,7 @@ func TestClickHouseReadsNoFile(t *testing.T) {
 	secret := filepath.Join(t.TempDir(), "secret.csv")
 	os.WriteFile(secret, []byte("a\n1\n"), 0o600)
 	for _, q := range []string{
-		"SELECT count() FROM file(" + sqlString(secret) + ", 'CSV')",
+		"SELECT count() FROM file(" + enginetables.SQLString(secret) + ", 'CSV')",
 		"SELECT count() FROM url('http://127.0.0.1:1/x', 'CSV')",
 		"INSERT INTO patients (pid) VALUES (1)",
 		"CREATE TABLE x (a UInt8) ENGINE = Memory",

@@ -80,7 +80,6 @@ func (e *Engine) Dialect() Dialect { return e.dialect }
 var (
 	tableLoads = enginetables.Tables
 	columns    = enginetables.Columns
-	sqlString  = enginetables.SQLString
 	sqlList    = enginetables.SQLList
 )
 
