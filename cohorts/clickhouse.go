@@ -234,22 +234,34 @@ var chOrder = map[string]string{"patients": "pid", "conditions": "(code, pid)", 
 // crash midway leaves a database that the next open drops and loads
 // again.
 func chLoad(ctx context.Context, m *catalog.Manifest, files map[string][]string, opt EngineOptions, name string) error {
-	for n, t := range m.Tables {
+	tables, engine := sources(m)
+	for n, t := range tables {
 		if len(files[n]) != len(t.Parts) {
 			return fmt.Errorf("%d of %s's %d parts given: ask again", len(files[n]), n, len(t.Parts))
 		}
 	}
-	ch.Lock()
-	base := ch.path
-	ch.Unlock()
-	dir, err := os.MkdirTemp(filepath.Dir(base), "clickhouse-load-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	out, err := WriteEngineParquet(ctx, m, files, dir, opt)
-	if err != nil {
-		return err
+	// A version published with its engine tables is read as it is;
+	// another's are written first.
+	out := map[string]string{}
+	if engine {
+		for n, fs := range files {
+			if len(fs) != 1 {
+				return fmt.Errorf("engine table %s: %d files, one expected", n, len(fs))
+			}
+			out[n] = fs[0]
+		}
+	} else {
+		ch.Lock()
+		base := ch.path
+		ch.Unlock()
+		dir, err := os.MkdirTemp(filepath.Dir(base), "clickhouse-load-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		if out, err = WriteEngineParquet(ctx, m, files, dir, opt); err != nil {
+			return err
+		}
 	}
 	stmts := []string{"DROP DATABASE IF EXISTS " + name + " SYNC", "CREATE DATABASE " + name}
 	for _, t := range tableLoads {

@@ -293,7 +293,11 @@ func (s *Service) engine(ctx context.Context, m *catalog.Manifest) (*Engine, fun
 		var err error
 		cache := filepath.Join(s.state, "cache")
 		if !s.engineOpt.Loaded(m) { // a database file needs no parts
-			files, err = s.lake.Local(ctx, m, cache)
+			if _, engine := sources(m); engine {
+				files, err = s.lake.LocalEngine(ctx, m, cache)
+			} else {
+				files, err = s.lake.Local(ctx, m, cache)
+			}
 		}
 		if err == nil {
 			e, err = OpenEngine(ctx, m, files, s.engineOpt)

@@ -213,18 +213,20 @@ func TestRemoteLakeCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	cached := filepath.Join(state, "cache", filepath.FromSlash(m.Tables["patients"].Parts[0].Path))
+	// The version has engine tables: those are what the engine reads.
+	part := m.EngineTables["patients"].Parts[0]
+	cached := filepath.Join(state, "cache", filepath.FromSlash(part.Path))
 	if err := os.WriteFile(cached, []byte("not parquet"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	files, err := remote.Local(t.Context(), m, filepath.Join(state, "cache"))
+	files, err := remote.LocalEngine(t.Context(), m, filepath.Join(state, "cache"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if files["patients"][0] != cached {
 		t.Fatalf("patients read from %s, want the cache", files["patients"][0])
 	}
-	if st, _ := os.Stat(cached); st.Size() != m.Tables["patients"].Parts[0].Size {
+	if st, _ := os.Stat(cached); st.Size() != part.Size {
 		t.Fatalf("corrupted cache kept: %d bytes", st.Size())
 	}
 }

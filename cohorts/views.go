@@ -32,3 +32,26 @@ func ParquetViews(ctx context.Context, m *catalog.Manifest, files map[string][]s
 	}
 	return db, nil
 }
+
+// EngineViews opens an in-memory DuckDB whose engine tables are views over
+// a version's engine tables (Manifest.EngineTables), read in place as
+// they were published: an integer pid, events sorted by code. It is the
+// benchmark's baseline for engines that read the lake as it is; the
+// service never uses it.
+func EngineViews(ctx context.Context, files map[string][]string) (*sql.DB, error) {
+	db, err := sql.Open("duckdb", "")
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range tableLoads {
+		if len(files[t.Name]) == 0 {
+			continue
+		}
+		view := "CREATE VIEW " + t.Name + " AS SELECT * FROM read_parquet(" + sqlList(files[t.Name]) + ")"
+		if _, err := db.ExecContext(ctx, view); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("view %s: %w", t.Name, err)
+		}
+	}
+	return db, nil
+}

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -311,6 +313,21 @@ func showManifest(w io.Writer, m *catalog.Manifest, verified bool, root string) 
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", col.Name, col.Type, null, col.Description)
 		}
 		tw.Flush()
+	}
+	if len(m.EngineTables) > 0 {
+		fmt.Fprintln(w, "\nengine tables (engine/: an integer patient key pid, events sorted by code; what hub serve loads and other engines read as they are):")
+		for _, t := range slices.Sorted(maps.Keys(m.EngineTables)) {
+			tm := m.EngineTables[t]
+			var size int64
+			for _, part := range tm.Parts {
+				size += part.Size
+			}
+			fmt.Fprintf(w, "  %s: %d rows, %.1f MB", t, tm.Rows, float64(size)/1e6)
+			if tm.Iceberg != "" {
+				fmt.Fprintf(w, "; Iceberg table: %s/%s", root, tm.Iceberg)
+			}
+			fmt.Fprintln(w)
+		}
 	}
 	if raw, ok := m.Reports["deid"]; ok {
 		var d struct {

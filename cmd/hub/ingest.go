@@ -51,6 +51,7 @@ func ingestCommand() *cli.Command {
 			&cli.StringFlag{Name: "policy", EnvVars: []string{"HUB_DEID_POLICY"}, Usage: "de-identification policy (JSON; default: the safe defaults in docs/deid-policy.md)"},
 			&cli.StringFlag{Name: "optouts-date", EnvVars: []string{"HUB_OPTOUTS_DATE"}, Usage: "date of the opt-out list, YYYY-MM-DD (default: the file's modification date)"},
 			&cli.StringFlag{Name: "optouts-max-age", Value: "31d", EnvVars: []string{"HUB_OPTOUTS_MAX_AGE"}, Usage: "refuse to publish with an opt-out list older than this (days as 31d, or a Go duration)"},
+			&cli.BoolFlag{Name: "engine-tables", Value: true, EnvVars: []string{"HUB_ENGINE_TABLES"}, Usage: "write the cohort engine's tables beside the version's (engine/: an integer patient key, events sorted by code, also as Iceberg tables), so engines read them as they are and hub serve loads them without a join or a sort; --engine-tables=false publishes without them (hub serve then derives them when it loads the version)"},
 			&cli.Float64Flag{Name: "max-quarantine", Value: 100 * pipeline.DefaultMaxQuarantine, EnvVars: []string{"HUB_MAX_QUARANTINE"}, Usage: "refuse to publish when more than this percentage of any table is quarantined"},
 			&cli.StringSliceFlag{Name: "override", Usage: "publish despite a failed safety check, recorded in the manifest and the audit log: " + checkNames()},
 			&cli.StringFlag{Name: "state", EnvVars: []string{"HUB_STATE"}, Usage: "record the publish in the audit log of this server state folder"},

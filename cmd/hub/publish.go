@@ -89,7 +89,7 @@ func publish(c *cli.Context) error {
 		Ingest: opts, OptOutDate: date, Policy: policy, Key: key, Lake: lake, Logger: logger(c),
 		OptOutMaxAge: maxAge, MaxQuarantine: c.Float64("max-quarantine") / 100, Overrides: over,
 		ExtractFolder: pulled.folder, TransactionTime: pulled.transactionTime, PublishedBy: publisher(),
-		LakeLocation: location, IcebergProps: icebergProps,
+		LakeLocation: location, IcebergProps: icebergProps, EngineTables: c.Bool("engine-tables"),
 	})
 	var refused *pipeline.RefusedError
 	if errors.As(err, &refused) {

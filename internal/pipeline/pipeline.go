@@ -6,15 +6,22 @@ package pipeline
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/nhs-hub/hub/catalog"
 	"github.com/nhs-hub/hub/catalog/icelake"
+	"github.com/nhs-hub/hub/cohorts/enginetables"
 	"github.com/nhs-hub/hub/deid"
 	"github.com/nhs-hub/hub/ingest"
 )
@@ -40,6 +47,13 @@ type Config struct {
 	LakeLocation string
 	IcebergProps map[string]string
 	Logger       *slog.Logger
+	// EngineTables writes the cohort engine's tables beside the version's
+	// (engine/, listed in the manifest's engine_tables): the work an
+	// engine did when it loaded the version (an integer patient key,
+	// events sorted by code) done once at publish, for any engine to read
+	// as it is. TempDir holds the work (os.TempDir() when "").
+	EngineTables bool
+	TempDir      string
 
 	// The safety checks (see [Check]): the opt-out list's maximum age
 	// (0: DefaultOptOutMaxAge) and the largest share of a table that may
@@ -121,9 +135,25 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if m.Reports["deid"], err = json.Marshal(drep); err != nil {
 		return nil, err
 	}
+	if cfg.EngineTables {
+		start := time.Now()
+		if err := writeEngineTables(ctx, cfg, pub, m); err != nil {
+			if aerr := pub.Abandon(ctx); aerr != nil {
+				err = errors.Join(err, aerr)
+			}
+			return nil, err
+		}
+		cfg.Logger.Info("engine tables written", "tables", len(m.EngineTables), "seconds", time.Since(start).Seconds())
+	}
 	if cfg.LakeLocation != "" {
 		start := time.Now()
-		locs, err := icelake.Register(ctx, cfg.LakeLocation, pub.Prefix(), pub.Parts(), cfg.IcebergProps)
+		parts := pub.Parts()
+		for t, tm := range m.EngineTables {
+			for _, p := range tm.Parts {
+				parts[engineIceberg+t] = append(parts[engineIceberg+t], p.Path)
+			}
+		}
+		locs, err := icelake.Register(ctx, cfg.LakeLocation, pub.Prefix(), parts, cfg.IcebergProps)
 		if err != nil {
 			if aerr := pub.Abandon(ctx); aerr != nil {
 				err = errors.Join(err, aerr)
@@ -131,7 +161,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			return nil, err
 		}
 		for t, loc := range locs {
-			m.Tables[t].Iceberg = loc
+			if e, ok := strings.CutPrefix(t, engineIceberg); ok {
+				m.EngineTables[e].Iceberg = loc
+			} else {
+				m.Tables[t].Iceberg = loc
+			}
 		}
 		if m.IcebergFiles, err = pub.Checksums(ctx, "iceberg/"); err != nil {
 			return nil, err
@@ -153,4 +187,98 @@ func columns(s *arrow.Schema) []catalog.Column {
 		out = append(out, catalog.Column{Name: f.Name, Type: f.Type.String(), Nullable: f.Nullable, Description: desc})
 	}
 	return out
+}
+
+// engineIceberg prefixes the Iceberg names of the engine tables
+// (engine_conditions).
+const engineIceberg = "engine_"
+
+// writeEngineTables writes the version's engine tables into its folder
+// (engine/TABLE.parquet) and lists them in m, from the parts just
+// written: where they lie on a local lake, copied into cfg.TempDir from
+// any other. The version's creation time is fixed first: age bands are at
+// its reference month, which the tables' birth spans depend on.
+func writeEngineTables(ctx context.Context, cfg Config, pub *catalog.Publication, m *catalog.Manifest) error {
+	m.Created = time.Now().UTC()
+	dir, err := os.MkdirTemp(cfg.TempDir, "hub-engine-tables-")
+	if err != nil {
+		return fmt.Errorf("engine tables: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	store := cfg.Lake.Store()
+	lp, local := store.(catalog.LocalPather)
+	files := map[string][]string{}
+	for t, paths := range pub.Parts() {
+		for i, p := range paths {
+			var f string
+			if local {
+				if f, err = lp.LocalPath(p); err != nil {
+					return err
+				}
+			} else {
+				f = filepath.Join(dir, fmt.Sprintf("%s-%d.parquet", t, i))
+				if err := download(ctx, store, p, f); err != nil {
+					return fmt.Errorf("engine tables: %w", err)
+				}
+			}
+			files[t] = append(files[t], f)
+		}
+	}
+	written, err := enginetables.Write(ctx, m, files, dir, "auto")
+	if err != nil {
+		return err
+	}
+	m.EngineTables = map[string]*catalog.TableManifest{}
+	for name, w := range written {
+		path := pub.Prefix() + "engine/" + name + ".parquet"
+		part, err := upload(ctx, store, w.Path, path)
+		if err != nil {
+			return fmt.Errorf("engine table %s: %w", name, err)
+		}
+		m.EngineTables[name] = &catalog.TableManifest{Rows: w.Rows, Parts: []catalog.Part{part}, Schema: w.Schema}
+	}
+	return nil
+}
+
+// download copies an object of the store into a local file.
+func download(ctx context.Context, store catalog.Store, path, file string) error {
+	r, err := store.Open(ctx, path)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// upload writes a local file into the store at path and returns it as a
+// part: its size and SHA-256, as written.
+func upload(ctx context.Context, store catalog.Store, file, path string) (catalog.Part, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return catalog.Part{}, err
+	}
+	defer f.Close()
+	w, err := store.Create(ctx, path)
+	if err != nil {
+		return catalog.Part{}, err
+	}
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(w, h), f)
+	if err == nil {
+		err = w.Close()
+	} else if a, ok := w.(interface{ Abort() }); ok {
+		a.Abort()
+	}
+	if err != nil {
+		return catalog.Part{}, fmt.Errorf("write %s: %w", path, err)
+	}
+	return catalog.Part{Path: path, Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }

@@ -69,7 +69,7 @@ func Publish(ctx context.Context, n int) (l *catalog.Lake, root string, err erro
 	l = catalog.NewLake(store)
 	_, err = pipeline.Run(ctx, pipeline.Config{Dataset: "gp", Source: ingest.Dir(extract), SourceName: "test",
 		Ingest: ingest.Options{OptOuts: optouts}, OptOutDate: time.Now().Format(time.DateOnly), Policy: policy, Key: k, Lake: l,
-		LakeLocation: root})
+		LakeLocation: root, EngineTables: true})
 	return l, root, err
 }
 
