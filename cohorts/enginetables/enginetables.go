@@ -201,13 +201,9 @@ func Load(ctx context.Context, db *sql.DB, m *catalog.Manifest, files map[string
 			// their min/max by code.
 			load = "INSERT INTO " + t.Name + " BY NAME SELECT * FROM read_parquet(" + SQLList(files[t.Name]) + ")"
 		case t.Order == "":
-			// Patients get an integer pid in file order; events take it
-			// by joining on the pseudonym, and are stored in t.Order.
-			load = "INSERT INTO patients SELECT CAST(row_number() OVER () AS INTEGER), t.patient_id, " + Columns(m, i) +
-				" FROM read_parquet(" + SQLList(files[t.Name]) + ") t"
+			load = loadPatients(m, i, files)
 		default:
-			load = "INSERT INTO " + t.Name + " SELECT p.pid, " + Columns(m, i) + " FROM read_parquet(" + SQLList(files[t.Name]) +
-				") t JOIN patients p ON p.patient_id = t.patient_id ORDER BY " + t.Order
+			load = "INSERT INTO " + t.Name + " " + events(m, i, files) + " ORDER BY " + t.Order
 		}
 		if _, err := db.ExecContext(ctx, load); err != nil {
 			return fmt.Errorf("load %s: %w", t.Name, err)
@@ -217,6 +213,35 @@ func Load(ctx context.Context, db *sql.DB, m *catalog.Manifest, files map[string
 		return fmt.Errorf("load patients: %w", err)
 	}
 	return nil
+}
+
+// loadPatients fills the patients table (Tables[i]): each gets an
+// integer pid in file order, and keeps its pseudonym until the events
+// have taken the pid by joining on it.
+func loadPatients(m *catalog.Manifest, i int, files map[string][]string) string {
+	return "INSERT INTO patients SELECT CAST(row_number() OVER () AS INTEGER), t.patient_id, " + Columns(m, i) +
+		" FROM read_parquet(" + SQLList(files[Tables[i].Name]) + ") t"
+}
+
+// events selects an event table's engine rows (Tables[i]) from its
+// parts, t, with their patient's pid, p, unordered.
+func events(m *catalog.Manifest, i int, files map[string][]string) string {
+	return "SELECT p.pid, " + Columns(m, i) + " FROM read_parquet(" + SQLList(files[Tables[i].Name]) + ") t JOIN patients p ON p.patient_id = t.patient_id"
+}
+
+// typed casts each column of a table's rows, x, to its type in the
+// table's definition (an optional column absent from a version is a
+// typed NULL, not an untyped one), but the pseudonym.
+func typed(t Table) string {
+	def := t.Create[strings.Index(t.Create, "(")+1 : strings.LastIndex(t.Create, ")")]
+	var cols []string
+	for _, c := range strings.Split(def, ",") {
+		f := strings.Fields(c)
+		if f[0] != "patient_id" {
+			cols = append(cols, "CAST(x."+f[0]+" AS "+f[1]+") AS "+f[0])
+		}
+	}
+	return strings.Join(cols, ", ")
 }
 
 // A Written table is an engine table written as Parquet.
@@ -251,18 +276,42 @@ func Write(ctx context.Context, m *catalog.Manifest, files map[string][]string, 
 			return nil, fmt.Errorf("configure duckdb: %w", err)
 		}
 	}
-	if err := Load(ctx, db, m, files, false); err != nil {
-		return nil, fmt.Errorf("%s@%d's engine tables: %w", m.Dataset, m.Version, err)
+	// The patients are a table (the events join it for the pid); each
+	// event table is written straight from its parts, sorted, never
+	// stored.
+	if Tables[0].Name != "patients" {
+		return nil, fmt.Errorf("engine tables: patients must come first")
 	}
+	if _, err := db.ExecContext(ctx, Tables[0].Create); err != nil {
+		return nil, fmt.Errorf("create patients: %w", err)
+	}
+	if len(files["patients"]) > 0 {
+		if _, err := db.ExecContext(ctx, loadPatients(m, 0, files)); err != nil {
+			return nil, fmt.Errorf("%s@%d's engine tables: patients: %w", m.Dataset, m.Version, err)
+		}
+	}
+	unprefixed := strings.NewReplacer("t.", "", "p.", "")
 	out := map[string]Written{}
-	for _, t := range Tables {
+	for i, t := range Tables {
+		var q string
+		switch {
+		case i == 0:
+			q = "SELECT " + typed(t) + " FROM patients x ORDER BY pid"
+		case len(files[t.Name]) == 0:
+			if _, err := db.ExecContext(ctx, t.Create); err != nil {
+				return nil, fmt.Errorf("create %s: %w", t.Name, err)
+			}
+			q = "SELECT * FROM " + t.Name
+		default:
+			q = "SELECT " + typed(t) + " FROM (" + events(m, i, files) + ") x ORDER BY " + unprefixed.Replace(t.Order)
+		}
 		f := filepath.Join(dir, t.Name+".parquet")
-		res, err := db.ExecContext(ctx, "COPY "+t.Name+" TO "+SQLString(f)+" (FORMAT parquet, COMPRESSION zstd)")
+		res, err := db.ExecContext(ctx, "COPY ("+q+") TO "+SQLString(f)+" (FORMAT parquet, COMPRESSION zstd)")
 		if err != nil {
 			return nil, fmt.Errorf("write %s's engine table %s: %w", m.Dataset, t.Name, err)
 		}
 		rows, _ := res.RowsAffected()
-		schema, err := schemaOf(ctx, db, m, t.Name)
+		schema, err := schemaOf(ctx, db, m, t.Name, f)
 		if err != nil {
 			return nil, err
 		}
@@ -288,8 +337,8 @@ var descriptions = map[string]string{
 }
 
 // schemaOf is an engine table's data dictionary.
-func schemaOf(ctx context.Context, db *sql.DB, m *catalog.Manifest, table string) ([]catalog.Column, error) {
-	rows, err := db.QueryContext(ctx, "SELECT column_name, data_type, is_nullable FROM information_schema.columns WHERE table_name = "+SQLString(table)+" ORDER BY ordinal_position")
+func schemaOf(ctx context.Context, db *sql.DB, m *catalog.Manifest, table, file string) ([]catalog.Column, error) {
+	rows, err := db.QueryContext(ctx, "SELECT column_name, column_type, \"null\" FROM (DESCRIBE SELECT * FROM read_parquet("+SQLString(file)+"))")
 	if err != nil {
 		return nil, fmt.Errorf("%s's columns: %w", table, err)
 	}
