@@ -118,6 +118,17 @@ type EngineOptions struct {
 	// or ClickHouse, in process (chdb), its tables kept in
 	// Dir/clickhouse.
 	Engine Dialect
+	// InPlace has DuckDB query a version's engine tables (published with
+	// it) in place, as views over their Parquet, within MemoryLimit:
+	// nothing is loaded or kept in Dir but spill files. A version
+	// published without them is loaded as before.
+	InPlace bool
+}
+
+// inPlace reports whether a version is queried in place.
+func (opt EngineOptions) inPlace(m *catalog.Manifest) bool {
+	_, engine := sources(m)
+	return opt.InPlace && engine && opt.Engine == DuckDB
 }
 
 // OpenEngine loads a version from local, already verified part files
@@ -133,6 +144,21 @@ func OpenEngine(ctx context.Context, m *catalog.Manifest, files map[string][]str
 	var all []string
 	for _, t := range tableLoads {
 		all = append(all, files[t.Name]...)
+	}
+	if opt.inPlace(m) {
+		e, err := open(ctx, m, "", all, opt)
+		if err != nil {
+			return nil, err
+		}
+		if err := createViews(ctx, e.db, files); err != nil {
+			e.db.Close()
+			return nil, err
+		}
+		if _, err := e.db.ExecContext(ctx, "SET lock_configuration = true"); err != nil {
+			e.db.Close()
+			return nil, fmt.Errorf("configure duckdb: %w", err)
+		}
+		return e, nil
 	}
 	path := "" // in memory, loaded below; else a database file, loaded once
 	if opt.Dir != "" {
@@ -197,7 +223,7 @@ func (opt EngineOptions) Loaded(m *catalog.Manifest) bool {
 	if opt.Engine == ClickHouse {
 		return clickHouse != nil && clickHouse.loaded(m)
 	}
-	if opt.Dir == "" {
+	if opt.Dir == "" || opt.inPlace(m) {
 		return false
 	}
 	path, err := enginePath(opt, m)

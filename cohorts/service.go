@@ -302,7 +302,7 @@ func (s *Service) engine(ctx context.Context, m *catalog.Manifest) (*Engine, fun
 		if err == nil {
 			e, err = OpenEngine(ctx, m, files, s.engineOpt)
 		}
-		if err == nil && s.engineOpt.Dir != "" {
+		if err == nil && s.engineOpt.Dir != "" && !s.engineOpt.inPlace(m) {
 			// Parts copied from a remote lake served only the load: the
 			// database file holds the version now.
 			for _, fs := range files {

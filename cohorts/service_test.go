@@ -480,3 +480,37 @@ func TestAutoMemoryLimit(t *testing.T) {
 		}
 	}
 }
+
+// With InPlace, a version's engine tables are queried where they lie:
+// the answers are the oracle's, no database file is made, and the engine
+// reads no other file.
+func TestInPlaceEngine(t *testing.T) {
+	dir := t.TempDir()
+	s, err := New(Config{Lake: lake(t), State: t.TempDir(), Projects: &grants{m: map[string]*governance.Project{}},
+		Engine: EngineOptions{Dir: dir, MemoryLimit: "256MB", InPlace: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, name := range []string{"issue example", "follow-up to deregistration", "relative windows", "everyone"} {
+		groundTruth(t, s, mustParse(t, groundTruthQueries[name]))
+	}
+	if files, _ := filepath.Glob(filepath.Join(dir, "*.duckdb")); len(files) != 0 {
+		t.Errorf("database files made in place: %v", files)
+	}
+	eng, err := s.Engine(t.Context(), "gp", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var views int
+	if err := eng.DB().QueryRowContext(t.Context(), "SELECT count(*) FROM duckdb_views() WHERE NOT internal").Scan(&views); err != nil || views != len(tableLoads) {
+		t.Fatalf("%d views (%v), want the %d engine tables", views, err, len(tableLoads))
+	}
+	secret := filepath.Join(t.TempDir(), "secret.csv")
+	os.WriteFile(secret, []byte("a\n1\n"), 0o600)
+	for _, q := range []string{"SELECT * FROM read_csv(" + enginetables.SQLString(secret) + ")", "SET memory_limit = '8GB'"} {
+		if _, err := eng.DB().ExecContext(t.Context(), q); err == nil {
+			t.Errorf("%s: ran in place", q)
+		}
+	}
+}

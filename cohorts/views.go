@@ -43,15 +43,24 @@ func EngineViews(ctx context.Context, files map[string][]string) (*sql.DB, error
 	if err != nil {
 		return nil, err
 	}
+	if err := createViews(ctx, db, files); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+// createViews makes each engine table a view over its engine table's
+// files, read in place.
+func createViews(ctx context.Context, db *sql.DB, files map[string][]string) error {
 	for _, t := range tableLoads {
 		if len(files[t.Name]) == 0 {
-			continue
+			return fmt.Errorf("engine table %s: no file", t.Name)
 		}
 		view := "CREATE VIEW " + t.Name + " AS SELECT * FROM read_parquet(" + sqlList(files[t.Name]) + ")"
 		if _, err := db.ExecContext(ctx, view); err != nil {
-			db.Close()
-			return nil, fmt.Errorf("view %s: %w", t.Name, err)
+			return fmt.Errorf("view %s: %w", t.Name, err)
 		}
 	}
-	return db, nil
+	return nil
 }

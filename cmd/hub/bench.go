@@ -38,6 +38,7 @@ func benchCommand() *cli.Command {
 			&cli.IntFlag{Name: "requests", Value: 10, Usage: "requests per client and query (with --cohorts)"},
 			&cli.StringFlag{Name: "memory-limit", Value: "auto", Usage: "with --cohorts: the version is a DuckDB file in the state folder with this memory_limit, as hub serve's default; \"\" loads it into memory"},
 			engineFlag(),
+			&cli.BoolFlag{Name: "in-place", Usage: "with --cohorts: the service queries the version's engine tables in place (hub serve --in-place)"},
 			&cli.BoolFlag{Name: "no-rate", Usage: "with --cohorts: leave out the monthly rate (a minute and more)"},
 			&cli.BoolFlag{Name: "pull", Usage: "issue 16's target: ingest of a FHIR export pulled from a Bulk Data server over loopback against the same files from a folder (implies --format fhir)"},
 			&cli.BoolFlag{Name: "load", Usage: "issue 17's load test: --clients good clients for --duration while --flooders send bad tokens; errors, RSS growth, state growth"},

@@ -110,6 +110,7 @@ func newBenchServer(c *cli.Context, dir string) (*benchServer, error) {
 	if engine.Engine, err = cohorts.ParseEngine(c.String("engine")); err != nil {
 		return fail(usageError{fmt.Errorf("--engine: %w", err)})
 	}
+	engine.InPlace = c.Bool("in-place")
 	if b.svc, err = cohorts.New(cohorts.Config{Lake: lake, State: b.state, Projects: b.gov, Engine: engine}); err != nil {
 		return fail(err)
 	}
@@ -253,6 +254,8 @@ func benchCohorts(c *cli.Context, dir string) error {
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
 		where := "in memory"
 		switch {
+		case c.Bool("in-place") && len(eng.Manifest.EngineTables) > 0:
+			where = "the engine tables in place, memory_limit " + c.String("memory-limit")
 		case eng.Dialect() == cohorts.ClickHouse:
 			where = "ClickHouse (chdb), max_memory_usage " + c.String("memory-limit")
 		case c.String("memory-limit") != "":

@@ -149,6 +149,7 @@ func serveCommand() *cli.Command {
 		&cli.StringSliceFlag{Name: "preload", Usage: "load these datasets' latest versions before listening (default: load on first query)"},
 		&cli.StringFlag{Name: "memory-limit", Value: "auto", EnvVars: []string{"HUB_MEMORY_LIMIT"}, Usage: "DuckDB's memory_limit for each loaded version, which lives in a database file in STATE/engines (spilling to STATE/engines/tmp): a size (1500MB), or auto (300 MB a million patients, 256 MB to half the machine's memory); \"\" loads each version into memory instead, as before December 2026"},
 		engineFlag(),
+		&cli.BoolFlag{Name: "in-place", EnvVars: []string{"HUB_IN_PLACE"}, Usage: "with --engine duckdb: query the engine tables published with each version where they lie (views over their Parquet, within --memory-limit; a remote lake's are kept in STATE/cache), with no database file; a version published without them is loaded as before"},
 		&cli.StringFlag{Name: "engine-files-max", Value: "20GB", Usage: "cap on the database files in STATE/engines (with --engine clickhouse, its databases): past it, the least recently opened files of versions not open are removed (0: no cap)"},
 		&cli.IntFlag{Name: "max-open", Value: 2, Usage: "dataset versions kept open at once; past it the least recently used one not in use is closed (its database file stays)"},
 		&cli.BoolFlag{Name: "secure-cookies", EnvVars: []string{"HUB_SECURE_COOKIES"}, Usage: "mark the web app's cookies Secure: set it when a proxy serves the hub over TLS"},
@@ -193,6 +194,7 @@ func serveCommand() *cli.Command {
 			if engine.Engine, err = cohorts.ParseEngine(c.String("engine")); err != nil {
 				return usageError{fmt.Errorf("--engine: %w", err)}
 			}
+			engine.InPlace = c.Bool("in-place")
 			svc, err := cohorts.New(cohorts.Config{Lake: lake, State: c.String("state"), Projects: gov, Codelists: lists, Logger: log,
 				Engine: engine, MaxOpen: c.Int("max-open")})
 			if err != nil {
