@@ -197,9 +197,11 @@ func Load(ctx context.Context, db *sql.DB, m *catalog.Manifest, files map[string
 		var load string
 		switch {
 		case fromEngine:
-			// Written sorted: row groups keep their order, and with it
-			// their min/max by code.
-			load = "INSERT INTO " + t.Name + " BY NAME SELECT * FROM read_parquet(" + SQLList(files[t.Name]) + ")"
+			// Written sorted: inserted in file order (preserved for
+			// this insert alone), rows keep their order, and the
+			// table's row groups their narrow min/max by code.
+			load = "SET preserve_insertion_order = true; INSERT INTO " + t.Name + " BY NAME SELECT * FROM read_parquet(" + SQLList(files[t.Name]) +
+				"); SET preserve_insertion_order = false"
 		case t.Order == "":
 			load = loadPatients(m, i, files)
 		default:

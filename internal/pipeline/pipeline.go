@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -224,6 +225,9 @@ func writeEngineTables(ctx context.Context, cfg Config, pub *catalog.Publication
 			files[t] = append(files[t], f)
 		}
 	}
+	// De-identification's memory is garbage now: hand it back before
+	// DuckDB takes its own, or the two add up in the peak.
+	debug.FreeOSMemory()
 	written, err := enginetables.Write(ctx, m, files, dir, "auto")
 	if err != nil {
 		return err
