@@ -154,11 +154,7 @@ func OpenEngine(ctx context.Context, m *catalog.Manifest, files map[string][]str
 			e.db.Close()
 			return nil, err
 		}
-		if _, err := e.db.ExecContext(ctx, "SET lock_configuration = true"); err != nil {
-			e.db.Close()
-			return nil, fmt.Errorf("configure duckdb: %w", err)
-		}
-		return e, nil
+		return locked(ctx, e)
 	}
 	path := "" // in memory, loaded below; else a database file, loaded once
 	if opt.Dir != "" {
@@ -194,6 +190,12 @@ func OpenEngine(ctx context.Context, m *catalog.Manifest, files map[string][]str
 			return nil, err
 		}
 	}
+	return locked(ctx, e)
+}
+
+// locked locks an engine's configuration before any query runs (closing
+// it if that fails).
+func locked(ctx context.Context, e *Engine) (*Engine, error) {
 	if _, err := e.db.ExecContext(ctx, "SET lock_configuration = true"); err != nil {
 		e.db.Close()
 		return nil, fmt.Errorf("configure duckdb: %w", err)
