@@ -100,15 +100,16 @@ func chExec(q string) ([]byte, error) {
 }
 
 // loaded reports whether a version's database is whole (its marker table,
-// created last, is there).
-func (chOpener) loaded(m *catalog.Manifest) bool {
+// created last, is there), opening the session (at opt.Dir) if need be:
+// after a restart the databases are on disk before anything is opened.
+func (chOpener) loaded(m *catalog.Manifest, opt EngineOptions) bool {
 	name, err := chDatabase(m)
 	if err != nil {
 		return false
 	}
 	ch.Lock()
 	defer ch.Unlock()
-	if ch.conn == nil {
+	if _, err := chConn(opt.Dir); err != nil {
 		return false
 	}
 	return chHas(name)

@@ -49,7 +49,7 @@ type backend interface {
 // without it).
 var clickHouse interface {
 	open(ctx context.Context, m *catalog.Manifest, files map[string][]string, opt EngineOptions) (*Engine, error)
-	loaded(m *catalog.Manifest) bool
+	loaded(m *catalog.Manifest, opt EngineOptions) bool
 	// capBytes drops the least recently opened databases, but those
 	// open, until they take at most max bytes, and returns their names.
 	capBytes(max int64, open map[string]bool) ([]string, error)
@@ -223,7 +223,7 @@ func enginePath(opt EngineOptions, m *catalog.Manifest) (string, error) {
 // so that its parts need not be fetched again.
 func (opt EngineOptions) Loaded(m *catalog.Manifest) bool {
 	if opt.Engine == ClickHouse {
-		return clickHouse != nil && clickHouse.loaded(m)
+		return clickHouse != nil && clickHouse.loaded(m, opt)
 	}
 	if opt.Dir == "" || opt.inPlace(m) {
 		return false
