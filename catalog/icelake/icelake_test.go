@@ -71,6 +71,37 @@ func TestOutsideReaderReadsIceberg(t *testing.T) {
 		}
 	}
 
+	// The engine tables are Iceberg tables too (engine_TABLE), over their
+	// one file each.
+	if len(m.EngineTables) != 8 {
+		t.Fatalf("%d engine tables", len(m.EngineTables))
+	}
+	for name, tm := range m.EngineTables {
+		if !strings.HasPrefix(tm.Iceberg, "datasets/gp/versions/1/iceberg/engine_"+name+"/metadata/") {
+			t.Fatalf("engine %s: Iceberg metadata at %q", name, tm.Iceberg)
+		}
+		loc := filepath.Join(root, tm.Iceberg)
+		tbl, err := table.NewFromLocation(t.Context(), table.Identifier{"gp", "engine_" + name}, loc, icebergio.LoadFSFunc(nil, loc), nil)
+		if err != nil {
+			t.Fatalf("engine %s: %v", name, err)
+		}
+		at, err := tbl.Scan().ToArrowTable(t.Context())
+		if err != nil {
+			t.Fatalf("engine %s: scan: %v", name, err)
+		}
+		if at.NumRows() != tm.Rows || at.Schema().NumFields() != len(tm.Schema) || at.Schema().Field(0).Name != "pid" {
+			t.Errorf("engine %s: Iceberg reads %d rows and %v, the manifest has %d rows and %d columns", name, at.NumRows(), at.Schema(), tm.Rows, len(tm.Schema))
+		}
+		at.Release()
+		tasks, err := tbl.Scan().PlanFiles(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(tasks) != 1 || tasks[0].File.FilePath() != root+"/datasets/gp/versions/1/engine/"+name+".parquet" {
+			t.Errorf("engine %s: %d data files", name, len(tasks))
+		}
+	}
+
 	// The manifest checks the Iceberg tables' files too: verify passes,
 	// and fails once a metadata file is changed.
 	if len(m.IcebergFiles) < 8*3 {
