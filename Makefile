@@ -38,7 +38,7 @@ test: minio web-deps chdb-deps
 
 # The cohort tests that run on either engine (the others test DuckDB's own
 # settings: its files, memory limit and file access).
-CLICKHOUSE_TESTS = ClickHouseParity|CapClickHouseDatabases|ClickHouseReadsNoFile|GroundTruth|ByCodePicksPerPatient|RateGroundTruth|CohortsSideBySide|ClassAndDeath|UntilAndNth|Studies|ReportUnknowns|Population|NotIsTheComplement|ConcurrentBudget|RepeatIsFree|EveryGoldenQuery|RateQuery|WithdrawalBeforeTheCharge
+CLICKHOUSE_TESTS = GoPanicsRecoverBesideClickHouse|ClickHouseParity|CapClickHouseDatabases|ClickHouseReadsNoFile|GroundTruth|ByCodePicksPerPatient|RateGroundTruth|CohortsSideBySide|ClassAndDeath|UntilAndNth|Studies|ReportUnknowns|Population|NotIsTheComplement|ConcurrentBudget|RepeatIsFree|EveryGoldenQuery|RateQuery|WithdrawalBeforeTheCharge
 
 # hub with the ClickHouse engine (hub serve --engine clickhouse): run it
 # with CHDB_LIB_PATH=$(CHDB_LIB).

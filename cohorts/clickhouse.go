@@ -67,7 +67,11 @@ func chConn(dir string) (chdbpurego.ChdbConn, error) {
 	if err := os.MkdirAll(path, 0o700); err != nil {
 		return nil, fmt.Errorf("clickhouse folder: %w", err)
 	}
-	conn, err := chdbpurego.NewConnectionFromConnString(path)
+	var conn chdbpurego.ChdbConn
+	err := keepGoFaultHandlers(func() (err error) {
+		conn, err = chdbpurego.NewConnectionFromConnString(path)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("start clickhouse (chdb) in %s: %w", path, err)
 	}

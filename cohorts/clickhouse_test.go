@@ -239,3 +239,19 @@ func TestClickHouseReadsNoFile(t *testing.T) {
 		t.Fatalf("the engine answers nothing after the refusals: %v %v", rows, err)
 	}
 }
+
+// With ClickHouse's session open, a Go panic is still a panic: a nil
+// pointer is recovered (as net/http recovers a handler's), not a crash of
+// the process by ClickHouse's own fault handler.
+func TestGoPanicsRecoverBesideClickHouse(t *testing.T) {
+	engineOn(t, EngineOptions{Engine: ClickHouse})
+	var nilPointer *Engine
+	recovered := func() (ok bool) {
+		defer func() { ok = recover() != nil }()
+		_ = nilPointer.Manifest
+		return false
+	}()
+	if !recovered {
+		t.Fatal("a nil pointer's panic was not recovered")
+	}
+}
