@@ -34,6 +34,9 @@ type Engine struct {
 	path     string // the database file ("": in memory)
 	dialect  Dialect
 	backend  backend // nil: db
+	// cached are copies of a remote lake's files the engine reads in
+	// place, removed when it closes.
+	cached []string
 }
 
 // A backend is an engine other than the embedded DuckDB: it runs a
@@ -407,12 +410,16 @@ func WriteEngineParquet(ctx context.Context, m *catalog.Manifest, files map[stri
 	return out, nil
 }
 
-// Close releases the database.
+// Close releases the database, and removes the copies it read in place.
 func (e *Engine) Close() error {
 	if e.backend != nil {
 		return e.backend.close()
 	}
-	return e.db.Close()
+	err := e.db.Close()
+	for _, f := range e.cached {
+		os.Remove(f)
+	}
+	return err
 }
 
 // DB is the engine's database, for benchmarks that run a plan's SQL

@@ -302,6 +302,17 @@ func (s *Service) engine(ctx context.Context, m *catalog.Manifest) (*Engine, fun
 		if err == nil {
 			e, err = OpenEngine(ctx, m, files, s.engineOpt)
 		}
+		if err == nil && s.engineOpt.inPlace(m) {
+			// Read where they lie: a remote lake's copies stay while the
+			// engine is open, and go when it closes.
+			for _, fs := range files {
+				for _, f := range fs {
+					if strings.HasPrefix(f, cache+string(filepath.Separator)) {
+						e.cached = append(e.cached, f)
+					}
+				}
+			}
+		}
 		if err == nil && s.engineOpt.Dir != "" && !s.engineOpt.inPlace(m) {
 			// Parts copied from a remote lake served only the load: the
 			// database file holds the version now.

@@ -514,3 +514,29 @@ func TestInPlaceEngine(t *testing.T) {
 		}
 	}
 }
+
+// In place over a remote lake, the engine tables are read from the
+// state's cache while the version is open, and the copies go when it
+// closes: the cache does not keep every version ever asked of.
+func TestInPlaceRemoteCache(t *testing.T) {
+	remote := catalog.NewLake(remoteStore{lake(t).Store()})
+	state := t.TempDir()
+	s, err := New(Config{Lake: remote, State: state, Projects: &grants{},
+		Engine: EngineOptions{Dir: filepath.Join(state, "engines"), MemoryLimit: "256MB", InPlace: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := mustManifest(t)
+	groundTruth(t, s, mustParse(t, groundTruthQueries["issue example"]))
+	cached := filepath.Join(state, "cache", filepath.FromSlash(m.EngineTables["conditions"].Parts[0].Path))
+	if _, err := os.Stat(cached); err != nil {
+		t.Fatalf("the engine table is not in the cache while open: %v", err)
+	}
+	if files, _ := filepath.Glob(filepath.Join(state, "engines", "*.duckdb")); len(files) != 0 {
+		t.Errorf("database files made in place: %v", files)
+	}
+	s.Close()
+	if _, err := os.Stat(cached); !os.IsNotExist(err) {
+		t.Fatalf("the cached copy stayed after the engine closed: %v", err)
+	}
+}
