@@ -10,6 +10,8 @@ import (
 	"hash"
 	"io"
 	"io/fs"
+	"maps"
+	"os"
 	"slices"
 	"sort"
 	"strconv"
@@ -346,6 +348,63 @@ func (p *Publication) Create(ctx context.Context, table string, k int) (io.Write
 		p.parts[table] = append(p.parts[table], Part{Path: path, Size: size, SHA256: sum})
 		p.mu.Unlock()
 	}}, nil
+}
+
+// Add copies a local file into the version's folder as name (e.g.
+// "engine/patients.parquet"), and returns it as a part: its size and
+// SHA-256 as written. A copy that fails part-way leaves nothing.
+func (p *Publication) Add(ctx context.Context, name, file string) (Part, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return Part{}, err
+	}
+	defer f.Close()
+	path := p.Prefix() + name
+	w, err := p.lake.store.Create(ctx, path)
+	if err != nil {
+		return Part{}, err
+	}
+	var part Part
+	pw := &partWriter{w: w, h: sha256.New(), done: func(size int64, sum string) { part = Part{Path: path, Size: size, SHA256: sum} }}
+	if _, err := io.Copy(pw, f); err != nil {
+		pw.Abort()
+		return Part{}, fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := pw.Close(); err != nil {
+		return Part{}, fmt.Errorf("write %s: %w", path, err)
+	}
+	return part, nil
+}
+
+// Local returns the parts written so far as local files, by table: where
+// they lie on a local lake; from any other, fetched into cacheDir and
+// checked against what was written, as Lake.Local does.
+func (p *Publication) Local(ctx context.Context, cacheDir string) (map[string][]string, error) {
+	p.mu.Lock()
+	byPath := map[string]Part{} // a part written again is one file: its last write counts
+	tableOf := map[string]string{}
+	for t, ps := range p.parts {
+		for _, part := range ps {
+			byPath[part.Path], tableOf[part.Path] = part, t
+		}
+	}
+	p.mu.Unlock()
+	lp, local := p.lake.store.(LocalPather)
+	out := map[string][]string{}
+	for _, path := range slices.Sorted(maps.Keys(byPath)) {
+		var f string
+		var err error
+		if local {
+			f, err = lp.LocalPath(path)
+		} else {
+			f, err = p.lake.fetch(ctx, byPath[path], cacheDir)
+		}
+		if err != nil {
+			return nil, err
+		}
+		out[tableOf[path]] = append(out[tableOf[path]], f)
+	}
+	return out, nil
 }
 
 // Abandon removes what the publication wrote (its parts, then its

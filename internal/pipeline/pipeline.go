@@ -6,15 +6,11 @@ package pipeline
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -196,7 +192,7 @@ const engineIceberg = "engine_"
 
 // writeEngineTables writes the version's engine tables into its folder
 // (engine/TABLE.parquet) and lists them in m, from the parts just
-// written: where they lie on a local lake, copied into cfg.TempDir from
+// written: where they lie on a local lake, fetched into cfg.TempDir from
 // any other. The version's creation time is fixed first: age bands are at
 // its reference month, which the tables' birth spans depend on.
 func writeEngineTables(ctx context.Context, cfg Config, pub *catalog.Publication, m *catalog.Manifest) error {
@@ -206,24 +202,9 @@ func writeEngineTables(ctx context.Context, cfg Config, pub *catalog.Publication
 		return fmt.Errorf("engine tables: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	store := cfg.Lake.Store()
-	lp, local := store.(catalog.LocalPather)
-	files := map[string][]string{}
-	for t, paths := range pub.Parts() {
-		for i, p := range paths {
-			var f string
-			if local {
-				if f, err = lp.LocalPath(p); err != nil {
-					return err
-				}
-			} else {
-				f = filepath.Join(dir, fmt.Sprintf("%s-%d.parquet", t, i))
-				if err := download(ctx, store, p, f); err != nil {
-					return fmt.Errorf("engine tables: %w", err)
-				}
-			}
-			files[t] = append(files[t], f)
-		}
+	files, err := pub.Local(ctx, dir)
+	if err != nil {
+		return fmt.Errorf("engine tables: %w", err)
 	}
 	// De-identification's memory is garbage now: hand it back before
 	// DuckDB takes its own, or the two add up in the peak.
@@ -234,55 +215,11 @@ func writeEngineTables(ctx context.Context, cfg Config, pub *catalog.Publication
 	}
 	m.EngineTables = map[string]*catalog.TableManifest{}
 	for name, w := range written {
-		path := pub.Prefix() + "engine/" + name + ".parquet"
-		part, err := upload(ctx, store, w.Path, path)
+		part, err := pub.Add(ctx, "engine/"+name+".parquet", w.Path)
 		if err != nil {
 			return fmt.Errorf("engine table %s: %w", name, err)
 		}
 		m.EngineTables[name] = &catalog.TableManifest{Rows: w.Rows, Parts: []catalog.Part{part}, Schema: w.Schema}
 	}
 	return nil
-}
-
-// download copies an object of the store into a local file.
-func download(ctx context.Context, store catalog.Store, path, file string) error {
-	r, err := store.Open(ctx, path)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	f, err := os.Create(file)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, r); err != nil {
-		f.Close()
-		return fmt.Errorf("read %s: %w", path, err)
-	}
-	return f.Close()
-}
-
-// upload writes a local file into the store at path and returns it as a
-// part: its size and SHA-256, as written.
-func upload(ctx context.Context, store catalog.Store, file, path string) (catalog.Part, error) {
-	f, err := os.Open(file)
-	if err != nil {
-		return catalog.Part{}, err
-	}
-	defer f.Close()
-	w, err := store.Create(ctx, path)
-	if err != nil {
-		return catalog.Part{}, err
-	}
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(w, h), f)
-	if err == nil {
-		err = w.Close()
-	} else if a, ok := w.(interface{ Abort() }); ok {
-		a.Abort()
-	}
-	if err != nil {
-		return catalog.Part{}, fmt.Errorf("write %s: %w", path, err)
-	}
-	return catalog.Part{Path: path, Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }
