@@ -21,15 +21,17 @@ type LocalPather interface {
 // downloaded into cacheDir (kept between calls, and checked again on
 // every call, so that a corrupted cache is refetched, not trusted).
 func (l *Lake) Local(ctx context.Context, m *Manifest, cacheDir string) (map[string][]string, error) {
-	return l.local(ctx, m.Tables, cacheDir)
+	return l.LocalTables(ctx, m.Tables, cacheDir)
 }
 
 // LocalEngine is Local for a version's engine tables (Manifest.EngineTables).
 func (l *Lake) LocalEngine(ctx context.Context, m *Manifest, cacheDir string) (map[string][]string, error) {
-	return l.local(ctx, m.EngineTables, cacheDir)
+	return l.LocalTables(ctx, m.EngineTables, cacheDir)
 }
 
-func (l *Lake) local(ctx context.Context, byName map[string]*TableManifest, cacheDir string) (map[string][]string, error) {
+// LocalTables is Local for some of a version's tables (its tables or its
+// engine tables).
+func (l *Lake) LocalTables(ctx context.Context, byName map[string]*TableManifest, cacheDir string) (map[string][]string, error) {
 	out := map[string][]string{}
 	tables := make([]string, 0, len(byName))
 	for t := range byName {

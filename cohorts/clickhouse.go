@@ -24,7 +24,7 @@ import (
 // The ClickHouse engine runs ClickHouse in process (chdb: libchdb.so,
 // found through CHDB_LIB_PATH). A version is a database of MergeTree
 // tables, loaded once from the version's engine tables
-// ([WriteEngineParquet]: the same pids and derived columns as DuckDB's)
+// ([enginetables.Write]: the same pids and derived columns as DuckDB's)
 // and kept on disk; events are ordered by code, so a code list reads
 // only its granules. Queries run read-only (no table function reaches a
 // file), with a time, result-row and memory cap, and see no ε: the engine
@@ -136,16 +136,17 @@ func (chOpener) open(ctx context.Context, m *catalog.Manifest, files map[string]
 		return nil, err
 	}
 	ch.Lock()
-	_, err = chConn(opt.Dir)
+	if _, err := chConn(opt.Dir); err != nil {
+		ch.Unlock()
+		return nil, err
+	}
 	mu := ch.loading[name]
 	if mu == nil {
 		mu = &sync.Mutex{}
 		ch.loading[name] = mu
 	}
+	used := chUsed(ch.path, name)
 	ch.Unlock()
-	if err != nil {
-		return nil, err
-	}
 	mu.Lock()
 	defer mu.Unlock()
 	ch.Lock()
@@ -169,21 +170,18 @@ func (chOpener) open(ctx context.Context, m *catalog.Manifest, files map[string]
 		maxMemory = int64(n)
 	}
 	now := time.Now() // the file's time says when the database was last opened
-	if f, err := os.Create(chUsed(name)); err == nil {
+	os.MkdirAll(filepath.Dir(used), 0o700)
+	if f, err := os.Create(used); err == nil {
 		f.Close()
-		os.Chtimes(chUsed(name), now, now)
+		os.Chtimes(used, now, now)
 	}
 	return &Engine{Manifest: m, path: name, dialect: ClickHouse, backend: &chEngine{db: name, maxMemory: maxMemory}}, nil
 }
 
 // chUsed is the file whose time says when a database was last opened:
-// beside the session's folder, in clickhouse-used.
-func chUsed(name string) string {
-	ch.Lock()
-	dir := filepath.Join(filepath.Dir(ch.path), "clickhouse-used")
-	ch.Unlock()
-	os.MkdirAll(dir, 0o700)
-	return filepath.Join(dir, name)
+// beside the session's folder (base), in clickhouse-used.
+func chUsed(base, name string) string {
+	return filepath.Join(filepath.Dir(base), "clickhouse-used", name)
 }
 
 func (chOpener) capBytes(maxBytes int64, open map[string]bool) ([]string, error) {
@@ -192,6 +190,7 @@ func (chOpener) capBytes(maxBytes int64, open map[string]bool) ([]string, error)
 		ch.Unlock()
 		return nil, nil
 	}
+	base := ch.path
 	out, err := chExec("SELECT database, sum(bytes_on_disk) FROM system.parts WHERE active AND startsWith(database, 'v_') GROUP BY database")
 	var rows [][]any
 	if err == nil {
@@ -204,7 +203,7 @@ func (chOpener) capBytes(maxBytes int64, open map[string]bool) ([]string, error)
 	var dbs []stored
 	for _, r := range rows {
 		d := stored{name: str(r[0]), size: toInt(r[1])}
-		if st, err := os.Stat(chUsed(d.name)); err == nil {
+		if st, err := os.Stat(chUsed(base, d.name)); err == nil {
 			d.used = st.ModTime()
 		}
 		dbs = append(dbs, d)
@@ -222,7 +221,7 @@ func (chOpener) capBytes(maxBytes int64, open map[string]bool) ([]string, error)
 		if ch.db == name {
 			ch.db = ""
 		}
-		os.Remove(filepath.Join(filepath.Dir(ch.path), "clickhouse-used", name))
+		os.Remove(chUsed(base, name))
 		return true, nil
 	})
 }
@@ -264,8 +263,12 @@ func chLoad(ctx context.Context, m *catalog.Manifest, files map[string][]string,
 			return err
 		}
 		defer os.RemoveAll(dir)
-		if out, err = WriteEngineParquet(ctx, m, files, dir, opt); err != nil {
+		written, err := enginetables.Write(ctx, m, files, dir, opt.MemoryLimit)
+		if err != nil {
 			return err
+		}
+		for n, w := range written {
+			out[n] = w.Path
 		}
 	}
 	stmts := []string{"DROP DATABASE IF EXISTS " + name + " SYNC", "CREATE DATABASE " + name}

@@ -365,7 +365,7 @@ func load(ctx context.Context, m *catalog.Manifest, files map[string][]string, a
 // open opens a DuckDB database (path "": in memory) with the engine's
 // settings: bounded memory, spill files beside it, and no access to any
 // file but the version's parts.
-func open(ctx context.Context, m *catalog.Manifest, path string, all []string, opt EngineOptions, writable ...string) (*Engine, error) {
+func open(ctx context.Context, m *catalog.Manifest, path string, all []string, opt EngineOptions) (*Engine, error) {
 	connector, err := duckdb.NewConnector(path, nil)
 	if err != nil {
 		return nil, fmt.Errorf("open duckdb: %w", err)
@@ -379,7 +379,7 @@ func open(ctx context.Context, m *catalog.Manifest, path string, all []string, o
 			return nil, fmt.Errorf("engine folder: %w", err)
 		}
 	}
-	setup := enginetables.Settings(m, opt.MemoryLimit, tmp, all, writable)
+	setup := enginetables.Settings(m, opt.MemoryLimit, tmp, all, nil)
 	for _, s := range setup {
 		if _, err := db.ExecContext(ctx, s); err != nil {
 			db.Close()
@@ -393,21 +393,6 @@ func open(ctx context.Context, m *catalog.Manifest, path string, all []string, o
 func (e *Engine) load(ctx context.Context, m *catalog.Manifest, files map[string][]string) error {
 	_, engine := sources(m)
 	return enginetables.Load(ctx, e.db, m, files, engine)
-}
-
-// WriteEngineParquet writes a version's engine tables, made from its
-// tables' local files, as Parquet files in dir (see [enginetables.Write]),
-// within opt's memory limit, and returns each table's file.
-func WriteEngineParquet(ctx context.Context, m *catalog.Manifest, files map[string][]string, dir string, opt EngineOptions) (map[string]string, error) {
-	written, err := enginetables.Write(ctx, m, files, dir, opt.MemoryLimit)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]string{}
-	for name, w := range written {
-		out[name] = w.Path
-	}
-	return out, nil
 }
 
 // Close releases the database, and removes the copies it read in place.

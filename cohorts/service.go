@@ -293,35 +293,31 @@ func (s *Service) engine(ctx context.Context, m *catalog.Manifest) (*Engine, fun
 		var err error
 		cache := filepath.Join(s.state, "cache")
 		if !s.engineOpt.Loaded(m) { // a database file needs no parts
-			if _, engine := sources(m); engine {
-				files, err = s.lake.LocalEngine(ctx, m, cache)
-			} else {
-				files, err = s.lake.Local(ctx, m, cache)
-			}
+			tables, _ := sources(m)
+			files, err = s.lake.LocalTables(ctx, tables, cache)
 		}
 		if err == nil {
 			e, err = OpenEngine(ctx, m, files, s.engineOpt)
 		}
-		if err == nil && s.engineOpt.inPlace(m) {
-			// Read where they lie: a remote lake's copies stay while the
-			// engine is open, and go when it closes.
-			for _, fs := range files {
-				for _, f := range fs {
-					if strings.HasPrefix(f, cache+string(filepath.Separator)) {
-						e.cached = append(e.cached, f)
-					}
+		var copies []string // of a remote lake's files, in the cache
+		for _, fs := range files {
+			for _, f := range fs {
+				if strings.HasPrefix(f, cache+string(filepath.Separator)) {
+					copies = append(copies, f)
 				}
 			}
 		}
-		if err == nil && s.engineOpt.Dir != "" && !s.engineOpt.inPlace(m) {
-			// Parts copied from a remote lake served only the load: the
-			// database file holds the version now.
-			for _, fs := range files {
-				for _, f := range fs {
-					if strings.HasPrefix(f, cache+string(filepath.Separator)) {
-						os.Remove(f)
-					}
-				}
+		switch {
+		case err != nil:
+		case s.engineOpt.inPlace(m):
+			// Read where they lie: the copies stay while the engine is
+			// open, and go when it closes.
+			e.cached = copies
+		case s.engineOpt.Dir != "":
+			// The copies served only the load: the database file holds
+			// the version now.
+			for _, f := range copies {
+				os.Remove(f)
 			}
 		}
 		s.mu.Lock() // evict reads other slots' engines under the lock
