@@ -200,6 +200,7 @@ type compiler struct {
 	q       *Query
 	seed    int64
 	d       Dialect
+	n       spelling // d's
 	idx     time.Time
 	idxMI   int
 	ctes    []*frag
@@ -225,20 +226,14 @@ const (
 
 func (d Dialect) String() string { return [...]string{"duckdb", "clickhouse"}[d] }
 
-// date is the type dates are cast to.
-func (c *compiler) date() string {
-	if c.d == ClickHouse {
-		return "Date32"
-	}
-	return "DATE"
-}
+// spellings are the names each dialect gives the same thing: the type
+// dates are cast to, the prefix test, the hash that orders a patient's
+// codes by seed, and the value at a row's latest and earliest date.
+type spelling struct{ date, startsWith, hash, argMax, argMin string }
 
-// startsWith is the prefix test's function.
-func (c *compiler) startsWith() string {
-	if c.d == ClickHouse {
-		return "startsWith"
-	}
-	return "starts_with"
+var spellings = [...]spelling{
+	DuckDB:     {"DATE", "starts_with", "hash", "arg_max", "arg_min"},
+	ClickHouse: {"Date32", "startsWith", "cityHash64", "argMax", "argMin"},
 }
 
 // lag is the previous row's value of col, NULL before the first.
@@ -247,14 +242,6 @@ func (c *compiler) lag(col string) string {
 		return "lag(toNullable(" + col + "))"
 	}
 	return "lag(" + col + ")"
-}
-
-// hash is the function that orders a patient's codes by seed.
-func (c *compiler) hash() string {
-	if c.d == ClickHouse {
-		return "cityHash64"
-	}
-	return "hash"
 }
 
 // div is the integer quotient a / b, truncated.
@@ -290,7 +277,7 @@ func CompileFor(q *Query, seed int64, d Dialect) (*Plan, error) {
 		}
 		return p, nil
 	}
-	c := &compiler{q: q, seed: seed, d: d, cteOf: map[*Event]string{}, byID: map[string]*Event{}, tables: map[*Event]string{}}
+	c := &compiler{q: q, seed: seed, d: d, n: spellings[d], cteOf: map[*Event]string{}, byID: map[string]*Event{}, tables: map[*Event]string{}}
 	if q.IndexDate != "" {
 		c.idx, _ = parseDate(q.IndexDate)
 		c.idxMI = c.idx.Year()*12 + int(c.idx.Month()) - 1
@@ -438,7 +425,7 @@ func (c *compiler) filter(table string, codes *Codes, types []string, unit strin
 				if i > 0 {
 					g.w(" OR ")
 				}
-				g.w(c.startsWith(), "(", t, ".code, ").arg(p).w(")")
+				g.w(c.n.startsWith, "(", t, ".code, ").arg(p).w(")")
 			}
 			alts = append(alts, g.w("))"))
 		}
@@ -559,9 +546,9 @@ func (c *compiler) windowOn(w *Window, t, low, high string) (joinF, pred *frag) 
 	var anchor *frag // the date the window is relative to
 	switch {
 	case w.RelativeTo == "index":
-		anchor = new(frag).w("CAST(").arg(c.idx.Format(time.DateOnly)).w(" AS ", c.date(), ")")
-		pred.w(t, ".", low, " >= CAST(").arg(c.idx.AddDate(0, 0, -before).Format(time.DateOnly)).w(" AS ", c.date(), ") AND ",
-			t, ".", high, " <= CAST(").arg(c.idx.AddDate(0, 0, after).Format(time.DateOnly)).w(" AS ", c.date(), ")")
+		anchor = new(frag).w("CAST(").arg(c.idx.Format(time.DateOnly)).w(" AS ", c.n.date, ")")
+		pred.w(t, ".", low, " >= CAST(").arg(c.idx.AddDate(0, 0, -before).Format(time.DateOnly)).w(" AS ", c.n.date, ") AND ",
+			t, ".", high, " <= CAST(").arg(c.idx.AddDate(0, 0, after).Format(time.DateOnly)).w(" AS ", c.n.date, ")")
 	case w.RelativeTo != "":
 		e := c.byID[w.RelativeTo]
 		cte, col := c.cte(e), "a.first_date"
@@ -578,10 +565,10 @@ func (c *compiler) windowOn(w *Window, t, low, high string) (joinF, pred *frag) 
 	default:
 		var ps []*frag
 		if w.From != "" {
-			ps = append(ps, new(frag).w(t, ".", low, " >= CAST(").arg(w.From).w(" AS ", c.date(), ")"))
+			ps = append(ps, new(frag).w(t, ".", low, " >= CAST(").arg(w.From).w(" AS ", c.n.date, ")"))
 		}
 		if w.To != "" {
-			ps = append(ps, new(frag).w(t, ".", high, " <= CAST(").arg(w.To).w(" AS ", c.date(), ")"))
+			ps = append(ps, new(frag).w(t, ".", high, " <= CAST(").arg(w.To).w(" AS ", c.n.date, ")"))
 		}
 		pred = join(ps, " AND ")
 	}
@@ -595,15 +582,15 @@ func (c *compiler) windowOn(w *Window, t, low, high string) (joinF, pred *frag) 
 			switch u {
 			case "death":
 				joinF.w(" JOIN patients u ON u.pid = ", t, ".pid")
-				ps = append(ps, new(frag).w(t, ".", high, " <= coalesce(u.death_end, CAST(").arg("9999-12-31").w(" AS ", c.date(), "))"))
+				ps = append(ps, new(frag).w(t, ".", high, " <= coalesce(u.death_end, CAST(").arg("9999-12-31").w(" AS ", c.n.date, "))"))
 			case "deregistration":
 				// The latest end of the registrations current on the anchor
 				// date; none, and the comparison with NULL meets nothing.
-				open := new(frag).w("coalesce(g.end_date, CAST(").arg("9999-12-31").w(" AS ", c.date(), "))")
+				open := new(frag).w("coalesce(g.end_date, CAST(").arg("9999-12-31").w(" AS ", c.n.date, "))")
 				ps = append(ps, new(frag).w(t, ".", high, " <= (SELECT max(").add(open).w(") FROM registrations g WHERE g.pid = ", t, ".pid AND g.start_date <= ").
 					add(anchor).w(" AND ").add(open).w(" >= ").add(anchor).w(")"))
 			default:
-				ps = append(ps, new(frag).w(t, ".", high, " <= CAST(").arg(u).w(" AS ", c.date(), ")"))
+				ps = append(ps, new(frag).w(t, ".", high, " <= CAST(").arg(u).w(" AS ", c.n.date, ")"))
 			}
 		}
 		pred = join(ps, " AND ")
@@ -730,8 +717,8 @@ func (c *compiler) registered(r *Registered) string {
 		"SELECT pid, start_date, end_date, sum(CAST(prev_end IS NULL OR start_date > prev_end + CAST(").arg(int64(r.GapDays+1)).w(" AS INTEGER) AS INTEGER)) OVER (PARTITION BY pid ORDER BY start_date, end_date ROWS UNBOUNDED PRECEDING) AS island FROM (",
 		"SELECT pid, start_date, end_date, ", c.lag("run_end"), " OVER (PARTITION BY pid ORDER BY start_date, end_date) AS prev_end FROM (",
 		"SELECT pid, start_date, end_date, max(end_date) OVER (PARTITION BY pid ORDER BY start_date, end_date ROWS UNBOUNDED PRECEDING) AS run_end FROM (",
-		"SELECT pid, start_date, coalesce(end_date, CAST(").arg("9999-12-31").w(" AS ", c.date(), ")) AS end_date FROM registrations WHERE start_date <= CAST(").arg(idx).w(" AS ", c.date(), "))))",
-		") GROUP BY pid, island) WHERE s <= CAST(").arg(c.idx.AddDate(0, 0, -r.DaysBefore).Format(time.DateOnly)).w(" AS ", c.date(), ") AND e >= CAST(").arg(idx).w(" AS ", c.date(), ") GROUP BY pid)")
+		"SELECT pid, start_date, coalesce(end_date, CAST(").arg("9999-12-31").w(" AS ", c.n.date, ")) AS end_date FROM registrations WHERE start_date <= CAST(").arg(idx).w(" AS ", c.n.date, "))))",
+		") GROUP BY pid, island) WHERE s <= CAST(").arg(c.idx.AddDate(0, 0, -r.DaysBefore).Format(time.DateOnly)).w(" AS ", c.n.date, ") AND e >= CAST(").arg(idx).w(" AS ", c.n.date, ") GROUP BY pid)")
 	c.ctes = append(c.ctes, f)
 	return name
 }
@@ -753,7 +740,7 @@ func (c *compiler) known(pred *frag, unknown string) *frag {
 // alive is "no death recorded in or before date's month" (or year, where
 // only the year is published).
 func (c *compiler) alive(date string) *frag {
-	return new(frag).w("coalesce(p.death_month, CAST(").arg("9999-12-31").w(" AS ", c.date(), ")) > CAST(").arg(date).w(" AS ", c.date(), ")")
+	return new(frag).w("coalesce(p.death_month, CAST(").arg("9999-12-31").w(" AS ", c.n.date, ")) > CAST(").arg(date).w(" AS ", c.n.date, ")")
 }
 
 func firstNonNil(es ...*Event) *Event {
@@ -776,7 +763,7 @@ func (c *compiler) measure(m *Measure) *frag {
 		if pred != nil {
 			f.w(" WHERE ").add(pred)
 		}
-		f.w("),\nranked AS (SELECT code_system, code, row_number() OVER (PARTITION BY pid ORDER BY ", c.hash(), "(pid, code_system, code, ").arg(c.seed).w(")) AS r FROM codes)\n")
+		f.w("),\nranked AS (SELECT code_system, code, row_number() OVER (PARTITION BY pid ORDER BY ", c.n.hash, "(pid, code_system, code, ").arg(c.seed).w(")) AS r FROM codes)\n")
 		f.w("SELECT code_system, code, count(*) FROM ranked WHERE r <= ").arg(int64(partitions(m))).w(" GROUP BY ALL")
 	case m.Kind == KindCount && len(m.By) > 0:
 		f.w("\nSELECT ")
@@ -843,12 +830,8 @@ func (c *compiler) value(x *Value) *frag {
 		years := c.div(new(frag).w("(").arg(int64(c.idxMI)).w(" - p.birth_mi)"), new(frag).arg(int64(12)))
 		f.w("SELECT p.pid, CAST(").add(years).w(" AS DOUBLE) AS v FROM cohort p WHERE p.birth_mi IS NOT NULL")
 	case ValueObservation:
-		argMax, argMin := "arg_max", "arg_min"
-		if c.d == ClickHouse {
-			argMax, argMin = "argMax", "argMin"
-		}
-		agg := map[string]string{"": argMax + "(t.value, t.event_date)", "last": argMax + "(t.value, t.event_date)",
-			"first": argMin + "(t.value, t.event_date)", "min": "min(t.value)", "max": "max(t.value)", "mean": "avg(t.value)"}[x.Pick]
+		agg := map[string]string{"": c.n.argMax + "(t.value, t.event_date)", "last": c.n.argMax + "(t.value, t.event_date)",
+			"first": c.n.argMin + "(t.value, t.event_date)", "min": "min(t.value)", "max": "max(t.value)", "mean": "avg(t.value)"}[x.Pick]
 		joinF, pred := c.window(x.Window, "t")
 		f.w("SELECT t.pid AS pid, CAST(", agg, " AS DOUBLE) AS v FROM observations t JOIN cohort p ON p.pid = t.pid").add(joinF)
 		f.w(" WHERE t.value IS NOT NULL AND ").add(c.filter("observations", x.Codes, nil, x.Unit, nil, "t"))

@@ -203,7 +203,7 @@ func Load(ctx context.Context, db *sql.DB, m *catalog.Manifest, files map[string
 			load = "SET preserve_insertion_order = true; INSERT INTO " + t.Name + " BY NAME SELECT * FROM read_parquet(" + SQLList(files[t.Name]) +
 				"); SET preserve_insertion_order = false"
 		case t.Order == "":
-			load = loadPatients(m, i, files)
+			load = loadPatients(m, files)
 		default:
 			load = "INSERT INTO " + t.Name + " " + events(m, i, files) + " ORDER BY " + t.Order
 		}
@@ -217,12 +217,12 @@ func Load(ctx context.Context, db *sql.DB, m *catalog.Manifest, files map[string
 	return nil
 }
 
-// loadPatients fills the patients table (Tables[i]): each gets an
+// loadPatients fills the patients table (Tables[0]): each gets an
 // integer pid in file order, and keeps its pseudonym until the events
 // have taken the pid by joining on it.
-func loadPatients(m *catalog.Manifest, i int, files map[string][]string) string {
-	return "INSERT INTO patients SELECT CAST(row_number() OVER () AS INTEGER), t.patient_id, " + Columns(m, i) +
-		" FROM read_parquet(" + SQLList(files[Tables[i].Name]) + ") t"
+func loadPatients(m *catalog.Manifest, files map[string][]string) string {
+	return "INSERT INTO patients SELECT CAST(row_number() OVER () AS INTEGER), t.patient_id, " + Columns(m, 0) +
+		" FROM read_parquet(" + SQLList(files["patients"]) + ") t"
 }
 
 // events selects an event table's engine rows (Tables[i]) from its
@@ -288,7 +288,7 @@ func Write(ctx context.Context, m *catalog.Manifest, files map[string][]string, 
 		return nil, fmt.Errorf("create patients: %w", err)
 	}
 	if len(files["patients"]) > 0 {
-		if _, err := db.ExecContext(ctx, loadPatients(m, 0, files)); err != nil {
+		if _, err := db.ExecContext(ctx, loadPatients(m, files)); err != nil {
 			return nil, fmt.Errorf("%s@%d's engine tables: patients: %w", m.Dataset, m.Version, err)
 		}
 	}
