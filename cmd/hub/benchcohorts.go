@@ -182,11 +182,13 @@ func benchCohorts(c *cli.Context, dir string) error {
 		if bq.clients > 0 && c.Bool("no-rate") {
 			continue
 		}
-		plan, err := cohorts.Compile(mustQuery(fmt.Sprintf(bq.text, 0.5)), 1)
+		// The baselines are DuckDB; the service's engine has its dialect.
+		q := mustQuery(fmt.Sprintf(bq.text, 0.5))
+		plan, err := cohorts.Compile(q, 1)
 		if err != nil {
 			return err
 		}
-		ePlan, err := cohorts.CompileFor(mustQuery(fmt.Sprintf(bq.text, 0.5)), 1, eng.Dialect())
+		ePlan, err := cohorts.CompileFor(q, 1, eng.Dialect())
 		if err != nil {
 			return err
 		}
